@@ -1,0 +1,279 @@
+//! The connection phase: the server greeting, the client's login packet, auth switching.
+//!
+//! sluice plays the server toward clients and the client toward the database, so it both
+//! builds and parses each of these packets. `mysql_common` provides the packet layouts.
+
+use std::collections::HashMap;
+
+use mysql_common::io::ParseBuf;
+use mysql_common::packets::{HandshakePacket, HandshakeResponse};
+use mysql_common::proto::{MyDeserialize, MySerialize};
+
+use crate::auth::SALT_LEN;
+use crate::{CapabilityFlags, ProtocolError, StatusFlags};
+
+/// What the server says about itself in its greeting.
+#[derive(Debug, Clone)]
+pub struct Greeting {
+    /// Version string as sent, e.g. `5.5.5-10.11.19-MariaDB-0+deb12u1`.
+    pub server_version: String,
+    /// The server's id for this connection.
+    pub connection_id: u32,
+    /// Capabilities the server offers.
+    pub capabilities: CapabilityFlags,
+    /// The server's default collation id.
+    pub collation: u8,
+    /// Server status flags at connect time.
+    pub status: StatusFlags,
+    /// The challenge for the first authentication round.
+    pub nonce: Vec<u8>,
+    /// The authentication plugin the server proposes.
+    pub auth_plugin: String,
+}
+
+impl Greeting {
+    /// Encodes a protocol-10 greeting with `mysql_native_password` and a 20-byte salt.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut scramble_1 = [0u8; 8];
+        scramble_1.copy_from_slice(&self.nonce[..8]);
+        let mut scramble_2 = self.nonce[8..].to_vec();
+        scramble_2.push(0);
+        let packet = HandshakePacket::new(
+            10,
+            self.server_version.as_bytes(),
+            self.connection_id,
+            scramble_1,
+            Some(scramble_2),
+            self.capabilities,
+            self.collation,
+            self.status,
+            Some(self.auth_plugin.as_bytes()),
+        );
+        let mut out = Vec::with_capacity(128);
+        packet.serialize(&mut out);
+        out
+    }
+
+    /// Parses a server greeting, refusing protocol versions other than 10.
+    pub fn parse(payload: &[u8]) -> Result<Greeting, ProtocolError> {
+        if payload.first() == Some(&0xff) {
+            return Err(ProtocolError::Malformed("server refused the connection"));
+        }
+        let packet = HandshakePacket::deserialize((), &mut ParseBuf(payload))
+            .map_err(|_| ProtocolError::Malformed("invalid server greeting"))?;
+        if packet.protocol_version() != 10 {
+            return Err(ProtocolError::Malformed("unsupported protocol version"));
+        }
+        Ok(Greeting {
+            server_version: packet.server_version_str().into_owned(),
+            connection_id: packet.connection_id(),
+            capabilities: packet.capabilities(),
+            collation: packet.default_collation(),
+            status: packet.status_flags(),
+            nonce: packet.nonce(),
+            auth_plugin: packet
+                .auth_plugin()
+                .map(|p| String::from_utf8_lossy(p.as_bytes()).into_owned())
+                .unwrap_or_else(|| crate::auth::NATIVE_PASSWORD.to_owned()),
+        })
+    }
+
+    /// Builds the greeting sluice sends to a client.
+    pub fn for_client(
+        server_version: &str,
+        connection_id: u32,
+        capabilities: CapabilityFlags,
+        collation: u8,
+        salt: &[u8; SALT_LEN],
+    ) -> Greeting {
+        Greeting {
+            server_version: server_version.to_owned(),
+            connection_id,
+            capabilities,
+            collation,
+            status: StatusFlags::SERVER_STATUS_AUTOCOMMIT,
+            nonce: salt.to_vec(),
+            auth_plugin: crate::auth::NATIVE_PASSWORD.to_owned(),
+        }
+    }
+}
+
+/// The client's login packet (HandshakeResponse41).
+#[derive(Debug, Clone)]
+pub struct Login {
+    /// Capabilities the client asked for.
+    pub capabilities: CapabilityFlags,
+    /// The client's maximum packet size.
+    pub max_packet: u32,
+    /// Collation id for the session's character set.
+    pub collation: u8,
+    /// User name.
+    pub user: String,
+    /// Authentication data for the plugin named in `auth_plugin`.
+    pub auth_response: Vec<u8>,
+    /// Initial schema, when the client named one.
+    pub database: Option<String>,
+    /// The plugin the auth data was made for.
+    pub auth_plugin: Option<String>,
+    /// Connection attributes (driver name, program name, ...).
+    pub attributes: HashMap<String, String>,
+}
+
+impl Login {
+    /// Parses a login packet. A 32-byte packet with `CLIENT_SSL` is a TLS request.
+    pub fn parse(payload: &[u8]) -> Result<Login, ProtocolError> {
+        if payload.len() < 32 {
+            return Err(ProtocolError::Malformed("login packet too short"));
+        }
+        let flags = CapabilityFlags::from_bits_truncate(u32::from_le_bytes([
+            payload[0], payload[1], payload[2], payload[3],
+        ]));
+        if !flags.contains(CapabilityFlags::CLIENT_PROTOCOL_41) {
+            return Err(ProtocolError::Malformed(
+                "client does not speak protocol 4.1 (CLIENT_PROTOCOL_41)",
+            ));
+        }
+        if payload.len() == 32 && flags.contains(CapabilityFlags::CLIENT_SSL) {
+            return Err(ProtocolError::Malformed("client requested TLS, which is not offered"));
+        }
+        let packet = HandshakeResponse::deserialize((), &mut ParseBuf(payload))
+            .map_err(|_| ProtocolError::Malformed("invalid login packet"))?;
+        let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+        Ok(Login {
+            capabilities: packet.capabilities(),
+            max_packet: u32::from_le_bytes([payload[4], payload[5], payload[6], payload[7]]),
+            collation: packet.collation(),
+            user: text(packet.user()),
+            auth_response: packet.scramble_buf().to_vec(),
+            database: packet.db_name().map(text).filter(|db| !db.is_empty()),
+            auth_plugin: packet.auth_plugin().map(|p| text(p.as_bytes())),
+            attributes: packet.connect_attributes().unwrap_or_default(),
+        })
+    }
+}
+
+/// Builds the login packet sluice sends to the database.
+pub fn encode_login(
+    capabilities: CapabilityFlags,
+    collation: u8,
+    user: &str,
+    auth_response: &[u8],
+    database: Option<&str>,
+    auth_plugin: &str,
+) -> Vec<u8> {
+    let mut attributes = HashMap::new();
+    attributes.insert("_client_name".to_owned(), "sluice".to_owned());
+    attributes.insert("program_name".to_owned(), "sluice".to_owned());
+    let packet = HandshakeResponse::new(
+        Some(auth_response),
+        (8, 0, 0),
+        Some(user.as_bytes()),
+        database.map(str::as_bytes),
+        Some(mysql_common::packets::AuthPlugin::from_bytes(auth_plugin.as_bytes())),
+        capabilities,
+        Some(attributes),
+        16 * 1024 * 1024,
+    );
+    let mut out = Vec::with_capacity(128);
+    packet.serialize(&mut out);
+    // HandshakeResponse::new picks utf8mb4_general_ci; use the requested collation.
+    out[8] = collation;
+    out
+}
+
+/// Encodes an AuthSwitchRequest asking the client to answer `plugin`'s challenge `data`.
+pub fn encode_auth_switch(plugin: &str, data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(2 + plugin.len() + data.len() + 1);
+    out.push(0xfe);
+    out.extend_from_slice(plugin.as_bytes());
+    out.push(0);
+    out.extend_from_slice(data);
+    out.push(0);
+    out
+}
+
+/// Parses an AuthSwitchRequest from a server: the plugin name and its challenge.
+pub fn parse_auth_switch(payload: &[u8]) -> Result<(String, Vec<u8>), ProtocolError> {
+    let body = payload
+        .strip_prefix(&[0xfe])
+        .ok_or(ProtocolError::Malformed("not an auth switch request"))?;
+    let nul = body
+        .iter()
+        .position(|b| *b == 0)
+        .ok_or(ProtocolError::Malformed("auth switch request without plugin name"))?;
+    let plugin = String::from_utf8_lossy(&body[..nul]).into_owned();
+    let mut data = body[nul + 1..].to_vec();
+    if data.last() == Some(&0) {
+        data.pop();
+    }
+    Ok((plugin, data))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn greeting_round_trip() {
+        let salt = crate::auth::new_salt();
+        let caps = CapabilityFlags::CLIENT_PROTOCOL_41
+            | CapabilityFlags::CLIENT_SECURE_CONNECTION
+            | CapabilityFlags::CLIENT_PLUGIN_AUTH;
+        let greeting = Greeting::for_client("5.5.5-10.11.19-MariaDB", 42, caps, 45, &salt);
+        let parsed = Greeting::parse(&greeting.encode()).unwrap();
+        assert_eq!(parsed.server_version, "5.5.5-10.11.19-MariaDB");
+        assert_eq!(parsed.connection_id, 42);
+        assert_eq!(parsed.nonce, salt.to_vec());
+        assert_eq!(parsed.auth_plugin, "mysql_native_password");
+        assert_eq!(parsed.capabilities, caps);
+        assert_eq!(parsed.collation, 45);
+    }
+
+    #[test]
+    fn login_round_trip() {
+        let caps = CapabilityFlags::CLIENT_PROTOCOL_41
+            | CapabilityFlags::CLIENT_SECURE_CONNECTION
+            | CapabilityFlags::CLIENT_PLUGIN_AUTH_LENENC_CLIENT_DATA
+            | CapabilityFlags::CLIENT_PLUGIN_AUTH;
+        let packet = encode_login(caps, 224, "app", &[1; 20], Some("shop"), "mysql_native_password");
+        let login = Login::parse(&packet).unwrap();
+        assert_eq!(login.user, "app");
+        assert_eq!(login.auth_response, vec![1; 20]);
+        assert_eq!(login.database.as_deref(), Some("shop"));
+        assert_eq!(login.collation, 224);
+        assert_eq!(login.auth_plugin.as_deref(), Some("mysql_native_password"));
+        assert_eq!(login.attributes.get("_client_name").map(String::as_str), Some("sluice"));
+    }
+
+    #[test]
+    fn malformed_logins_are_refused() {
+        assert!(Login::parse(&[]).is_err());
+        assert!(Login::parse(&[0; 31]).is_err());
+        // Protocol 4.1 flag missing.
+        assert!(Login::parse(&[0; 40]).is_err());
+        // Claims 4.1 and lenenc auth data, then stops in the middle of the user name.
+        let mut truncated = vec![0u8; 32];
+        truncated[..4].copy_from_slice(
+            &(CapabilityFlags::CLIENT_PROTOCOL_41 | CapabilityFlags::CLIENT_PLUGIN_AUTH_LENENC_CLIENT_DATA)
+                .bits()
+                .to_le_bytes(),
+        );
+        truncated.extend_from_slice(b"user");
+        assert!(Login::parse(&truncated).is_err());
+        let mut tls = vec![0u8; 32];
+        tls[..4].copy_from_slice(
+            &(CapabilityFlags::CLIENT_PROTOCOL_41 | CapabilityFlags::CLIENT_SSL).bits().to_le_bytes(),
+        );
+        assert!(Login::parse(&tls).is_err());
+    }
+
+    #[test]
+    fn auth_switch_round_trip() {
+        let packet = encode_auth_switch("mysql_native_password", b"01234567890123456789");
+        let (plugin, data) = parse_auth_switch(&packet).unwrap();
+        assert_eq!(plugin, "mysql_native_password");
+        assert_eq!(data, b"01234567890123456789");
+        assert!(parse_auth_switch(b"\xfeno-nul").is_err());
+        assert!(parse_auth_switch(b"\x00").is_err());
+    }
+}

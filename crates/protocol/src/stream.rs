@@ -1,0 +1,208 @@
+//! A buffered packet reader/writer over any async byte stream.
+//!
+//! Reads are buffered so that a reply of many small packets costs few system calls; writes
+//! are collected in a buffer and sent by [`PacketStream::flush`], so a proxy can forward a
+//! burst of frames with one write.
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::packet::{self, FrameHeader, HEADER_LEN};
+use crate::ProtocolError;
+
+/// Output is flushed once this much is buffered, so forwarding a large reply keeps memory flat.
+pub const WRITE_HIGH_WATER: usize = 256 * 1024;
+
+/// One logical packet with continuation frames joined.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Packet {
+    /// Sequence id of the first frame.
+    pub seq: u8,
+    /// Sequence id the next packet in this exchange must carry.
+    pub next_seq: u8,
+    /// The joined payload.
+    pub payload: Vec<u8>,
+}
+
+/// One frame exactly as received: header and payload.
+#[derive(Debug)]
+pub struct Frame {
+    /// The parsed header.
+    pub header: FrameHeader,
+    /// Header and payload bytes.
+    pub bytes: BytesMut,
+}
+
+impl Frame {
+    /// The payload bytes without the header.
+    pub fn payload(&self) -> &[u8] {
+        &self.bytes[HEADER_LEN..]
+    }
+}
+
+/// Packet-level reads and writes on one connection.
+pub struct PacketStream<S> {
+    io: S,
+    read_buf: BytesMut,
+    write_buf: Vec<u8>,
+    max_packet: usize,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> PacketStream<S> {
+    /// Wraps `io`; logical packets larger than `max_packet` bytes are refused on read.
+    pub fn new(io: S, max_packet: usize) -> Self {
+        PacketStream {
+            io,
+            read_buf: BytesMut::with_capacity(16 * 1024),
+            write_buf: Vec::with_capacity(16 * 1024),
+            max_packet,
+        }
+    }
+
+    /// The underlying stream, e.g. to read socket options.
+    pub fn get_ref(&self) -> &S {
+        &self.io
+    }
+
+    /// True when a whole frame is already buffered, so reading it will not wait.
+    pub fn has_buffered_frame(&self) -> bool {
+        FrameHeader::parse(&self.read_buf)
+            .is_some_and(|header| self.read_buf.len() >= header.frame_len())
+    }
+
+    /// True when unread bytes are buffered (e.g. a client pipelined a command).
+    pub fn has_buffered_input(&self) -> bool {
+        !self.read_buf.is_empty()
+    }
+
+    async fn fill_to(&mut self, wanted: usize) -> Result<(), ProtocolError> {
+        while self.read_buf.len() < wanted {
+            self.read_buf.reserve(wanted - self.read_buf.len());
+            if self.io.read_buf(&mut self.read_buf).await? == 0 {
+                return Err(if self.read_buf.is_empty() {
+                    ProtocolError::Closed
+                } else {
+                    ProtocolError::Io(std::io::ErrorKind::UnexpectedEof.into())
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads one frame without joining continuations, for forwarding as-is.
+    pub async fn read_frame(&mut self) -> Result<Frame, ProtocolError> {
+        self.fill_to(HEADER_LEN).await?;
+        let header = FrameHeader::parse(&self.read_buf).ok_or(ProtocolError::Closed)?;
+        self.fill_to(header.frame_len()).await?;
+        let bytes = self.read_buf.split_to(header.frame_len());
+        Ok(Frame { header, bytes })
+    }
+
+    /// Reads one logical packet, joining continuation frames, within the size limit.
+    pub async fn read_packet(&mut self) -> Result<Packet, ProtocolError> {
+        let first = self.read_frame().await?;
+        let seq = first.header.seq;
+        let mut next_seq = seq.wrapping_add(1);
+        let mut continues = first.header.continues();
+        let mut payload = first.payload().to_vec();
+        if payload.len() > self.max_packet {
+            return Err(ProtocolError::TooLarge {
+                size: payload.len(),
+                limit: self.max_packet,
+            });
+        }
+        while continues {
+            let frame = self.read_frame().await?;
+            if payload.len() + frame.header.payload_len > self.max_packet {
+                return Err(ProtocolError::TooLarge {
+                    size: payload.len() + frame.header.payload_len,
+                    limit: self.max_packet,
+                });
+            }
+            payload.extend_from_slice(frame.payload());
+            next_seq = frame.header.seq.wrapping_add(1);
+            continues = frame.header.continues();
+        }
+        Ok(Packet {
+            seq,
+            next_seq,
+            payload,
+        })
+    }
+
+    /// Queues `payload` as a packet starting at sequence id `*seq`, advancing `*seq`.
+    pub fn queue_packet(&mut self, seq: &mut u8, payload: &[u8]) {
+        packet::write_packet(&mut self.write_buf, seq, payload);
+    }
+
+    /// Queues bytes that are already framed (forwarded frames).
+    pub fn queue_raw(&mut self, bytes: &[u8]) {
+        self.write_buf.extend_from_slice(bytes);
+    }
+
+    /// Bytes queued and not yet flushed.
+    pub fn queued_len(&self) -> usize {
+        self.write_buf.len()
+    }
+
+    /// Sends everything queued.
+    pub async fn flush(&mut self) -> Result<(), ProtocolError> {
+        if !self.write_buf.is_empty() {
+            self.io.write_all(&self.write_buf).await?;
+            self.write_buf.clear();
+            if self.write_buf.capacity() > 4 * WRITE_HIGH_WATER {
+                self.write_buf.shrink_to(16 * 1024);
+            }
+        }
+        Ok(())
+    }
+
+    /// Queues one packet and flushes.
+    pub async fn write_packet(&mut self, seq: &mut u8, payload: &[u8]) -> Result<(), ProtocolError> {
+        self.queue_packet(seq, payload);
+        self.flush().await
+    }
+
+    /// Drops buffered input (used after a protocol error, before closing).
+    pub fn discard_input(&mut self) {
+        self.read_buf.advance(self.read_buf.len());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::packet::MAX_FRAME_PAYLOAD;
+
+    #[tokio::test]
+    async fn joins_continuation_frames() {
+        let mut wire = Vec::new();
+        let mut seq = 0;
+        let big = vec![9u8; MAX_FRAME_PAYLOAD + 3];
+        packet::write_packet(&mut wire, &mut seq, &big);
+        packet::write_packet(&mut wire, &mut seq, b"\x0ehi");
+        let mut stream = PacketStream::new(std::io::Cursor::new(wire), 64 << 20);
+        let first = stream.read_packet().await.unwrap();
+        assert_eq!(first.payload.len(), big.len());
+        assert_eq!((first.seq, first.next_seq), (0, 2));
+        let second = stream.read_packet().await.unwrap();
+        assert_eq!(second.payload, b"\x0ehi");
+        assert!(matches!(stream.read_packet().await, Err(ProtocolError::Closed)));
+    }
+
+    #[tokio::test]
+    async fn refuses_oversized_and_truncated_packets() {
+        let mut wire = Vec::new();
+        let mut seq = 0;
+        packet::write_packet(&mut wire, &mut seq, &vec![1u8; MAX_FRAME_PAYLOAD + 1]);
+        let mut stream = PacketStream::new(std::io::Cursor::new(wire), 1024);
+        assert!(matches!(
+            stream.read_packet().await,
+            Err(ProtocolError::TooLarge { .. })
+        ));
+
+        let mut truncated = PacketStream::new(std::io::Cursor::new(vec![10, 0, 0, 0, 1, 2]), 1024);
+        let err = truncated.read_packet().await.unwrap_err();
+        assert!(err.is_disconnect(), "{err}");
+    }
+}
