@@ -134,7 +134,9 @@ impl Login {
             ));
         }
         if payload.len() == 32 && flags.contains(CapabilityFlags::CLIENT_SSL) {
-            return Err(ProtocolError::Malformed("client requested TLS, which is not offered"));
+            return Err(ProtocolError::Malformed(
+                "client requested TLS, which is not offered",
+            ));
         }
         let packet = HandshakeResponse::deserialize((), &mut ParseBuf(payload))
             .map_err(|_| ProtocolError::Malformed("invalid login packet"))?;
@@ -169,7 +171,9 @@ pub fn encode_login(
         (8, 0, 0),
         Some(user.as_bytes()),
         database.map(str::as_bytes),
-        Some(mysql_common::packets::AuthPlugin::from_bytes(auth_plugin.as_bytes())),
+        Some(mysql_common::packets::AuthPlugin::from_bytes(
+            auth_plugin.as_bytes(),
+        )),
         capabilities,
         Some(attributes),
         16 * 1024 * 1024,
@@ -200,13 +204,97 @@ pub fn parse_auth_switch(payload: &[u8]) -> Result<(String, Vec<u8>), ProtocolEr
     let nul = body
         .iter()
         .position(|b| *b == 0)
-        .ok_or(ProtocolError::Malformed("auth switch request without plugin name"))?;
+        .ok_or(ProtocolError::Malformed(
+            "auth switch request without plugin name",
+        ))?;
     let plugin = String::from_utf8_lossy(&body[..nul]).into_owned();
     let mut data = body[nul + 1..].to_vec();
     if data.last() == Some(&0) {
         data.pop();
     }
     Ok((plugin, data))
+}
+
+/// A `COM_CHANGE_USER` request.
+#[derive(Debug, Clone)]
+pub struct ChangeUser {
+    /// The user to become.
+    pub user: String,
+    /// Authentication data for `auth_plugin` against the connection's current salt.
+    pub auth_response: Vec<u8>,
+    /// Schema to switch to, if any.
+    pub database: Option<String>,
+    /// New collation id, when the client sent one.
+    pub collation: Option<u8>,
+    /// Plugin the auth data was made for.
+    pub auth_plugin: Option<String>,
+}
+
+impl ChangeUser {
+    /// Parses the payload (command byte included) for a client with `capabilities`.
+    pub fn parse(
+        payload: &[u8],
+        capabilities: CapabilityFlags,
+    ) -> Result<ChangeUser, ProtocolError> {
+        fn nul_str(buf: &[u8]) -> Result<(String, &[u8]), ProtocolError> {
+            let end = buf
+                .iter()
+                .position(|b| *b == 0)
+                .ok_or(ProtocolError::Malformed(
+                    "unterminated string in COM_CHANGE_USER",
+                ))?;
+            Ok((
+                String::from_utf8_lossy(&buf[..end]).into_owned(),
+                &buf[end + 1..],
+            ))
+        }
+        let body = payload
+            .get(1..)
+            .ok_or(ProtocolError::Malformed("empty COM_CHANGE_USER"))?;
+        let (user, rest) = nul_str(body)?;
+        let (auth_response, rest) =
+            if capabilities.contains(CapabilityFlags::CLIENT_SECURE_CONNECTION) {
+                let (&len, rest) = rest.split_first().ok_or(ProtocolError::Malformed(
+                    "COM_CHANGE_USER without auth data",
+                ))?;
+                let len = usize::from(len);
+                if rest.len() < len {
+                    return Err(ProtocolError::Malformed(
+                        "truncated COM_CHANGE_USER auth data",
+                    ));
+                }
+                (rest[..len].to_vec(), &rest[len..])
+            } else {
+                let (auth, rest) = nul_str(rest)?;
+                (auth.into_bytes(), rest)
+            };
+        let (database, rest) = if rest.is_empty() {
+            (String::new(), rest)
+        } else {
+            nul_str(rest)?
+        };
+        let (collation, rest) = match rest {
+            [low, _high, tail @ ..] => (Some(*low), tail),
+            _ => (None, &[][..]),
+        };
+        let auth_plugin =
+            if capabilities.contains(CapabilityFlags::CLIENT_PLUGIN_AUTH) && !rest.is_empty() {
+                Some(
+                    nul_str(rest)
+                        .map(|(name, _)| name)
+                        .unwrap_or_else(|_| String::from_utf8_lossy(rest).into_owned()),
+                )
+            } else {
+                None
+            };
+        Ok(ChangeUser {
+            user,
+            auth_response,
+            database: (!database.is_empty()).then_some(database),
+            collation,
+            auth_plugin,
+        })
+    }
 }
 
 #[cfg(test)]
@@ -235,14 +323,24 @@ mod tests {
             | CapabilityFlags::CLIENT_SECURE_CONNECTION
             | CapabilityFlags::CLIENT_PLUGIN_AUTH_LENENC_CLIENT_DATA
             | CapabilityFlags::CLIENT_PLUGIN_AUTH;
-        let packet = encode_login(caps, 224, "app", &[1; 20], Some("shop"), "mysql_native_password");
+        let packet = encode_login(
+            caps,
+            224,
+            "app",
+            &[1; 20],
+            Some("shop"),
+            "mysql_native_password",
+        );
         let login = Login::parse(&packet).unwrap();
         assert_eq!(login.user, "app");
         assert_eq!(login.auth_response, vec![1; 20]);
         assert_eq!(login.database.as_deref(), Some("shop"));
         assert_eq!(login.collation, 224);
         assert_eq!(login.auth_plugin.as_deref(), Some("mysql_native_password"));
-        assert_eq!(login.attributes.get("_client_name").map(String::as_str), Some("sluice"));
+        assert_eq!(
+            login.attributes.get("_client_name").map(String::as_str),
+            Some("sluice")
+        );
     }
 
     #[test]
@@ -254,7 +352,8 @@ mod tests {
         // Claims 4.1 and lenenc auth data, then stops in the middle of the user name.
         let mut truncated = vec![0u8; 32];
         truncated[..4].copy_from_slice(
-            &(CapabilityFlags::CLIENT_PROTOCOL_41 | CapabilityFlags::CLIENT_PLUGIN_AUTH_LENENC_CLIENT_DATA)
+            &(CapabilityFlags::CLIENT_PROTOCOL_41
+                | CapabilityFlags::CLIENT_PLUGIN_AUTH_LENENC_CLIENT_DATA)
                 .bits()
                 .to_le_bytes(),
         );
@@ -262,9 +361,32 @@ mod tests {
         assert!(Login::parse(&truncated).is_err());
         let mut tls = vec![0u8; 32];
         tls[..4].copy_from_slice(
-            &(CapabilityFlags::CLIENT_PROTOCOL_41 | CapabilityFlags::CLIENT_SSL).bits().to_le_bytes(),
+            &(CapabilityFlags::CLIENT_PROTOCOL_41 | CapabilityFlags::CLIENT_SSL)
+                .bits()
+                .to_le_bytes(),
         );
         assert!(Login::parse(&tls).is_err());
+    }
+
+    #[test]
+    fn change_user_parsing() {
+        let caps = CapabilityFlags::CLIENT_SECURE_CONNECTION | CapabilityFlags::CLIENT_PLUGIN_AUTH;
+        let mut payload = vec![0x11];
+        payload.extend_from_slice(b"bob\0");
+        payload.push(3);
+        payload.extend_from_slice(&[1, 2, 3]);
+        payload.extend_from_slice(b"shop\0");
+        payload.extend_from_slice(&[33, 0]);
+        payload.extend_from_slice(b"mysql_native_password\0");
+        let change = ChangeUser::parse(&payload, caps).unwrap();
+        assert_eq!(change.user, "bob");
+        assert_eq!(change.auth_response, vec![1, 2, 3]);
+        assert_eq!(change.database.as_deref(), Some("shop"));
+        assert_eq!(change.collation, Some(33));
+        assert_eq!(change.auth_plugin.as_deref(), Some("mysql_native_password"));
+        assert!(ChangeUser::parse(&[0x11], caps).is_err());
+        assert!(ChangeUser::parse(b"\x11bob", caps).is_err());
+        assert!(ChangeUser::parse(b"\x11bob\0\x09ab", caps).is_err());
     }
 
     #[test]

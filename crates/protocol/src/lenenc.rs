@@ -12,7 +12,11 @@ pub fn read_int(buf: &[u8]) -> Result<(u64, &[u8]), ProtocolError> {
         0xfc => 2,
         0xfd => 3,
         0xfe => 8,
-        _ => return Err(ProtocolError::Malformed("invalid length-encoded integer prefix")),
+        _ => {
+            return Err(ProtocolError::Malformed(
+                "invalid length-encoded integer prefix",
+            ))
+        }
     };
     if rest.len() < width {
         return Err(ProtocolError::Malformed("truncated length-encoded integer"));
@@ -63,7 +67,16 @@ mod tests {
 
     #[test]
     fn round_trips_every_width() {
-        for value in [0u64, 250, 251, 0xffff, 0x1_0000, 0xff_ffff, 0x100_0000, u64::MAX] {
+        for value in [
+            0u64,
+            250,
+            251,
+            0xffff,
+            0x1_0000,
+            0xff_ffff,
+            0x100_0000,
+            u64::MAX,
+        ] {
             let mut out = Vec::new();
             put_int(&mut out, value);
             out.push(0x42);
@@ -81,6 +94,9 @@ mod tests {
         assert!(read_int(&[0xff]).is_err());
         assert!(read_int(&[0xfb]).is_err());
         assert!(read_bytes(&[5, b'a', b'b']).is_err());
-        assert_eq!(read_bytes(&[2, b'a', b'b', 9]).unwrap(), (&b"ab"[..], &[9u8][..]));
+        assert_eq!(
+            read_bytes(&[2, b'a', b'b', 9]).unwrap(),
+            (&b"ab"[..], &[9u8][..])
+        );
     }
 }

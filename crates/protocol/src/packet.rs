@@ -64,11 +64,19 @@ mod tests {
     #[test]
     fn parses_header() {
         let h = FrameHeader::parse(&[0x03, 0x00, 0x00, 0x07, 1, 2, 3]).unwrap();
-        assert_eq!(h, FrameHeader { payload_len: 3, seq: 7 });
+        assert_eq!(
+            h,
+            FrameHeader {
+                payload_len: 3,
+                seq: 7
+            }
+        );
         assert_eq!(h.frame_len(), 7);
         assert!(!h.continues());
         assert!(FrameHeader::parse(&[1, 0, 0]).is_none());
-        assert!(FrameHeader::parse(&[0xff, 0xff, 0xff, 0]).unwrap().continues());
+        assert!(FrameHeader::parse(&[0xff, 0xff, 0xff, 0])
+            .unwrap()
+            .continues());
     }
 
     #[test]
@@ -86,6 +94,12 @@ mod tests {
         write_packet(&mut out, &mut seq, &vec![1u8; MAX_FRAME_PAYLOAD + 10]);
         assert_eq!(seq, 2);
         let second = FrameHeader::parse(&out[HEADER_LEN + MAX_FRAME_PAYLOAD..]).unwrap();
-        assert_eq!(second, FrameHeader { payload_len: 10, seq: 1 });
+        assert_eq!(
+            second,
+            FrameHeader {
+                payload_len: 10,
+                seq: 1
+            }
+        );
     }
 }

@@ -155,8 +155,9 @@ impl ReplyTracker {
                 Step::More
             }
             State::ColumnsEof => {
-                let status = response::terminator_status(payload)
-                    .ok_or(ProtocolError::Malformed("expected EOF after column definitions"))?;
+                let status = response::terminator_status(payload).ok_or(
+                    ProtocolError::Malformed("expected EOF after column definitions"),
+                )?;
                 if status.contains(StatusFlags::SERVER_STATUS_CURSOR_EXISTS) {
                     Step::Done(Some(status))
                 } else {
@@ -206,7 +207,10 @@ mod tests {
     use crate::CapabilityFlags;
 
     fn header(len: usize) -> FrameHeader {
-        FrameHeader { payload_len: len, seq: 1 }
+        FrameHeader {
+            payload_len: len,
+            seq: 1,
+        }
     }
 
     fn feed_all(tracker: &mut ReplyTracker, packets: &[Vec<u8>]) -> Vec<Step> {
@@ -217,10 +221,18 @@ mod tests {
     }
 
     fn ok(status: StatusFlags) -> Vec<u8> {
-        encode_ok(CapabilityFlags::empty(), &OkFields { status, ..OkFields::default() }, "")
+        encode_ok(
+            CapabilityFlags::empty(),
+            &OkFields {
+                status,
+                ..OkFields::default()
+            },
+            "",
+        )
     }
 
-    const COLUMN_DEF: &[u8] = b"\x03def\x00\x00\x00\x01a\x00\x0c\x3f\x00\x01\x00\x00\x00\x08\x81\x00\x00\x00\x00";
+    const COLUMN_DEF: &[u8] =
+        b"\x03def\x00\x00\x00\x01a\x00\x0c\x3f\x00\x01\x00\x00\x00\x08\x81\x00\x00\x00\x00";
 
     #[test]
     fn text_result_set_with_classic_eof() {
@@ -268,13 +280,22 @@ mod tests {
     fn error_mid_rows_and_local_infile() {
         let mut tracker = ReplyTracker::new(ReplyShape::Results, true);
         let err = crate::response::ErrFields::new(1317, "70100", "interrupted").encode();
-        let steps = feed_all(&mut tracker, &[vec![1], COLUMN_DEF.to_vec(), b"\x011".to_vec(), err]);
+        let steps = feed_all(
+            &mut tracker,
+            &[vec![1], COLUMN_DEF.to_vec(), b"\x011".to_vec(), err],
+        );
         assert_eq!(steps[3], Step::Done(None));
 
         let mut tracker = ReplyTracker::new(ReplyShape::Results, true);
-        assert_eq!(feed_all(&mut tracker, &[b"\xfbdata.csv".to_vec()]), vec![Step::LocalInfile]);
+        assert_eq!(
+            feed_all(&mut tracker, &[b"\xfbdata.csv".to_vec()]),
+            vec![Step::LocalInfile]
+        );
         let status = StatusFlags::SERVER_STATUS_AUTOCOMMIT;
-        assert_eq!(feed_all(&mut tracker, &[ok(status)]), vec![Step::Done(Some(status))]);
+        assert_eq!(
+            feed_all(&mut tracker, &[ok(status)]),
+            vec![Step::Done(Some(status))]
+        );
     }
 
     #[test]
@@ -284,12 +305,18 @@ mod tests {
         // A row of a 16 MiB string starts with 0xfe but is continued.
         let mut big = vec![0xfe];
         big.resize(MAX_FRAME_PAYLOAD, b'x');
-        assert_eq!(tracker.feed(header(MAX_FRAME_PAYLOAD), &big).unwrap(), Step::More);
+        assert_eq!(
+            tracker.feed(header(MAX_FRAME_PAYLOAD), &big).unwrap(),
+            Step::More
+        );
         // The continuation frame happens to start with 0xfe and is short: still row data.
         assert_eq!(tracker.feed(header(3), &[0xfe, 0, 0]).unwrap(), Step::More);
         let mut end = ok(StatusFlags::empty());
         end[0] = 0xfe;
-        assert_eq!(tracker.feed(header(end.len()), &end).unwrap(), Step::Done(Some(StatusFlags::empty())));
+        assert_eq!(
+            tracker.feed(header(end.len()), &end).unwrap(),
+            Step::Done(Some(StatusFlags::empty()))
+        );
     }
 
     #[test]
@@ -312,15 +339,25 @@ mod tests {
 
         let no_metadata = vec![0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
         let mut tracker = ReplyTracker::new(ReplyShape::Prepare, false);
-        assert_eq!(feed_all(&mut tracker, &[no_metadata]), vec![Step::Done(None)]);
+        assert_eq!(
+            feed_all(&mut tracker, &[no_metadata]),
+            vec![Step::Done(None)]
+        );
     }
 
     #[test]
     fn cursor_open_ends_after_metadata() {
         let cursor = StatusFlags::SERVER_STATUS_CURSOR_EXISTS;
-        let packets = vec![vec![1], COLUMN_DEF.to_vec(), encode_eof(CapabilityFlags::empty(), cursor)];
+        let packets = vec![
+            vec![1],
+            COLUMN_DEF.to_vec(),
+            encode_eof(CapabilityFlags::empty(), cursor),
+        ];
         let mut tracker = ReplyTracker::new(ReplyShape::Results, false);
-        assert_eq!(feed_all(&mut tracker, &packets)[2], Step::Done(Some(cursor)));
+        assert_eq!(
+            feed_all(&mut tracker, &packets)[2],
+            Step::Done(Some(cursor))
+        );
     }
 
     #[test]

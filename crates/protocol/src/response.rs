@@ -54,9 +54,11 @@ pub fn parse_ok(payload: &[u8]) -> Result<OkFields, ProtocolError> {
 /// or `None` for anything else (ERR packets carry no status).
 pub fn terminator_status(payload: &[u8]) -> Option<StatusFlags> {
     match payload.first()? {
-        &EOF_HEADER if payload.len() == 5 => Some(StatusFlags::from_bits_truncate(
-            u16::from_le_bytes([payload[3], payload[4]]),
-        )),
+        &EOF_HEADER if payload.len() == 5 => {
+            Some(StatusFlags::from_bits_truncate(u16::from_le_bytes([
+                payload[3], payload[4],
+            ])))
+        }
         &OK_HEADER | &EOF_HEADER => parse_ok(payload).ok().map(|ok| ok.status),
         _ => None,
     }
@@ -100,7 +102,14 @@ pub fn encode_ok(caps: CapabilityFlags, fields: &OkFields, info: &str) -> Vec<u8
 /// Encodes an EOF packet (or its OK replacement under `CLIENT_DEPRECATE_EOF`).
 pub fn encode_eof(caps: CapabilityFlags, status: StatusFlags) -> Vec<u8> {
     if caps.contains(CapabilityFlags::CLIENT_DEPRECATE_EOF) {
-        let mut out = encode_ok(caps, &OkFields { status, ..OkFields::default() }, "");
+        let mut out = encode_ok(
+            caps,
+            &OkFields {
+                status,
+                ..OkFields::default()
+            },
+            "",
+        );
         out[0] = EOF_HEADER;
         out
     } else {
@@ -206,7 +215,8 @@ mod tests {
     fn strips_session_state_for_old_clients() {
         // OK, 1 row, id 0, status IN_TRANS|SESSION_STATE_CHANGED, 0 warnings, info "hi", state.
         let mut packet = vec![0x00, 1, 0];
-        let status = StatusFlags::SERVER_STATUS_IN_TRANS | StatusFlags::SERVER_SESSION_STATE_CHANGED;
+        let status =
+            StatusFlags::SERVER_STATUS_IN_TRANS | StatusFlags::SERVER_SESSION_STATE_CHANGED;
         packet.extend_from_slice(&status.bits().to_le_bytes());
         packet.extend_from_slice(&[0, 0, 2, b'h', b'i', 3, 1, 1, b'x']);
         let stripped = strip_session_track(&packet).unwrap();
@@ -234,7 +244,10 @@ mod tests {
         assert_eq!(ErrFields::parse(&err.encode()).unwrap(), err);
         assert!(ErrFields::parse(&[0xff]).is_err());
         assert!(ErrFields::parse(&[0x00, 1, 2]).is_err());
-        assert_eq!(ErrFields::parse(&[0xff, 1, 0, b'x']).unwrap().sql_state, *b"HY000");
+        assert_eq!(
+            ErrFields::parse(&[0xff, 1, 0, b'x']).unwrap().sql_state,
+            *b"HY000"
+        );
         assert!(parse_ok(&[0x00]).is_err());
         assert!(parse_ok(&[0x00, 0, 0, 1]).is_err());
         assert_eq!(terminator_status(&[0xfe, 0]), None);

@@ -158,7 +158,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> PacketStream<S> {
     }
 
     /// Queues one packet and flushes.
-    pub async fn write_packet(&mut self, seq: &mut u8, payload: &[u8]) -> Result<(), ProtocolError> {
+    pub async fn write_packet(
+        &mut self,
+        seq: &mut u8,
+        payload: &[u8],
+    ) -> Result<(), ProtocolError> {
         self.queue_packet(seq, payload);
         self.flush().await
     }
@@ -187,7 +191,10 @@ mod tests {
         assert_eq!((first.seq, first.next_seq), (0, 2));
         let second = stream.read_packet().await.unwrap();
         assert_eq!(second.payload, b"\x0ehi");
-        assert!(matches!(stream.read_packet().await, Err(ProtocolError::Closed)));
+        assert!(matches!(
+            stream.read_packet().await,
+            Err(ProtocolError::Closed)
+        ));
     }
 
     #[tokio::test]

@@ -1,0 +1,362 @@
+//! One authenticated connection from sluice to the database.
+//!
+//! The pool owns these; a client session borrows one and forwards its commands through
+//! [`BackendConn::stream`]. The methods here are the few commands sluice sends on its own
+//! behalf: ping, reset, change of schema, and re-authentication to wipe a session clean.
+
+use std::time::{Duration, Instant};
+
+use sluice_protocol::auth::{self, CACHING_SHA2_PASSWORD, NATIVE_PASSWORD};
+use sluice_protocol::handshake::{self, Greeting};
+use sluice_protocol::response::{self, ErrFields, OkFields};
+use sluice_protocol::stream::PacketStream;
+use sluice_protocol::{command, CapabilityFlags, ProtocolError};
+use tokio::net::TcpStream;
+
+use crate::config::BackendTarget;
+
+/// Capabilities sluice always asks of the database.
+const BASE_CAPABILITIES: CapabilityFlags = CapabilityFlags::from_bits_truncate(
+    CapabilityFlags::CLIENT_LONG_PASSWORD.bits()
+        | CapabilityFlags::CLIENT_LONG_FLAG.bits()
+        | CapabilityFlags::CLIENT_PROTOCOL_41.bits()
+        | CapabilityFlags::CLIENT_TRANSACTIONS.bits()
+        | CapabilityFlags::CLIENT_SECURE_CONNECTION.bits()
+        | CapabilityFlags::CLIENT_MULTI_RESULTS.bits()
+        | CapabilityFlags::CLIENT_PS_MULTI_RESULTS.bits()
+        | CapabilityFlags::CLIENT_PLUGIN_AUTH.bits()
+        | CapabilityFlags::CLIENT_PLUGIN_AUTH_LENENC_CLIENT_DATA.bits()
+        | CapabilityFlags::CLIENT_CONNECT_ATTRS.bits()
+        | CapabilityFlags::CLIENT_CONNECT_WITH_DB.bits(),
+);
+
+/// Client capabilities that change what the server sends or accepts. A backend connection
+/// is opened with the same choice of these as the client it serves, so replies can be
+/// forwarded byte for byte.
+pub const FLAVOR_CAPABILITIES: CapabilityFlags = CapabilityFlags::from_bits_truncate(
+    CapabilityFlags::CLIENT_FOUND_ROWS.bits()
+        | CapabilityFlags::CLIENT_IGNORE_SPACE.bits()
+        | CapabilityFlags::CLIENT_LOCAL_FILES.bits()
+        | CapabilityFlags::CLIENT_MULTI_STATEMENTS.bits()
+        | CapabilityFlags::CLIENT_SESSION_TRACK.bits()
+        | CapabilityFlags::CLIENT_DEPRECATE_EOF.bits(),
+);
+
+/// The per-client choices a backend connection must share with the client it serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Flavor {
+    /// The client's capabilities, masked to [`FLAVOR_CAPABILITIES`].
+    pub capabilities: CapabilityFlags,
+    /// The connection collation id from the client's login.
+    pub collation: u8,
+}
+
+impl Flavor {
+    /// The flavor matching a client that logged in with `capabilities` and `collation`.
+    pub fn of_client(capabilities: CapabilityFlags, collation: u8) -> Flavor {
+        Flavor {
+            capabilities: capabilities & FLAVOR_CAPABILITIES,
+            collation,
+        }
+    }
+
+    /// Whether replies end result sets with OK instead of EOF packets.
+    pub fn deprecate_eof(&self) -> bool {
+        self.capabilities
+            .contains(CapabilityFlags::CLIENT_DEPRECATE_EOF)
+    }
+}
+
+/// Why talking to the database failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// TCP connect did not succeed.
+    #[error("cannot connect to the database at {addr}: {source}")]
+    Connect {
+        /// The address tried.
+        addr: String,
+        /// The socket error.
+        source: std::io::Error,
+    },
+    /// The database answered too slowly.
+    #[error("the database at {0} did not answer within the connect timeout")]
+    Timeout(String),
+    /// The connection broke or the database sent something unexpected.
+    #[error("database connection failed: {0}")]
+    Protocol(#[from] ProtocolError),
+    /// The database refused sluice's credentials or a command with an ERR packet.
+    #[error("the database refused: {0}")]
+    Refused(ErrFields),
+    /// The database asked for an authentication method sluice cannot perform.
+    #[error("the database asked for authentication plugin {0}, which sluice does not support")]
+    UnsupportedAuth(String),
+}
+
+impl BackendError {
+    /// True when retrying later may succeed (the database is down or restarting), false
+    /// when the database actively refused (bad credentials, unknown database).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            BackendError::Connect { .. } | BackendError::Timeout(_) => true,
+            BackendError::Protocol(_) => true,
+            // 1040 too many connections, 1053 server shutdown, 1129/1130 host blocked.
+            BackendError::Refused(err) => matches!(err.code, 1040 | 1053 | 1203),
+            BackendError::UnsupportedAuth(_) => false,
+        }
+    }
+}
+
+/// What the server said about itself when sluice connected.
+#[derive(Debug, Clone)]
+pub struct ServerInfo {
+    /// Version string, passed on to clients so they detect MariaDB vs MySQL correctly.
+    pub version: String,
+    /// Capabilities the server offers.
+    pub capabilities: CapabilityFlags,
+    /// The server's default collation id.
+    pub collation: u8,
+}
+
+/// An open, authenticated database connection.
+pub struct BackendConn {
+    /// The packet stream; sessions forward client commands through it.
+    pub stream: PacketStream<TcpStream>,
+    /// The client-visible choices this connection was opened with.
+    pub flavor: Flavor,
+    /// The database's id for this connection (its `CONNECTION_ID()`).
+    pub thread_id: u32,
+    /// Greeting facts, shared with the pool so clients see the real server version.
+    pub server: ServerInfo,
+    /// The schema in use, when sluice knows it (after a client session it does not).
+    pub schema: Option<Option<String>>,
+    nonce: Vec<u8>,
+    created: Instant,
+    last_used: Instant,
+}
+
+/// The result of a command that answers with a single OK or ERR packet.
+pub type SimpleReply = Result<OkFields, ErrFields>;
+
+impl BackendConn {
+    /// Opens and authenticates a connection with `flavor`, within `timeout`.
+    pub async fn connect(
+        target: &BackendTarget,
+        flavor: Flavor,
+        timeout: Duration,
+    ) -> Result<BackendConn, BackendError> {
+        let addr = target.address();
+        tokio::time::timeout(timeout, Self::connect_inner(target, flavor))
+            .await
+            .map_err(|_| BackendError::Timeout(addr))?
+    }
+
+    async fn connect_inner(
+        target: &BackendTarget,
+        flavor: Flavor,
+    ) -> Result<BackendConn, BackendError> {
+        let addr = target.address();
+        let socket = TcpStream::connect(&addr)
+            .await
+            .map_err(|source| BackendError::Connect { addr, source })?;
+        socket.set_nodelay(true).map_err(ProtocolError::Io)?;
+        let mut stream = PacketStream::new(socket, 1 << 30);
+        let greeting_packet = stream.read_packet().await?;
+        if greeting_packet.payload.first() == Some(&response::ERR_HEADER) {
+            return Err(BackendError::Refused(ErrFields::parse(
+                &greeting_packet.payload,
+            )?));
+        }
+        let greeting = Greeting::parse(&greeting_packet.payload)?;
+        let capabilities = (BASE_CAPABILITIES | flavor.capabilities) & greeting.capabilities
+            | CapabilityFlags::CLIENT_PROTOCOL_41;
+        let mut conn = BackendConn {
+            stream,
+            flavor,
+            thread_id: greeting.connection_id,
+            server: ServerInfo {
+                version: greeting.server_version.clone(),
+                capabilities: greeting.capabilities,
+                collation: greeting.collation,
+            },
+            schema: Some(target.database.clone()),
+            nonce: greeting.nonce.clone(),
+            created: Instant::now(),
+            last_used: Instant::now(),
+        };
+        let (plugin, proof) = conn.auth_proof(target, &greeting.auth_plugin, &greeting.nonce)?;
+        let login = handshake::encode_login(
+            capabilities,
+            flavor.collation,
+            &target.user,
+            &proof,
+            target.database.as_deref(),
+            plugin,
+        );
+        let mut seq = greeting_packet.next_seq;
+        conn.stream.write_packet(&mut seq, &login).await?;
+        conn.finish_auth(target).await?;
+        Ok(conn)
+    }
+
+    /// Computes the answer to an authentication challenge for `plugin`.
+    fn auth_proof<'p>(
+        &self,
+        target: &BackendTarget,
+        plugin: &'p str,
+        nonce: &[u8],
+    ) -> Result<(&'p str, Vec<u8>), BackendError> {
+        let password = target.password.as_bytes();
+        match plugin {
+            NATIVE_PASSWORD => Ok((
+                plugin,
+                auth::scramble_native(nonce, password)
+                    .map(Vec::from)
+                    .unwrap_or_default(),
+            )),
+            CACHING_SHA2_PASSWORD => {
+                let nonce: &[u8; 20] = nonce.get(..20).and_then(|n| n.try_into().ok()).ok_or(
+                    ProtocolError::Malformed("short caching_sha2_password nonce"),
+                )?;
+                Ok((
+                    plugin,
+                    auth::scramble_sha256(nonce, password)
+                        .map(Vec::from)
+                        .unwrap_or_default(),
+                ))
+            }
+            other => Err(BackendError::UnsupportedAuth(other.to_owned())),
+        }
+    }
+
+    /// Reads the server's verdict on a login or COM_CHANGE_USER, answering auth switches.
+    async fn finish_auth(&mut self, target: &BackendTarget) -> Result<(), BackendError> {
+        loop {
+            let packet = self.stream.read_packet().await?;
+            let mut seq = packet.next_seq;
+            match packet.payload.first() {
+                Some(&response::OK_HEADER) => return Ok(()),
+                Some(&response::ERR_HEADER) => {
+                    return Err(BackendError::Refused(ErrFields::parse(&packet.payload)?))
+                }
+                Some(&0xfe) => {
+                    let (plugin, nonce) = handshake::parse_auth_switch(&packet.payload)?;
+                    let (_, proof) = self.auth_proof(target, &plugin, &nonce)?;
+                    self.nonce = nonce;
+                    self.stream.write_packet(&mut seq, &proof).await?;
+                }
+                // caching_sha2_password: 0x01 0x03 is "fast auth succeeded"; OK follows.
+                Some(&0x01) if packet.payload.get(1) == Some(&0x03) => continue,
+                Some(&0x01) => {
+                    return Err(BackendError::UnsupportedAuth(
+                        "caching_sha2_password full authentication (needs TLS or an RSA key)"
+                            .into(),
+                    ))
+                }
+                _ => {
+                    return Err(
+                        ProtocolError::Malformed("unexpected packet during authentication").into(),
+                    )
+                }
+            }
+        }
+    }
+
+    /// Sends a command that is answered by one OK or ERR packet and returns the answer.
+    pub async fn simple_command(&mut self, payload: &[u8]) -> Result<SimpleReply, BackendError> {
+        let mut seq = 0;
+        self.stream.write_packet(&mut seq, payload).await?;
+        let reply = self.stream.read_packet().await?;
+        self.last_used = Instant::now();
+        match reply.payload.first() {
+            Some(&response::ERR_HEADER) => Ok(Err(ErrFields::parse(&reply.payload)?)),
+            Some(&response::OK_HEADER) => Ok(Ok(response::parse_ok(&reply.payload)?)),
+            _ => Err(ProtocolError::Malformed("expected OK or ERR").into()),
+        }
+    }
+
+    /// Checks that the connection still works.
+    pub async fn ping(&mut self) -> Result<(), BackendError> {
+        self.simple_command(&[command::PING])
+            .await?
+            .map_err(BackendError::Refused)?;
+        Ok(())
+    }
+
+    /// Switches the default schema; the server's ERR (e.g. 1049) is returned as `Err` inside.
+    pub async fn init_db(&mut self, schema: &str) -> Result<SimpleReply, BackendError> {
+        let mut payload = vec![command::INIT_DB];
+        payload.extend_from_slice(schema.as_bytes());
+        let reply = self.simple_command(&payload).await?;
+        if reply.is_ok() {
+            self.schema = Some(Some(schema.to_owned()));
+        }
+        Ok(reply)
+    }
+
+    /// Clears session state left by a client: open transaction, variables, temporary tables,
+    /// locks and prepared statements. The schema is kept by the server, so it becomes unknown.
+    pub async fn reset(&mut self) -> Result<(), BackendError> {
+        self.simple_command(&[command::RESET_CONNECTION])
+            .await?
+            .map_err(BackendError::Refused)?;
+        self.schema = None;
+        Ok(())
+    }
+
+    /// Re-authenticates with COM_CHANGE_USER: a full reset that also returns the schema to
+    /// the backend's default (MySQL has no other way to leave a schema).
+    pub async fn change_user(&mut self, target: &BackendTarget) -> Result<(), BackendError> {
+        let nonce = self.nonce.clone();
+        let (plugin, proof) = self.auth_proof(target, NATIVE_PASSWORD, &nonce)?;
+        let mut payload = vec![command::CHANGE_USER];
+        payload.extend_from_slice(target.user.as_bytes());
+        payload.push(0);
+        payload.push(proof.len() as u8);
+        payload.extend_from_slice(&proof);
+        payload.extend_from_slice(target.database.as_deref().unwrap_or("").as_bytes());
+        payload.push(0);
+        payload.extend_from_slice(&u16::from(self.flavor.collation).to_le_bytes());
+        payload.extend_from_slice(plugin.as_bytes());
+        payload.push(0);
+        let mut seq = 0;
+        self.stream.write_packet(&mut seq, &payload).await?;
+        self.finish_auth(target).await?;
+        self.schema = Some(target.database.clone());
+        self.last_used = Instant::now();
+        Ok(())
+    }
+
+    /// Puts the connection on `schema` (or the backend default when `None`), the cheapest way.
+    pub async fn use_schema(
+        &mut self,
+        target: &BackendTarget,
+        schema: Option<&str>,
+    ) -> Result<SimpleReply, BackendError> {
+        let wanted = schema.or(target.database.as_deref());
+        if self.schema.as_ref().is_some_and(|s| s.as_deref() == wanted) {
+            return Ok(Ok(OkFields::default()));
+        }
+        match wanted {
+            Some(name) => self.init_db(name).await,
+            None => self
+                .change_user(target)
+                .await
+                .map(|()| Ok(OkFields::default())),
+        }
+    }
+
+    /// When the connection was opened.
+    pub fn created(&self) -> Instant {
+        self.created
+    }
+
+    /// When sluice last finished using the connection.
+    pub fn last_used(&self) -> Instant {
+        self.last_used
+    }
+
+    /// Records that the connection was just used (called when a borrower returns it).
+    pub fn touch(&mut self) {
+        self.last_used = Instant::now();
+    }
+}

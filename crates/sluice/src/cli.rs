@@ -1,0 +1,89 @@
+//! Command-line interface: `sluice serve` and `sluice check`.
+//!
+//! Flags override the config file; each flag can also be set by a `SLUICE_*` variable.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use sluice::config::{Config, ConfigError, ConfigIssue, Settings, UserConfig};
+
+/// sluice: a MySQL/MariaDB connection gateway for serverless and other high-churn clients.
+#[derive(Debug, Parser)]
+#[command(name = "sluice", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gateway.
+    Serve(ConfigArgs),
+    /// Validate a configuration and print what is wrong, or the effective settings.
+    Check(ConfigArgs),
+}
+
+/// Where configuration comes from.
+#[derive(Debug, Args)]
+pub struct ConfigArgs {
+    /// TOML configuration file (every setting has a default).
+    #[arg(long, short, env = "SLUICE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Address for MySQL-protocol clients [default: 127.0.0.1:6033].
+    #[arg(long, env = "SLUICE_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Address for /healthz and /metrics [default: 127.0.0.1:6080].
+    #[arg(long, env = "SLUICE_ADMIN_LISTEN")]
+    pub admin_listen: Option<SocketAddr>,
+    /// The database: mysql://USER[:PASS]@HOST[:PORT][/DB] [default: mysql://root@127.0.0.1:3306].
+    #[arg(long, env = "SLUICE_BACKEND")]
+    pub backend: Option<String>,
+    /// A client login NAME:PASSWORD (PASSWORD may be a *HEX native hash); repeatable.
+    #[arg(long = "user", env = "SLUICE_USERS", value_delimiter = ',')]
+    pub users: Vec<String>,
+    /// Cap on database connections [default: 20].
+    #[arg(long, env = "SLUICE_MAX_DB_CONNECTIONS")]
+    pub max_db_connections: Option<usize>,
+}
+
+impl ConfigArgs {
+    /// Loads the file (if any), applies overrides, and validates.
+    pub fn settings(&self) -> Result<Settings, ConfigError> {
+        let (mut config, source) = match &self.config {
+            Some(path) => (Config::load(path)?, path.display().to_string()),
+            None => (Config::default(), "defaults".to_owned()),
+        };
+        if let Some(listen) = self.listen {
+            config.listen = listen;
+        }
+        if let Some(admin) = self.admin_listen {
+            config.admin_listen = admin;
+        }
+        if let Some(url) = &self.backend {
+            config.backend.url = url.clone();
+        }
+        if let Some(max) = self.max_db_connections {
+            config.pool.max_db_connections = max;
+        }
+        for spec in &self.users {
+            let Some((name, password)) = spec.split_once(':') else {
+                return Err(ConfigError(vec![ConfigIssue {
+                    source: "command line".into(),
+                    key: "--user".into(),
+                    reason: format!("{spec:?} must be NAME:PASSWORD"),
+                }]));
+            };
+            let is_hash = sluice_protocol::auth::NativeHash::parse(password).is_some();
+            config.users.retain(|u| u.name != name);
+            config.users.push(UserConfig {
+                name: name.to_owned(),
+                password: (!is_hash).then(|| password.to_owned()),
+                password_hash: is_hash.then(|| password.to_owned()),
+            });
+        }
+        config.validate(&source)
+    }
+}

@@ -1,0 +1,71 @@
+//! The ERR packets sluice itself sends to clients, with the codes MySQL clients expect.
+
+use sluice_protocol::command;
+use sluice_protocol::response::ErrFields;
+
+use crate::pool::BorrowError;
+
+/// 1045: wrong user or password.
+pub fn access_denied(user: &str, host: &str, used_password: bool) -> ErrFields {
+    ErrFields::new(
+        1045,
+        "28000",
+        format!(
+            "Access denied for user '{user}'@'{host}' (using password: {})",
+            if used_password { "YES" } else { "NO" }
+        ),
+    )
+}
+
+/// 1040: the client limit is reached.
+pub fn too_many_clients(max: usize) -> ErrFields {
+    ErrFields::new(
+        1040,
+        "08004",
+        format!("Too many connections: sluice is at max_client_connections ({max}); raise it or close idle clients"),
+    )
+}
+
+/// No database connection could be had: the pool is exhausted (1040) or the database is
+/// unreachable (2003).
+pub fn borrow_failed(err: &BorrowError) -> ErrFields {
+    match err {
+        BorrowError::Exhausted { .. } => ErrFields::new(1040, "08004", err.to_string()),
+        BorrowError::Unavailable(e) => ErrFields::new(2003, "HY000", format!("sluice: {e}")),
+    }
+}
+
+/// 1047: a command sluice does not proxy.
+pub fn unsupported_command(command_byte: u8) -> ErrFields {
+    ErrFields::new(
+        1047,
+        "08S01",
+        format!(
+            "sluice does not support {} (0x{command_byte:02x}) through the gateway",
+            command::name(command_byte)
+        ),
+    )
+}
+
+/// 1153: the client sent a packet over `max_packet_size`.
+pub fn packet_too_large(limit: usize) -> ErrFields {
+    ErrFields::new(
+        1153,
+        "08S01",
+        format!("Got a packet bigger than 'max_allowed_packet' bytes (sluice max_packet_size = {limit})"),
+    )
+}
+
+/// 1047: a packet that is not a valid command.
+pub fn malformed(what: &str) -> ErrFields {
+    ErrFields::new(1047, "08S01", format!("sluice: malformed packet: {what}"))
+}
+
+/// 2013: the database connection broke during a command.
+pub fn lost_backend(detail: &str) -> ErrFields {
+    ErrFields::new(
+        2013,
+        "HY000",
+        format!("Lost connection to the database during query (sluice: {detail}); reconnect to get a new session"),
+    )
+}

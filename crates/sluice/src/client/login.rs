@@ -1,0 +1,169 @@
+//! The connection phase toward a client: greeting, login, authentication.
+
+use std::net::SocketAddr;
+
+use sluice_protocol::auth::{self, Credential, NATIVE_PASSWORD, SALT_LEN};
+use sluice_protocol::handshake::{self, Greeting, Login};
+use sluice_protocol::stream::PacketStream;
+use sluice_protocol::{CapabilityFlags, ProtocolError};
+use tokio::net::TcpStream;
+
+use super::errors;
+use crate::backend::ServerInfo;
+use crate::Gateway;
+
+/// Capabilities sluice can honour toward clients (further limited by the database's).
+const OFFERED: CapabilityFlags = CapabilityFlags::from_bits_truncate(
+    CapabilityFlags::CLIENT_LONG_PASSWORD.bits()
+        | CapabilityFlags::CLIENT_FOUND_ROWS.bits()
+        | CapabilityFlags::CLIENT_LONG_FLAG.bits()
+        | CapabilityFlags::CLIENT_CONNECT_WITH_DB.bits()
+        | CapabilityFlags::CLIENT_NO_SCHEMA.bits()
+        | CapabilityFlags::CLIENT_ODBC.bits()
+        | CapabilityFlags::CLIENT_LOCAL_FILES.bits()
+        | CapabilityFlags::CLIENT_IGNORE_SPACE.bits()
+        | CapabilityFlags::CLIENT_PROTOCOL_41.bits()
+        | CapabilityFlags::CLIENT_INTERACTIVE.bits()
+        | CapabilityFlags::CLIENT_IGNORE_SIGPIPE.bits()
+        | CapabilityFlags::CLIENT_TRANSACTIONS.bits()
+        | CapabilityFlags::CLIENT_SECURE_CONNECTION.bits()
+        | CapabilityFlags::CLIENT_MULTI_STATEMENTS.bits()
+        | CapabilityFlags::CLIENT_MULTI_RESULTS.bits()
+        | CapabilityFlags::CLIENT_PS_MULTI_RESULTS.bits()
+        | CapabilityFlags::CLIENT_PLUGIN_AUTH.bits()
+        | CapabilityFlags::CLIENT_CONNECT_ATTRS.bits()
+        | CapabilityFlags::CLIENT_PLUGIN_AUTH_LENENC_CLIENT_DATA.bits()
+        | CapabilityFlags::CLIENT_SESSION_TRACK.bits()
+        | CapabilityFlags::CLIENT_DEPRECATE_EOF.bits(),
+);
+
+/// A client that has proved who it is.
+pub struct Authenticated {
+    /// Capabilities both sides agreed on.
+    pub capabilities: CapabilityFlags,
+    /// The sluice user.
+    pub user: String,
+    /// Collation id from the login packet.
+    pub collation: u8,
+    /// Schema requested at login.
+    pub database: Option<String>,
+    /// The salt of this connection, reused by COM_CHANGE_USER.
+    pub salt: [u8; SALT_LEN],
+    /// Sequence id for the packet that answers the login (OK or ERR).
+    pub next_seq: u8,
+}
+
+/// Why a login ended without a session.
+pub enum LoginFailure {
+    /// The client went away or sent garbage; nothing more to say to it.
+    Protocol(ProtocolError),
+    /// The client was refused; the ERR packet has been sent.
+    Refused,
+}
+
+impl From<ProtocolError> for LoginFailure {
+    fn from(e: ProtocolError) -> Self {
+        LoginFailure::Protocol(e)
+    }
+}
+
+/// Sends the greeting, reads the login, and authenticates it (switching a client that
+/// offers another plugin, e.g. MySQL 8's `caching_sha2_password`, to `mysql_native_password`).
+pub async fn authenticate(
+    gateway: &Gateway,
+    stream: &mut PacketStream<TcpStream>,
+    server: &ServerInfo,
+    connection_id: u32,
+    peer: SocketAddr,
+) -> Result<Authenticated, LoginFailure> {
+    let salt = auth::new_salt();
+    let offered = OFFERED & (server.capabilities | CapabilityFlags::CLIENT_PLUGIN_AUTH)
+        | CapabilityFlags::CLIENT_PROTOCOL_41
+        | CapabilityFlags::CLIENT_SECURE_CONNECTION
+        | CapabilityFlags::CLIENT_PLUGIN_AUTH;
+    let greeting = Greeting::for_client(
+        &server.version,
+        connection_id,
+        offered,
+        server.collation,
+        &salt,
+    );
+    let mut seq = 0;
+    stream.write_packet(&mut seq, &greeting.encode()).await?;
+
+    let packet = stream.read_packet().await?;
+    let mut seq = packet.next_seq;
+    let login = match Login::parse(&packet.payload) {
+        Ok(login) => login,
+        Err(ProtocolError::Malformed(what)) => {
+            gateway
+                .metrics
+                .auth_failures
+                .with_label_values(&["bad_packet"])
+                .inc();
+            stream
+                .write_packet(&mut seq, &errors::malformed(what).encode())
+                .await?;
+            return Err(LoginFailure::Refused);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let capabilities = login.capabilities & offered;
+    let host = peer.ip().to_string();
+
+    let proof = if login
+        .auth_plugin
+        .as_deref()
+        .is_none_or(|p| p == NATIVE_PASSWORD)
+    {
+        login.auth_response.clone()
+    } else {
+        let switch = handshake::encode_auth_switch(NATIVE_PASSWORD, &salt);
+        stream.write_packet(&mut seq, &switch).await?;
+        let answer = stream.read_packet().await?;
+        seq = answer.next_seq;
+        answer.payload
+    };
+
+    if !check_user(gateway, &login.user, &salt, &proof) {
+        stream
+            .write_packet(
+                &mut seq,
+                &errors::access_denied(&login.user, &host, !proof.is_empty()).encode(),
+            )
+            .await?;
+        return Err(LoginFailure::Refused);
+    }
+    Ok(Authenticated {
+        capabilities,
+        user: login.user,
+        collation: login.collation,
+        database: login.database,
+        salt,
+        next_seq: seq,
+    })
+}
+
+/// Checks a `mysql_native_password` proof for `user`, counting failures by reason.
+pub fn check_user(gateway: &Gateway, user: &str, salt: &[u8], proof: &[u8]) -> bool {
+    let credential: Option<Credential> = gateway.settings.users.get(user).copied();
+    match credential {
+        Some(credential) if credential.verify(salt, proof) => true,
+        Some(_) => {
+            gateway
+                .metrics
+                .auth_failures
+                .with_label_values(&["bad_password"])
+                .inc();
+            false
+        }
+        None => {
+            gateway
+                .metrics
+                .auth_failures
+                .with_label_values(&["unknown_user"])
+                .inc();
+            false
+        }
+    }
+}

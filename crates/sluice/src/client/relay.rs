@@ -1,0 +1,103 @@
+//! Forwarding one command to the database and its reply back to the client.
+//!
+//! Frames are copied through as they arrive; only headers, column counts and terminators
+//! are read (by [`ReplyTracker`]) to find where the reply ends. Output to the client is
+//! flushed whenever no further database frame is already buffered, so a reply costs about
+//! one write per read.
+
+use sluice_protocol::reply::{ReplyShape, ReplyTracker, Step};
+use sluice_protocol::stream::{PacketStream, WRITE_HIGH_WATER};
+use sluice_protocol::{ProtocolError, StatusFlags};
+use tokio::net::TcpStream;
+
+use crate::backend::BackendConn;
+
+/// How forwarding a command failed, and so which side is unusable now.
+#[derive(Debug)]
+pub enum RelayError {
+    /// The client went away or misbehaved; the database connection is mid-reply.
+    Client(ProtocolError),
+    /// The database connection broke or sent garbage. `next_seq` is the sequence id an
+    /// error packet to the client must carry.
+    Backend {
+        /// What went wrong.
+        error: ProtocolError,
+        /// Sequence id for the client's next packet.
+        next_seq: u8,
+    },
+}
+
+/// Forwards `payload` (a client command that arrived with sequence id `seq`) and relays the
+/// whole reply. Returns the final status flags when the reply carried them.
+pub async fn forward(
+    client: &mut PacketStream<TcpStream>,
+    backend: &mut BackendConn,
+    seq: u8,
+    payload: &[u8],
+) -> Result<Option<StatusFlags>, RelayError> {
+    let backend_err = |error, next_seq| RelayError::Backend { error, next_seq };
+    let mut next_seq = seq.wrapping_add(1);
+    let mut send_seq = seq;
+    backend.stream.queue_packet(&mut send_seq, payload);
+    backend
+        .stream
+        .flush()
+        .await
+        .map_err(|e| backend_err(e, next_seq))?;
+
+    let shape = ReplyShape::of(payload[0]);
+    let mut tracker = ReplyTracker::new(shape, backend.flavor.deprecate_eof());
+    if tracker.is_finished() {
+        return Ok(None);
+    }
+    loop {
+        if !backend.stream.has_buffered_frame() || client.queued_len() >= WRITE_HIGH_WATER {
+            client.flush().await.map_err(RelayError::Client)?;
+        }
+        let frame = backend
+            .stream
+            .read_frame()
+            .await
+            .map_err(|e| backend_err(e, next_seq))?;
+        let step = tracker
+            .feed(frame.header, frame.payload())
+            .map_err(|e| backend_err(e, next_seq))?;
+        next_seq = frame.header.seq.wrapping_add(1);
+        client.queue_raw(&frame.bytes);
+        match step {
+            Step::More => {}
+            Step::LocalInfile => {
+                client.flush().await.map_err(RelayError::Client)?;
+                next_seq = relay_local_file(client, backend).await?;
+            }
+            Step::Done(status) => {
+                client.flush().await.map_err(RelayError::Client)?;
+                return Ok(status);
+            }
+        }
+    }
+}
+
+/// Copies the client's `LOAD DATA LOCAL INFILE` data frames to the database, through the
+/// empty frame that ends them. Returns the sequence id the server's answer will carry.
+async fn relay_local_file(
+    client: &mut PacketStream<TcpStream>,
+    backend: &mut BackendConn,
+) -> Result<u8, RelayError> {
+    loop {
+        let frame = client.read_frame().await.map_err(RelayError::Client)?;
+        backend.stream.queue_raw(&frame.bytes);
+        let next_seq = frame.header.seq.wrapping_add(1);
+        let last = frame.header.payload_len == 0;
+        if last || backend.stream.queued_len() >= WRITE_HIGH_WATER {
+            backend
+                .stream
+                .flush()
+                .await
+                .map_err(|error| RelayError::Backend { error, next_seq })?;
+        }
+        if last {
+            return Ok(next_seq);
+        }
+    }
+}

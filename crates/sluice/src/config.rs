@@ -1,0 +1,509 @@
+//! Configuration: the TOML file, its defaults, and validation into runtime settings.
+//!
+//! Every setting has a default, so `sluice serve` runs with no file at all. Command-line
+//! flags and `SLUICE_*` environment variables override the file (see `cli.rs`). Validation
+//! reports every problem with the file and key it concerns, and nothing starts until the
+//! whole configuration is valid.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use sluice_protocol::auth::Credential;
+
+/// The configuration file as written by the operator.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where MySQL-protocol clients connect.
+    pub listen: SocketAddr,
+    /// Where `/healthz` and `/metrics` are served.
+    pub admin_listen: SocketAddr,
+    /// Most client connections held open at once; more are refused with ERR 1040.
+    pub max_client_connections: usize,
+    /// Largest client packet accepted, like the server's `max_allowed_packet`.
+    pub max_packet_size: usize,
+    /// The database sluice pools connections to.
+    pub backend: BackendConfig,
+    /// Pool limits and timers.
+    pub pool: PoolConfig,
+    /// The users clients may log in as.
+    pub users: Vec<UserConfig>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 6033)),
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 6080)),
+            max_client_connections: 10_000,
+            max_packet_size: 64 * 1024 * 1024,
+            backend: BackendConfig::default(),
+            pool: PoolConfig::default(),
+            users: Vec::new(),
+        }
+    }
+}
+
+/// `[backend]`: where the database is and how sluice logs in to it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BackendConfig {
+    /// `mysql://USER[:PASSWORD]@HOST[:PORT][/DATABASE]`.
+    pub url: String,
+    /// A file holding the backend password (first line), instead of putting it in `url`.
+    pub password_file: Option<PathBuf>,
+    /// An environment variable holding the backend password.
+    pub password_env: Option<String>,
+    /// How long one connection attempt (TCP and login) may take.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+}
+
+impl Default for BackendConfig {
+    fn default() -> Self {
+        BackendConfig {
+            url: "mysql://root@127.0.0.1:3306".to_owned(),
+            password_file: None,
+            password_env: None,
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// `[pool]`: the bounded set of database connections.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PoolConfig {
+    /// Hard cap on connections sluice opens to the database.
+    pub max_db_connections: usize,
+    /// Idle connections kept open even when unused.
+    pub min_idle: usize,
+    /// An idle connection beyond `min_idle` is closed after this long.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// A connection is closed once this old, when next idle.
+    #[serde(with = "humantime_serde")]
+    pub max_lifetime: Duration,
+    /// A connection idle longer than this is pinged before it is lent out.
+    #[serde(with = "humantime_serde")]
+    pub ping_after_idle: Duration,
+    /// How long a client waits for a connection before getting an error.
+    #[serde(with = "humantime_serde")]
+    pub borrow_timeout: Duration,
+    /// First delay between reconnect attempts while the database is down.
+    #[serde(with = "humantime_serde")]
+    pub reconnect_backoff_initial: Duration,
+    /// Largest delay between reconnect attempts.
+    #[serde(with = "humantime_serde")]
+    pub reconnect_backoff_max: Duration,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        PoolConfig {
+            max_db_connections: 20,
+            min_idle: 0,
+            idle_timeout: Duration::from_secs(600),
+            max_lifetime: Duration::from_secs(3600),
+            ping_after_idle: Duration::from_secs(5),
+            borrow_timeout: Duration::from_secs(120),
+            reconnect_backoff_initial: Duration::from_millis(100),
+            reconnect_backoff_max: Duration::from_secs(5),
+        }
+    }
+}
+
+/// `[[users]]`: one client login.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserConfig {
+    /// Login name.
+    pub name: String,
+    /// Plain-text password (empty for none).
+    #[serde(default)]
+    pub password: Option<String>,
+    /// The password as a MySQL native hash, `*` + 40 hex digits (`SELECT PASSWORD('...')`).
+    #[serde(default)]
+    pub password_hash: Option<String>,
+}
+
+/// One problem found in the configuration, with where it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigIssue {
+    /// The file, or `command line`/`environment` for overrides.
+    pub source: String,
+    /// The key, e.g. `pool.min_idle`.
+    pub key: String,
+    /// Why the value is wrong.
+    pub reason: String,
+}
+
+impl std::fmt::Display for ConfigIssue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}: {}", self.source, self.key, self.reason)
+    }
+}
+
+/// Every problem found; the configuration is unusable if there is one.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration:\n{}", .0.iter().map(|i| format!("  {i}")).collect::<Vec<_>>().join("\n"))]
+pub struct ConfigError(pub Vec<ConfigIssue>);
+
+impl Config {
+    /// Reads and parses a TOML file; syntax errors and unknown keys are reported with their
+    /// line and key.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let source = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigError(vec![ConfigIssue {
+                source: source.clone(),
+                key: "-".into(),
+                reason: format!("cannot read the file: {e}"),
+            }])
+        })?;
+        toml::from_str(&text).map_err(|e| {
+            let location = e
+                .span()
+                .map(|span| {
+                    let line = text[..span.start].matches('\n').count() + 1;
+                    format!("line {line}")
+                })
+                .unwrap_or_else(|| "-".into());
+            ConfigError(vec![ConfigIssue {
+                source,
+                key: location,
+                reason: e.message().to_owned(),
+            }])
+        })
+    }
+}
+
+/// Where and as whom sluice connects to the database.
+#[derive(Clone)]
+pub struct BackendTarget {
+    /// Host name or address.
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+    /// Backend user.
+    pub user: String,
+    /// Backend password (empty for none).
+    pub password: String,
+    /// Default schema for clients that name none.
+    pub database: Option<String>,
+}
+
+impl std::fmt::Debug for BackendTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "mysql://{}@{}", self.user, self.address())
+    }
+}
+
+impl BackendTarget {
+    /// `host:port`, for connecting and for messages.
+    pub fn address(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// Validated settings the server runs on.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// MySQL-protocol listen address.
+    pub listen: SocketAddr,
+    /// Admin HTTP listen address.
+    pub admin_listen: SocketAddr,
+    /// Cap on concurrent client connections.
+    pub max_client_connections: usize,
+    /// Largest client packet accepted.
+    pub max_packet_size: usize,
+    /// The database.
+    pub backend: BackendTarget,
+    /// Connect timeout toward the database.
+    pub connect_timeout: Duration,
+    /// Pool limits.
+    pub pool: PoolConfig,
+    /// Client users by name.
+    pub users: HashMap<String, Credential>,
+}
+
+impl Config {
+    /// Checks everything and resolves secrets; `source` names the file for messages.
+    pub fn validate(&self, source: &str) -> Result<Settings, ConfigError> {
+        let mut issues = Vec::new();
+        let mut issue = |key: &str, reason: String| {
+            issues.push(ConfigIssue {
+                source: source.to_owned(),
+                key: key.to_owned(),
+                reason,
+            })
+        };
+        let pool = &self.pool;
+        if pool.max_db_connections == 0 {
+            issue("pool.max_db_connections", "must be at least 1".into());
+        }
+        if pool.min_idle > pool.max_db_connections {
+            issue(
+                "pool.min_idle",
+                format!(
+                    "{} exceeds pool.max_db_connections ({})",
+                    pool.min_idle, pool.max_db_connections
+                ),
+            );
+        }
+        if pool.borrow_timeout.is_zero() {
+            issue("pool.borrow_timeout", "must be greater than zero".into());
+        }
+        if pool.reconnect_backoff_initial.is_zero()
+            || pool.reconnect_backoff_initial > pool.reconnect_backoff_max
+        {
+            issue(
+                "pool.reconnect_backoff_initial",
+                "must be greater than zero and at most pool.reconnect_backoff_max".into(),
+            );
+        }
+        if self.backend.connect_timeout.is_zero() {
+            issue(
+                "backend.connect_timeout",
+                "must be greater than zero".into(),
+            );
+        }
+        if self.max_client_connections == 0 {
+            issue("max_client_connections", "must be at least 1".into());
+        }
+        if !(1024..=1 << 30).contains(&self.max_packet_size) {
+            issue("max_packet_size", "must be between 1 KiB and 1 GiB".into());
+        }
+        let backend = match parse_backend_url(&self.backend.url) {
+            Ok(target) => Some(target),
+            Err(reason) => {
+                issue("backend.url", reason);
+                None
+            }
+        };
+        let password = match (&self.backend.password_file, &self.backend.password_env) {
+            (Some(_), Some(_)) => {
+                issue(
+                    "backend.password_file",
+                    "set either password_file or password_env, not both".into(),
+                );
+                None
+            }
+            (Some(path), None) => match std::fs::read_to_string(path) {
+                Ok(text) => Some(text.lines().next().unwrap_or("").to_owned()),
+                Err(e) => {
+                    issue(
+                        "backend.password_file",
+                        format!("cannot read {}: {e}", path.display()),
+                    );
+                    None
+                }
+            },
+            (None, Some(var)) => match std::env::var(var) {
+                Ok(value) => Some(value),
+                Err(_) => {
+                    issue(
+                        "backend.password_env",
+                        format!("environment variable {var} is not set"),
+                    );
+                    None
+                }
+            },
+            (None, None) => None,
+        };
+        let mut users = HashMap::new();
+        for (i, user) in self.users.iter().enumerate() {
+            let key = format!("users[{i}]");
+            if user.name.is_empty() || user.name.len() > 80 {
+                issue(&format!("{key}.name"), "must be 1 to 80 characters".into());
+                continue;
+            }
+            let credential = match (&user.password, &user.password_hash) {
+                (Some(_), Some(_)) => {
+                    issue(
+                        &key,
+                        format!("user {:?} sets both password and password_hash", user.name),
+                    );
+                    continue;
+                }
+                (Some(plain), None) if plain.is_empty() => Credential::Empty,
+                (Some(plain), None) => Credential::Hash(
+                    sluice_protocol::auth::NativeHash::from_password(plain.as_bytes()),
+                ),
+                (None, Some(hash)) => match sluice_protocol::auth::NativeHash::parse(hash) {
+                    Some(hash) => Credential::Hash(hash),
+                    None => {
+                        issue(
+                            &format!("{key}.password_hash"),
+                            "must be '*' followed by 40 hex digits, as printed by SELECT PASSWORD('...')".into(),
+                        );
+                        continue;
+                    }
+                },
+                (None, None) => Credential::Empty,
+            };
+            if users.insert(user.name.clone(), credential).is_some() {
+                issue(
+                    &format!("{key}.name"),
+                    format!("user {:?} is defined twice", user.name),
+                );
+            }
+        }
+        if !issues.is_empty() {
+            return Err(ConfigError(issues));
+        }
+        let Some(mut backend) = backend else {
+            return Err(ConfigError(issues));
+        };
+        if let Some(password) = password {
+            backend.password = password;
+        }
+        if users.is_empty() {
+            // Out of the box, clients log in with the backend's own credentials.
+            users.insert(
+                backend.user.clone(),
+                Credential::from_plain_or_hash(&backend.password),
+            );
+        }
+        Ok(Settings {
+            listen: self.listen,
+            admin_listen: self.admin_listen,
+            max_client_connections: self.max_client_connections,
+            max_packet_size: self.max_packet_size,
+            backend,
+            connect_timeout: self.backend.connect_timeout,
+            pool: self.pool.clone(),
+            users,
+        })
+    }
+}
+
+/// Parses `mysql://USER[:PASSWORD]@HOST[:PORT][/DATABASE]`.
+pub fn parse_backend_url(text: &str) -> Result<BackendTarget, String> {
+    let url = url::Url::parse(text).map_err(|e| format!("{text:?} is not a URL: {e}"))?;
+    if !matches!(url.scheme(), "mysql" | "mariadb") {
+        return Err(format!("scheme must be mysql://, not {}://", url.scheme()));
+    }
+    let decode = |s: &str| {
+        percent_encoding::percent_decode_str(s)
+            .decode_utf8_lossy()
+            .into_owned()
+    };
+    let host = url
+        .host_str()
+        .filter(|h| !h.is_empty())
+        .ok_or_else(|| "has no host".to_owned())?
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
+    let user = decode(url.username());
+    if user.is_empty() {
+        return Err("has no user (mysql://USER@HOST)".into());
+    }
+    let database = url.path().trim_start_matches('/');
+    if database.contains('/') {
+        return Err("path must be a single database name".into());
+    }
+    if url.query().is_some() {
+        return Err("query parameters are not supported".into());
+    }
+    Ok(BackendTarget {
+        host,
+        port: url.port().unwrap_or(3306),
+        user,
+        password: url.password().map(decode).unwrap_or_default(),
+        database: (!database.is_empty()).then(|| decode(database)),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        let settings = Config::default().validate("defaults").unwrap();
+        assert_eq!(settings.listen.port(), 6033);
+        assert_eq!(settings.pool.max_db_connections, 20);
+        assert_eq!(settings.backend.user, "root");
+        assert!(settings.users.contains_key("root"));
+    }
+
+    #[test]
+    fn parses_backend_urls() {
+        let t = parse_backend_url("mysql://app:p%40ss@db.local:3307/shop").unwrap();
+        assert_eq!(
+            (t.host.as_str(), t.port, t.user.as_str()),
+            ("db.local", 3307, "app")
+        );
+        assert_eq!(t.password, "p@ss");
+        assert_eq!(t.database.as_deref(), Some("shop"));
+        assert!(parse_backend_url("postgres://a@b").is_err());
+        assert!(parse_backend_url("mysql://b:3306").is_err());
+        assert!(parse_backend_url("not a url").is_err());
+        assert!(parse_backend_url("mysql://a@h/db/x").is_err());
+    }
+
+    #[test]
+    fn reports_every_problem_with_its_key() {
+        let text = r#"
+            [backend]
+            url = "postgres://x@y"
+            [pool]
+            max_db_connections = 2
+            min_idle = 5
+            [[users]]
+            name = "app"
+            password_hash = "*nothex"
+            [[users]]
+            name = "app"
+            password = "x"
+        "#;
+        let config: Config = toml::from_str(text).unwrap();
+        let err = config.validate("sluice.toml").unwrap_err();
+        let keys: Vec<_> = err.0.iter().map(|i| i.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            vec!["pool.min_idle", "backend.url", "users[0].password_hash"]
+        );
+        assert!(err
+            .to_string()
+            .contains("sluice.toml: pool.min_idle: 5 exceeds"));
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_name_their_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad.toml");
+        std::fs::write(
+            &path,
+            "listen = \"127.0.0.1:1\"\n[pool]\nmax_db_conections = 3\n",
+        )
+        .unwrap();
+        let err = Config::load(&path).unwrap_err().to_string();
+        assert!(err.contains("line 3"), "{err}");
+        assert!(err.contains("max_db_conections"), "{err}");
+        std::fs::write(&path, "[pool]\nidle_timeout = \"soon\"\n").unwrap();
+        let err = Config::load(&path).unwrap_err().to_string();
+        assert!(err.contains("line 2"), "{err}");
+    }
+
+    #[test]
+    fn backend_password_from_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pw");
+        std::fs::write(&path, "s3cret\n").unwrap();
+        let mut config = Config::default();
+        config.backend.password_file = Some(path);
+        assert_eq!(config.validate("t").unwrap().backend.password, "s3cret");
+        config.backend.password_file = Some(dir.path().join("missing"));
+        assert!(config.validate("t").is_err());
+    }
+}

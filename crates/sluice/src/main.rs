@@ -1,0 +1,87 @@
+//! The `sluice` binary: parses the command line and runs the gateway.
+
+mod cli;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use sluice::server::Server;
+use sluice::Gateway;
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_env("SLUICE_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .init();
+    match cli.command {
+        cli::Command::Check(args) => match args.settings() {
+            Ok(settings) => {
+                println!(
+                    "configuration is valid: listen {}, admin {}, backend {:?}, max_db_connections {}, {} user(s)",
+                    settings.listen,
+                    settings.admin_listen,
+                    settings.backend,
+                    settings.pool.max_db_connections,
+                    settings.users.len()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::from(2)
+            }
+        },
+        cli::Command::Serve(args) => {
+            let settings = match args.settings() {
+                Ok(settings) => settings,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::from(2);
+                }
+            };
+            match serve(settings) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("sluice: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn serve(settings: sluice::config::Settings) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let listen = settings.listen;
+        let admin = settings.admin_listen;
+        let server = Server::bind(Gateway::new(settings))
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {listen} / {admin}: {e}"))?;
+        server.run(shutdown_signal()).await?;
+        Ok(())
+    })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(_) => return ctrl_c.await.unwrap_or(()),
+            };
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

@@ -1,0 +1,113 @@
+//! Prometheus metrics, one registry per running gateway (so tests can run several).
+
+use prometheus::{
+    Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// Every metric sluice exports.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// Client connections open now.
+    pub client_connections: IntGauge,
+    /// Client connections accepted since start.
+    pub client_connections_accepted: IntCounter,
+    /// Client connections refused because `max_client_connections` was reached.
+    pub client_connections_refused: IntCounter,
+    /// Failed client logins, by reason (`unknown_user`, `bad_password`, `bad_packet`).
+    pub auth_failures: IntCounterVec,
+    /// Database connections by state (`busy`, `idle`); set when scraped.
+    pub db_connections: IntGaugeVec,
+    /// Database connections opened since start.
+    pub db_connections_opened: IntCounter,
+    /// Database connections closed since start, by reason.
+    pub db_connections_closed: IntCounterVec,
+    /// Failed attempts to open a database connection.
+    pub db_connect_errors: IntCounter,
+    /// Borrowers that gave up waiting for a database connection.
+    pub borrow_timeouts: IntCounter,
+    /// Client commands forwarded, by command name.
+    pub commands: IntCounterVec,
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Metrics {
+        let registry = Registry::new_custom(Some("sluice".into()), None).expect("valid prefix");
+        let gauge = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help).expect("valid metric");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("unique metric");
+            g
+        };
+        let counter = |name: &str, help: &str| {
+            let c = IntCounter::new(name, help).expect("valid metric");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric");
+            c
+        };
+        let counter_vec = |name: &str, help: &str, label: &str| {
+            let c = IntCounterVec::new(Opts::new(name, help), &[label]).expect("valid metric");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric");
+            c
+        };
+        let db_connections = IntGaugeVec::new(
+            Opts::new("db_connections", "Database connections by state"),
+            &["state"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(db_connections.clone()))
+            .expect("unique metric");
+        Metrics {
+            client_connections: gauge("client_connections", "Client connections open now"),
+            client_connections_accepted: counter(
+                "client_connections_accepted_total",
+                "Client connections accepted",
+            ),
+            client_connections_refused: counter(
+                "client_connections_refused_total",
+                "Client connections refused at max_client_connections",
+            ),
+            auth_failures: counter_vec("auth_failures_total", "Failed client logins", "reason"),
+            db_connections,
+            db_connections_opened: counter(
+                "db_connections_opened_total",
+                "Database connections opened",
+            ),
+            db_connections_closed: counter_vec(
+                "db_connections_closed_total",
+                "Database connections closed",
+                "reason",
+            ),
+            db_connect_errors: counter(
+                "db_connect_errors_total",
+                "Failed database connection attempts",
+            ),
+            borrow_timeouts: counter(
+                "borrow_timeouts_total",
+                "Clients that waited pool.borrow_timeout for a database connection and gave up",
+            ),
+            commands: counter_vec("commands_total", "Client commands by type", "command"),
+            registry,
+        }
+    }
+
+    /// Renders the Prometheus text exposition format.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        // Encoding into a Vec cannot fail for well-formed metrics.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        String::from_utf8_lossy(&out).into_owned()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}

@@ -1,0 +1,108 @@
+//! Accepting client connections and running until shutdown.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use socket2::{SockRef, TcpKeepalive};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tracing::{info, warn};
+
+use crate::client::serve_client;
+use crate::Gateway;
+
+/// A bound gateway: both listeners are open, so their addresses are known (port 0 works).
+pub struct Server {
+    gateway: Arc<Gateway>,
+    listener: TcpListener,
+    admin: TcpListener,
+}
+
+impl Server {
+    /// Binds the MySQL and admin listeners from the gateway's settings.
+    pub async fn bind(gateway: Arc<Gateway>) -> std::io::Result<Server> {
+        let listener = TcpListener::bind(gateway.settings.listen).await?;
+        let admin = TcpListener::bind(gateway.settings.admin_listen).await?;
+        Ok(Server {
+            gateway,
+            listener,
+            admin,
+        })
+    }
+
+    /// The MySQL-protocol address clients connect to.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// The admin HTTP address.
+    pub fn admin_addr(&self) -> std::io::Result<SocketAddr> {
+        self.admin.local_addr()
+    }
+
+    /// The shared state, for tests and status pages.
+    pub fn gateway(&self) -> Arc<Gateway> {
+        self.gateway.clone()
+    }
+
+    /// Serves until `shutdown` completes; then stops accepting.
+    pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) -> std::io::Result<()> {
+        let Server {
+            gateway,
+            listener,
+            admin,
+        } = self;
+        gateway.pool.spawn_maintenance();
+        let admin_addr = admin.local_addr()?;
+        let admin_task = tokio::spawn(crate::admin::serve(admin, gateway.clone()));
+        info!(
+            listen = %listener.local_addr()?,
+            admin = %admin_addr,
+            backend = ?gateway.settings.backend,
+            max_db_connections = gateway.settings.pool.max_db_connections,
+            "sluice is ready"
+        );
+        let slots = Arc::new(Semaphore::new(gateway.settings.max_client_connections));
+        let next_id = AtomicU32::new(1);
+        tokio::pin!(shutdown);
+        loop {
+            let (socket, peer) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(pair) => pair,
+                    Err(e) => {
+                        // Out of file descriptors and the like: wait a moment rather than spin.
+                        warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                () = &mut shutdown => break,
+            };
+            gateway.metrics.client_connections_accepted.inc();
+            let _ = socket.set_nodelay(true);
+            let keepalive = TcpKeepalive::new()
+                .with_time(Duration::from_secs(60))
+                .with_interval(Duration::from_secs(10));
+            let _ = SockRef::from(&socket).set_tcp_keepalive(&keepalive);
+            let id = next_id.fetch_add(1, Ordering::Relaxed);
+            let gateway = gateway.clone();
+            match slots.clone().try_acquire_owned() {
+                Ok(slot) => {
+                    tokio::spawn(async move {
+                        serve_client(gateway, socket, peer, id).await;
+                        drop(slot);
+                    });
+                }
+                Err(_) => {
+                    gateway.metrics.client_connections_refused.inc();
+                    tokio::spawn(crate::client::refuse_client(gateway, socket, peer));
+                }
+            }
+        }
+        admin_task.abort();
+        info!("stopped accepting clients");
+        Ok(())
+    }
+}
