@@ -318,6 +318,8 @@ impl BackendConn {
         payload.extend_from_slice(&u16::from(self.flavor.collation).to_le_bytes());
         payload.extend_from_slice(plugin.as_bytes());
         payload.push(0);
+        // CLIENT_CONNECT_ATTRS was negotiated, so an (empty) attribute block is expected.
+        payload.push(0);
         let mut seq = 0;
         self.stream.write_packet(&mut seq, &payload).await?;
         self.finish_auth(target).await?;

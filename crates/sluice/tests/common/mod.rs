@@ -1,0 +1,186 @@
+//! Shared test harness: a real gateway in-process, on ephemeral ports, in front of the real
+//! MariaDB on 127.0.0.1:3306 (scripts/ensure-deps makes sure it is there).
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mysql_async::prelude::*;
+use sluice::config::{Config, UserConfig};
+use sluice::server::Server;
+use sluice::Gateway;
+use tokio::sync::oneshot;
+
+/// Where the tests' MariaDB is.
+pub const DB_HOST: &str = "127.0.0.1";
+/// Its port.
+pub const DB_PORT: u16 = 3306;
+/// The schema tests work in.
+pub const TEST_DB: &str = "sluice_test";
+
+/// A running gateway; stops when dropped.
+pub struct TestGateway {
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    pub gateway: Arc<Gateway>,
+    /// The dedicated backend user, so the processlist shows only this gateway's connections.
+    pub backend_user: String,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+impl Drop for TestGateway {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// A direct connection to MariaDB as root.
+pub async fn direct() -> mysql_async::Conn {
+    let opts = mysql_async::OptsBuilder::default()
+        .ip_or_hostname(DB_HOST)
+        .tcp_port(DB_PORT)
+        .user(Some("root"))
+        .db_name(Some(TEST_DB));
+    mysql_async::Conn::new(opts).await.expect("MariaDB reachable on 127.0.0.1:3306 as root")
+}
+
+/// Creates (or recreates) a backend user for one test, with a password, so sluice's own
+/// authentication toward the database is exercised and its connections can be counted.
+async fn create_backend_user(test: &str) -> String {
+    let name = format!("sl_{test}");
+    let mut conn = direct().await;
+    conn.query_drop(format!("CREATE OR REPLACE USER '{name}'@'%' IDENTIFIED BY 'backend-pw'"))
+        .await
+        .unwrap();
+    conn.query_drop(format!("GRANT ALL ON *.* TO '{name}'@'%'")).await.unwrap();
+    conn.disconnect().await.unwrap();
+    name
+}
+
+/// Counts the database connections of `user` right now.
+pub async fn db_connections_of(user: &str) -> usize {
+    let mut conn = direct().await;
+    let count: Option<usize> = conn
+        .exec_first(
+            "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE USER = ?",
+            (user,),
+        )
+        .await
+        .unwrap();
+    conn.disconnect().await.unwrap();
+    count.unwrap_or(0)
+}
+
+/// Starts a gateway with client users `app`/`secret` and `empty`/(none), after `tweak`
+/// has adjusted the default configuration.
+/// `test` names the backend user (`sl_<test>`); it must be unique per test.
+pub async fn start_with(test: &str, tweak: impl FnOnce(&mut Config)) -> TestGateway {
+    let backend_user = create_backend_user(test).await;
+    let mut config = Config::default();
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    config.admin_listen = "127.0.0.1:0".parse().unwrap();
+    config.backend.url = format!("mysql://{backend_user}:backend-pw@{DB_HOST}:{DB_PORT}");
+    config.pool.max_db_connections = 4;
+    config.users = vec![
+        UserConfig {
+            name: "app".into(),
+            password: Some("secret".into()),
+            password_hash: None,
+        },
+        UserConfig {
+            name: "empty".into(),
+            password: None,
+            password_hash: None,
+        },
+    ];
+    tweak(&mut config);
+    let settings = config.validate("test").expect("valid test config");
+    let server = Server::bind(Gateway::new(settings)).await.unwrap();
+    let addr = server.local_addr().unwrap();
+    let admin = server.admin_addr().unwrap();
+    let gateway = server.gateway();
+    let (stop, stopped) = oneshot::channel();
+    tokio::spawn(server.run(async {
+        let _ = stopped.await;
+    }));
+    TestGateway {
+        addr,
+        admin,
+        gateway,
+        backend_user,
+        stop: Some(stop),
+    }
+}
+
+/// Starts a gateway on the defaults of [`start_with`].
+pub async fn start(test: &str) -> TestGateway {
+    start_with(test, |_| {}).await
+}
+
+impl TestGateway {
+    /// Connection options for `user`/`password` through the gateway.
+    pub fn opts(&self, user: &str, password: &str, db: Option<&str>) -> mysql_async::OptsBuilder {
+        mysql_async::OptsBuilder::default()
+            .ip_or_hostname(self.addr.ip().to_string())
+            .tcp_port(self.addr.port())
+            .user(Some(user))
+            .pass(Some(password))
+            .db_name(db)
+            .prefer_socket(false)
+    }
+
+    /// Connects as `app` to the test schema.
+    pub async fn connect(&self) -> mysql_async::Conn {
+        mysql_async::Conn::new(self.opts("app", "secret", Some(TEST_DB)))
+            .await
+            .expect("connect through sluice")
+    }
+
+    /// Fetches `/metrics`.
+    pub async fn metrics(&self) -> String {
+        http_get(self.admin, "/metrics").await
+    }
+
+    /// Waits until the pool has no busy connection (give-back runs after a client leaves).
+    pub async fn wait_idle(&self) {
+        for _ in 0..100 {
+            if self.gateway.pool.stats().busy == 0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("pool still busy: {:?}", self.gateway.pool.stats());
+    }
+}
+
+/// A minimal HTTP/1.1 GET, enough for the admin endpoints.
+pub async fn http_get(addr: SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut socket = tokio::net::TcpStream::connect(addr).await.unwrap();
+    socket
+        .write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = String::new();
+    socket.read_to_string(&mut out).await.unwrap();
+    out
+}
+
+/// The value of an unlabelled or labelled sample in Prometheus text, e.g.
+/// `metric_value(text, "sluice_auth_failures_total{reason=\"bad_password\"}")`.
+pub fn metric_value(text: &str, sample: &str) -> f64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(sample)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// The MySQL error code of a failed call.
+pub fn server_code(err: &mysql_async::Error) -> Option<u16> {
+    match err {
+        mysql_async::Error::Server(e) => Some(e.code),
+        _ => None,
+    }
+}
