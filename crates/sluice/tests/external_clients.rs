@@ -1,0 +1,167 @@
+//! Independent real clients through sluice: the `mariadb` command line client, PyMySQL and
+//! sysbench. `scripts/ensure-deps` installs them; a missing one fails the test loudly.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Output;
+
+use common::*;
+use mysql_async::prelude::*;
+
+fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+async fn run(program: &str, args: &[String], stdin: Option<&str>) -> Output {
+    use tokio::io::AsyncWriteExt;
+    let mut command = tokio::process::Command::new(program);
+    command
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = command
+        .spawn()
+        .unwrap_or_else(|e| panic!("{program} must be installed (scripts/ensure-deps): {e}"));
+    let mut pipe = child.stdin.take().unwrap();
+    pipe.write_all(stdin.unwrap_or("").as_bytes()).await.unwrap();
+    drop(pipe);
+    child.wait_with_output().await.unwrap()
+}
+
+fn mariadb_args(gw: &TestGateway, user: &str, password: &str, extra: &[&str]) -> Vec<String> {
+    let mut args = vec![
+        "--protocol=tcp".to_owned(),
+        "-h127.0.0.1".to_owned(),
+        format!("-P{}", gw.addr.port()),
+        format!("-u{user}"),
+        "--batch".to_owned(),
+        "--skip-ssl".to_owned(),
+    ];
+    if !password.is_empty() {
+        args.push(format!("-p{password}"));
+    }
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mariadb_cli_queries_errors_and_local_infile() {
+    let gw = start("cli").await;
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("rows.csv");
+    let body: String = (1..=2500).map(|i| format!("{i},name-{i}\n")).collect();
+    std::fs::write(&csv, body).unwrap();
+    let script = format!(
+        "CREATE TEMPORARY TABLE li (id INT PRIMARY KEY, name VARCHAR(40));\n\
+         LOAD DATA LOCAL INFILE '{}' INTO TABLE li FIELDS TERMINATED BY ',';\n\
+         SELECT COUNT(*), SUM(id), MAX(name) FROM li;\n\
+         SELECT 'a' AS x; SELECT 'b' AS y;\n\
+         DELIMITER //\n\
+         CREATE OR REPLACE PROCEDURE cli_sets() BEGIN SELECT 10; SELECT 20; END//\n\
+         DELIMITER ;\n\
+         CALL cli_sets();\n\
+         STATUS;\n",
+        csv.display()
+    );
+    let out = run(
+        "mariadb",
+        &mariadb_args(&gw, "app", "secret", &["--local-infile=1", TEST_DB]),
+        Some(&script),
+    )
+    .await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "mariadb failed: {stderr}\n{stdout}");
+    assert!(stdout.contains("2500\t3126250\tname-999"), "{stdout}");
+    assert!(stdout.contains("x\na\ny\nb"), "{stdout}");
+    assert!(stdout.contains("10\n10\n20\n20"), "{stdout}");
+    assert!(stdout.contains("MariaDB"), "server version shown by STATUS: {stdout}");
+
+    // Errors come through with their codes, and a bad password is refused.
+    let out = run("mariadb", &mariadb_args(&gw, "app", "secret", &[TEST_DB]), Some("SELECT * FROM nope_xyz;")).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("ERROR 1146 (42S02)"), "{stderr}");
+    let out = run("mariadb", &mariadb_args(&gw, "app", "bad", &[]), Some("SELECT 1;")).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("ERROR 1045 (28000): Access denied for user 'app'"), "{stderr}");
+    let out = run("mariadb", &mariadb_args(&gw, "app", "secret", &["nodb_xyz"]), Some("SELECT 1;")).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("ERROR 1049 (42000)"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pymysql_suite_passes_through_sluice() {
+    let gw = start("pymysql").await;
+    let script = repo_root().join("tests/clients/pymysql_check.py");
+    let args = vec![
+        script.display().to_string(),
+        "--host".into(),
+        "127.0.0.1".into(),
+        "--port".into(),
+        gw.addr.port().to_string(),
+        "--user".into(),
+        "app".into(),
+        "--password".into(),
+        "secret".into(),
+        "--database".into(),
+        TEST_DB.into(),
+    ];
+    let out = run("python3", &args, None).await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "PyMySQL checks failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains(" 0 failed"), "{stdout}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sysbench_point_selects_run_without_errors() {
+    let gw = start_with("sysbench", |c| c.pool.max_db_connections = 8).await;
+    let mut admin = direct().await;
+    admin.query_drop("CREATE DATABASE IF NOT EXISTS sluice_sysbench").await.unwrap();
+    admin.disconnect().await.unwrap();
+    let common_args = |port: u16, user: &str, password: &str| {
+        vec![
+            "oltp_point_select".to_owned(),
+            "--mysql-host=127.0.0.1".to_owned(),
+            format!("--mysql-port={port}"),
+            format!("--mysql-user={user}"),
+            format!("--mysql-password={password}"),
+            "--mysql-db=sluice_sysbench".to_owned(),
+            "--mysql-ssl=off".to_owned(),
+            "--tables=1".to_owned(),
+            "--table-size=1000".to_owned(),
+        ]
+    };
+    let mut prepare = common_args(3306, "root", "");
+    prepare.push("cleanup".into());
+    run("sysbench", &prepare, None).await;
+    let mut prepare = common_args(3306, "root", "");
+    prepare.push("prepare".into());
+    let out = run("sysbench", &prepare, None).await;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let mut bench = common_args(gw.addr.port(), "app", "secret");
+    bench.extend([
+        "--threads=8".into(),
+        "--time=3".into(),
+        "--db-ps-mode=disable".into(),
+        "run".into(),
+    ]);
+    let out = run("sysbench", &bench, None).await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let errors = stdout
+        .lines()
+        .find(|l| l.trim_start().starts_with("ignored errors:"))
+        .unwrap_or_else(|| panic!("no error line in sysbench output: {stdout}"));
+    assert!(errors.split_whitespace().nth(2) == Some("0"), "{errors}");
+    let queries: u64 = stdout
+        .lines()
+        .find_map(|l| l.trim_start().strip_prefix("read:")?.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(queries > 100, "sysbench ran queries through sluice: {stdout}");
+    assert!(db_connections_of(&gw.backend_user).await <= 8);
+}
