@@ -25,7 +25,9 @@ async fn run(program: &str, args: &[String], stdin: Option<&str>) -> Output {
         .spawn()
         .unwrap_or_else(|e| panic!("{program} must be installed (scripts/ensure-deps): {e}"));
     let mut pipe = child.stdin.take().unwrap();
-    pipe.write_all(stdin.unwrap_or("").as_bytes()).await.unwrap();
+    pipe.write_all(stdin.unwrap_or("").as_bytes())
+        .await
+        .unwrap();
     drop(pipe);
     child.wait_with_output().await.unwrap()
 }
@@ -77,17 +79,38 @@ async fn mariadb_cli_queries_errors_and_local_infile() {
     assert!(stdout.contains("2500\t3126250\tname-999"), "{stdout}");
     assert!(stdout.contains("x\na\ny\nb"), "{stdout}");
     assert!(stdout.contains("10\n10\n20\n20"), "{stdout}");
-    assert!(stdout.contains("MariaDB"), "server version shown by STATUS: {stdout}");
+    assert!(
+        stdout.contains("MariaDB"),
+        "server version shown by STATUS: {stdout}"
+    );
 
     // Errors come through with their codes, and a bad password is refused.
-    let out = run("mariadb", &mariadb_args(&gw, "app", "secret", &[TEST_DB]), Some("SELECT * FROM nope_xyz;")).await;
+    let out = run(
+        "mariadb",
+        &mariadb_args(&gw, "app", "secret", &[TEST_DB]),
+        Some("SELECT * FROM nope_xyz;"),
+    )
+    .await;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(stderr.contains("ERROR 1146 (42S02)"), "{stderr}");
-    let out = run("mariadb", &mariadb_args(&gw, "app", "bad", &[]), Some("SELECT 1;")).await;
+    let out = run(
+        "mariadb",
+        &mariadb_args(&gw, "app", "bad", &[]),
+        Some("SELECT 1;"),
+    )
+    .await;
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("ERROR 1045 (28000): Access denied for user 'app'"), "{stderr}");
-    let out = run("mariadb", &mariadb_args(&gw, "app", "secret", &["nodb_xyz"]), Some("SELECT 1;")).await;
+    assert!(
+        stderr.contains("ERROR 1045 (28000): Access denied for user 'app'"),
+        "{stderr}"
+    );
+    let out = run(
+        "mariadb",
+        &mariadb_args(&gw, "app", "secret", &["nodb_xyz"]),
+        Some("SELECT 1;"),
+    )
+    .await;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("ERROR 1049 (42000)"), "{stderr}");
 }
@@ -112,7 +135,10 @@ async fn pymysql_suite_passes_through_sluice() {
     let out = run("python3", &args, None).await;
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "PyMySQL checks failed:\n{stdout}\n{stderr}");
+    assert!(
+        out.status.success(),
+        "PyMySQL checks failed:\n{stdout}\n{stderr}"
+    );
     assert!(stdout.contains(" 0 failed"), "{stdout}");
 }
 
@@ -120,7 +146,10 @@ async fn pymysql_suite_passes_through_sluice() {
 async fn sysbench_point_selects_run_without_errors() {
     let gw = start_with("sysbench", |c| c.pool.max_db_connections = 8).await;
     let mut admin = direct().await;
-    admin.query_drop("CREATE DATABASE IF NOT EXISTS sluice_sysbench").await.unwrap();
+    admin
+        .query_drop("CREATE DATABASE IF NOT EXISTS sluice_sysbench")
+        .await
+        .unwrap();
     admin.disconnect().await.unwrap();
     let common_args = |port: u16, user: &str, password: &str| {
         vec![
@@ -141,7 +170,11 @@ async fn sysbench_point_selects_run_without_errors() {
     let mut prepare = common_args(3306, "root", "");
     prepare.push("prepare".into());
     let out = run("sysbench", &prepare, None).await;
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     let mut bench = common_args(gw.addr.port(), "app", "secret");
     bench.extend([
@@ -152,7 +185,11 @@ async fn sysbench_point_selects_run_without_errors() {
     ]);
     let out = run("sysbench", &bench, None).await;
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let errors = stdout
         .lines()
         .find(|l| l.trim_start().starts_with("ignored errors:"))
@@ -162,6 +199,9 @@ async fn sysbench_point_selects_run_without_errors() {
         .lines()
         .find_map(|l| l.trim_start().strip_prefix("read:")?.trim().parse().ok())
         .unwrap_or(0);
-    assert!(queries > 100, "sysbench ran queries through sluice: {stdout}");
+    assert!(
+        queries > 100,
+        "sysbench ran queries through sluice: {stdout}"
+    );
     assert!(db_connections_of(&gw.backend_user).await <= 8);
 }

@@ -13,22 +13,33 @@ async fn queries_types_and_multi_results() {
     let gw = start("queries").await;
     let mut conn = gw.connect().await;
     let version: String = conn.query_first("SELECT VERSION()").await.unwrap().unwrap();
-    assert!(version.contains("MariaDB"), "server version passed through: {version}");
+    assert!(
+        version.contains("MariaDB"),
+        "server version passed through: {version}"
+    );
     let db: Option<String> = conn.query_first("SELECT DATABASE()").await.unwrap();
     assert_eq!(db.as_deref(), Some(TEST_DB));
 
     conn.query_drop("CREATE TEMPORARY TABLE t (id INT AUTO_INCREMENT PRIMARY KEY, v VARCHAR(20), d DECIMAL(10,2), n INT NULL)")
         .await
         .unwrap();
-    conn.exec_drop("INSERT INTO t (v, d, n) VALUES (?, ?, ?)", ("a😀", "12.30", None::<i32>))
-        .await
-        .unwrap();
+    conn.exec_drop(
+        "INSERT INTO t (v, d, n) VALUES (?, ?, ?)",
+        ("a😀", "12.30", None::<i32>),
+    )
+    .await
+    .unwrap();
     assert_eq!(conn.last_insert_id(), Some(1));
-    conn.exec_drop("INSERT INTO t (v, d, n) VALUES (?, ?, ?)", ("b", "-1.05", Some(7)))
+    conn.exec_drop(
+        "INSERT INTO t (v, d, n) VALUES (?, ?, ?)",
+        ("b", "-1.05", Some(7)),
+    )
+    .await
+    .unwrap();
+    let rows: Vec<(u32, String, String, Option<i32>)> = conn
+        .query("SELECT id, v, CAST(d AS CHAR), n FROM t ORDER BY id")
         .await
         .unwrap();
-    let rows: Vec<(u32, String, String, Option<i32>)> =
-        conn.query("SELECT id, v, CAST(d AS CHAR), n FROM t ORDER BY id").await.unwrap();
     assert_eq!(
         rows,
         vec![
@@ -58,9 +69,11 @@ async fn queries_types_and_multi_results() {
     drop(result);
 
     // A stored procedure returning two result sets.
-    conn.query_drop("CREATE OR REPLACE PROCEDURE sluice_two_sets() BEGIN SELECT 1; SELECT 2, 3; END")
-        .await
-        .unwrap();
+    conn.query_drop(
+        "CREATE OR REPLACE PROCEDURE sluice_two_sets() BEGIN SELECT 1; SELECT 2, 3; END",
+    )
+    .await
+    .unwrap();
     let mut result = conn.query_iter("CALL sluice_two_sets()").await.unwrap();
     let a: Vec<u8> = result.collect().await.unwrap();
     let b: Vec<(u8, u8)> = result.collect().await.unwrap();
@@ -68,10 +81,7 @@ async fn queries_types_and_multi_results() {
     drop(result);
 
     // A large result set.
-    let count: Vec<u32> = conn
-        .query("SELECT seq FROM seq_1_to_20000")
-        .await
-        .unwrap();
+    let count: Vec<u32> = conn.query("SELECT seq FROM seq_1_to_20000").await.unwrap();
     assert_eq!(count.len(), 20000);
     assert_eq!(count.last(), Some(&20000));
 
@@ -87,12 +97,18 @@ async fn server_errors_carry_their_codes_and_the_session_continues() {
         ("SELEC 1", 1064),
         ("SELECT * FROM no_such_table_xyz", 1146),
         ("SELECT no_such_column FROM DUAL", 1054),
-        ("SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'custom', MYSQL_ERRNO = 1644", 1644),
+        (
+            "SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'custom', MYSQL_ERRNO = 1644",
+            1644,
+        ),
     ] {
         let err = conn.query_drop(sql).await.unwrap_err();
         assert_eq!(server_code(&err), Some(code), "{sql}: {err}");
     }
-    let err = conn.exec_drop("SELECT * FROM no_such_table_xyz WHERE a = ?", (1,)).await.unwrap_err();
+    let err = conn
+        .exec_drop("SELECT * FROM no_such_table_xyz WHERE a = ?", (1,))
+        .await
+        .unwrap_err();
     assert_eq!(server_code(&err), Some(1146));
     let one: u8 = conn.query_first("SELECT 1").await.unwrap().unwrap();
     assert_eq!(one, 1);
@@ -102,10 +118,17 @@ async fn server_errors_carry_their_codes_and_the_session_continues() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn authentication_failures_and_unknown_database() {
     let gw = start("auth").await;
-    let err = mysql_async::Conn::new(gw.opts("app", "wrong", None)).await.unwrap_err();
+    let err = mysql_async::Conn::new(gw.opts("app", "wrong", None))
+        .await
+        .unwrap_err();
     assert_eq!(server_code(&err), Some(1045), "{err}");
-    assert!(err.to_string().contains("Access denied for user 'app'"), "{err}");
-    let err = mysql_async::Conn::new(gw.opts("nobody", "secret", None)).await.unwrap_err();
+    assert!(
+        err.to_string().contains("Access denied for user 'app'"),
+        "{err}"
+    );
+    let err = mysql_async::Conn::new(gw.opts("nobody", "secret", None))
+        .await
+        .unwrap_err();
     assert_eq!(server_code(&err), Some(1045), "{err}");
     let err = mysql_async::Conn::new(gw.opts("app", "secret", Some("no_such_db_xyz")))
         .await
@@ -113,14 +136,28 @@ async fn authentication_failures_and_unknown_database() {
     assert_eq!(server_code(&err), Some(1049), "{err}");
 
     // A user with no password, and a user whose password was given as a native hash.
-    let mut conn = mysql_async::Conn::new(gw.opts("empty", "", None)).await.unwrap();
+    let mut conn = mysql_async::Conn::new(gw.opts("empty", "", None))
+        .await
+        .unwrap();
     let db: Option<Option<String>> = conn.query_first("SELECT DATABASE()").await.unwrap();
     assert_eq!(db, Some(None), "no schema unless one is asked for");
     conn.disconnect().await.unwrap();
 
     let metrics = gw.metrics().await;
-    assert_eq!(metric_value(&metrics, "sluice_auth_failures_total{reason=\"bad_password\"}"), 1.0);
-    assert_eq!(metric_value(&metrics, "sluice_auth_failures_total{reason=\"unknown_user\"}"), 1.0);
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "sluice_auth_failures_total{reason=\"bad_password\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "sluice_auth_failures_total{reason=\"unknown_user\"}"
+        ),
+        1.0
+    );
 
     let hashed = start_with("auth_hash", |c| {
         c.users = vec![sluice::config::UserConfig {
@@ -130,7 +167,9 @@ async fn authentication_failures_and_unknown_database() {
         }];
     })
     .await;
-    let mut conn = mysql_async::Conn::new(hashed.opts("hashed", "secret", None)).await.unwrap();
+    let mut conn = mysql_async::Conn::new(hashed.opts("hashed", "secret", None))
+        .await
+        .unwrap();
     conn.ping().await.unwrap();
     conn.disconnect().await.unwrap();
 }
@@ -159,8 +198,11 @@ async fn session_commands_init_db_change_user_reset() {
     )
     .await
     .unwrap();
-    let (db, marker): (Option<String>, Option<i64>) =
-        conn.query_first("SELECT DATABASE(), @marker").await.unwrap().unwrap();
+    let (db, marker): (Option<String>, Option<i64>) = conn
+        .query_first("SELECT DATABASE(), @marker")
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!((db.as_deref(), marker), (Some(TEST_DB), None));
     let err = conn
         .change_user(
@@ -177,8 +219,15 @@ async fn session_commands_init_db_change_user_reset() {
 async fn packets_over_16_mib_pass_both_ways() {
     let gw = start("large").await;
     let mut conn = gw.connect().await;
-    let max: u64 = conn.query_first("SELECT @@max_allowed_packet").await.unwrap().unwrap();
-    assert!(max >= 32 << 20, "test needs max_allowed_packet >= 32 MiB, server has {max}");
+    let max: u64 = conn
+        .query_first("SELECT @@max_allowed_packet")
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        max >= 32 << 20,
+        "test needs max_allowed_packet >= 32 MiB, server has {max}"
+    );
     let size = (16 << 20) + 1234;
     let blob: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
     let (len, back): (u64, Vec<u8>) = conn
@@ -211,7 +260,9 @@ async fn pool_is_bounded_waits_in_line_and_times_out_clearly() {
     assert_eq!(db_connections_of(&gw.backend_user).await, 2);
 
     // A third client waits, then is told the pool is exhausted and what to raise.
-    let err = mysql_async::Conn::new(gw.opts("app", "secret", None)).await.unwrap_err();
+    let err = mysql_async::Conn::new(gw.opts("app", "secret", None))
+        .await
+        .unwrap_err();
     assert_eq!(server_code(&err), Some(1040), "{err}");
     assert!(err.to_string().contains("pool.max_db_connections"), "{err}");
 
@@ -238,7 +289,11 @@ async fn pool_is_bounded_waits_in_line_and_times_out_clearly() {
 async fn a_returned_connection_carries_no_session_state() {
     let gw = start_with("no_leak", |c| c.pool.max_db_connections = 1).await;
     let mut first = gw.connect().await;
-    let thread: u32 = first.query_first("SELECT CONNECTION_ID()").await.unwrap().unwrap();
+    let thread: u32 = first
+        .query_first("SELECT CONNECTION_ID()")
+        .await
+        .unwrap()
+        .unwrap();
     first
         .query_drop("CREATE TEMPORARY TABLE leak (a INT); SET @leak = 1; USE mysql; BEGIN; INSERT INTO sluice_test.leak_probe VALUES (1)")
         .await
@@ -247,15 +302,35 @@ async fn a_returned_connection_carries_no_session_state() {
     drop(first);
     gw.wait_idle().await;
 
-    let mut second = mysql_async::Conn::new(gw.opts("empty", "", None)).await.unwrap();
-    let again: u32 = second.query_first("SELECT CONNECTION_ID()").await.unwrap().unwrap();
+    let mut second = mysql_async::Conn::new(gw.opts("empty", "", None))
+        .await
+        .unwrap();
+    let again: u32 = second
+        .query_first("SELECT CONNECTION_ID()")
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(again, thread, "the single pooled connection was reused");
-    let (var, db): (Option<i64>, Option<String>) =
-        second.query_first("SELECT @leak, DATABASE()").await.unwrap().unwrap();
+    let (var, db): (Option<i64>, Option<String>) = second
+        .query_first("SELECT @leak, DATABASE()")
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!((var, db), (None, None));
-    let err = second.query_drop("SELECT * FROM sluice_test.leak").await.unwrap_err();
-    assert_eq!(server_code(&err), Some(1146), "temporary table is gone: {err}");
-    let in_trans: u8 = second.query_first("SELECT @@in_transaction").await.unwrap().unwrap();
+    let err = second
+        .query_drop("SELECT * FROM sluice_test.leak")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        server_code(&err),
+        Some(1146),
+        "temporary table is gone: {err}"
+    );
+    let in_trans: u8 = second
+        .query_first("SELECT @@in_transaction")
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(in_trans, 0);
     second.disconnect().await.unwrap();
 }
@@ -265,14 +340,19 @@ async fn a_killed_backend_connection_errors_one_client_only() {
     let gw = start("killed").await;
     let mut victim = gw.connect().await;
     let mut bystander = gw.connect().await;
-    let thread: u32 = victim.query_first("SELECT CONNECTION_ID()").await.unwrap().unwrap();
+    let thread: u32 = victim
+        .query_first("SELECT CONNECTION_ID()")
+        .await
+        .unwrap()
+        .unwrap();
     let mut admin = direct().await;
     admin.query_drop(format!("KILL {thread}")).await.unwrap();
     let err = victim.query_drop("SELECT 1").await.unwrap_err();
     // The client sees an error packet (2013 from sluice, or the server's own kill notice),
     // not a hang.
     assert!(
-        matches!(server_code(&err), Some(2013 | 1927 | 4031)) || matches!(err, mysql_async::Error::Io(_)),
+        matches!(server_code(&err), Some(2013 | 1927 | 4031))
+            || matches!(err, mysql_async::Error::Io(_)),
         "{err:?}"
     );
     let one: u8 = bystander.query_first("SELECT 1").await.unwrap().unwrap();
@@ -281,8 +361,15 @@ async fn a_killed_backend_connection_errors_one_client_only() {
     // The dead connection is not counted any more, and a new client works.
     tokio::time::sleep(Duration::from_millis(100)).await;
     let stats = gw.gateway.pool.stats();
-    assert_eq!(stats.busy, 1, "only the bystander holds a connection: {stats:?}");
-    assert_eq!(db_connections_of(&gw.backend_user).await, stats.total, "{stats:?}");
+    assert_eq!(
+        stats.busy, 1,
+        "only the bystander holds a connection: {stats:?}"
+    );
+    assert_eq!(
+        db_connections_of(&gw.backend_user).await,
+        stats.total,
+        "{stats:?}"
+    );
     let mut fresh = gw.connect().await;
     fresh.ping().await.unwrap();
     fresh.disconnect().await.unwrap();
@@ -297,9 +384,14 @@ async fn clients_waiting_while_the_database_is_unreachable_get_a_clear_error() {
         c.pool.borrow_timeout = Duration::from_millis(600);
     })
     .await;
-    let err = mysql_async::Conn::new(gw.opts("app", "secret", None)).await.unwrap_err();
+    let err = mysql_async::Conn::new(gw.opts("app", "secret", None))
+        .await
+        .unwrap_err();
     assert_eq!(server_code(&err), Some(2003), "{err}");
     assert!(err.to_string().contains("127.0.0.1:1"), "{err}");
     let metrics = gw.metrics().await;
-    assert!(metric_value(&metrics, "sluice_db_connect_errors_total") >= 2.0, "retried with backoff");
+    assert!(
+        metric_value(&metrics, "sluice_db_connect_errors_total") >= 2.0,
+        "retried with backoff"
+    );
 }

@@ -44,7 +44,9 @@ pub async fn direct() -> mysql_async::Conn {
         .tcp_port(DB_PORT)
         .user(Some("root"))
         .db_name(Some(TEST_DB));
-    mysql_async::Conn::new(opts).await.expect("MariaDB reachable on 127.0.0.1:3306 as root")
+    mysql_async::Conn::new(opts)
+        .await
+        .expect("MariaDB reachable on 127.0.0.1:3306 as root")
 }
 
 /// Creates (or recreates) a backend user for one test, with a password, so sluice's own
@@ -52,10 +54,14 @@ pub async fn direct() -> mysql_async::Conn {
 async fn create_backend_user(test: &str) -> String {
     let name = format!("sl_{test}");
     let mut conn = direct().await;
-    conn.query_drop(format!("CREATE OR REPLACE USER '{name}'@'%' IDENTIFIED BY 'backend-pw'"))
+    conn.query_drop(format!(
+        "CREATE OR REPLACE USER '{name}'@'%' IDENTIFIED BY 'backend-pw'"
+    ))
+    .await
+    .unwrap();
+    conn.query_drop(format!("GRANT ALL ON *.* TO '{name}'@'%'"))
         .await
         .unwrap();
-    conn.query_drop(format!("GRANT ALL ON *.* TO '{name}'@'%'")).await.unwrap();
     conn.disconnect().await.unwrap();
     name
 }
@@ -161,7 +167,9 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut socket = tokio::net::TcpStream::connect(addr).await.unwrap();
     socket
-        .write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
         .await
         .unwrap();
     let mut out = String::new();

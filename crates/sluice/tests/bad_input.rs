@@ -1,0 +1,194 @@
+//! Malformed and hostile input: the affected client gets an error or is closed, every other
+//! client carries on, no database connection leaks, and the process does not panic.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use mysql_async::prelude::*;
+use sluice_protocol::packet::write_packet;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Reads whatever the server sends until it closes or goes quiet.
+async fn read_reply(socket: &mut TcpStream) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    while let Ok(Ok(n)) =
+        tokio::time::timeout(Duration::from_millis(500), socket.read(&mut buf)).await
+    {
+        if n == 0 {
+            break;
+        }
+        out.extend_from_slice(&buf[..n]);
+    }
+    out
+}
+
+/// Connects and reads the greeting.
+async fn greeted(gw: &TestGateway) -> TcpStream {
+    let mut socket = TcpStream::connect(gw.addr).await.unwrap();
+    let mut header = [0u8; 4];
+    socket.read_exact(&mut header).await.unwrap();
+    let len = usize::from(header[0]) | usize::from(header[1]) << 8 | usize::from(header[2]) << 16;
+    let mut greeting = vec![0u8; len];
+    socket.read_exact(&mut greeting).await.unwrap();
+    assert_eq!(greeting[0], 10, "protocol 10 greeting");
+    socket
+}
+
+fn framed(seq: u8, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut seq = seq;
+    write_packet(&mut out, &mut seq, payload);
+    out
+}
+
+/// The code of the ERR packet at the start of `reply`, if it is one.
+fn err_code(reply: &[u8]) -> Option<u16> {
+    (reply.len() > 7 && reply[4] == 0xff).then(|| u16::from_le_bytes([reply[5], reply[6]]))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_logins_get_errors_and_others_carry_on() {
+    let gw = start("bad_login").await;
+    let mut healthy = gw.connect().await;
+
+    // Too short to be a login.
+    let mut s = greeted(&gw).await;
+    s.write_all(&framed(1, &[1, 2, 3])).await.unwrap();
+    assert_eq!(err_code(&read_reply(&mut s).await), Some(1047));
+
+    // A login that claims more fields than it has.
+    let mut s = greeted(&gw).await;
+    let mut login = vec![0u8; 32];
+    login[..4].copy_from_slice(&0x0020_8200u32.to_le_bytes()); // 4.1, secure, lenenc auth
+    login.extend_from_slice(b"app\0\xfa");
+    s.write_all(&framed(1, &login)).await.unwrap();
+    assert_eq!(err_code(&read_reply(&mut s).await), Some(1047));
+
+    // A header announcing a 16 MiB frame, then silence and a hang-up.
+    let mut s = greeted(&gw).await;
+    s.write_all(&[0xff, 0xff, 0xff, 1, 0, 0]).await.unwrap();
+    drop(s);
+
+    // Random garbage instead of a login.
+    let mut s = greeted(&gw).await;
+    s.write_all(&[0x13; 200]).await.unwrap();
+    let _ = read_reply(&mut s).await;
+
+    // Connect and leave without a word.
+    drop(greeted(&gw).await);
+
+    let one: u8 = healthy.query_first("SELECT 1").await.unwrap().unwrap();
+    assert_eq!(one, 1);
+    healthy.disconnect().await.unwrap();
+    gw.wait_idle().await;
+    assert_eq!(
+        db_connections_of(&gw.backend_user).await,
+        gw.gateway.pool.stats().total
+    );
+}
+
+/// Logs in as `empty` (no password) over a raw socket and returns it after the OK.
+async fn logged_in(gw: &TestGateway) -> TcpStream {
+    let mut s = greeted(gw).await;
+    let caps: u32 = 0x0000_0200 | 0x0000_8000 | 0x0008_0000 | 0x0002_0000 | 0x0100_0000;
+    let mut login = Vec::new();
+    login.extend_from_slice(&caps.to_le_bytes());
+    login.extend_from_slice(&(16u32 << 20).to_le_bytes());
+    login.push(45);
+    login.extend_from_slice(&[0; 23]);
+    login.extend_from_slice(b"empty\0");
+    login.push(0); // empty auth response
+    login.extend_from_slice(b"mysql_native_password\0");
+    s.write_all(&framed(1, &login)).await.unwrap();
+    let mut ok = [0u8; 11];
+    s.read_exact(&mut ok).await.unwrap();
+    assert_eq!(ok[4], 0x00, "login OK: {ok:?}");
+    s
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_commands_get_errors_and_the_session_survives() {
+    let gw = start("bad_cmds").await;
+    let mut s = logged_in(&gw).await;
+
+    // Replication and unknown commands are refused by name.
+    s.write_all(&framed(0, &[0x12, 0, 0, 0, 0])).await.unwrap();
+    let reply = read_reply(&mut s).await;
+    assert_eq!(err_code(&reply), Some(1047));
+    assert!(String::from_utf8_lossy(&reply).contains("COM_BINLOG_DUMP"));
+    s.write_all(&framed(0, &[0xee])).await.unwrap();
+    assert_eq!(err_code(&read_reply(&mut s).await), Some(1047));
+
+    // A prepared-statement execute for a statement that does not exist: the server's error.
+    s.write_all(&framed(0, &[0x17, 9, 9, 9, 9, 0, 1, 0, 0, 0]))
+        .await
+        .unwrap();
+    assert_eq!(err_code(&read_reply(&mut s).await), Some(1243));
+
+    // Still usable.
+    s.write_all(&framed(0, b"\x03SELECT 1")).await.unwrap();
+    let reply = read_reply(&mut s).await;
+    assert!(
+        reply.len() > 10 && reply[4] == 1,
+        "a one-column result set: {reply:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_packets_are_refused_with_1153() {
+    let gw = start_with("oversize", |c| c.max_packet_size = 1 << 20).await;
+    let mut s = logged_in(&gw).await;
+    let mut query = b"\x03SELECT '".to_vec();
+    query.resize(2 << 20, b'a');
+    s.write_all(&framed(0, &query)).await.unwrap();
+    assert_eq!(err_code(&read_reply(&mut s).await), Some(1153));
+    gw.wait_idle().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_vanishing_mid_result_leaks_nothing() {
+    let gw = start_with("vanish", |c| c.pool.max_db_connections = 2).await;
+    for _ in 0..3 {
+        let mut s = logged_in(&gw).await;
+        s.write_all(&framed(
+            0,
+            b"\x03SELECT REPEAT('x', 1000) FROM sluice_test.seq_1_to_200000",
+        ))
+        .await
+        .unwrap();
+        let mut some = [0u8; 1024];
+        s.read_exact(&mut some).await.unwrap();
+        drop(s);
+    }
+    gw.wait_idle().await;
+    // Each half-read reply cost one connection, closed rather than reused mid-reply.
+    let stats = gw.gateway.pool.stats();
+    assert_eq!(
+        db_connections_of(&gw.backend_user).await,
+        stats.total,
+        "{stats:?}"
+    );
+    let mut conn = gw.connect().await;
+    let n: u32 = conn
+        .query_first("SELECT COUNT(*) FROM seq_1_to_1000")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(n, 1000);
+    conn.disconnect().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_limit_is_enforced_with_1040() {
+    let gw = start_with("client_cap", |c| c.max_client_connections = 2).await;
+    let _a = logged_in(&gw).await;
+    let _b = logged_in(&gw).await;
+    let mut c = TcpStream::connect(gw.addr).await.unwrap();
+    let reply = read_reply(&mut c).await;
+    assert_eq!(err_code(&reply), Some(1040), "{reply:?}");
+    assert!(String::from_utf8_lossy(&reply).contains("max_client_connections"));
+}
