@@ -85,9 +85,11 @@ pub async fn db_connections_of(user: &str) -> usize {
 /// `test` names the backend user (`sl_<test>`); it must be unique per test.
 pub async fn start_with(test: &str, tweak: impl FnOnce(&mut Config)) -> TestGateway {
     let backend_user = create_backend_user(test).await;
-    let mut config = Config::default();
-    config.listen = "127.0.0.1:0".parse().unwrap();
-    config.admin_listen = "127.0.0.1:0".parse().unwrap();
+    let mut config = Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        admin_listen: "127.0.0.1:0".parse().unwrap(),
+        ..Config::default()
+    };
     config.backend.url = format!("mysql://{backend_user}:backend-pw@{DB_HOST}:{DB_PORT}");
     config.pool.max_db_connections = 4;
     config.users = vec![
