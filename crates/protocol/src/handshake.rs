@@ -59,6 +59,20 @@ impl Greeting {
         if payload.first() == Some(&0xff) {
             return Err(ProtocolError::Malformed("server refused the connection"));
         }
+        // mysql_common computes `auth_plugin_data_len as i8 - 8`, which overflows (and panics
+        // in debug builds) for lengths of 0x80 and up; no real server sends those.
+        let version_end = 1 + payload
+            .get(1..)
+            .and_then(|rest| rest.iter().position(|b| *b == 0))
+            .ok_or(ProtocolError::Malformed("server greeting without version"))?;
+        if payload
+            .get(version_end + 21)
+            .is_some_and(|len| *len >= 0x80)
+        {
+            return Err(ProtocolError::Malformed(
+                "invalid auth data length in greeting",
+            ));
+        }
         let packet = HandshakePacket::deserialize((), &mut ParseBuf(payload))
             .map_err(|_| ProtocolError::Malformed("invalid server greeting"))?;
         if packet.protocol_version() != 10 {
