@@ -99,7 +99,7 @@ fn reply_tracker_survives_random_replies() {
     ];
     for round in 0..5_000 {
         let shape = ReplyShape::of(commands[round % commands.len()]);
-        let mut tracker = ReplyTracker::new(shape, rng.next() % 2 == 0);
+        let mut tracker = ReplyTracker::new(shape, rng.next().is_multiple_of(2));
         for _ in 0..20 {
             let payload = rng.bytes(24);
             let header = FrameHeader {

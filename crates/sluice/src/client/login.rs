@@ -111,19 +111,14 @@ pub async fn authenticate(
     let capabilities = login.capabilities & offered;
     let host = peer.ip().to_string();
 
-    let proof = if login
-        .auth_plugin
-        .as_deref()
-        .is_none_or(|p| p == NATIVE_PASSWORD)
-    {
-        login.auth_response.clone()
-    } else {
-        let switch = handshake::encode_auth_switch(NATIVE_PASSWORD, &salt);
-        stream.write_packet(&mut seq, &switch).await?;
-        let answer = stream.read_packet().await?;
-        seq = answer.next_seq;
-        answer.payload
-    };
+    let proof = native_proof(
+        stream,
+        &mut seq,
+        login.auth_plugin.as_deref(),
+        &login.auth_response,
+        &salt,
+    )
+    .await?;
 
     if !check_user(gateway, &login.user, &salt, &proof) {
         stream
@@ -142,6 +137,25 @@ pub async fn authenticate(
         salt,
         next_seq: seq,
     })
+}
+
+/// The client's `mysql_native_password` proof: the auth data it sent when it used that
+/// plugin, otherwise its answer to an AuthSwitchRequest carrying `salt`.
+pub async fn native_proof(
+    stream: &mut PacketStream<TcpStream>,
+    seq: &mut u8,
+    plugin: Option<&str>,
+    auth_response: &[u8],
+    salt: &[u8; SALT_LEN],
+) -> Result<Vec<u8>, ProtocolError> {
+    if plugin.is_none_or(|p| p == NATIVE_PASSWORD) {
+        return Ok(auth_response.to_vec());
+    }
+    let switch = handshake::encode_auth_switch(NATIVE_PASSWORD, salt);
+    stream.write_packet(seq, &switch).await?;
+    let answer = stream.read_packet().await?;
+    *seq = answer.next_seq;
+    Ok(answer.payload)
 }
 
 /// Checks a `mysql_native_password` proof for `user`, counting failures by reason.

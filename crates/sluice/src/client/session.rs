@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use sluice_protocol::auth::NATIVE_PASSWORD;
-use sluice_protocol::handshake::{self, ChangeUser};
+use sluice_protocol::handshake::ChangeUser;
 use sluice_protocol::response::{self, ErrFields, OkFields};
 use sluice_protocol::stream::PacketStream;
 use sluice_protocol::{command, CapabilityFlags, ProtocolError, StatusFlags};
@@ -265,23 +265,23 @@ impl Session {
                 return Err(End::Error(e.to_string()));
             }
         };
-        let proof = if request
+        if request
             .auth_plugin
             .as_deref()
-            .is_none_or(|p| p == NATIVE_PASSWORD)
+            .is_some_and(|p| p != NATIVE_PASSWORD)
         {
-            request.auth_response.clone()
-        } else {
+            // The client's proof will answer a switch request: give it a fresh salt.
             self.salt = sluice_protocol::auth::new_salt();
-            let switch = handshake::encode_auth_switch(NATIVE_PASSWORD, &self.salt);
-            self.stream
-                .write_packet(&mut seq, &switch)
-                .await
-                .map_err(client_end)?;
-            let answer = self.stream.read_packet().await.map_err(client_end)?;
-            seq = answer.next_seq;
-            answer.payload
-        };
+        }
+        let proof = login::native_proof(
+            &mut self.stream,
+            &mut seq,
+            request.auth_plugin.as_deref(),
+            &request.auth_response,
+            &self.salt,
+        )
+        .await
+        .map_err(client_end)?;
         if !login::check_user(&self.gateway, &request.user, &self.salt, &proof) {
             let host = self
                 .stream
