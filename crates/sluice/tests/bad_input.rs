@@ -192,3 +192,41 @@ async fn client_limit_is_enforced_with_1040() {
     assert_eq!(err_code(&reply), Some(1040), "{reply:?}");
     assert!(String::from_utf8_lossy(&reply).contains("max_client_connections"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql8_clients_offering_caching_sha2_are_switched_to_native_password() {
+    let gw = start("auth_switch").await;
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    let mut header = [0u8; 4];
+    s.read_exact(&mut header).await.unwrap();
+    let mut greeting = vec![0u8; usize::from(header[0]) | usize::from(header[1]) << 8];
+    s.read_exact(&mut greeting).await.unwrap();
+    let parsed = sluice_protocol::handshake::Greeting::parse(&greeting).unwrap();
+    assert_eq!(parsed.auth_plugin, "mysql_native_password");
+
+    // Log in as a MySQL 8 client would: a caching_sha2_password scramble first.
+    let caps: u32 = 0x0000_0200 | 0x0000_8000 | 0x0008_0000 | 0x0020_0000;
+    let mut login = Vec::new();
+    login.extend_from_slice(&caps.to_le_bytes());
+    login.extend_from_slice(&(16u32 << 20).to_le_bytes());
+    login.push(45);
+    login.extend_from_slice(&[0; 23]);
+    login.extend_from_slice(b"app\0");
+    login.push(32);
+    login.extend_from_slice(&[0xab; 32]);
+    login.extend_from_slice(b"caching_sha2_password\0");
+    s.write_all(&framed(1, &login)).await.unwrap();
+
+    let mut head = [0u8; 4];
+    s.read_exact(&mut head).await.unwrap();
+    let mut switch = vec![0u8; usize::from(head[0])];
+    s.read_exact(&mut switch).await.unwrap();
+    let (plugin, salt) = sluice_protocol::handshake::parse_auth_switch(&switch).unwrap();
+    assert_eq!(plugin, "mysql_native_password");
+    assert_eq!(head[3], 2, "switch request is packet 2");
+    let proof = sluice_protocol::auth::scramble_native(&salt, b"secret").unwrap();
+    s.write_all(&framed(3, &proof)).await.unwrap();
+    let reply = read_reply(&mut s).await;
+    assert_eq!(reply[3], 4, "OK is packet 4");
+    assert_eq!(reply[4], 0x00, "login accepted after the switch: {reply:?}");
+}
