@@ -8,9 +8,11 @@ use std::time::{Duration, Instant};
 
 use sluice_protocol::auth::{self, CACHING_SHA2_PASSWORD, NATIVE_PASSWORD};
 use sluice_protocol::handshake::{self, Greeting};
+use sluice_protocol::packet::{FrameHeader, MAX_FRAME_PAYLOAD};
+use sluice_protocol::reply::{ReplyShape, ReplyTracker, Step};
 use sluice_protocol::response::{self, ErrFields, OkFields};
 use sluice_protocol::stream::PacketStream;
-use sluice_protocol::{command, CapabilityFlags, ProtocolError};
+use sluice_protocol::{command, lenenc, CapabilityFlags, ProtocolError};
 use tokio::net::TcpStream;
 
 use crate::config::BackendTarget;
@@ -104,6 +106,22 @@ impl BackendError {
             BackendError::UnsupportedAuth(_) => false,
         }
     }
+}
+
+/// Splits a text-protocol row into its values.
+fn parse_text_row(mut payload: &[u8]) -> Result<Vec<Option<String>>, ProtocolError> {
+    let mut values = Vec::new();
+    while let Some(&first) = payload.first() {
+        if first == 0xfb {
+            values.push(None);
+            payload = &payload[1..];
+        } else {
+            let (value, rest) = lenenc::read_bytes(payload)?;
+            values.push(Some(String::from_utf8_lossy(value).into_owned()));
+            payload = rest;
+        }
+    }
+    Ok(values)
 }
 
 /// What the server said about itself when sluice connected.
@@ -272,6 +290,48 @@ impl BackendConn {
             Some(&response::OK_HEADER) => Ok(Ok(response::parse_ok(&reply.payload)?)),
             _ => Err(ProtocolError::Malformed("expected OK or ERR").into()),
         }
+    }
+
+    /// Runs one text-protocol statement and returns its rows as strings (`None` for NULL), for
+    /// sluice's own queries (status, processlist). A server error comes back inside.
+    pub async fn query_text(
+        &mut self,
+        sql: &str,
+    ) -> Result<Result<Vec<Vec<Option<String>>>, ErrFields>, BackendError> {
+        let mut payload = Vec::with_capacity(sql.len() + 1);
+        payload.push(command::QUERY);
+        payload.extend_from_slice(sql.as_bytes());
+        let mut seq = 0;
+        self.stream.write_packet(&mut seq, &payload).await?;
+        let mut tracker = ReplyTracker::new(ReplyShape::Results, self.flavor.deprecate_eof());
+        let mut rows = Vec::new();
+        // Packets before the rows: the column count, the definitions, and a classic EOF.
+        let mut metadata_left: Option<u64> = None;
+        loop {
+            let packet = self.stream.read_packet().await?;
+            let header = FrameHeader {
+                payload_len: packet.payload.len().min(MAX_FRAME_PAYLOAD - 1),
+                seq: packet.seq,
+            };
+            let step = tracker.feed(header, &packet.payload)?;
+            match (step, metadata_left) {
+                (Step::Done(_), _) if packet.payload.first() == Some(&response::ERR_HEADER) => {
+                    return Ok(Err(ErrFields::parse(&packet.payload)?));
+                }
+                (Step::Done(_), _) => break,
+                (Step::LocalInfile, _) => {
+                    return Err(ProtocolError::Malformed("unexpected LOCAL INFILE request").into())
+                }
+                (Step::More, None) => {
+                    let (columns, _) = lenenc::read_int(&packet.payload)?;
+                    metadata_left = Some(columns + u64::from(!self.flavor.deprecate_eof()));
+                }
+                (Step::More, Some(0)) => rows.push(parse_text_row(&packet.payload)?),
+                (Step::More, Some(left)) => metadata_left = Some(left - 1),
+            }
+        }
+        self.last_used = Instant::now();
+        Ok(Ok(rows))
     }
 
     /// Checks that the connection still works.

@@ -24,6 +24,39 @@ pub enum Command {
     Serve(ConfigArgs),
     /// Validate a configuration and print what is wrong, or the effective settings.
     Check(ConfigArgs),
+    /// Benchmarks.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+/// `sluice bench ...`
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Simulate a serverless burst directly against the database and through sluice.
+    Burst(BurstArgs),
+}
+
+/// `sluice bench burst` flags.
+#[derive(Debug, Args)]
+pub struct BurstArgs {
+    /// The burst itself.
+    #[command(flatten)]
+    pub options: sluice::bench::BurstOptions,
+    /// Output format on stdout.
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: OutputFormat,
+    /// Also write a self-contained HTML report with charts to this file.
+    #[arg(long)]
+    pub report: Option<PathBuf>,
+}
+
+/// How `bench burst` prints its results.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum OutputFormat {
+    /// A table for people.
+    Table,
+    /// JSON for programs.
+    Json,
 }
 
 /// Where configuration comes from.

@@ -7,11 +7,13 @@
 //! - [`server`]: accepting clients and shutting down;
 //! - `client`: one task per client connection (login, commands, relaying replies);
 //! - [`pool`] and [`backend`]: the database connections;
-//! - [`admin`] and [`metrics`]: health and Prometheus endpoints.
+//! - [`admin`] and [`metrics`]: health and Prometheus endpoints;
+//! - [`bench`]: the serverless burst simulator (`sluice bench burst`).
 #![forbid(unsafe_code)]
 
 pub mod admin;
 pub mod backend;
+pub mod bench;
 mod client;
 pub mod config;
 pub mod metrics;

@@ -11,9 +11,15 @@ use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
+    // The benchmark's in-process gateway would drown its output in per-client lines.
+    let default_level = match cli.command {
+        cli::Command::Bench(_) => "warn",
+        _ => "info",
+    };
     tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
         .with_env_filter(
-            EnvFilter::try_from_env("SLUICE_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
+            EnvFilter::try_from_env("SLUICE_LOG").unwrap_or_else(|_| EnvFilter::new(default_level)),
         )
         .init();
     match cli.command {
@@ -32,6 +38,13 @@ fn main() -> ExitCode {
             Err(e) => {
                 eprintln!("{e}");
                 ExitCode::from(2)
+            }
+        },
+        cli::Command::Bench(cli::BenchCommand::Burst(args)) => match bench_burst(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("sluice bench burst: {e:#}");
+                ExitCode::FAILURE
             }
         },
         cli::Command::Serve(args) => {
@@ -66,6 +79,31 @@ fn serve(settings: sluice::config::Settings) -> anyhow::Result<()> {
         server.run(shutdown_signal()).await?;
         Ok(())
     })
+}
+
+fn bench_burst(args: cli::BurstArgs) -> anyhow::Result<()> {
+    use std::io::IsTerminal;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let progress = std::io::stderr().is_terminal();
+    let report = runtime.block_on(async {
+        tokio::select! {
+            report = sluice::bench::run_burst(&args.options, progress) => report,
+            // Dropping the run closes every connection it opened.
+            _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted; connections closed")),
+        }
+    })?;
+    match args.format {
+        cli::OutputFormat::Table => print!("{}", report.table()),
+        cli::OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+    }
+    if let Some(path) = &args.report {
+        std::fs::write(path, report.html())
+            .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
+        eprintln!("report written to {}", path.display());
+    }
+    Ok(())
 }
 
 async fn shutdown_signal() {

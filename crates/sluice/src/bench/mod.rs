@@ -1,0 +1,99 @@
+//! `sluice bench burst`: a serverless burst simulator that shows the problem and the fix.
+//!
+//! Simulated function containers run invocations against the database directly (naive and
+//! "managed" the way the serverless-mysql module does it) and through sluice, one mode after
+//! another on the same database, while a sampler records how many connections the database
+//! holds. The report puts the modes side by side.
+
+mod report;
+mod sampler;
+mod workload;
+
+pub use report::{ModeReport, Report};
+pub use workload::{BurstOptions, Mode};
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+
+use crate::config::{parse_backend_url, BackendTarget};
+use crate::server::Server;
+use crate::Gateway;
+
+/// Runs every mode in `options.modes` and returns the report. Starts an in-process sluice
+/// for the gateway mode unless `options.gateway` names one.
+pub async fn run_burst(options: &BurstOptions, progress: bool) -> anyhow::Result<Report> {
+    let database =
+        parse_backend_url(&options.database).map_err(|e| anyhow::anyhow!("--database: {e}"))?;
+    workload::prepare_table(&database)
+        .await
+        .context("preparing the benchmark table")?;
+    let max_connections = workload::max_connections(&database).await?;
+    let mut modes = Vec::new();
+    for mode in &options.modes {
+        let (target, _gateway) = match mode {
+            Mode::Gateway => {
+                let (addr, gateway) = gateway_for(options).await?;
+                let target = BackendTarget {
+                    host: addr.ip().to_string(),
+                    port: addr.port(),
+                    ..database.clone()
+                };
+                (target, gateway)
+            }
+            Mode::Direct | Mode::Managed => (database.clone(), None),
+        };
+        let sampler =
+            sampler::Sampler::start(database.clone(), Duration::from_millis(options.sample_ms))
+                .await?;
+        let (outcome, frozen) =
+            workload::run_mode(*mode, options, &target, max_connections, progress).await;
+        // The last sample still sees the frozen containers' connections: what a real
+        // platform would leave behind. Then the tool cleans up after itself.
+        let samples = sampler.stop().await;
+        workload::close_all(frozen).await;
+        modes.push(ModeReport::new(*mode, outcome, samples));
+    }
+    Ok(Report {
+        settings: options.clone(),
+        max_connections,
+        modes,
+    })
+}
+
+/// The sluice to measure: the one at `--gateway`, or a fresh one in this process with the
+/// database's credentials as its only user and `--pool` connections.
+async fn gateway_for(
+    options: &BurstOptions,
+) -> anyhow::Result<(std::net::SocketAddr, Option<GatewayGuard>)> {
+    if let Some(addr) = &options.gateway {
+        let addr = tokio::net::lookup_host(addr)
+            .await?
+            .next()
+            .with_context(|| format!("--gateway {addr} does not resolve"))?;
+        return Ok((addr, None));
+    }
+    let mut config = crate::config::Config {
+        listen: "127.0.0.1:0".parse()?,
+        admin_listen: "127.0.0.1:0".parse()?,
+        ..Default::default()
+    };
+    config.backend.url = options.database.clone();
+    config.pool.max_db_connections = options.pool;
+    config.pool.borrow_timeout = Duration::from_millis(options.borrow_timeout_ms);
+    let settings = config
+        .validate("bench")
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let server = Server::bind(Gateway::new(settings)).await?;
+    let addr = server.local_addr()?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(server.run(async {
+        let _ = stopped.await;
+    }));
+    Ok((addr, Some(GatewayGuard { _stop: stop })))
+}
+
+/// Keeps an in-process gateway running; dropping it stops the listener.
+struct GatewayGuard {
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
