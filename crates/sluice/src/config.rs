@@ -25,6 +25,13 @@ pub struct Config {
     pub max_client_connections: usize,
     /// Largest client packet accepted, like the server's `max_allowed_packet`.
     pub max_packet_size: usize,
+    /// A client idle this long outside a transaction is disconnected.
+    #[serde(with = "humantime_serde")]
+    pub idle_client_timeout: Duration,
+    /// A client idle this long inside an open transaction (a frozen or dead function holding
+    /// locks) has the transaction rolled back and its database connection taken back.
+    #[serde(with = "humantime_serde")]
+    pub idle_transaction_timeout: Duration,
     /// The database sluice pools connections to.
     pub backend: BackendConfig,
     /// Pool limits and timers.
@@ -40,6 +47,8 @@ impl Default for Config {
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 6080)),
             max_client_connections: 10_000,
             max_packet_size: 64 * 1024 * 1024,
+            idle_client_timeout: Duration::from_secs(1800),
+            idle_transaction_timeout: Duration::from_secs(60),
             backend: BackendConfig::default(),
             pool: PoolConfig::default(),
             users: Vec::new(),
@@ -224,6 +233,10 @@ pub struct Settings {
     pub max_client_connections: usize,
     /// Largest client packet accepted.
     pub max_packet_size: usize,
+    /// Idle limit outside transactions.
+    pub idle_client_timeout: Duration,
+    /// Idle limit inside a transaction.
+    pub idle_transaction_timeout: Duration,
     /// The database.
     pub backend: BackendTarget,
     /// Connect timeout toward the database.
@@ -274,6 +287,14 @@ impl Config {
                 "backend.connect_timeout",
                 "must be greater than zero".into(),
             );
+        }
+        for (key, value) in [
+            ("idle_client_timeout", self.idle_client_timeout),
+            ("idle_transaction_timeout", self.idle_transaction_timeout),
+        ] {
+            if value.is_zero() {
+                issue(key, "must be greater than zero".into());
+            }
         }
         if self.max_client_connections == 0 {
             issue("max_client_connections", "must be at least 1".into());
@@ -377,6 +398,8 @@ impl Config {
             admin_listen: self.admin_listen,
             max_client_connections: self.max_client_connections,
             max_packet_size: self.max_packet_size,
+            idle_client_timeout: self.idle_client_timeout,
+            idle_transaction_timeout: self.idle_transaction_timeout,
             backend,
             connect_timeout: self.backend.connect_timeout,
             pool: self.pool.clone(),

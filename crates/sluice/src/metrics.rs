@@ -28,6 +28,8 @@ pub struct Metrics {
     pub borrow_timeouts: IntCounter,
     /// Client commands forwarded, by command name.
     pub commands: IntCounterVec,
+    /// Clients cut for idling, by `kind` (`client`, `transaction`).
+    pub idle_timeouts: IntCounterVec,
 }
 
 impl Metrics {
@@ -93,6 +95,11 @@ impl Metrics {
                 "Clients that waited pool.borrow_timeout for a database connection and gave up",
             ),
             commands: counter_vec("commands_total", "Client commands by type", "command"),
+            idle_timeouts: counter_vec(
+                "idle_timeouts_total",
+                "Clients cut for idling outside (client) or inside (transaction) a transaction",
+                "kind",
+            ),
             registry,
         }
     }

@@ -395,3 +395,74 @@ async fn clients_waiting_while_the_database_is_unreachable_get_a_clear_error() {
         "retried with backoff"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_idle_inside_a_transaction_is_rolled_back_and_told_why() {
+    let gw = start_with("idle_tx", |c| {
+        c.idle_transaction_timeout = Duration::from_millis(300);
+        c.pool.max_db_connections = 1;
+    })
+    .await;
+    let mut admin = direct().await;
+    admin
+        .query_drop("CREATE TABLE IF NOT EXISTS idle_tx_probe (id INT PRIMARY KEY) ENGINE=InnoDB")
+        .await
+        .unwrap();
+    admin.query_drop("DELETE FROM idle_tx_probe").await.unwrap();
+
+    let mut frozen = gw.connect().await;
+    frozen.query_drop("BEGIN").await.unwrap();
+    frozen
+        .query_drop("INSERT INTO idle_tx_probe VALUES (1)")
+        .await
+        .unwrap();
+    // The "function" freezes while holding a row lock.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+
+    // Its only pooled connection is free again, and the row lock with it.
+    let mut other = gw.connect().await;
+    let n: u64 = other
+        .query_first("SELECT COUNT(*) FROM idle_tx_probe")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(n, 0, "the insert was rolled back");
+    other
+        .query_drop("INSERT INTO idle_tx_probe VALUES (1)")
+        .await
+        .unwrap();
+    other.disconnect().await.unwrap();
+
+    let err = frozen.query_drop("COMMIT").await.unwrap_err();
+    assert_eq!(server_code(&err), Some(4031), "{err}");
+    assert!(
+        err.to_string().contains("idle_transaction_timeout"),
+        "{err}"
+    );
+    let metrics = gw.metrics().await;
+    assert_eq!(
+        metric_value(&metrics, "sluice_idle_timeouts_total{kind=\"transaction\"}"),
+        1.0
+    );
+    admin.query_drop("DROP TABLE idle_tx_probe").await.unwrap();
+    admin.disconnect().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_client_is_disconnected_and_its_connection_returned() {
+    let gw = start_with("idle_client", |c| {
+        c.idle_client_timeout = Duration::from_millis(300)
+    })
+    .await;
+    let mut conn = gw.connect().await;
+    conn.query_drop("SELECT 1").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(conn.ping().await.is_err(), "the idle client was cut");
+    gw.wait_idle().await;
+    let metrics = gw.metrics().await;
+    assert_eq!(
+        metric_value(&metrics, "sluice_idle_timeouts_total{kind=\"client\"}"),
+        1.0
+    );
+    assert_eq!(metric_value(&metrics, "sluice_client_connections"), 0.0);
+}

@@ -69,3 +69,24 @@ pub fn lost_backend(detail: &str) -> ErrFields {
         format!("Lost connection to the database during query (sluice: {detail}); reconnect to get a new session"),
     )
 }
+
+/// 4031: the client idled past `idle_client_timeout` (MySQL 8 uses this code for the same).
+pub fn idle_client(limit: std::time::Duration) -> ErrFields {
+    ErrFields::new(
+        4031,
+        "HY000",
+        format!("The client was disconnected by sluice because of inactivity (idle_client_timeout = {limit:?})"),
+    )
+}
+
+/// 4031: the client idled inside a transaction past `idle_transaction_timeout`.
+pub fn idle_transaction(limit: std::time::Duration) -> ErrFields {
+    ErrFields::new(
+        4031,
+        "HY000",
+        format!(
+            "sluice rolled back this connection's transaction after it was idle for {limit:?} \
+             (idle_transaction_timeout) and closed the connection; reconnect and retry the transaction"
+        ),
+    )
+}

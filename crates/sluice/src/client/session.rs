@@ -166,8 +166,59 @@ impl Session {
     }
 
     async fn command_loop(&mut self) -> End {
+        let settings = &self.gateway.settings;
+        let (client_limit, transaction_limit) = (
+            settings.idle_client_timeout,
+            settings.idle_transaction_timeout,
+        );
+        let mut transaction_expired = false;
         loop {
-            let packet = match self.stream.read_packet().await {
+            let in_transaction =
+                self.status.contains(StatusFlags::SERVER_STATUS_IN_TRANS) && !transaction_expired;
+            let limit = if in_transaction {
+                transaction_limit
+            } else {
+                client_limit
+            };
+            let read = match tokio::time::timeout(limit, self.stream.read_packet()).await {
+                Ok(read) => read,
+                Err(_) if in_transaction => {
+                    // A frozen or dead function holding locks: roll back now (the reset on
+                    // give-back does it), keep the socket so the client learns why if it returns.
+                    warn!(?limit, "client idle inside a transaction; rolling it back");
+                    self.gateway
+                        .metrics
+                        .idle_timeouts
+                        .with_label_values(&["transaction"])
+                        .inc();
+                    self.detach_backend().await;
+                    transaction_expired = true;
+                    continue;
+                }
+                Err(_) => {
+                    self.gateway
+                        .metrics
+                        .idle_timeouts
+                        .with_label_values(&["client"])
+                        .inc();
+                    let mut seq = 1;
+                    let _ = self.send_err(&mut seq, &errors::idle_client(limit)).await;
+                    return End::Error(format!("idle for {limit:?}"));
+                }
+            };
+            if transaction_expired {
+                return match read {
+                    Ok(packet) if packet.payload.first() != Some(&command::QUIT) => {
+                        let mut seq = packet.next_seq;
+                        let _ = self
+                            .send_err(&mut seq, &errors::idle_transaction(transaction_limit))
+                            .await;
+                        End::Error("returned after its transaction was rolled back".into())
+                    }
+                    _ => End::Quit,
+                };
+            }
+            let packet = match read {
                 Ok(packet) => packet,
                 Err(e) if e.is_disconnect() => return End::Disconnected,
                 Err(ProtocolError::TooLarge { limit, .. }) => {
