@@ -466,3 +466,95 @@ async fn an_idle_client_is_disconnected_and_its_connection_returned() {
     );
     assert_eq!(metric_value(&metrics, "sluice_client_connections"), 0.0);
 }
+
+/// Forwards TCP from a local port to MariaDB, so a test can make "the database" vanish and
+/// come back without touching the real server other tests use.
+struct Forwarder {
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Forwarder {
+    async fn start(listener: tokio::net::TcpListener) -> Forwarder {
+        let task = tokio::spawn(async move {
+            let mut links = tokio::task::JoinSet::new();
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                links.spawn(async move {
+                    if let Ok(mut outbound) =
+                        tokio::net::TcpStream::connect((DB_HOST, DB_PORT)).await
+                    {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+            }
+        });
+        Forwarder { task }
+    }
+
+    /// Drops the listener and every forwarded connection: the database "restarts".
+    fn stop(self) {
+        self.task.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_wait_out_a_database_restart_and_sluice_reconnects() {
+    // Reserve a port, then free it: the "database" is down when the gateway starts.
+    let port = {
+        let probe = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        probe.local_addr().unwrap().port()
+    };
+    let gw = start_with("restart", |c| {
+        c.backend.url = format!("mysql://sl_restart:backend-pw@127.0.0.1:{port}");
+        c.pool.borrow_timeout = Duration::from_secs(10);
+        c.pool.reconnect_backoff_initial = Duration::from_millis(50);
+        c.pool.reconnect_backoff_max = Duration::from_millis(200);
+    })
+    .await;
+    let client = tokio::spawn({
+        let opts = gw.opts("app", "secret", None);
+        async move {
+            let mut conn = mysql_async::Conn::new(opts).await?;
+            let one: Option<u8> = conn.query_first("SELECT 1").await?;
+            Ok::<_, mysql_async::Error>((conn, one))
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(
+        !client.is_finished(),
+        "the client waits while the database is down"
+    );
+    let forwarder = Forwarder::start(
+        tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .unwrap(),
+    )
+    .await;
+    let (conn, one) = client
+        .await
+        .unwrap()
+        .expect("served once the database is back");
+    assert_eq!(one, Some(1));
+    let metrics = gw.metrics().await;
+    assert!(
+        metric_value(&metrics, "sluice_db_connect_errors_total") >= 2.0,
+        "it retried"
+    );
+
+    // The database goes away under a connected client: that client gets an error, and new
+    // clients are served again once it is back.
+    forwarder.stop();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut conn = conn;
+    assert!(conn.query_drop("SELECT 1").await.is_err());
+    drop(conn);
+    let _forwarder = Forwarder::start(
+        tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .unwrap(),
+    )
+    .await;
+    let mut fresh = gw.connect().await;
+    let two: u8 = fresh.query_first("SELECT 2").await.unwrap().unwrap();
+    assert_eq!(two, 2);
+    fresh.disconnect().await.unwrap();
+}

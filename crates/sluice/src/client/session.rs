@@ -121,27 +121,38 @@ impl Session {
     /// Borrows a database connection and puts it on `schema`; on failure the error is the
     /// packet to send the client.
     async fn attach_backend(&mut self, schema: Option<&str>) -> Result<(), ErrFields> {
+        /// Pooled connections that turn out dead (e.g. after a database restart) are
+        /// replaced this many times before the client is told.
+        const ATTEMPTS: usize = 3;
         let pool = self.gateway.pool.clone();
-        let mut lease = pool.borrow(self.flavor()).await.map_err(|e| {
-            warn!(error = %e, "no database connection for client");
-            errors::borrow_failed(&e)
-        })?;
-        let reply = lease.conn().use_schema(pool.target(), schema).await;
-        match reply {
-            Ok(Ok(_)) => {
-                debug!(
-                    thread_id = lease.conn().thread_id,
-                    "attached database connection"
-                );
-                self.backend = Some(lease);
-                Ok(())
+        let mut last_error = None;
+        for _ in 0..ATTEMPTS {
+            let mut lease = pool.borrow(self.flavor()).await.map_err(|e| {
+                warn!(error = %e, "no database connection for client");
+                errors::borrow_failed(&e)
+            })?;
+            match lease.conn().use_schema(pool.target(), schema).await {
+                Ok(Ok(_)) => {
+                    debug!(
+                        thread_id = lease.conn().thread_id,
+                        "attached database connection"
+                    );
+                    self.backend = Some(lease);
+                    return Ok(());
+                }
+                Ok(Err(server_err)) => {
+                    pool.give_back(lease).await;
+                    return Err(server_err);
+                }
+                Err(e) => {
+                    // Dropping the lease discards the dead connection.
+                    debug!(error = %e, "pooled database connection is dead; trying another");
+                    last_error = Some(e);
+                }
             }
-            Ok(Err(server_err)) => {
-                pool.give_back(lease).await;
-                Err(server_err)
-            }
-            Err(e) => Err(errors::lost_backend(&e.to_string())),
         }
+        let detail = last_error.map(|e| e.to_string()).unwrap_or_default();
+        Err(errors::lost_backend(&detail))
     }
 
     /// Returns the database connection, reset, to the pool.
