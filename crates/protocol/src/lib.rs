@@ -14,6 +14,7 @@ pub mod lenenc;
 pub mod packet;
 pub mod reply;
 pub mod response;
+pub mod session_state;
 pub mod stream;
 
 pub use error::ProtocolError;

@@ -80,6 +80,8 @@ pub struct ReplyTracker {
     state: State,
     deprecate_eof: bool,
     mid_packet: bool,
+    last_was_ok: bool,
+    rows: u64,
 }
 
 impl ReplyTracker {
@@ -98,7 +100,20 @@ impl ReplyTracker {
             state,
             deprecate_eof,
             mid_packet: false,
+            last_was_ok: false,
+            rows: 0,
         }
+    }
+
+    /// True when the frame just fed was an OK packet (a standalone one, or the OK that ends
+    /// a result set under `CLIENT_DEPRECATE_EOF`): the packets that carry session state.
+    pub fn last_was_ok(&self) -> bool {
+        self.last_was_ok
+    }
+
+    /// Rows in the most recent result set so far (what `FOUND_ROWS()` reports).
+    pub fn rows(&self) -> u64 {
+        self.rows
     }
 
     /// True when the reply is complete (or needed no frame at all).
@@ -110,6 +125,7 @@ impl ReplyTracker {
     pub fn feed(&mut self, header: FrameHeader, payload: &[u8]) -> Result<Step, ProtocolError> {
         let continuation = self.mid_packet;
         self.mid_packet = header.continues();
+        self.last_was_ok = false;
         if continuation {
             return Ok(Step::More);
         }
@@ -132,6 +148,7 @@ impl ReplyTracker {
                         return Err(ProtocolError::Malformed("result set with zero columns"));
                     }
                     self.state = State::Columns(columns);
+                    self.rows = 0;
                     Step::More
                 }
             },
@@ -169,7 +186,11 @@ impl ReplyTracker {
             State::FieldList if response::is_eof(payload) => {
                 Step::Done(response::terminator_status(payload))
             }
-            State::Rows | State::FieldList => Step::More,
+            State::Rows => {
+                self.rows += 1;
+                Step::More
+            }
+            State::FieldList => Step::More,
             State::Counted(left) => self.counted(left - 1),
         };
         if matches!(step, Step::Done(_)) {
@@ -190,6 +211,7 @@ impl ReplyTracker {
     fn end_of_result(&mut self, payload: &[u8]) -> Result<Step, ProtocolError> {
         let status = response::terminator_status(payload)
             .ok_or(ProtocolError::Malformed("malformed OK/EOF packet"))?;
+        self.last_was_ok = payload[0] == OK_HEADER || payload.len() > 5;
         if status.contains(StatusFlags::SERVER_MORE_RESULTS_EXISTS) {
             self.state = State::First;
             Ok(Step::More)
@@ -250,6 +272,8 @@ mod tests {
         assert!(steps[..5].iter().all(|s| *s == Step::More));
         assert_eq!(steps[5], Step::Done(Some(auto)));
         assert!(tracker.is_finished());
+        assert_eq!(tracker.rows(), 2);
+        assert!(!tracker.last_was_ok(), "a classic EOF is not an OK packet");
     }
 
     #[test]
@@ -274,6 +298,11 @@ mod tests {
         let steps = feed_all(&mut tracker, &packets);
         assert!(steps[..7].iter().all(|s| *s == Step::More), "{steps:?}");
         assert_eq!(steps[7], Step::Done(Some(last)));
+        assert!(
+            tracker.last_was_ok(),
+            "the deprecated-EOF terminator is an OK packet"
+        );
+        assert_eq!(tracker.rows(), 0);
     }
 
     #[test]

@@ -65,8 +65,8 @@ pub fn terminator_status(payload: &[u8]) -> Option<StatusFlags> {
 }
 
 /// Rewrites an OK packet produced for a `CLIENT_SESSION_TRACK` connection into the shape a
-/// client without that capability expects: the info string becomes the rest of the packet
-/// and the session-state block is dropped.
+/// client without that capability expects: the session-state block and its status flag are
+/// dropped. (Servers send the info string length-encoded either way, and clients read it so.)
 pub fn strip_session_track(payload: &[u8]) -> Result<Vec<u8>, ProtocolError> {
     let ok = parse_ok(payload)?;
     let mut out = Vec::with_capacity(payload.len());
@@ -79,7 +79,9 @@ pub fn strip_session_track(payload: &[u8]) -> Result<Vec<u8>, ProtocolError> {
     let fixed_len = out.len();
     if let Some(info_field) = payload.get(fixed_len..).filter(|rest| !rest.is_empty()) {
         let (info, _) = lenenc::read_bytes(info_field)?;
-        out.extend_from_slice(info);
+        if !info.is_empty() {
+            lenenc::put_bytes(&mut out, info);
+        }
     }
     Ok(out)
 }
@@ -91,10 +93,8 @@ pub fn encode_ok(caps: CapabilityFlags, fields: &OkFields, info: &str) -> Vec<u8
     lenenc::put_int(&mut out, fields.last_insert_id);
     out.extend_from_slice(&fields.status.bits().to_le_bytes());
     out.extend_from_slice(&fields.warnings.to_le_bytes());
-    if caps.contains(CapabilityFlags::CLIENT_SESSION_TRACK) {
+    if caps.contains(CapabilityFlags::CLIENT_SESSION_TRACK) || !info.is_empty() {
         lenenc::put_bytes(&mut out, info.as_bytes());
-    } else {
-        out.extend_from_slice(info.as_bytes());
     }
     out
 }
@@ -222,7 +222,7 @@ mod tests {
         let stripped = strip_session_track(&packet).unwrap();
         let mut expected = vec![0x00, 1, 0];
         expected.extend_from_slice(&StatusFlags::SERVER_STATUS_IN_TRANS.bits().to_le_bytes());
-        expected.extend_from_slice(&[0, 0, b'h', b'i']);
+        expected.extend_from_slice(&[0, 0, 2, b'h', b'i']);
         assert_eq!(stripped, expected);
     }
 

@@ -4,6 +4,7 @@
 //! [`BackendConn::stream`]. The methods here are the few commands sluice sends on its own
 //! behalf: ping, reset, change of schema, and re-authentication to wipe a session clean.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use sluice_protocol::auth::{self, CACHING_SHA2_PASSWORD, NATIVE_PASSWORD};
@@ -29,8 +30,14 @@ const BASE_CAPABILITIES: CapabilityFlags = CapabilityFlags::from_bits_truncate(
         | CapabilityFlags::CLIENT_PLUGIN_AUTH.bits()
         | CapabilityFlags::CLIENT_PLUGIN_AUTH_LENENC_CLIENT_DATA.bits()
         | CapabilityFlags::CLIENT_CONNECT_ATTRS.bits()
-        | CapabilityFlags::CLIENT_CONNECT_WITH_DB.bits(),
+        | CapabilityFlags::CLIENT_CONNECT_WITH_DB.bits()
+        | CapabilityFlags::CLIENT_SESSION_TRACK.bits(),
 );
+
+/// Turns on the session-state tracking sluice relies on to carry a client's session from
+/// one connection to another: every system variable, the schema, and any other change.
+const ENABLE_TRACKING: &str = "SET SESSION session_track_system_variables = '*', \
+     session_track_schema = ON, session_track_state_change = ON";
 
 /// Client capabilities that change what the server sends or accepts. A backend connection
 /// is opened with the same choice of these as the client it serves, so replies can be
@@ -40,7 +47,6 @@ pub const FLAVOR_CAPABILITIES: CapabilityFlags = CapabilityFlags::from_bits_trun
         | CapabilityFlags::CLIENT_IGNORE_SPACE.bits()
         | CapabilityFlags::CLIENT_LOCAL_FILES.bits()
         | CapabilityFlags::CLIENT_MULTI_STATEMENTS.bits()
-        | CapabilityFlags::CLIENT_SESSION_TRACK.bits()
         | CapabilityFlags::CLIENT_DEPRECATE_EOF.bits(),
 );
 
@@ -108,6 +114,19 @@ impl BackendError {
     }
 }
 
+/// A system variable's value as SQL: numbers as they are, anything else quoted.
+fn sql_value(value: &str) -> String {
+    if !value.is_empty()
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_digit() || b == b'-' || b == b'.')
+    {
+        value.to_owned()
+    } else {
+        format!("'{}'", value.replace('\\', "\\\\").replace('\'', "''"))
+    }
+}
+
 /// Splits a text-protocol row into its values.
 fn parse_text_row(mut payload: &[u8]) -> Result<Vec<Option<String>>, ProtocolError> {
     let mut values = Vec::new();
@@ -147,6 +166,8 @@ pub struct BackendConn {
     pub server: ServerInfo,
     /// The schema in use, when sluice knows it (after a client session it does not).
     pub schema: Option<Option<String>>,
+    /// System variables set on this connection (by any client), as the server reported them.
+    pub vars: BTreeMap<String, String>,
     nonce: Vec<u8>,
     created: Instant,
     last_used: Instant,
@@ -197,6 +218,7 @@ impl BackendConn {
                 collation: greeting.collation,
             },
             schema: Some(target.database.clone()),
+            vars: BTreeMap::new(),
             nonce: greeting.nonce.clone(),
             created: Instant::now(),
             last_used: Instant::now(),
@@ -213,6 +235,7 @@ impl BackendConn {
         let mut seq = greeting_packet.next_seq;
         conn.stream.write_packet(&mut seq, &login).await?;
         conn.finish_auth(target).await?;
+        conn.enable_tracking().await?;
         Ok(conn)
     }
 
@@ -334,6 +357,61 @@ impl BackendConn {
         Ok(Ok(rows))
     }
 
+    /// Runs a statement that answers with OK (e.g. `SET`), returning the server's verdict.
+    pub async fn execute(&mut self, sql: &str) -> Result<SimpleReply, BackendError> {
+        let mut payload = Vec::with_capacity(sql.len() + 1);
+        payload.push(command::QUERY);
+        payload.extend_from_slice(sql.as_bytes());
+        self.simple_command(&payload).await
+    }
+
+    async fn enable_tracking(&mut self) -> Result<(), BackendError> {
+        self.vars.clear();
+        if self
+            .server
+            .capabilities
+            .contains(CapabilityFlags::CLIENT_SESSION_TRACK)
+        {
+            self.execute(ENABLE_TRACKING)
+                .await?
+                .map_err(BackendError::Refused)?;
+        }
+        Ok(())
+    }
+
+    /// Brings this connection to a client's session: its schema and the system variables it
+    /// set, changing only what differs. A variable this connection has from an earlier client
+    /// and this client never set goes back to its default. The server's ERR is returned inside.
+    pub async fn adopt_session(
+        &mut self,
+        target: &BackendTarget,
+        schema: Option<&str>,
+        vars: &BTreeMap<String, String>,
+    ) -> Result<SimpleReply, BackendError> {
+        if let Err(err) = self.use_schema(target, schema).await? {
+            return Ok(Err(err));
+        }
+        let mut assignments = Vec::new();
+        for (name, value) in vars {
+            if self.vars.get(name) != Some(value) {
+                assignments.push(format!("{name} = {}", sql_value(value)));
+            }
+        }
+        for name in self.vars.keys().filter(|name| !vars.contains_key(*name)) {
+            assignments.push(format!("{name} = DEFAULT"));
+        }
+        if assignments.is_empty() {
+            return Ok(Ok(OkFields::default()));
+        }
+        let reply = self
+            .execute(&format!("SET SESSION {}", assignments.join(", ")))
+            .await?;
+        if reply.is_ok() {
+            self.vars = vars.clone();
+        }
+        Ok(reply)
+    }
+
     /// Checks that the connection still works.
     pub async fn ping(&mut self) -> Result<(), BackendError> {
         self.simple_command(&[command::PING])
@@ -360,7 +438,7 @@ impl BackendConn {
             .await?
             .map_err(BackendError::Refused)?;
         self.schema = None;
-        Ok(())
+        self.enable_tracking().await
     }
 
     /// Re-authenticates with COM_CHANGE_USER: a full reset that also returns the schema to
@@ -385,7 +463,7 @@ impl BackendConn {
         self.finish_auth(target).await?;
         self.schema = Some(target.database.clone());
         self.last_used = Instant::now();
-        Ok(())
+        self.enable_tracking().await
     }
 
     /// Puts the connection on `schema` (or the backend default when `None`), the cheapest way.

@@ -115,6 +115,7 @@ impl ConfigArgs {
                 name: name.to_owned(),
                 password: (!is_hash).then(|| password.to_owned()),
                 password_hash: is_hash.then(|| password.to_owned()),
+                pool_mode: None,
             });
         }
         config.validate(&source)

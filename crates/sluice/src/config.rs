@@ -36,6 +36,8 @@ pub struct Config {
     pub backend: BackendConfig,
     /// Pool limits and timers.
     pub pool: PoolConfig,
+    /// Default pool mode for users that do not set their own.
+    pub pool_mode: PoolMode,
     /// The users clients may log in as.
     pub users: Vec<UserConfig>,
 }
@@ -51,6 +53,7 @@ impl Default for Config {
             idle_transaction_timeout: Duration::from_secs(60),
             backend: BackendConfig::default(),
             pool: PoolConfig::default(),
+            pool_mode: PoolMode::default(),
             users: Vec::new(),
         }
     }
@@ -125,12 +128,26 @@ impl Default for PoolConfig {
     }
 }
 
+/// How long a client keeps a database connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum PoolMode {
+    /// Only for a statement in autocommit mode, a transaction, or while pinned.
+    #[default]
+    Transaction,
+    /// For as long as the client is connected.
+    Session,
+}
+
 /// `[[users]]`: one client login.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UserConfig {
     /// Login name.
     pub name: String,
+    /// Overrides the top-level `pool_mode` for this user.
+    #[serde(default)]
+    pub pool_mode: Option<PoolMode>,
     /// Plain-text password (empty for none).
     #[serde(default)]
     pub password: Option<String>,
@@ -244,7 +261,16 @@ pub struct Settings {
     /// Pool limits.
     pub pool: PoolConfig,
     /// Client users by name.
-    pub users: HashMap<String, Credential>,
+    pub users: HashMap<String, User>,
+}
+
+/// A client login sluice accepts.
+#[derive(Debug, Clone, Copy)]
+pub struct User {
+    /// What proves the password.
+    pub credential: Credential,
+    /// How long its clients keep a database connection.
+    pub pool_mode: PoolMode,
 }
 
 impl Config {
@@ -370,7 +396,11 @@ impl Config {
                 },
                 (None, None) => Credential::Empty,
             };
-            if users.insert(user.name.clone(), credential).is_some() {
+            let entry = User {
+                credential,
+                pool_mode: user.pool_mode.unwrap_or(self.pool_mode),
+            };
+            if users.insert(user.name.clone(), entry).is_some() {
                 issue(
                     &format!("{key}.name"),
                     format!("user {:?} is defined twice", user.name),
@@ -388,9 +418,13 @@ impl Config {
         }
         if users.is_empty() {
             // Out of the box, clients log in with the backend's own credentials.
+            let credential = Credential::from_plain_or_hash(&backend.password);
             users.insert(
                 backend.user.clone(),
-                Credential::from_plain_or_hash(&backend.password),
+                User {
+                    credential,
+                    pool_mode: self.pool_mode,
+                },
             );
         }
         Ok(Settings {

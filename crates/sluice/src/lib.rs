@@ -18,6 +18,7 @@ mod client;
 pub mod config;
 pub mod metrics;
 pub mod pool;
+pub mod registry;
 pub mod server;
 
 use std::sync::Arc;
@@ -26,7 +27,7 @@ use config::Settings;
 use metrics::Metrics;
 use pool::Pool;
 
-/// Everything client sessions share: settings, the pool, and the metrics.
+/// Everything client sessions share: settings, the pool, the metrics, and who is connected.
 pub struct Gateway {
     /// Validated settings.
     pub settings: Settings,
@@ -34,6 +35,8 @@ pub struct Gateway {
     pub pool: Pool,
     /// Exported metrics.
     pub metrics: Metrics,
+    /// Connected clients by sluice connection id, so `KILL` can find them.
+    pub sessions: registry::Registry,
 }
 
 impl Gateway {
@@ -50,6 +53,44 @@ impl Gateway {
             settings,
             pool,
             metrics,
+            sessions: registry::Registry::default(),
         })
+    }
+}
+
+impl Gateway {
+    /// Carries out `KILL [QUERY] id` for `user`: the running statement is killed on the
+    /// database over a short side connection, and for `KILL CONNECTION` the session is told
+    /// to end.
+    pub async fn kill(
+        &self,
+        user: &str,
+        id: u64,
+        query_only: bool,
+    ) -> Result<(), sluice_protocol::response::ErrFields> {
+        let target = self.sessions.target(user, id, query_only)?;
+        let (thread, notify) = match target {
+            registry::KillTarget::Query(thread) => (thread, None),
+            registry::KillTarget::Connection(thread, notify) => (thread, Some(notify)),
+        };
+        if thread != 0 {
+            let flavor = backend::Flavor::of_client(sluice_protocol::CapabilityFlags::empty(), 45);
+            let side = backend::BackendConn::connect(
+                &self.settings.backend,
+                flavor,
+                self.settings.connect_timeout,
+            )
+            .await;
+            match side {
+                Ok(mut side) => {
+                    let _ = side.execute(&format!("KILL QUERY {thread}")).await;
+                }
+                Err(e) => tracing::warn!(error = %e, "could not open a connection to kill a query"),
+            }
+        }
+        if let Some(notify) = notify {
+            notify.notify_one();
+        }
+        Ok(())
     }
 }

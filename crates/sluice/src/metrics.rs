@@ -30,6 +30,11 @@ pub struct Metrics {
     pub commands: IntCounterVec,
     /// Clients cut for idling, by `kind` (`client`, `transaction`).
     pub idle_timeouts: IntCounterVec,
+    /// Clients pinned to their database connection, by reason.
+    pub pins: IntCounterVec,
+    /// Database connections lent to clients (once per transaction or statement in
+    /// transaction pooling).
+    pub borrows: IntCounter,
 }
 
 impl Metrics {
@@ -95,6 +100,12 @@ impl Metrics {
                 "Clients that waited pool.borrow_timeout for a database connection and gave up",
             ),
             commands: counter_vec("commands_total", "Client commands by type", "command"),
+            pins: counter_vec(
+                "pins_total",
+                "Clients pinned to one database connection by session state sluice cannot carry",
+                "reason",
+            ),
+            borrows: counter("borrows_total", "Database connections lent to clients"),
             idle_timeouts: counter_vec(
                 "idle_timeouts_total",
                 "Clients cut for idling outside (client) or inside (transaction) a transaction",

@@ -304,6 +304,12 @@ impl Pool {
         }
     }
 
+    /// Returns a connection whose session state sluice tracks (transaction pooling): no
+    /// reset, the next borrower adopts its own state over it.
+    pub fn release(&self, lease: Lease) {
+        self.put_idle(lease);
+    }
+
     /// Puts a connection whose session is known to be clean back in the idle list.
     fn put_idle(&self, mut lease: Lease) {
         let inner = &self.inner;

@@ -164,6 +164,7 @@ async fn authentication_failures_and_unknown_database() {
             name: "hashed".into(),
             password: None,
             password_hash: Some("*14E65567ABDB5135D0CFD9A70B3032C179A49EE7".into()),
+            pool_mode: None,
         }];
     })
     .await;
@@ -255,8 +256,9 @@ async fn pool_is_bounded_waits_in_line_and_times_out_clearly() {
     .await;
     let mut a = gw.connect().await;
     let mut b = gw.connect().await;
-    a.query_drop("SELECT 1").await.unwrap();
-    b.query_drop("SELECT 1").await.unwrap();
+    // Open transactions hold their connections.
+    a.query_drop("BEGIN").await.unwrap();
+    b.query_drop("BEGIN").await.unwrap();
     assert_eq!(db_connections_of(&gw.backend_user).await, 2);
 
     // A third client waits, then is told the pool is exhausted and what to raise.
@@ -290,7 +292,7 @@ async fn a_returned_connection_carries_no_session_state() {
     let gw = start_with("no_leak", |c| c.pool.max_db_connections = 1).await;
     let mut first = gw.connect().await;
     let thread: u32 = first
-        .query_first("SELECT CONNECTION_ID()")
+        .query_first("SELECT @@pseudo_thread_id")
         .await
         .unwrap()
         .unwrap();
@@ -306,7 +308,7 @@ async fn a_returned_connection_carries_no_session_state() {
         .await
         .unwrap();
     let again: u32 = second
-        .query_first("SELECT CONNECTION_ID()")
+        .query_first("SELECT @@pseudo_thread_id")
         .await
         .unwrap()
         .unwrap();
@@ -340,8 +342,10 @@ async fn a_killed_backend_connection_errors_one_client_only() {
     let gw = start("killed").await;
     let mut victim = gw.connect().await;
     let mut bystander = gw.connect().await;
+    // Inside a transaction the victim holds one database connection; find its thread id.
+    victim.query_drop("BEGIN").await.unwrap();
     let thread: u32 = victim
-        .query_first("SELECT CONNECTION_ID()")
+        .query_first("SELECT @@pseudo_thread_id")
         .await
         .unwrap()
         .unwrap();
@@ -362,8 +366,8 @@ async fn a_killed_backend_connection_errors_one_client_only() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     let stats = gw.gateway.pool.stats();
     assert_eq!(
-        stats.busy, 1,
-        "only the bystander holds a connection: {stats:?}"
+        stats.busy, 0,
+        "between statements nobody holds a connection: {stats:?}"
     );
     assert_eq!(
         db_connections_of(&gw.backend_user).await,

@@ -160,7 +160,7 @@ pub async fn native_proof(
 
 /// Checks a `mysql_native_password` proof for `user`, counting failures by reason.
 pub fn check_user(gateway: &Gateway, user: &str, salt: &[u8], proof: &[u8]) -> bool {
-    let credential: Option<Credential> = gateway.settings.users.get(user).copied();
+    let credential: Option<Credential> = gateway.settings.users.get(user).map(|u| u.credential);
     match credential {
         Some(credential) if credential.verify(salt, proof) => true,
         Some(_) => {

@@ -8,6 +8,7 @@ mod errors;
 mod login;
 mod relay;
 mod session;
+mod statement;
 
 pub use session::serve_client;
 

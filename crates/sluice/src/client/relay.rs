@@ -6,6 +6,8 @@
 //! one write per read.
 
 use sluice_protocol::reply::{ReplyShape, ReplyTracker, Step};
+use sluice_protocol::response::{self, OkFields};
+use sluice_protocol::session_state::{self, StateChanges};
 use sluice_protocol::stream::{PacketStream, WRITE_HIGH_WATER};
 use sluice_protocol::{ProtocolError, StatusFlags};
 use tokio::net::TcpStream;
@@ -27,14 +29,29 @@ pub enum RelayError {
     },
 }
 
+/// What a reply told sluice about the session, besides the data it carried to the client.
+#[derive(Debug, Default)]
+pub struct ReplyOutcome {
+    /// Status flags of the last OK/EOF packet (`None` when the reply ended in ERR).
+    pub status: Option<StatusFlags>,
+    /// Session-state changes reported by its OK packets.
+    pub changes: StateChanges,
+    /// The last OK packet's fixed fields (affected rows, insert id).
+    pub last_ok: Option<OkFields>,
+    /// Rows of the last result set, when the reply ended with one.
+    pub rows: Option<u64>,
+}
+
 /// Forwards `payload` (a client command that arrived with sequence id `seq`) and relays the
-/// whole reply. Returns the final status flags when the reply carried them.
+/// whole reply. OK packets are read for session-state changes, and rewritten for clients
+/// that did not ask for session tracking.
 pub async fn forward(
     client: &mut PacketStream<TcpStream>,
+    client_tracks_state: bool,
     backend: &mut BackendConn,
     seq: u8,
     payload: &[u8],
-) -> Result<Option<StatusFlags>, RelayError> {
+) -> Result<ReplyOutcome, RelayError> {
     let backend_err = |error, next_seq| RelayError::Backend { error, next_seq };
     let mut next_seq = seq.wrapping_add(1);
     let mut send_seq = seq;
@@ -47,8 +64,9 @@ pub async fn forward(
 
     let shape = ReplyShape::of(payload[0]);
     let mut tracker = ReplyTracker::new(shape, backend.flavor.deprecate_eof());
+    let mut outcome = ReplyOutcome::default();
     if tracker.is_finished() {
-        return Ok(None);
+        return Ok(outcome);
     }
     loop {
         if !backend.stream.has_buffered_frame() || client.queued_len() >= WRITE_HIGH_WATER {
@@ -63,7 +81,33 @@ pub async fn forward(
             .feed(frame.header, frame.payload())
             .map_err(|e| backend_err(e, next_seq))?;
         next_seq = frame.header.seq.wrapping_add(1);
-        client.queue_raw(&frame.bytes);
+        if tracker.last_was_ok() {
+            let (ok, changes) = session_state::parse_tracked_ok(frame.payload())
+                .map_err(|e| backend_err(e, next_seq))?;
+            outcome.changes.variables.extend(changes.variables);
+            outcome.changes.schema = changes.schema.or(outcome.changes.schema.take());
+            outcome.changes.state_changed |= changes.state_changed;
+            outcome.last_ok = Some(ok);
+            // An OK with the EOF header ends a result set; a plain OK is a statement's result.
+            outcome.rows = (frame.payload()[0] == response::EOF_HEADER).then(|| tracker.rows());
+            if client_tracks_state {
+                client.queue_raw(&frame.bytes);
+            } else {
+                let stripped = response::strip_session_track(frame.payload())
+                    .map_err(|e| backend_err(e, next_seq))?;
+                let mut seq = frame.header.seq;
+                client.queue_packet(&mut seq, &stripped);
+            }
+        } else {
+            if let Step::Done(Some(status)) = step {
+                // A classic EOF ends a result set; its status may say state changed without
+                // saying what.
+                outcome.rows = Some(tracker.rows());
+                outcome.changes.state_changed |=
+                    status.contains(StatusFlags::SERVER_SESSION_STATE_CHANGED);
+            }
+            client.queue_raw(&frame.bytes);
+        }
         match step {
             Step::More => {}
             Step::LocalInfile => {
@@ -72,7 +116,8 @@ pub async fn forward(
             }
             Step::Done(status) => {
                 client.flush().await.map_err(RelayError::Client)?;
-                return Ok(status);
+                outcome.status = status;
+                return Ok(outcome);
             }
         }
     }

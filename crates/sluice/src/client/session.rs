@@ -1,13 +1,21 @@
 //! The life of one client connection: login, then its commands until it leaves.
 //!
-//! In this version a client keeps one database connection for as long as it is connected
-//! (session pooling); when it leaves, the connection is reset and returned to the pool.
+//! In transaction pooling (the default) a client holds a database connection only while it
+//! must: for one statement in autocommit mode, for a whole transaction (the server's
+//! `SERVER_STATUS_IN_TRANS` flag says when one is open), or while pinned by session state
+//! that cannot follow it. The rest of its session (schema, system variables) is learned from
+//! the server's session-state tracking and re-applied to whichever connection it gets next.
+//! In session pooling a client keeps one connection while connected. When a client leaves,
+//! a connection it still holds is reset before anyone else gets it.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use sluice_protocol::auth::NATIVE_PASSWORD;
 use sluice_protocol::handshake::ChangeUser;
+use sluice_protocol::packet::MAX_FRAME_PAYLOAD;
 use sluice_protocol::response::{self, ErrFields, OkFields};
 use sluice_protocol::stream::PacketStream;
 use sluice_protocol::{command, CapabilityFlags, ProtocolError, StatusFlags};
@@ -16,9 +24,12 @@ use tracing::{debug, info, warn, Instrument};
 
 use super::errors;
 use super::login::{self, Authenticated, LoginFailure};
-use super::relay::{self, RelayError};
+use super::relay::{self, RelayError, ReplyOutcome};
+use super::statement::{self, SessionFunction};
 use crate::backend::Flavor;
+use crate::config::PoolMode;
 use crate::pool::Lease;
+use crate::registry::SessionHandle;
 use crate::Gateway;
 
 /// How a session ended, for the closing log line.
@@ -29,16 +40,33 @@ enum End {
     Error(String),
 }
 
-/// One authenticated client and the database connection it holds.
+/// One authenticated client and the database connection it holds, if any.
 struct Session {
     gateway: Arc<Gateway>,
+    id: u32,
     stream: PacketStream<TcpStream>,
     capabilities: CapabilityFlags,
     user: String,
+    mode: PoolMode,
     salt: [u8; 20],
     collation: u8,
     backend: Option<Lease>,
     status: StatusFlags,
+    state: SessionState,
+    /// Why the client keeps its connection regardless of transactions.
+    pin: Option<&'static str>,
+    /// How `KILL` from other sessions reaches this one.
+    handle: SessionHandle,
+}
+
+/// The session a client would have on a direct connection, carried between connections.
+#[derive(Debug, Default)]
+struct SessionState {
+    schema: Option<String>,
+    vars: BTreeMap<String, String>,
+    last_insert_id: u64,
+    row_count: i64,
+    found_rows: u64,
 }
 
 /// Serves one client connection from greeting to close. Never panics on client input.
@@ -88,18 +116,37 @@ async fn run(gateway: Arc<Gateway>, socket: TcpStream, peer: SocketAddr, id: u32
         next_seq,
     } = auth;
     debug!(%user, "client authenticated");
+    let mode = gateway
+        .settings
+        .users
+        .get(&user)
+        .map(|u| u.pool_mode)
+        .unwrap_or_default();
+    let session_gateway = gateway.clone();
+    let session_user = user.clone();
     let mut session = Session {
         gateway,
+        id,
         stream,
         capabilities,
         user,
+        mode,
         salt,
         collation,
         backend: None,
         status: StatusFlags::SERVER_STATUS_AUTOCOMMIT,
+        state: SessionState {
+            schema: database,
+            ..SessionState::default()
+        },
+        pin: None,
+        handle: session_gateway.sessions.register(id, &session_user),
     };
     let mut seq = next_seq;
-    let end = match session.attach_backend(database.as_deref()).await {
+    // Attach once at login: it checks the schema exists (1049 otherwise).
+    let attached = session.attach_backend().await;
+    session.release_if_free();
+    let end = match attached {
         Ok(()) => match session.send_ok(&mut seq).await {
             Ok(()) => session.command_loop().await,
             Err(e) => End::Error(e.to_string()),
@@ -110,6 +157,7 @@ async fn run(gateway: Arc<Gateway>, socket: TcpStream, peer: SocketAddr, id: u32
         }
     };
     session.detach_backend().await;
+    session.gateway.sessions.remove(id);
     end
 }
 
@@ -120,7 +168,10 @@ impl Session {
 
     /// Borrows a database connection and puts it on `schema`; on failure the error is the
     /// packet to send the client.
-    async fn attach_backend(&mut self, schema: Option<&str>) -> Result<(), ErrFields> {
+    async fn attach_backend(&mut self) -> Result<(), ErrFields> {
+        if self.backend.is_some() {
+            return Ok(());
+        }
         /// Pooled connections that turn out dead (e.g. after a database restart) are
         /// replaced this many times before the client is told.
         const ATTEMPTS: usize = 3;
@@ -131,7 +182,13 @@ impl Session {
                 warn!(error = %e, "no database connection for client");
                 errors::borrow_failed(&e)
             })?;
-            match lease.conn().use_schema(pool.target(), schema).await {
+            self.gateway.metrics.borrows.inc();
+            let schema = self.state.schema.as_deref();
+            match lease
+                .conn()
+                .adopt_session(pool.target(), schema, &self.state.vars)
+                .await
+            {
                 Ok(Ok(_)) => {
                     debug!(
                         thread_id = lease.conn().thread_id,
@@ -155,8 +212,73 @@ impl Session {
         Err(errors::lost_backend(&detail))
     }
 
+    /// In transaction pooling, gives the connection back when nothing ties the client to it:
+    /// no open transaction and no pin. Its session state is tracked, so no reset is needed.
+    fn release_if_free(&mut self) {
+        let tied = self.mode == PoolMode::Session
+            || self.pin.is_some()
+            || self.status.contains(StatusFlags::SERVER_STATUS_IN_TRANS);
+        if !tied {
+            if let Some(lease) = self.backend.take() {
+                self.handle.backend_thread.store(0, Ordering::Relaxed);
+                self.gateway.pool.release(lease);
+            }
+        }
+    }
+
+    /// Ties the client to its connection for good, counting the reason once.
+    fn pin(&mut self, reason: &'static str) {
+        if self.pin.is_none() && self.mode == PoolMode::Transaction {
+            debug!(reason, "client pinned to its database connection");
+            self.gateway.metrics.pins.with_label_values(&[reason]).inc();
+            self.pin = Some(reason);
+        }
+    }
+
+    /// Learns from a reply what changed in the client's session.
+    fn absorb(&mut self, outcome: &ReplyOutcome) {
+        if let Some(status) = outcome.status {
+            self.status = status;
+        }
+        let changes = &outcome.changes;
+        let carried = !changes.variables.is_empty() || changes.schema.is_some();
+        if let Some(lease) = self.backend.as_mut() {
+            let conn = lease.conn();
+            for (name, value) in &changes.variables {
+                if name.starts_with("session_track") {
+                    continue;
+                }
+                self.state.vars.insert(name.clone(), value.clone());
+                conn.vars.insert(name.clone(), value.clone());
+            }
+            if let Some(schema) = &changes.schema {
+                let schema = (!schema.is_empty()).then(|| schema.clone());
+                conn.schema = Some(schema.clone());
+                self.state.schema = schema;
+            }
+        }
+        if changes.state_changed && !carried {
+            // Something changed that sluice cannot name, so it cannot carry it either.
+            self.pin("session_state");
+        }
+        if let Some(ok) = outcome.last_ok {
+            if ok.last_insert_id != 0 {
+                self.state.last_insert_id = ok.last_insert_id;
+            }
+        }
+        match (outcome.rows, outcome.last_ok) {
+            (Some(rows), _) => {
+                self.state.found_rows = rows;
+                self.state.row_count = -1;
+            }
+            (None, Some(ok)) => self.state.row_count = ok.affected_rows as i64,
+            (None, None) => {}
+        }
+    }
+
     /// Returns the database connection, reset, to the pool.
     async fn detach_backend(&mut self) {
+        self.handle.backend_thread.store(0, Ordering::Relaxed);
         if let Some(lease) = self.backend.take() {
             self.gateway.pool.give_back(lease).await;
         }
@@ -191,7 +313,16 @@ impl Session {
             } else {
                 client_limit
             };
-            let read = match tokio::time::timeout(limit, self.stream.read_packet()).await {
+            let kill = self.handle.kill.clone();
+            let next = tokio::select! {
+                next = tokio::time::timeout(limit, self.stream.read_packet()) => next,
+                () = kill.notified() => {
+                    let mut seq = 1;
+                    let _ = self.send_err(&mut seq, &ErrFields::new(1927, "70100", "Connection was killed")).await;
+                    return End::Error("killed".into());
+                }
+            };
+            let read = match next {
                 Ok(read) => read,
                 Err(_) if in_transaction => {
                     // A frozen or dead function holding locks: roll back now (the reset on
@@ -258,13 +389,20 @@ impl Session {
                 command::QUIT => return End::Quit,
                 command::PING => self.send_ok(&mut seq).await.map_err(Into::into),
                 command::CHANGE_USER => self.change_user(&packet.payload, seq).await,
-                command::QUERY
-                | command::INIT_DB
+                command::RESET_CONNECTION => self.reset_connection(seq).await,
+                command::QUERY => self.query(packet.seq, &packet.payload).await,
+                command::STMT_PREPARE | command::SET_OPTION => {
+                    // Per-connection state (statements, multi-statement option) stays put.
+                    self.pin(if command_byte == command::SET_OPTION {
+                        "set_option"
+                    } else {
+                        "prepared_statement"
+                    });
+                    self.forward(packet.seq, &packet.payload).await
+                }
+                command::INIT_DB
                 | command::FIELD_LIST
                 | command::STATISTICS
-                | command::SET_OPTION
-                | command::RESET_CONNECTION
-                | command::STMT_PREPARE
                 | command::STMT_EXECUTE
                 | command::STMT_SEND_LONG_DATA
                 | command::STMT_CLOSE
@@ -282,15 +420,90 @@ impl Session {
         }
     }
 
+    /// COM_QUERY: pins for state that cannot be carried, answers session functions from
+    /// tracked values, handles KILL, then forwards.
+    async fn query(&mut self, seq: u8, payload: &[u8]) -> Result<(), End> {
+        let Ok(sql) = std::str::from_utf8(&payload[1..]) else {
+            return self.forward(seq, payload).await;
+        };
+        let scan = statement::scan(sql);
+        if let Some(reason) = scan.pin {
+            self.pin(reason);
+        }
+        if let Some(kill) = scan.kill {
+            let mut seq = seq.wrapping_add(1);
+            let reply = self
+                .gateway
+                .kill(&self.user, kill.id, kill.query_only)
+                .await;
+            let sent = match reply {
+                Ok(()) => self.send_ok(&mut seq).await,
+                Err(err) => self.send_err(&mut seq, &err).await,
+            };
+            return sent.map_err(client_end);
+        }
+        let unpinned = self.pin.is_none();
+        let state = &self.state;
+        let id = self.id;
+        let rewritten = statement::substitute(sql, &scan.functions, |function| match function {
+            SessionFunction::ConnectionId => Some(id.to_string()),
+            _ if !unpinned || payload.len() >= MAX_FRAME_PAYLOAD => None,
+            SessionFunction::LastInsertId => Some(state.last_insert_id.to_string()),
+            SessionFunction::RowCount => Some(state.row_count.to_string()),
+            SessionFunction::FoundRows => Some(state.found_rows.to_string()),
+        });
+        match rewritten {
+            Some(sql) => {
+                let mut payload = Vec::with_capacity(sql.len() + 1);
+                payload.push(command::QUERY);
+                payload.extend_from_slice(sql.as_bytes());
+                self.forward(seq, &payload).await
+            }
+            None => self.forward(seq, payload).await,
+        }
+    }
+
+    /// COM_RESET_CONNECTION: the client's session starts over (schema kept, as the server
+    /// does); a connection it held is reset and returned.
+    async fn reset_connection(&mut self, mut seq: u8) -> Result<(), End> {
+        self.detach_backend().await;
+        self.state = SessionState {
+            schema: self.state.schema.take(),
+            ..SessionState::default()
+        };
+        self.pin = None;
+        self.status = StatusFlags::SERVER_STATUS_AUTOCOMMIT;
+        if self.mode == PoolMode::Session {
+            if let Err(err) = self.attach_backend().await {
+                return self.send_err(&mut seq, &err).await.map_err(client_end);
+            }
+        }
+        self.send_ok(&mut seq).await.map_err(client_end)
+    }
+
     async fn forward(&mut self, seq: u8, payload: &[u8]) -> Result<(), End> {
+        if let Err(err) = self.attach_backend().await {
+            let mut seq = seq.wrapping_add(1);
+            return self.send_err(&mut seq, &err).await.map_err(client_end);
+        }
         let Some(lease) = self.backend.as_mut() else {
             return Err(End::Error("no database connection".into()));
         };
-        match relay::forward(&mut self.stream, lease.conn(), seq, payload).await {
-            Ok(status) => {
-                if let Some(status) = status {
-                    self.status = status;
-                }
+        let client_tracks_state = self
+            .capabilities
+            .contains(CapabilityFlags::CLIENT_SESSION_TRACK);
+        match relay::forward(
+            &mut self.stream,
+            client_tracks_state,
+            lease.conn(),
+            seq,
+            payload,
+        )
+        .await
+        {
+            Ok(outcome) => {
+                self.absorb(&outcome);
+                self.release_if_free();
                 Ok(())
             }
             Err(RelayError::Client(e)) => {
@@ -360,8 +573,22 @@ impl Session {
             self.collation = collation;
         }
         self.status = StatusFlags::SERVER_STATUS_AUTOCOMMIT;
+        self.mode = self
+            .gateway
+            .settings
+            .users
+            .get(&self.user)
+            .map(|u| u.pool_mode)
+            .unwrap_or_default();
         self.detach_backend().await;
-        match self.attach_backend(request.database.as_deref()).await {
+        self.state = SessionState {
+            schema: request.database.clone(),
+            ..SessionState::default()
+        };
+        self.pin = None;
+        let attached = self.attach_backend().await;
+        self.release_if_free();
+        match attached {
             Ok(()) => self.send_ok(&mut seq).await.map_err(client_end),
             Err(err) => {
                 let _ = self.send_err(&mut seq, &err).await;

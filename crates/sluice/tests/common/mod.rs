@@ -97,11 +97,13 @@ pub async fn start_with(test: &str, tweak: impl FnOnce(&mut Config)) -> TestGate
             name: "app".into(),
             password: Some("secret".into()),
             password_hash: None,
+            pool_mode: None,
         },
         UserConfig {
             name: "empty".into(),
             password: None,
             password_hash: None,
+            pool_mode: None,
         },
     ];
     tweak(&mut config);

@@ -1,0 +1,295 @@
+//! A light lexer over a client's SQL text, for the few things a multiplexing proxy must know
+//! before it runs a statement: which session state it creates that cannot follow the client
+//! to another connection (so the client must be pinned), which functions answer from
+//! per-connection state (`LAST_INSERT_ID()`, `ROW_COUNT()`, `FOUND_ROWS()`,
+//! `CONNECTION_ID()`), and whether it is a `KILL`. Strings and comments are skipped, so an
+//! `@` in a literal is not a user variable.
+
+use std::ops::Range;
+
+/// A zero-argument function whose value depends on the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionFunction {
+    /// `LAST_INSERT_ID()`
+    LastInsertId,
+    /// `ROW_COUNT()`
+    RowCount,
+    /// `FOUND_ROWS()`
+    FoundRows,
+    /// `CONNECTION_ID()`
+    ConnectionId,
+}
+
+/// `KILL [CONNECTION | QUERY] id`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Kill {
+    /// `KILL QUERY` ends only the running statement.
+    pub query_only: bool,
+    /// The connection id, as the client knows it.
+    pub id: u64,
+}
+
+/// What the lexer found.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Scan {
+    /// Why the statement pins the client to its connection, if it does.
+    pub pin: Option<&'static str>,
+    /// Session functions in the first statement of the text, with their byte ranges.
+    pub functions: Vec<(Range<usize>, SessionFunction)>,
+    /// Set when the whole text is one `KILL` statement.
+    pub kill: Option<Kill>,
+}
+
+/// Scans `sql`.
+pub fn scan(sql: &str) -> Scan {
+    let bytes = sql.as_bytes();
+    let mut scan = Scan::default();
+    let mut words: Vec<String> = Vec::new();
+    let mut first_statement = true;
+    let mut i = 0;
+    while i < bytes.len() {
+        let c = bytes[i];
+        match c {
+            b'\'' | b'"' | b'`' => i = skip_quoted(bytes, i),
+            b'#' => i = skip_line(bytes, i),
+            b'-' if bytes.get(i + 1) == Some(&b'-')
+                && bytes.get(i + 2).is_none_or(|b| b.is_ascii_whitespace()) =>
+            {
+                i = skip_line(bytes, i)
+            }
+            b'/' if bytes.get(i + 1) == Some(&b'*') && bytes.get(i + 2) != Some(&b'!') => {
+                i = sql[i + 2..]
+                    .find("*/")
+                    .map_or(bytes.len(), |end| i + 2 + end + 2);
+            }
+            b'@' if bytes.get(i + 1) == Some(&b'@') => {
+                // A system variable: @@name or @@session.name.
+                i += 2;
+                while i < bytes.len() && (is_ident(bytes[i]) || bytes[i] == b'.') {
+                    i += 1;
+                }
+            }
+            b'@' => {
+                scan.pin.get_or_insert("user_variable");
+                i += 1;
+            }
+            b';' => {
+                first_statement = false;
+                i += 1;
+            }
+            _ if is_ident(c) && !c.is_ascii_digit() => {
+                let start = i;
+                while i < bytes.len() && is_ident(bytes[i]) {
+                    i += 1;
+                }
+                let word = sql[start..i].to_ascii_uppercase();
+                let mut j = i;
+                while j < bytes.len() && bytes[j].is_ascii_whitespace() {
+                    j += 1;
+                }
+                let call = bytes.get(j) == Some(&b'(');
+                if call {
+                    let mut k = j + 1;
+                    while k < bytes.len() && bytes[k].is_ascii_whitespace() {
+                        k += 1;
+                    }
+                    let function = match word.as_str() {
+                        "LAST_INSERT_ID" => Some(SessionFunction::LastInsertId),
+                        "ROW_COUNT" => Some(SessionFunction::RowCount),
+                        "FOUND_ROWS" => Some(SessionFunction::FoundRows),
+                        "CONNECTION_ID" => Some(SessionFunction::ConnectionId),
+                        _ => None,
+                    };
+                    if let (Some(function), Some(b')'), true) =
+                        (function, bytes.get(k), first_statement)
+                    {
+                        scan.functions.push((start..k + 1, function));
+                    }
+                    if word == "GET_LOCK" {
+                        scan.pin.get_or_insert("named_lock");
+                    }
+                }
+                words.push(word);
+            }
+            _ => i += 1,
+        }
+    }
+    let has = |w: &str| words.iter().any(|x| x == w);
+    let follows = |a: &str, b: &str| words.windows(2).any(|p| p[0] == a && p[1] == b);
+    let pin = if follows("CREATE", "TEMPORARY") {
+        Some("temporary_table")
+    } else if follows("LOCK", "TABLES")
+        || follows("LOCK", "TABLE")
+        || (has("FLUSH") && follows("READ", "LOCK"))
+    {
+        Some("table_lock")
+    } else if words.first().is_some_and(|w| w == "PREPARE") {
+        Some("sql_prepare")
+    } else if has("SQL_CALC_FOUND_ROWS") {
+        Some("found_rows")
+    } else {
+        None
+    };
+    if let Some(reason) = pin {
+        scan.pin = Some(reason);
+    }
+    scan.kill = parse_kill(&words, sql);
+    scan
+}
+
+fn parse_kill(words: &[String], sql: &str) -> Option<Kill> {
+    let mut rest = words.iter().map(String::as_str).peekable();
+    if rest.next()? != "KILL"
+        || sql.contains(';') && sql.trim_end().trim_end_matches(';').contains(';')
+    {
+        return None;
+    }
+    let mut query_only = false;
+    while let Some(&word) = rest.peek() {
+        match word {
+            "HARD" | "SOFT" | "CONNECTION" => {}
+            "QUERY" => query_only = true,
+            _ => break,
+        }
+        rest.next();
+    }
+    if rest.next().is_some() {
+        return None; // KILL USER name, KILL QUERY ID n: not by plain id
+    }
+    let digits: String = sql
+        .trim()
+        .trim_end_matches(';')
+        .trim_end()
+        .chars()
+        .rev()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    let id = digits.chars().rev().collect::<String>().parse().ok()?;
+    Some(Kill { query_only, id })
+}
+
+fn is_ident(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'_' || b == b'$' || b >= 0x80
+}
+
+fn skip_line(bytes: &[u8], i: usize) -> usize {
+    bytes[i..]
+        .iter()
+        .position(|b| *b == b'\n')
+        .map_or(bytes.len(), |n| i + n + 1)
+}
+
+fn skip_quoted(bytes: &[u8], start: usize) -> usize {
+    let quote = bytes[start];
+    let mut i = start + 1;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'\\' if quote != b'`' => i += 2,
+            b if b == quote && bytes.get(i + 1) == Some(&quote) => i += 2,
+            b if b == quote => return i + 1,
+            _ => i += 1,
+        }
+    }
+    bytes.len()
+}
+
+/// Replaces each session function call in `sql` by its value; `value` gives the text.
+pub fn substitute(
+    sql: &str,
+    functions: &[(Range<usize>, SessionFunction)],
+    value: impl Fn(SessionFunction) -> Option<String>,
+) -> Option<String> {
+    let mut out = String::with_capacity(sql.len());
+    let mut last = 0;
+    let mut changed = false;
+    for (range, function) in functions {
+        if let Some(text) = value(*function) {
+            out.push_str(&sql[last..range.start]);
+            out.push_str(&text);
+            last = range.end;
+            changed = true;
+        }
+    }
+    out.push_str(&sql[last..]);
+    changed.then_some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pins_by_reason() {
+        let reason = |sql: &str| scan(sql).pin;
+        assert_eq!(reason("SET @x = 1"), Some("user_variable"));
+        assert_eq!(reason("SELECT @x := id FROM t"), Some("user_variable"));
+        assert_eq!(reason("SELECT * FROM t WHERE email = 'a@b.com'"), None);
+        assert_eq!(reason("SELECT @@session.sql_mode, @@autocommit"), None);
+        assert_eq!(
+            reason("create temporary table t (a int)"),
+            Some("temporary_table")
+        );
+        assert_eq!(reason("SELECT GET_LOCK('job', 10)"), Some("named_lock"));
+        assert_eq!(reason("LOCK TABLES t WRITE"), Some("table_lock"));
+        assert_eq!(reason("FLUSH TABLES WITH READ LOCK"), Some("table_lock"));
+        assert_eq!(reason("PREPARE s FROM 'SELECT 1'"), Some("sql_prepare"));
+        assert_eq!(
+            reason("SELECT SQL_CALC_FOUND_ROWS * FROM t LIMIT 1"),
+            Some("found_rows")
+        );
+        assert_eq!(reason("SELECT 1 -- @x\n"), None);
+        assert_eq!(reason("SELECT 1 /* @x */"), None);
+        assert_eq!(reason("SELECT \"it's @x\""), None);
+        assert_eq!(reason("UPDATE t SET a = 1"), None);
+    }
+
+    #[test]
+    fn finds_session_functions_in_the_first_statement_only() {
+        let sql = "SELECT LAST_INSERT_ID(), row_count( ), 'FOUND_ROWS()'; SELECT FOUND_ROWS()";
+        let found = scan(sql).functions;
+        assert_eq!(found.len(), 2);
+        assert_eq!(&sql[found[0].0.clone()], "LAST_INSERT_ID()");
+        assert_eq!(found[1].1, SessionFunction::RowCount);
+        assert!(scan("SELECT LAST_INSERT_ID(5)").functions.is_empty());
+        let rewritten = substitute(sql, &found, |f| {
+            Some(match f {
+                SessionFunction::LastInsertId => "42".into(),
+                _ => "7".into(),
+            })
+        });
+        assert_eq!(
+            rewritten.as_deref(),
+            Some("SELECT 42, 7, 'FOUND_ROWS()'; SELECT FOUND_ROWS()")
+        );
+        let id = scan("select connection_id()").functions;
+        assert_eq!(id[0].1, SessionFunction::ConnectionId);
+    }
+
+    #[test]
+    fn recognises_kill() {
+        assert_eq!(
+            scan("KILL 12").kill,
+            Some(Kill {
+                query_only: false,
+                id: 12
+            })
+        );
+        assert_eq!(
+            scan("kill query 7;").kill,
+            Some(Kill {
+                query_only: true,
+                id: 7
+            })
+        );
+        assert_eq!(
+            scan("KILL CONNECTION 9").kill,
+            Some(Kill {
+                query_only: false,
+                id: 9
+            })
+        );
+        assert_eq!(scan("KILL USER bob").kill, None);
+        assert_eq!(scan("SELECT 1").kill, None);
+        assert_eq!(scan("KILL 1; DROP TABLE t").kill, None);
+    }
+}
