@@ -190,10 +190,10 @@ impl Session {
                 .await
             {
                 Ok(Ok(_)) => {
-                    debug!(
-                        thread_id = lease.conn().thread_id,
-                        "attached database connection"
-                    );
+                    let thread_id = lease.conn().thread_id;
+                    self.handle
+                        .backend_thread
+                        .store(thread_id, Ordering::Relaxed);
                     self.backend = Some(lease);
                     return Ok(());
                 }
