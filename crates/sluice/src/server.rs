@@ -13,6 +13,22 @@ use tracing::{info, warn};
 use crate::client::serve_client;
 use crate::Gateway;
 
+/// Pending connections the kernel may queue for the MySQL listener. A burst of cold function
+/// starts arrives all at once; with tokio's default of 1024 the overflow waits for SYN
+/// retransmits (1 s, 3 s, ...), which shows up as multi-second connect latency.
+const LISTEN_BACKLOG: u32 = 4096;
+
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// A bound gateway: both listeners are open, so their addresses are known (port 0 works).
 pub struct Server {
     gateway: Arc<Gateway>,
@@ -23,7 +39,7 @@ pub struct Server {
 impl Server {
     /// Binds the MySQL and admin listeners from the gateway's settings.
     pub async fn bind(gateway: Arc<Gateway>) -> std::io::Result<Server> {
-        let listener = TcpListener::bind(gateway.settings.listen).await?;
+        let listener = listen(gateway.settings.listen)?;
         let admin = TcpListener::bind(gateway.settings.admin_listen).await?;
         Ok(Server {
             gateway,

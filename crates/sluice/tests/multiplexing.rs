@@ -12,8 +12,8 @@ use mysql_async::prelude::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_clients_over_few_connections_each_see_their_own_session() {
-    const CLIENTS: usize = 300;
-    const POOL: usize = 8;
+    const CLIENTS: usize = 500;
+    const POOL: usize = 10;
     let gw = start_with("many", |c| c.pool.max_db_connections = POOL).await;
     let mut admin = direct().await;
     admin
@@ -317,4 +317,51 @@ async fn session_mode_users_keep_their_connection() {
     );
     sticky.disconnect().await.unwrap();
     other.disconnect().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn variables_set_inside_a_procedure_or_several_at_once_follow_the_client() {
+    let gw = start_with("proc_vars", |c| c.pool.max_db_connections = 2).await;
+    let mut a = gw.connect().await;
+    a.query_drop(
+        "CREATE OR REPLACE PROCEDURE set_vars() BEGIN SET SESSION group_concat_max_len = 4321; END",
+    )
+    .await
+    .unwrap();
+    a.query_drop("CALL set_vars()").await.unwrap();
+    a.query_drop(
+        "SET SESSION foreign_key_checks = 0, unique_checks = 0, tx_isolation = 'SERIALIZABLE'",
+    )
+    .await
+    .unwrap();
+    // Push the client onto the other connection: someone else holds the one it used.
+    let mut holder = gw.connect().await;
+    holder.query_drop("BEGIN").await.unwrap();
+    let used = thread_of(&mut holder).await;
+    let (len, fk, uc, iso, th): (u64, u8, u8, String, u32) = a
+        .query_first("SELECT @@group_concat_max_len, @@foreign_key_checks, @@unique_checks, @@tx_isolation, @@pseudo_thread_id")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (len, fk, uc, iso.as_str()),
+        (4321, 0, 0, "SERIALIZABLE"),
+        "on thread {th} (holder on {used})"
+    );
+    // And the holder, which never set them, sees the defaults on whatever it gets next.
+    holder.query_drop("COMMIT").await.unwrap();
+    let (len, fk): (u64, u8) = holder
+        .query_first("SELECT @@group_concat_max_len, @@foreign_key_checks")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_ne!(len, 4321);
+    assert_eq!(fk, 1);
+    assert_eq!(
+        metric_value(
+            &gw.metrics().await,
+            "sluice_pins_total{reason=\"session_state\"}"
+        ),
+        0.0
+    );
 }
