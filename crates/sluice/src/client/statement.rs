@@ -29,13 +29,25 @@ pub struct Kill {
     pub id: u64,
 }
 
+/// One call of a session function in the text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FunctionCall {
+    /// Where the call is, `NAME(` to `)`.
+    pub range: Range<usize>,
+    /// Which function.
+    pub function: SessionFunction,
+    /// The call is a whole item of a select list (`SELECT LAST_INSERT_ID(), ...`), so its
+    /// replacement must keep the column name with an alias.
+    pub select_item: bool,
+}
+
 /// What the lexer found.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Scan {
     /// Why the statement pins the client to its connection, if it does.
     pub pin: Option<&'static str>,
     /// Session functions in the first statement of the text, with their byte ranges.
-    pub functions: Vec<(Range<usize>, SessionFunction)>,
+    pub functions: Vec<FunctionCall>,
     /// Set when the whole text is one `KILL` statement.
     pub kill: Option<Kill>,
 }
@@ -103,7 +115,22 @@ pub fn scan(sql: &str) -> Scan {
                     if let (Some(function), Some(b')'), true) =
                         (function, bytes.get(k), first_statement)
                     {
-                        scan.functions.push((start..k + 1, function));
+                        let before = sql[..start].trim_end();
+                        let after = sql[k + 1..].trim_start();
+                        let opens_item = before.ends_with(',')
+                            || before.len() >= 6
+                                && before[before.len() - 6..].eq_ignore_ascii_case("select");
+                        let closes_item = after.is_empty()
+                            || after.starts_with(',')
+                            || after.starts_with(';')
+                            || after
+                                .get(..4)
+                                .is_some_and(|w| w.eq_ignore_ascii_case("from"));
+                        scan.functions.push(FunctionCall {
+                            range: start..k + 1,
+                            function,
+                            select_item: opens_item && closes_item,
+                        });
                     }
                     if word == "GET_LOCK" {
                         scan.pin.get_or_insert("named_lock");
@@ -193,20 +220,25 @@ fn skip_quoted(bytes: &[u8], start: usize) -> usize {
     bytes.len()
 }
 
-/// Replaces each session function call in `sql` by its value; `value` gives the text.
+/// Replaces each session function call in `sql` by its value (`value` gives the text; `None`
+/// leaves the call alone). A call that is a select item keeps its column name.
 pub fn substitute(
     sql: &str,
-    functions: &[(Range<usize>, SessionFunction)],
+    functions: &[FunctionCall],
     value: impl Fn(SessionFunction) -> Option<String>,
 ) -> Option<String> {
-    let mut out = String::with_capacity(sql.len());
+    let mut out = String::with_capacity(sql.len() + 32);
     let mut last = 0;
     let mut changed = false;
-    for (range, function) in functions {
-        if let Some(text) = value(*function) {
-            out.push_str(&sql[last..range.start]);
+    for call in functions {
+        if let Some(text) = value(call.function) {
+            let original = &sql[call.range.clone()];
+            out.push_str(&sql[last..call.range.start]);
             out.push_str(&text);
-            last = range.end;
+            if call.select_item {
+                out.push_str(&format!(" AS `{}`", original.replace('`', "``")));
+            }
+            last = call.range.end;
             changed = true;
         }
     }
@@ -245,11 +277,13 @@ mod tests {
 
     #[test]
     fn finds_session_functions_in_the_first_statement_only() {
-        let sql = "SELECT LAST_INSERT_ID(), row_count( ), 'FOUND_ROWS()'; SELECT FOUND_ROWS()";
+        let sql = "SELECT LAST_INSERT_ID(), row_count( ) + 1, 'FOUND_ROWS()'; SELECT FOUND_ROWS()";
         let found = scan(sql).functions;
         assert_eq!(found.len(), 2);
-        assert_eq!(&sql[found[0].0.clone()], "LAST_INSERT_ID()");
-        assert_eq!(found[1].1, SessionFunction::RowCount);
+        assert_eq!(&sql[found[0].range.clone()], "LAST_INSERT_ID()");
+        assert!(found[0].select_item);
+        assert_eq!(found[1].function, SessionFunction::RowCount);
+        assert!(!found[1].select_item, "part of an expression");
         assert!(scan("SELECT LAST_INSERT_ID(5)").functions.is_empty());
         let rewritten = substitute(sql, &found, |f| {
             Some(match f {
@@ -259,10 +293,13 @@ mod tests {
         });
         assert_eq!(
             rewritten.as_deref(),
-            Some("SELECT 42, 7, 'FOUND_ROWS()'; SELECT FOUND_ROWS()")
+            Some("SELECT 42 AS `LAST_INSERT_ID()`, 7 + 1, 'FOUND_ROWS()'; SELECT FOUND_ROWS()")
         );
-        let id = scan("select connection_id()").functions;
-        assert_eq!(id[0].1, SessionFunction::ConnectionId);
+        let id = scan("select connection_id() from dual").functions;
+        assert_eq!(id[0].function, SessionFunction::ConnectionId);
+        assert!(id[0].select_item);
+        let filter = scan("DELETE FROM t WHERE id = LAST_INSERT_ID()").functions;
+        assert!(!filter[0].select_item, "no alias in a WHERE clause");
     }
 
     #[test]
