@@ -79,6 +79,10 @@ async fn mariadb_cli_queries_errors_and_local_infile() {
     assert!(stdout.contains("2500\t3126250\tname-999"), "{stdout}");
     assert!(stdout.contains("x\na\ny\nb"), "{stdout}");
     assert!(stdout.contains("10\n10\n20\n20"), "{stdout}");
+    assert!(
+        stdout.contains("MariaDB"),
+        "server version shown by STATUS: {stdout}"
+    );
 
     // Session functions answered by sluice (this client is not pinned) keep their names.
     let out = run(
@@ -87,14 +91,10 @@ async fn mariadb_cli_queries_errors_and_local_infile() {
         Some("SELECT CONNECTION_ID(), LAST_INSERT_ID();"),
     )
     .await;
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let names = String::from_utf8_lossy(&out.stdout);
     assert!(
-        stdout.starts_with("CONNECTION_ID()\tLAST_INSERT_ID()\n"),
-        "{stdout}"
-    );
-    assert!(
-        stdout.contains("MariaDB"),
-        "server version shown by STATUS: {stdout}"
+        names.starts_with("CONNECTION_ID()\tLAST_INSERT_ID()\n"),
+        "{names}"
     );
 
     // Errors come through with their codes, and a bad password is refused.
