@@ -116,14 +116,8 @@ async fn run(gateway: Arc<Gateway>, socket: TcpStream, peer: SocketAddr, id: u32
         next_seq,
     } = auth;
     debug!(%user, "client authenticated");
-    let mode = gateway
-        .settings
-        .users
-        .get(&user)
-        .map(|u| u.pool_mode)
-        .unwrap_or_default();
-    let session_gateway = gateway.clone();
-    let session_user = user.clone();
+    let mode = pool_mode_of(&gateway, &user);
+    let handle = gateway.sessions.register(id, &user);
     let mut session = Session {
         gateway,
         id,
@@ -140,7 +134,7 @@ async fn run(gateway: Arc<Gateway>, socket: TcpStream, peer: SocketAddr, id: u32
             ..SessionState::default()
         },
         pin: None,
-        handle: session_gateway.sessions.register(id, &session_user),
+        handle,
     };
     let mut seq = next_seq;
     // Attach once at login: it checks the schema exists (1049 otherwise).
@@ -573,13 +567,7 @@ impl Session {
             self.collation = collation;
         }
         self.status = StatusFlags::SERVER_STATUS_AUTOCOMMIT;
-        self.mode = self
-            .gateway
-            .settings
-            .users
-            .get(&self.user)
-            .map(|u| u.pool_mode)
-            .unwrap_or_default();
+        self.mode = pool_mode_of(&self.gateway, &self.user);
         self.detach_backend().await;
         self.state = SessionState {
             schema: request.database.clone(),
@@ -596,6 +584,16 @@ impl Session {
             }
         }
     }
+}
+
+/// The pool mode configured for a (validated) user.
+fn pool_mode_of(gateway: &Gateway, user: &str) -> PoolMode {
+    gateway
+        .settings
+        .users
+        .get(user)
+        .map(|u| u.pool_mode)
+        .unwrap_or_default()
 }
 
 impl From<ProtocolError> for End {
