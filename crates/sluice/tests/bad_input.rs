@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use common::*;
 use mysql_async::prelude::*;
+use sluice_protocol::handshake::encode_login;
 use sluice_protocol::packet::write_packet;
+use sluice_protocol::CapabilityFlags;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -94,15 +96,11 @@ async fn malformed_logins_get_errors_and_others_carry_on() {
 /// Logs in as `empty` (no password) over a raw socket and returns it after the OK.
 async fn logged_in(gw: &TestGateway) -> TcpStream {
     let mut s = greeted(gw).await;
-    let caps: u32 = 0x0000_0200 | 0x0000_8000 | 0x0008_0000 | 0x0002_0000 | 0x0100_0000;
-    let mut login = Vec::new();
-    login.extend_from_slice(&caps.to_le_bytes());
-    login.extend_from_slice(&(16u32 << 20).to_le_bytes());
-    login.push(45);
-    login.extend_from_slice(&[0; 23]);
-    login.extend_from_slice(b"empty\0");
-    login.push(0); // empty auth response
-    login.extend_from_slice(b"mysql_native_password\0");
+    let caps = CapabilityFlags::CLIENT_PROTOCOL_41
+        | CapabilityFlags::CLIENT_SECURE_CONNECTION
+        | CapabilityFlags::CLIENT_MULTI_RESULTS
+        | CapabilityFlags::CLIENT_DEPRECATE_EOF;
+    let login = encode_login(caps, 45, "empty", &[], None, "mysql_native_password");
     s.write_all(&framed(1, &login)).await.unwrap();
     let mut ok = [0u8; 11];
     s.read_exact(&mut ok).await.unwrap();
@@ -205,16 +203,10 @@ async fn mysql8_clients_offering_caching_sha2_are_switched_to_native_password() 
     assert_eq!(parsed.auth_plugin, "mysql_native_password");
 
     // Log in as a MySQL 8 client would: a caching_sha2_password scramble first.
-    let caps: u32 = 0x0000_0200 | 0x0000_8000 | 0x0008_0000 | 0x0020_0000;
-    let mut login = Vec::new();
-    login.extend_from_slice(&caps.to_le_bytes());
-    login.extend_from_slice(&(16u32 << 20).to_le_bytes());
-    login.push(45);
-    login.extend_from_slice(&[0; 23]);
-    login.extend_from_slice(b"app\0");
-    login.push(32);
-    login.extend_from_slice(&[0xab; 32]);
-    login.extend_from_slice(b"caching_sha2_password\0");
+    let caps = CapabilityFlags::CLIENT_PROTOCOL_41
+        | CapabilityFlags::CLIENT_SECURE_CONNECTION
+        | CapabilityFlags::CLIENT_PLUGIN_AUTH_LENENC_CLIENT_DATA;
+    let login = encode_login(caps, 45, "app", &[0xab; 32], None, "caching_sha2_password");
     s.write_all(&framed(1, &login)).await.unwrap();
 
     let mut head = [0u8; 4];
