@@ -56,7 +56,7 @@ pub struct Scan {
 pub fn scan(sql: &str) -> Scan {
     let bytes = sql.as_bytes();
     let mut scan = Scan::default();
-    let mut words: Vec<String> = Vec::new();
+    let mut words = Words::default();
     let mut first_statement = true;
     let mut i = 0;
     while i < bytes.len() {
@@ -94,7 +94,7 @@ pub fn scan(sql: &str) -> Scan {
                 while i < bytes.len() && is_ident(bytes[i]) {
                     i += 1;
                 }
-                let word = sql[start..i].to_ascii_uppercase();
+                let word = &sql[start..i];
                 let mut j = i;
                 while j < bytes.len() && bytes[j].is_ascii_whitespace() {
                     j += 1;
@@ -105,13 +105,15 @@ pub fn scan(sql: &str) -> Scan {
                     while k < bytes.len() && bytes[k].is_ascii_whitespace() {
                         k += 1;
                     }
-                    let function = match word.as_str() {
-                        "LAST_INSERT_ID" => Some(SessionFunction::LastInsertId),
-                        "ROW_COUNT" => Some(SessionFunction::RowCount),
-                        "FOUND_ROWS" => Some(SessionFunction::FoundRows),
-                        "CONNECTION_ID" => Some(SessionFunction::ConnectionId),
-                        _ => None,
-                    };
+                    let function = [
+                        ("LAST_INSERT_ID", SessionFunction::LastInsertId),
+                        ("ROW_COUNT", SessionFunction::RowCount),
+                        ("FOUND_ROWS", SessionFunction::FoundRows),
+                        ("CONNECTION_ID", SessionFunction::ConnectionId),
+                    ]
+                    .into_iter()
+                    .find(|(name, _)| word.eq_ignore_ascii_case(name))
+                    .map(|(_, function)| function);
                     if let (Some(function), Some(b')'), true) =
                         (function, bytes.get(k), first_statement)
                     {
@@ -132,36 +134,65 @@ pub fn scan(sql: &str) -> Scan {
                             select_item: opens_item && closes_item,
                         });
                     }
-                    if word == "GET_LOCK" {
+                    if word.eq_ignore_ascii_case("GET_LOCK") {
                         scan.pin.get_or_insert("named_lock");
                     }
                 }
-                words.push(word);
+                words.see(word);
             }
             _ => i += 1,
         }
     }
-    let has = |w: &str| words.iter().any(|x| x == w);
-    let follows = |a: &str, b: &str| words.windows(2).any(|p| p[0] == a && p[1] == b);
-    let pin = if follows("CREATE", "TEMPORARY") {
-        Some("temporary_table")
-    } else if follows("LOCK", "TABLES")
-        || follows("LOCK", "TABLE")
-        || (has("FLUSH") && follows("READ", "LOCK"))
-    {
-        Some("table_lock")
-    } else if words.first().is_some_and(|w| w == "PREPARE") {
-        Some("sql_prepare")
-    } else if has("SQL_CALC_FOUND_ROWS") {
-        Some("found_rows")
-    } else {
-        None
-    };
-    if let Some(reason) = pin {
+    if let Some(reason) = words.pin() {
         scan.pin = Some(reason);
     }
-    scan.kill = parse_kill(&words, sql);
+    scan.kill = parse_kill(&words.leading, sql);
     scan
+}
+
+/// Keyword facts gathered in one pass, without keeping every word.
+#[derive(Default)]
+struct Words<'a> {
+    /// The first few words, upper-cased (enough for `PREPARE` and `KILL ... id`).
+    leading: Vec<String>,
+    previous: &'a str,
+    create_temporary: bool,
+    lock_table: bool,
+    flush: bool,
+    read_lock: bool,
+    calc_found_rows: bool,
+}
+
+impl<'a> Words<'a> {
+    const LEADING: usize = 6;
+
+    fn see(&mut self, word: &'a str) {
+        let is = |w: &str, keyword: &str| w.eq_ignore_ascii_case(keyword);
+        let previous = self.previous;
+        self.create_temporary |= is(previous, "CREATE") && is(word, "TEMPORARY");
+        self.lock_table |= is(previous, "LOCK") && (is(word, "TABLES") || is(word, "TABLE"));
+        self.read_lock |= is(previous, "READ") && is(word, "LOCK");
+        self.flush |= is(word, "FLUSH");
+        self.calc_found_rows |= is(word, "SQL_CALC_FOUND_ROWS");
+        if self.leading.len() < Self::LEADING {
+            self.leading.push(word.to_ascii_uppercase());
+        }
+        self.previous = word;
+    }
+
+    fn pin(&self) -> Option<&'static str> {
+        if self.create_temporary {
+            Some("temporary_table")
+        } else if self.lock_table || (self.flush && self.read_lock) {
+            Some("table_lock")
+        } else if self.leading.first().is_some_and(|w| w == "PREPARE") {
+            Some("sql_prepare")
+        } else if self.calc_found_rows {
+            Some("found_rows")
+        } else {
+            None
+        }
+    }
 }
 
 fn parse_kill(words: &[String], sql: &str) -> Option<Kill> {
