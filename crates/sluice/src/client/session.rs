@@ -172,7 +172,12 @@ impl Session {
         let pool = self.gateway.pool.clone();
         let mut last_error = None;
         for _ in 0..ATTEMPTS {
-            let mut lease = pool.borrow(self.flavor()).await.map_err(|e| {
+            let wanted = self
+                .state
+                .schema
+                .as_deref()
+                .or(pool.target().database.as_deref());
+            let mut lease = pool.borrow(self.flavor(), wanted).await.map_err(|e| {
                 warn!(error = %e, "no database connection for client");
                 errors::borrow_failed(&e)
             })?;
