@@ -8,14 +8,16 @@ MariaDB directly, which is the point: sluice must be indistinguishable from the 
         --user root --password '' --database sluice_test
 
 Every check is one function; tables and procedures get a random suffix and are dropped
-afterwards (over a fresh connection, even when the check failed). A failed check prints `FAIL <name>: <reason>` and its traceback, a skipped one
-`SKIP <name>: <reason>`. The last line is always `N passed, N failed`; the exit status is 0
-only when nothing failed.
+afterwards (over a fresh connection, even when the check failed). A failed check prints
+`FAIL <name>: <reason>` and its traceback, a skipped one `SKIP <name>: <reason>`. The last
+line is always `N passed, N failed`; the exit status is 0 only when nothing failed.
 
 Server settings the checks rely on: `local_infile` ON (LOAD DATA LOCAL), and
 `max_allowed_packet` of at least 20 MiB + 64 KiB for the 20 MiB row and 18 MiB for the
 17 MiB INSERT (each is skipped, with a note, below that; MariaDB's default is 16 MiB, the
-test server here has 64 MiB). The client side raises its own limit to 64 MiB. The sequence engine (`seq_1_to_5000`) is MariaDB's.
+test server here has 64 MiB); the client raises its own limit to 64 MiB. The 5,000-row
+check reads MariaDB's sequence engine (`seq_1_to_5000`). The transactions check holds two
+connections at once, one inside a transaction, so a gateway needs two backend connections.
 """
 import argparse
 import datetime
