@@ -21,13 +21,6 @@ pub struct StateChanges {
     pub state_changed: bool,
 }
 
-impl StateChanges {
-    /// True when nothing was reported.
-    pub fn is_empty(&self) -> bool {
-        self.variables.is_empty() && self.schema.is_none() && !self.state_changed
-    }
-}
-
 /// Parses an OK packet from a `CLIENT_SESSION_TRACK` connection: its fixed fields and the
 /// session-state changes it reports.
 pub fn parse_tracked_ok(payload: &[u8]) -> Result<(OkFields, StateChanges), ProtocolError> {
@@ -113,7 +106,7 @@ mod tests {
             &OkFields::default(),
             "",
         );
-        assert!(parse_tracked_ok(&plain).unwrap().1.is_empty());
+        assert_eq!(parse_tracked_ok(&plain).unwrap().1, StateChanges::default());
         assert!(parse_tracked_ok(&tracked_ok(&[0, 9, 1])).is_err());
         assert!(parse_tracked_ok(&[0x00, 0, 0, 0, 0x40]).is_err());
     }

@@ -4,7 +4,7 @@
 //! are collected in a buffer and sent by [`PacketStream::flush`], so a proxy can forward a
 //! burst of frames with one write.
 
-use bytes::{Buf, BytesMut};
+use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::packet::{self, FrameHeader, HEADER_LEN};
@@ -68,11 +68,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> PacketStream<S> {
     pub fn has_buffered_frame(&self) -> bool {
         FrameHeader::parse(&self.read_buf)
             .is_some_and(|header| self.read_buf.len() >= header.frame_len())
-    }
-
-    /// True when unread bytes are buffered (e.g. a client pipelined a command).
-    pub fn has_buffered_input(&self) -> bool {
-        !self.read_buf.is_empty()
     }
 
     async fn fill_to(&mut self, wanted: usize) -> Result<(), ProtocolError> {
@@ -165,11 +160,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> PacketStream<S> {
     ) -> Result<(), ProtocolError> {
         self.queue_packet(seq, payload);
         self.flush().await
-    }
-
-    /// Drops buffered input (used after a protocol error, before closing).
-    pub fn discard_input(&mut self) {
-        self.read_buf.advance(self.read_buf.len());
     }
 }
 

@@ -60,6 +60,13 @@ pub struct Flavor {
 }
 
 impl Flavor {
+    /// The flavor of connections sluice opens for itself (probe, side connections for KILL,
+    /// the burst simulator): modern EOF handling, utf8mb4_general_ci.
+    pub const INTERNAL: Flavor = Flavor {
+        capabilities: CapabilityFlags::CLIENT_DEPRECATE_EOF,
+        collation: 45,
+    };
+
     /// The flavor matching a client that logged in with `capabilities` and `collation`.
     pub fn of_client(capabilities: CapabilityFlags, collation: u8) -> Flavor {
         Flavor {

@@ -74,10 +74,9 @@ impl Gateway {
             registry::KillTarget::Connection(thread, notify) => (thread, Some(notify)),
         };
         if thread != 0 {
-            let flavor = backend::Flavor::of_client(sluice_protocol::CapabilityFlags::empty(), 45);
             let side = backend::BackendConn::connect(
                 &self.settings.backend,
-                flavor,
+                backend::Flavor::INTERNAL,
                 self.settings.connect_timeout,
             )
             .await;

@@ -8,7 +8,6 @@
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
-use sluice_protocol::CapabilityFlags;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, warn};
 
@@ -165,8 +164,7 @@ impl Pool {
         if let Some(info) = self.known_server_info() {
             return Ok(info);
         }
-        let flavor = Flavor::of_client(CapabilityFlags::CLIENT_DEPRECATE_EOF, 45);
-        let lease = self.borrow(flavor, None).await?;
+        let lease = self.borrow(Flavor::INTERNAL, None).await?;
         self.put_idle(lease);
         self.known_server_info()
             .ok_or(BorrowError::Unavailable(BackendError::Timeout(
@@ -370,8 +368,7 @@ impl Pool {
                 .with_label_values(&[reason])
                 .inc();
         }
-        let flavor =
-            flavor.unwrap_or_else(|| Flavor::of_client(CapabilityFlags::CLIENT_DEPRECATE_EOF, 45));
+        let flavor = flavor.unwrap_or(Flavor::INTERNAL);
         for _ in 0..missing {
             match BackendConn::connect(&inner.target, flavor, inner.connect_timeout).await {
                 Ok(conn) => {

@@ -2,7 +2,6 @@
 
 use std::time::{Duration, Instant};
 
-use sluice_protocol::CapabilityFlags;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -29,8 +28,8 @@ pub struct Sampler {
 impl Sampler {
     /// Connects (before the burst, so it is never refused) and starts sampling.
     pub async fn start(target: BackendTarget, every: Duration) -> anyhow::Result<Sampler> {
-        let flavor = Flavor::of_client(CapabilityFlags::CLIENT_DEPRECATE_EOF, 45);
-        let mut conn = BackendConn::connect(&target, flavor, Duration::from_secs(10)).await?;
+        let mut conn =
+            BackendConn::connect(&target, Flavor::INTERNAL, Duration::from_secs(10)).await?;
         let user = target.user.replace('\'', "''");
         let sql = format!(
             "SELECT (SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE USER = '{user}' AND ID <> CONNECTION_ID()), \

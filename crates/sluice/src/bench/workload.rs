@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sluice_protocol::response::ErrFields;
-use sluice_protocol::CapabilityFlags;
 use tokio::task::JoinSet;
 
 use crate::backend::{BackendConn, BackendError, Flavor};
@@ -111,12 +110,8 @@ pub struct Outcome {
     pub wall: Duration,
 }
 
-fn flavor() -> Flavor {
-    Flavor::of_client(CapabilityFlags::CLIENT_DEPRECATE_EOF, 45)
-}
-
 async fn connect(target: &BackendTarget) -> Result<BackendConn, BackendError> {
-    BackendConn::connect(target, flavor(), Duration::from_secs(30)).await
+    BackendConn::connect(target, Flavor::INTERNAL, Duration::from_secs(30)).await
 }
 
 /// A short error label: the MySQL code when there is one.
