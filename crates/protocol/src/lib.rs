@@ -12,6 +12,7 @@ pub mod error;
 pub mod handshake;
 pub mod lenenc;
 pub mod packet;
+pub mod prepared;
 pub mod reply;
 pub mod response;
 pub mod session_state;

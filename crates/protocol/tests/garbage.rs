@@ -5,7 +5,7 @@ use sluice_protocol::handshake::{parse_auth_switch, ChangeUser, Greeting, Login}
 use sluice_protocol::packet::FrameHeader;
 use sluice_protocol::reply::{ReplyShape, ReplyTracker};
 use sluice_protocol::response::{self, ErrFields};
-use sluice_protocol::{command, lenenc, CapabilityFlags};
+use sluice_protocol::{command, lenenc, prepared, CapabilityFlags};
 
 /// A small deterministic generator, so failures reproduce.
 struct XorShift(u64);
@@ -67,6 +67,14 @@ fn decoders_survive_random_input() {
         let _ = response::strip_session_track(&buf);
         let _ = lenenc::read_bytes(&buf);
         let _ = FrameHeader::parse(&buf);
+        let _ = prepared::PrepareOk::parse(&buf);
+        let _ = prepared::parse_long_data(&buf);
+        let _ = prepared::with_statement_id(&buf, 1);
+        for params in [0, 1, 9, u16::MAX] {
+            if let Ok(execute) = prepared::Execute::parse(&buf, params) {
+                let _ = execute.rewrite(2, Some(&[8, 0]));
+            }
+        }
     }
 }
 

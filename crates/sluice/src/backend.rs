@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use sluice_protocol::auth::{self, CACHING_SHA2_PASSWORD, NATIVE_PASSWORD};
 use sluice_protocol::handshake::{self, Greeting};
 use sluice_protocol::packet::{FrameHeader, MAX_FRAME_PAYLOAD};
+use sluice_protocol::prepared::{self, PrepareOk};
 use sluice_protocol::reply::{ReplyShape, ReplyTracker, Step};
 use sluice_protocol::response::{self, ErrFields, OkFields};
 use sluice_protocol::stream::PacketStream;
@@ -17,6 +18,7 @@ use sluice_protocol::{command, lenenc, CapabilityFlags, ProtocolError};
 use tokio::net::TcpStream;
 
 use crate::config::BackendTarget;
+use crate::statements::BackendStatements;
 
 /// Capabilities sluice always asks of the database.
 const BASE_CAPABILITIES: CapabilityFlags = CapabilityFlags::from_bits_truncate(
@@ -175,6 +177,8 @@ pub struct BackendConn {
     pub schema: Option<Option<String>>,
     /// System variables set on this connection (by any client), as the server reported them.
     pub vars: BTreeMap<String, String>,
+    /// Statements prepared on this connection, by what they are.
+    pub statements: BackendStatements,
     nonce: Vec<u8>,
     created: Instant,
     last_used: Instant,
@@ -182,6 +186,17 @@ pub struct BackendConn {
 
 /// The result of a command that answers with a single OK or ERR packet.
 pub type SimpleReply = Result<OkFields, ErrFields>;
+
+/// A statement the server just prepared, with its parameter and column definitions.
+#[derive(Debug)]
+pub struct Prepared {
+    /// The server's answer: id, counts, warnings.
+    pub ok: PrepareOk,
+    /// One packet per parameter.
+    pub param_defs: Vec<Vec<u8>>,
+    /// One packet per result column.
+    pub column_defs: Vec<Vec<u8>>,
+}
 
 impl BackendConn {
     /// Opens and authenticates a connection with `flavor`, within `timeout`.
@@ -226,6 +241,7 @@ impl BackendConn {
             },
             schema: Some(target.database.clone()),
             vars: BTreeMap::new(),
+            statements: BackendStatements::default(),
             nonce: greeting.nonce.clone(),
             created: Instant::now(),
             last_used: Instant::now(),
@@ -364,6 +380,55 @@ impl BackendConn {
         Ok(Ok(rows))
     }
 
+    /// Prepares `sql` (COM_STMT_PREPARE) and reads the whole answer. Statement closes queued
+    /// with [`BackendConn::queue_close`] go out first. The server's ERR is returned inside.
+    pub async fn prepare(
+        &mut self,
+        sql: &[u8],
+    ) -> Result<Result<Prepared, ErrFields>, BackendError> {
+        let mut payload = Vec::with_capacity(sql.len() + 1);
+        payload.push(command::STMT_PREPARE);
+        payload.extend_from_slice(sql);
+        let mut seq = 0;
+        self.stream.write_packet(&mut seq, &payload).await?;
+        let first = self.stream.read_packet().await?;
+        if first.payload.first() == Some(&response::ERR_HEADER) {
+            return Ok(Err(ErrFields::parse(&first.payload)?));
+        }
+        let ok = PrepareOk::parse(&first.payload)?;
+        let param_defs = self.read_definitions(ok.params).await?;
+        let column_defs = self.read_definitions(ok.columns).await?;
+        self.last_used = Instant::now();
+        Ok(Ok(Prepared {
+            ok,
+            param_defs,
+            column_defs,
+        }))
+    }
+
+    /// Reads `count` definition packets and, without CLIENT_DEPRECATE_EOF, the EOF after them.
+    async fn read_definitions(&mut self, count: u16) -> Result<Vec<Vec<u8>>, BackendError> {
+        let mut defs = Vec::with_capacity(usize::from(count));
+        for _ in 0..count {
+            defs.push(self.stream.read_packet().await?.payload);
+        }
+        if count > 0 && !self.flavor.deprecate_eof() {
+            let eof = self.stream.read_packet().await?;
+            if !response::is_eof(&eof.payload) {
+                return Err(ProtocolError::Malformed("expected EOF after definitions").into());
+            }
+        }
+        Ok(defs)
+    }
+
+    /// Queues COM_STMT_CLOSE for statement `id`; it leaves with the next command (the server
+    /// does not answer it).
+    pub fn queue_close(&mut self, id: u32) {
+        let mut seq = 0;
+        self.stream
+            .queue_packet(&mut seq, &prepared::close_packet(id));
+    }
+
     /// Runs a statement that answers with OK (e.g. `SET`), returning the server's verdict.
     pub async fn execute(&mut self, sql: &str) -> Result<SimpleReply, BackendError> {
         let mut payload = Vec::with_capacity(sql.len() + 1);
@@ -445,6 +510,7 @@ impl BackendConn {
             .await?
             .map_err(BackendError::Refused)?;
         self.schema = None;
+        self.statements.clear();
         self.enable_tracking().await
     }
 
@@ -468,6 +534,7 @@ impl BackendConn {
         let mut seq = 0;
         self.stream.write_packet(&mut seq, &payload).await?;
         self.finish_auth(target).await?;
+        self.statements.clear();
         self.schema = Some(target.database.clone());
         self.last_used = Instant::now();
         self.enable_tracking().await

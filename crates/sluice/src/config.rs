@@ -111,6 +111,13 @@ pub struct PoolConfig {
     /// Largest delay between reconnect attempts.
     #[serde(with = "humantime_serde")]
     pub reconnect_backoff_max: Duration,
+    /// Most statements kept prepared on one database connection; the least recently used
+    /// is closed beyond that, so unique statements in a loop cannot exhaust the server's
+    /// `max_prepared_stmt_count`.
+    pub max_prepared_statements: usize,
+    /// Statements whose metadata sluice remembers, to answer a prepare of the same text
+    /// without a database round trip.
+    pub statement_cache_size: usize,
 }
 
 impl Default for PoolConfig {
@@ -124,6 +131,8 @@ impl Default for PoolConfig {
             borrow_timeout: Duration::from_secs(120),
             reconnect_backoff_initial: Duration::from_millis(100),
             reconnect_backoff_max: Duration::from_secs(5),
+            max_prepared_statements: 256,
+            statement_cache_size: 4096,
         }
     }
 }
@@ -287,6 +296,14 @@ impl Config {
         let pool = &self.pool;
         if pool.max_db_connections == 0 {
             issue("pool.max_db_connections", "must be at least 1".into());
+        }
+        for (key, value) in [
+            ("pool.max_prepared_statements", pool.max_prepared_statements),
+            ("pool.statement_cache_size", pool.statement_cache_size),
+        ] {
+            if value == 0 {
+                issue(key, "must be at least 1".into());
+            }
         }
         if pool.min_idle > pool.max_db_connections {
             issue(

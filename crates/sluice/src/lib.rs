@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod pool;
 pub mod registry;
 pub mod server;
+pub mod statements;
 
 use std::sync::Arc;
 
@@ -37,6 +38,8 @@ pub struct Gateway {
     pub metrics: Metrics,
     /// Connected clients by sluice connection id, so `KILL` can find them.
     pub sessions: registry::Registry,
+    /// Metadata of statements clients prepared, shared by all sessions.
+    pub statements: statements::MetadataCache,
 }
 
 impl Gateway {
@@ -50,6 +53,7 @@ impl Gateway {
             metrics.clone(),
         );
         Arc::new(Gateway {
+            statements: statements::MetadataCache::new(settings.pool.statement_cache_size),
             settings,
             pool,
             metrics,

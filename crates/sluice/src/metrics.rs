@@ -35,6 +35,14 @@ pub struct Metrics {
     /// Database connections lent to clients (once per transaction or statement in
     /// transaction pooling).
     pub borrows: IntCounter,
+    /// Statements prepared on database connections (prepare cache misses and re-prepares).
+    pub statements_prepared: IntCounter,
+    /// Client prepares answered from sluice's metadata cache.
+    pub statement_cache_hits: IntCounter,
+    /// Statements prepared again on a database connection that lacked them, at execute.
+    pub statement_reprepares: IntCounter,
+    /// Statements closed on a database connection to respect `pool.max_prepared_statements`.
+    pub statement_evictions: IntCounter,
 }
 
 impl Metrics {
@@ -106,6 +114,22 @@ impl Metrics {
                 "reason",
             ),
             borrows: counter("borrows_total", "Database connections lent to clients"),
+            statements_prepared: counter(
+                "statements_prepared_total",
+                "Statements prepared on database connections",
+            ),
+            statement_cache_hits: counter(
+                "statement_cache_hits_total",
+                "Client prepares answered from sluice's statement metadata cache",
+            ),
+            statement_reprepares: counter(
+                "statement_reprepares_total",
+                "Statements prepared on a database connection at execute time because it lacked them",
+            ),
+            statement_evictions: counter(
+                "statement_evictions_total",
+                "Statements closed on a database connection to stay under pool.max_prepared_statements",
+            ),
             idle_timeouts: counter_vec(
                 "idle_timeouts_total",
                 "Clients cut for idling outside (client) or inside (transaction) a transaction",

@@ -90,3 +90,35 @@ pub fn idle_transaction(limit: std::time::Duration) -> ErrFields {
         ),
     )
 }
+
+/// 1243: a statement id the client never prepared (or already closed).
+pub fn unknown_statement(id: u32, command_byte: u8) -> ErrFields {
+    let function = match command_byte {
+        command::STMT_FETCH => "mysqld_stmt_fetch",
+        command::STMT_RESET => "mysqld_stmt_reset",
+        _ => "mysqld_stmt_execute",
+    };
+    ErrFields::new(
+        1243,
+        "HY000",
+        format!("Unknown prepared statement handler ({id}) given to {function}"),
+    )
+}
+
+/// 1421: `COM_STMT_FETCH` on a statement without an open cursor.
+pub fn no_open_cursor(id: u32) -> ErrFields {
+    ErrFields::new(
+        1421,
+        "HY000",
+        format!("The statement ({id}) has no open cursor"),
+    )
+}
+
+/// 1461: the client holds as many prepared statements as sluice allows one client.
+pub fn too_many_statements(max: usize) -> ErrFields {
+    ErrFields::new(
+        1461,
+        "42000",
+        format!("Can't create more than max_prepared_stmt_count statements (current value: {max}); sluice allows one client {max} open statements, close the ones you no longer use"),
+    )
+}

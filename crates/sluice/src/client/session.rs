@@ -22,11 +22,14 @@ use sluice_protocol::{command, CapabilityFlags, ProtocolError, StatusFlags};
 use tokio::net::TcpStream;
 use tracing::{debug, info, warn, Instrument};
 
+mod prepared;
+
+use self::prepared::ClientStatements;
 use super::errors;
 use super::login::{self, Authenticated, LoginFailure};
 use super::relay::{self, RelayError, ReplyOutcome};
 use super::statement::{self, SessionFunction};
-use crate::backend::Flavor;
+use crate::backend::{BackendError, Flavor};
 use crate::config::PoolMode;
 use crate::pool::Lease;
 use crate::registry::SessionHandle;
@@ -57,6 +60,8 @@ struct Session {
     pin: Option<&'static str>,
     /// How `KILL` from other sessions reaches this one.
     handle: SessionHandle,
+    /// The client's prepared statements.
+    statements: ClientStatements,
 }
 
 /// The session a client would have on a direct connection, carried between connections.
@@ -135,6 +140,7 @@ async fn run(gateway: Arc<Gateway>, socket: TcpStream, peer: SocketAddr, id: u32
         },
         pin: None,
         handle,
+        statements: ClientStatements::default(),
     };
     let mut seq = next_seq;
     // Attach once at login: it checks the schema exists (1049 otherwise).
@@ -216,6 +222,7 @@ impl Session {
     fn release_if_free(&mut self) {
         let tied = self.mode == PoolMode::Session
             || self.pin.is_some()
+            || self.statements.open_cursors() > 0
             || self.status.contains(StatusFlags::SERVER_STATUS_IN_TRANS);
         if !tied {
             if let Some(lease) = self.backend.take() {
@@ -228,9 +235,16 @@ impl Session {
     /// Ties the client to its connection for good, counting the reason once.
     fn pin(&mut self, reason: &'static str) {
         if self.pin.is_none() && self.mode == PoolMode::Transaction {
+            self.count_pin(reason);
+            self.pin = Some(reason);
+        }
+    }
+
+    /// Counts a reason the client keeps its connection (for good, or while a cursor is open).
+    fn count_pin(&self, reason: &'static str) {
+        if self.mode == PoolMode::Transaction {
             debug!(reason, "client pinned to its database connection");
             self.gateway.metrics.pins.with_label_values(&[reason]).inc();
-            self.pin = Some(reason);
         }
     }
 
@@ -390,24 +404,25 @@ impl Session {
                 command::CHANGE_USER => self.change_user(&packet.payload, seq).await,
                 command::RESET_CONNECTION => self.reset_connection(seq).await,
                 command::QUERY => self.query(packet.seq, &packet.payload).await,
-                command::STMT_PREPARE | command::SET_OPTION => {
-                    // Per-connection state (statements, multi-statement option) stays put.
-                    self.pin(if command_byte == command::SET_OPTION {
-                        "set_option"
-                    } else {
-                        "prepared_statement"
-                    });
+                command::SET_OPTION => {
+                    // The multi-statement option is per connection and not tracked.
+                    self.pin("set_option");
                     self.forward(packet.seq, &packet.payload).await
                 }
-                command::INIT_DB
-                | command::FIELD_LIST
-                | command::STATISTICS
-                | command::STMT_EXECUTE
-                | command::STMT_SEND_LONG_DATA
-                | command::STMT_CLOSE
-                | command::STMT_RESET
-                | command::STMT_FETCH
-                | command::STMT_BULK_EXECUTE => self.forward(packet.seq, &packet.payload).await,
+                command::STMT_PREPARE => self.stmt_prepare(packet.seq, &packet.payload).await,
+                command::STMT_EXECUTE | command::STMT_BULK_EXECUTE => {
+                    self.stmt_execute(packet.seq, &packet.payload).await
+                }
+                command::STMT_SEND_LONG_DATA => {
+                    self.stmt_send_long_data(&packet.payload);
+                    Ok(())
+                }
+                command::STMT_CLOSE => self.stmt_close(&packet.payload).await,
+                command::STMT_RESET => self.stmt_reset(packet.seq, &packet.payload).await,
+                command::STMT_FETCH => self.stmt_fetch(packet.seq, &packet.payload).await,
+                command::INIT_DB | command::FIELD_LIST | command::STATISTICS => {
+                    self.forward(packet.seq, &packet.payload).await
+                }
                 other => self
                     .send_err(&mut seq, &errors::unsupported_command(other))
                     .await
@@ -470,6 +485,7 @@ impl Session {
             schema: self.state.schema.take(),
             ..SessionState::default()
         };
+        self.forget_statements();
         self.pin = None;
         self.status = StatusFlags::SERVER_STATUS_AUTOCOMMIT;
         if self.mode == PoolMode::Session {
@@ -480,10 +496,26 @@ impl Session {
         self.send_ok(&mut seq).await.map_err(client_end)
     }
 
+    /// Forwards a command and relays its reply, then gives the connection back if nothing
+    /// ties the client to it.
     async fn forward(&mut self, seq: u8, payload: &[u8]) -> Result<(), End> {
+        self.forward_unreleased(seq, payload).await?;
+        self.release_if_free();
+        Ok(())
+    }
+
+    /// Forwards a command and relays its reply, learning what it changed; the connection
+    /// stays held. Returns the reply's final status flags (`None` after an ERR, including
+    /// one sluice sent because no connection could be had).
+    async fn forward_unreleased(
+        &mut self,
+        seq: u8,
+        payload: &[u8],
+    ) -> Result<Option<StatusFlags>, End> {
         if let Err(err) = self.attach_backend().await {
             let mut seq = seq.wrapping_add(1);
-            return self.send_err(&mut seq, &err).await.map_err(client_end);
+            self.send_err(&mut seq, &err).await.map_err(client_end)?;
+            return Ok(None);
         }
         let Some(lease) = self.backend.as_mut() else {
             return Err(End::Error("no database connection".into()));
@@ -502,8 +534,7 @@ impl Session {
         {
             Ok(outcome) => {
                 self.absorb(&outcome);
-                self.release_if_free();
-                Ok(())
+                Ok(outcome.status)
             }
             Err(RelayError::Client(e)) => {
                 // The reply is unfinished; the database connection cannot be reused.
@@ -514,18 +545,25 @@ impl Session {
                     End::Error(e.to_string())
                 })
             }
-            Err(RelayError::Backend {
-                error,
-                mut next_seq,
-            }) => {
-                warn!(%error, "database connection lost during {}", command::name(payload[0]));
-                drop(self.backend.take());
-                let _ = self
-                    .send_err(&mut next_seq, &errors::lost_backend(&error.to_string()))
-                    .await;
-                Err(End::Error(format!("database connection lost: {error}")))
+            Err(RelayError::Backend { error, next_seq }) => {
+                warn!(
+                    "database connection lost during {}",
+                    command::name(payload[0])
+                );
+                Err(self.lose_backend(next_seq, error.into()).await)
             }
         }
+    }
+
+    /// The held database connection broke: it is discarded and the client, told with an
+    /// ERR carrying `seq`, must reconnect.
+    async fn lose_backend(&mut self, mut seq: u8, error: BackendError) -> End {
+        warn!(%error, "database connection lost");
+        drop(self.backend.take());
+        let _ = self
+            .send_err(&mut seq, &errors::lost_backend(&error.to_string()))
+            .await;
+        End::Error(format!("database connection lost: {error}"))
     }
 
     /// COM_CHANGE_USER: authenticate as another sluice user and start a clean session.
@@ -578,6 +616,7 @@ impl Session {
             schema: request.database.clone(),
             ..SessionState::default()
         };
+        self.forget_statements();
         self.pin = None;
         let attached = self.attach_backend().await;
         self.release_if_free();

@@ -1,0 +1,485 @@
+//! Binary-protocol statements without pinning.
+//!
+//! A client's statement ids are sluice's. Each `COM_STMT_*` command is translated to the id
+//! the statement has on whichever database connection the client holds at that moment; a
+//! connection that lacks the statement prepares it first. What the server would remember per
+//! connection — the parameter types last bound, long data sent before an execute — sluice
+//! remembers per client and replays. Only an open cursor ties a client to its connection.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use sluice_protocol::prepared::{self, Execute, PrepareOk, CURSOR_TYPE_READ_ONLY};
+use sluice_protocol::response::{self, ErrFields};
+use sluice_protocol::{command, StatusFlags};
+
+use super::{client_end, End, Session};
+use crate::backend::{BackendError, Prepared};
+use crate::client::errors;
+use crate::statements::{StatementKey, StatementMeta};
+
+/// Most statements one client may hold open: the server's default `max_prepared_stmt_count`.
+const MAX_CLIENT_STATEMENTS: usize = 16_382;
+
+/// A statement one client prepared, and what the server would remember about it for them.
+struct ClientStatement {
+    meta: Arc<StatementMeta>,
+    /// Parameter types the client bound last.
+    types: Option<Vec<u8>>,
+    /// `COM_STMT_SEND_LONG_DATA` chunks waiting for the next execute, in order.
+    long_data: Vec<(u16, Vec<u8>)>,
+    long_data_len: usize,
+    /// Whether a cursor is open on the client's database connection.
+    cursor: bool,
+}
+
+/// One client's statements, by the ids sluice gave them.
+#[derive(Default)]
+pub(super) struct ClientStatements {
+    by_id: HashMap<u32, ClientStatement>,
+    next_id: u32,
+    last_prepared: Option<u32>,
+    open_cursors: usize,
+}
+
+impl ClientStatements {
+    /// Cursors open now; while there are any, the client keeps its database connection.
+    pub(super) fn open_cursors(&self) -> usize {
+        self.open_cursors
+    }
+
+    fn add(&mut self, meta: Arc<StatementMeta>) -> u32 {
+        self.next_id = self.next_id.wrapping_add(1).max(1);
+        while self.by_id.contains_key(&self.next_id) {
+            self.next_id = self.next_id.wrapping_add(1).max(1);
+        }
+        let id = self.next_id;
+        self.by_id.insert(
+            id,
+            ClientStatement {
+                meta,
+                types: None,
+                long_data: Vec::new(),
+                long_data_len: 0,
+                cursor: false,
+            },
+        );
+        self.last_prepared = Some(id);
+        id
+    }
+
+    /// The client's id in `payload`, with MariaDB's "last prepared" id resolved.
+    fn id_in(&self, payload: &[u8]) -> Result<u32, ErrFields> {
+        let id = prepared::statement_id(payload).map_err(|e| errors::malformed(&e.to_string()))?;
+        Ok(match (id, self.last_prepared) {
+            (prepared::LAST_PREPARED_ID, Some(last)) => last,
+            _ => id,
+        })
+    }
+
+    /// Records whether statement `id` has a cursor open; true when one was just opened.
+    fn set_cursor(&mut self, id: u32, open: bool) -> bool {
+        let Some(statement) = self.by_id.get_mut(&id) else {
+            return false;
+        };
+        let opened = open && !statement.cursor;
+        match (statement.cursor, open) {
+            (false, true) => self.open_cursors += 1,
+            (true, false) => self.open_cursors -= 1,
+            _ => {}
+        }
+        statement.cursor = open;
+        opened
+    }
+}
+
+impl Session {
+    /// COM_STMT_PREPARE: answered from the metadata cache when another client prepared the
+    /// same statement, otherwise prepared on a database connection (which keeps it).
+    pub(super) async fn stmt_prepare(&mut self, seq: u8, payload: &[u8]) -> Result<(), End> {
+        let mut reply_seq = seq.wrapping_add(1);
+        if self.statements.by_id.len() >= MAX_CLIENT_STATEMENTS {
+            let err = errors::too_many_statements(MAX_CLIENT_STATEMENTS);
+            return self
+                .send_err(&mut reply_seq, &err)
+                .await
+                .map_err(client_end);
+        }
+        let key = StatementKey::new(
+            &self.user,
+            self.state.schema.as_deref(),
+            self.collation,
+            &self.state.vars,
+            &payload[1..],
+        );
+        if let Some(meta) = self.gateway.statements.get(&key) {
+            self.gateway.metrics.statement_cache_hits.inc();
+            let id = self.statements.add(meta.clone());
+            return self.send_prepare_reply(reply_seq, id, &meta, 0).await;
+        }
+        if let Err(err) = self.attach_backend().await {
+            return self
+                .send_err(&mut reply_seq, &err)
+                .await
+                .map_err(client_end);
+        }
+        let key = Arc::new(key);
+        let prepared = match self.prepare_on_backend(&key).await {
+            Ok(Ok(prepared)) => prepared,
+            Ok(Err(err)) => {
+                self.release_if_free();
+                return self
+                    .send_err(&mut reply_seq, &err)
+                    .await
+                    .map_err(client_end);
+            }
+            Err(e) => return Err(self.lose_backend(reply_seq, e).await),
+        };
+        self.release_if_free();
+        let meta = Arc::new(StatementMeta {
+            key,
+            param_defs: prepared.param_defs,
+            column_defs: prepared.column_defs,
+        });
+        self.gateway.statements.insert(meta.clone());
+        let id = self.statements.add(meta.clone());
+        self.send_prepare_reply(reply_seq, id, &meta, prepared.ok.warnings)
+            .await
+    }
+
+    /// COM_STMT_EXECUTE and COM_STMT_BULK_EXECUTE on whatever connection the client gets.
+    pub(super) async fn stmt_execute(&mut self, seq: u8, payload: &[u8]) -> Result<(), End> {
+        let mut reply_seq = seq.wrapping_add(1);
+        let checked = self.execute_request(payload);
+        let (id, meta, client_types, long_data) = match checked {
+            Ok(parts) => parts,
+            Err(err) => {
+                return self
+                    .send_err(&mut reply_seq, &err)
+                    .await
+                    .map_err(client_end)
+            }
+        };
+        if let Err(err) = self.attach_backend().await {
+            return self
+                .send_err(&mut reply_seq, &err)
+                .await
+                .map_err(client_end);
+        }
+        let backend_id = match self.backend_statement(&meta.key).await {
+            Ok(Ok(backend_id)) => backend_id,
+            Ok(Err(err)) => {
+                self.release_if_free();
+                return self
+                    .send_err(&mut reply_seq, &err)
+                    .await
+                    .map_err(client_end);
+            }
+            Err(e) => return Err(self.lose_backend(reply_seq, e).await),
+        };
+        let Some(lease) = self.backend.as_mut() else {
+            return Err(End::Error("no database connection".into()));
+        };
+        let conn = lease.conn();
+        let (packet, cursor_requested) = if payload[0] == command::STMT_BULK_EXECUTE {
+            let packet = prepared::with_statement_id(payload, backend_id)
+                .map_err(|e| End::Error(e.to_string()))?;
+            (packet, false)
+        } else {
+            // Parsed already by execute_request, so this cannot fail.
+            let execute =
+                Execute::parse(payload, meta.params()).map_err(|e| End::Error(e.to_string()))?;
+            let on_backend = conn.statements.get_mut(&meta.key);
+            let bind = match (execute.types(), on_backend) {
+                (None, Some(statement)) if statement.types != client_types => {
+                    statement.types.clone_from(&client_types);
+                    client_types.as_deref()
+                }
+                (Some(_), Some(statement)) => {
+                    statement.types.clone_from(&client_types);
+                    None
+                }
+                _ => None,
+            };
+            let packet = execute.rewrite(backend_id, bind);
+            (packet, execute.flags() & CURSOR_TYPE_READ_ONLY != 0)
+        };
+        for (param, data) in &long_data {
+            let mut long_seq = 0;
+            conn.stream.queue_packet(
+                &mut long_seq,
+                &prepared::long_data_packet(backend_id, *param, data),
+            );
+        }
+        let status = self.forward_unreleased(seq, &packet).await?;
+        if payload[0] == command::STMT_EXECUTE {
+            let open = cursor_requested
+                && status.is_some_and(|s| s.contains(StatusFlags::SERVER_STATUS_CURSOR_EXISTS));
+            if self.statements.set_cursor(id, open) {
+                self.count_pin("cursor");
+            }
+        }
+        self.release_if_free();
+        Ok(())
+    }
+
+    /// Checks an execute against the client's statements and takes what it needs: the
+    /// statement id, its metadata, the parameter types bound last, the pending long data.
+    #[allow(clippy::type_complexity)]
+    fn execute_request(
+        &mut self,
+        payload: &[u8],
+    ) -> Result<
+        (
+            u32,
+            Arc<StatementMeta>,
+            Option<Vec<u8>>,
+            Vec<(u16, Vec<u8>)>,
+        ),
+        ErrFields,
+    > {
+        let id = self.statements.id_in(payload)?;
+        let limit = self.gateway.settings.max_packet_size;
+        let Some(statement) = self.statements.by_id.get_mut(&id) else {
+            return Err(errors::unknown_statement(id, payload[0]));
+        };
+        if payload[0] == command::STMT_EXECUTE {
+            let execute = Execute::parse(payload, statement.meta.params())
+                .map_err(|e| errors::malformed(&e.to_string()))?;
+            if let Some(types) = execute.types() {
+                statement.types = Some(types.to_vec());
+            }
+        }
+        let long_data = std::mem::take(&mut statement.long_data);
+        if std::mem::take(&mut statement.long_data_len) > limit {
+            return Err(errors::packet_too_large(limit));
+        }
+        Ok((
+            id,
+            statement.meta.clone(),
+            statement.types.clone(),
+            long_data,
+        ))
+    }
+
+    /// COM_STMT_SEND_LONG_DATA: kept until the execute (the server answers nothing, and
+    /// reports problems at the execute, as sluice does).
+    pub(super) fn stmt_send_long_data(&mut self, payload: &[u8]) {
+        let limit = self.gateway.settings.max_packet_size;
+        let Ok((id, param, data)) = prepared::parse_long_data(payload) else {
+            return;
+        };
+        let id = match (id, self.statements.last_prepared) {
+            (prepared::LAST_PREPARED_ID, Some(last)) => last,
+            _ => id,
+        };
+        let Some(statement) = self.statements.by_id.get_mut(&id) else {
+            return;
+        };
+        statement.long_data_len = statement.long_data_len.saturating_add(data.len());
+        if statement.long_data_len > limit {
+            // Reported at the execute; nothing more is buffered.
+            statement.long_data.clear();
+            return;
+        }
+        match statement.long_data.last_mut() {
+            Some((last, chunk)) if *last == param => chunk.extend_from_slice(data),
+            _ => statement.long_data.push((param, data.to_vec())),
+        }
+    }
+
+    /// COM_STMT_CLOSE: forgets the client's statement (no reply). The database connections
+    /// keep their copies for other clients; an open cursor is closed.
+    pub(super) async fn stmt_close(&mut self, payload: &[u8]) -> Result<(), End> {
+        let Ok(id) = self.statements.id_in(payload) else {
+            return Ok(());
+        };
+        self.statements.set_cursor(id, false);
+        let Some(statement) = self.statements.by_id.remove(&id) else {
+            return Ok(());
+        };
+        if statement.cursor {
+            self.close_backend_cursor(&statement.meta.key).await?;
+        }
+        self.release_if_free();
+        Ok(())
+    }
+
+    /// COM_STMT_RESET: drops pending long data, and closes an open cursor on the database.
+    pub(super) async fn stmt_reset(&mut self, seq: u8, payload: &[u8]) -> Result<(), End> {
+        let mut reply_seq = seq.wrapping_add(1);
+        let id = match self.statements.id_in(payload) {
+            Ok(id) => id,
+            Err(err) => {
+                return self
+                    .send_err(&mut reply_seq, &err)
+                    .await
+                    .map_err(client_end)
+            }
+        };
+        let Some(statement) = self.statements.by_id.get_mut(&id) else {
+            let err = errors::unknown_statement(id, payload[0]);
+            return self
+                .send_err(&mut reply_seq, &err)
+                .await
+                .map_err(client_end);
+        };
+        statement.long_data.clear();
+        statement.long_data_len = 0;
+        let (cursor, key) = (statement.cursor, statement.meta.key.clone());
+        if cursor {
+            self.statements.set_cursor(id, false);
+            self.close_backend_cursor(&key).await?;
+            self.release_if_free();
+        }
+        self.send_ok(&mut reply_seq).await.map_err(client_end)
+    }
+
+    /// COM_STMT_FETCH: rows from the cursor open on the client's (pinned) connection.
+    pub(super) async fn stmt_fetch(&mut self, seq: u8, payload: &[u8]) -> Result<(), End> {
+        let mut reply_seq = seq.wrapping_add(1);
+        let id = match self.statements.id_in(payload) {
+            Ok(id) => id,
+            Err(err) => {
+                return self
+                    .send_err(&mut reply_seq, &err)
+                    .await
+                    .map_err(client_end)
+            }
+        };
+        let Some(statement) = self.statements.by_id.get(&id) else {
+            let err = errors::unknown_statement(id, payload[0]);
+            return self
+                .send_err(&mut reply_seq, &err)
+                .await
+                .map_err(client_end);
+        };
+        let key = statement.meta.key.clone();
+        let backend_id = match (statement.cursor, self.backend.as_mut()) {
+            (true, Some(lease)) => lease.conn().statements.get_mut(&key).map(|s| s.id),
+            _ => None,
+        };
+        let Some(backend_id) = backend_id else {
+            let err = errors::no_open_cursor(id);
+            return self
+                .send_err(&mut reply_seq, &err)
+                .await
+                .map_err(client_end);
+        };
+        let packet = prepared::with_statement_id(payload, backend_id)
+            .map_err(|e| End::Error(e.to_string()))?;
+        let status = self.forward_unreleased(seq, &packet).await?;
+        let open = status.is_some_and(|s| {
+            s.contains(StatusFlags::SERVER_STATUS_CURSOR_EXISTS)
+                && !s.contains(StatusFlags::SERVER_STATUS_LAST_ROW_SENT)
+        });
+        if !open {
+            self.statements.set_cursor(id, false);
+        }
+        self.release_if_free();
+        Ok(())
+    }
+
+    /// Forgets every statement: the client reset its session or changed user.
+    pub(super) fn forget_statements(&mut self) {
+        self.statements = ClientStatements::default();
+    }
+
+    /// The id of `key` on the held connection, preparing it there first if needed. The
+    /// server's error (e.g. a table dropped since) comes back inside.
+    async fn backend_statement(
+        &mut self,
+        key: &Arc<StatementKey>,
+    ) -> Result<Result<u32, ErrFields>, BackendError> {
+        let Some(lease) = self.backend.as_mut() else {
+            return Err(BackendError::Protocol(
+                sluice_protocol::ProtocolError::Malformed("no database connection held"),
+            ));
+        };
+        if let Some(statement) = lease.conn().statements.get_mut(key) {
+            return Ok(Ok(statement.id));
+        }
+        self.gateway.metrics.statement_reprepares.inc();
+        Ok(self
+            .prepare_on_backend(key)
+            .await?
+            .map(|prepared| prepared.ok.statement_id))
+    }
+
+    /// Prepares `key` on the held connection and records it there, closing the least
+    /// recently used statements beyond `pool.max_prepared_statements`.
+    async fn prepare_on_backend(
+        &mut self,
+        key: &Arc<StatementKey>,
+    ) -> Result<Result<Prepared, ErrFields>, BackendError> {
+        let capacity = self.gateway.settings.pool.max_prepared_statements;
+        let metrics = &self.gateway.metrics;
+        let Some(lease) = self.backend.as_mut() else {
+            return Err(BackendError::Protocol(
+                sluice_protocol::ProtocolError::Malformed("no database connection held"),
+            ));
+        };
+        let conn = lease.conn();
+        let prepared = match conn.prepare(&key.sql).await? {
+            Ok(prepared) => prepared,
+            Err(err) => return Ok(Err(err)),
+        };
+        metrics.statements_prepared.inc();
+        let evicted = conn
+            .statements
+            .insert(key.clone(), prepared.ok.statement_id, capacity);
+        for id in evicted {
+            metrics.statement_evictions.inc();
+            conn.queue_close(id);
+        }
+        Ok(Ok(prepared))
+    }
+
+    /// Closes the cursor of `key` on the held connection (COM_STMT_RESET there).
+    async fn close_backend_cursor(&mut self, key: &StatementKey) -> Result<(), End> {
+        let Some(lease) = self.backend.as_mut() else {
+            return Ok(());
+        };
+        let conn = lease.conn();
+        let Some(backend_id) = conn.statements.get_mut(key).map(|s| s.id) else {
+            return Ok(());
+        };
+        if let Err(e) = conn
+            .simple_command(&prepared::reset_packet(backend_id))
+            .await
+        {
+            // The client is owed no reply here; the broken connection is dropped.
+            tracing::warn!(error = %e, "database connection lost while closing a cursor");
+            drop(self.backend.take());
+        }
+        Ok(())
+    }
+
+    /// The reply to a prepare, as the server would send it, carrying the client's id.
+    async fn send_prepare_reply(
+        &mut self,
+        mut seq: u8,
+        id: u32,
+        meta: &StatementMeta,
+        warnings: u16,
+    ) -> Result<(), End> {
+        let ok = PrepareOk {
+            statement_id: id,
+            columns: meta.column_defs.len() as u16,
+            params: meta.params(),
+            warnings,
+        };
+        let eof = (!self.flavor().deprecate_eof())
+            .then(|| response::encode_eof(self.capabilities, self.status));
+        self.stream.queue_packet(&mut seq, &ok.encode());
+        for defs in [&meta.param_defs, &meta.column_defs] {
+            for def in defs.iter() {
+                self.stream.queue_packet(&mut seq, def);
+            }
+            if let (false, Some(eof)) = (defs.is_empty(), &eof) {
+                self.stream.queue_packet(&mut seq, eof);
+            }
+        }
+        self.stream.flush().await.map_err(client_end)
+    }
+}

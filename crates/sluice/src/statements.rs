@@ -1,0 +1,230 @@
+//! Prepared statements shared across clients and database connections.
+//!
+//! Clients see sluice's statement ids. Behind them, a statement is known by a
+//! [`StatementKey`]; its metadata is remembered gateway-wide ([`MetadataCache`]), so another
+//! client's prepare of the same text needs no database round trip, and each database
+//! connection keeps its own prepared copies ([`BackendStatements`]), made lazily and bounded
+//! so no client can exhaust the server's `max_prepared_stmt_count`.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use lru::LruCache;
+use std::num::NonZeroUsize;
+
+/// Session variables that change how a statement's text is parsed or its metadata encoded;
+/// statements prepared under different values of these are different statements.
+const PARSE_VARIABLES: [&str; 5] = [
+    "sql_mode",
+    "character_set_client",
+    "character_set_connection",
+    "character_set_results",
+    "collation_connection",
+];
+
+/// What makes two prepares the same statement.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct StatementKey {
+    /// The sluice user who prepared it.
+    pub user: String,
+    /// The schema it was prepared in (unqualified names resolve there).
+    pub schema: Option<String>,
+    /// The connection collation and the [`PARSE_VARIABLES`] the client set.
+    pub context: String,
+    /// The statement text.
+    pub sql: Vec<u8>,
+}
+
+impl StatementKey {
+    /// The key for `sql` prepared by `user` in `schema`, under the client's handshake
+    /// collation and the session variables it set.
+    pub fn new(
+        user: &str,
+        schema: Option<&str>,
+        collation: u8,
+        vars: &BTreeMap<String, String>,
+        sql: &[u8],
+    ) -> StatementKey {
+        let mut context = collation.to_string();
+        for name in PARSE_VARIABLES {
+            if let Some(value) = vars.get(name) {
+                context.push_str(&format!(";{name}={value}"));
+            }
+        }
+        StatementKey {
+            user: user.to_owned(),
+            schema: schema.map(str::to_owned),
+            context,
+            sql: sql.to_vec(),
+        }
+    }
+}
+
+/// What the server answered to a prepare: enough to answer the same prepare again.
+#[derive(Debug)]
+pub struct StatementMeta {
+    /// The statement this describes.
+    pub key: Arc<StatementKey>,
+    /// Parameter definition packets, as the server sent them.
+    pub param_defs: Vec<Vec<u8>>,
+    /// Column definition packets, as the server sent them.
+    pub column_defs: Vec<Vec<u8>>,
+}
+
+impl StatementMeta {
+    /// The number of `?` placeholders (the server describes each one).
+    pub fn params(&self) -> u16 {
+        self.param_defs.len() as u16
+    }
+}
+
+/// Gateway-wide metadata of recently prepared statements (least recently used go first).
+pub struct MetadataCache {
+    entries: Mutex<LruCache<Arc<StatementKey>, Arc<StatementMeta>>>,
+}
+
+impl MetadataCache {
+    /// A cache remembering up to `capacity` statements (at least one).
+    pub fn new(capacity: usize) -> MetadataCache {
+        let capacity = NonZeroUsize::new(capacity).unwrap_or(NonZeroUsize::MIN);
+        MetadataCache {
+            entries: Mutex::new(LruCache::new(capacity)),
+        }
+    }
+
+    /// The metadata of `key`, if a client prepared it recently.
+    pub fn get(&self, key: &StatementKey) -> Option<Arc<StatementMeta>> {
+        self.lock().get(key).cloned()
+    }
+
+    /// Remembers `meta`, replacing an older entry for the same statement.
+    pub fn insert(&self, meta: Arc<StatementMeta>) {
+        self.lock().put(meta.key.clone(), meta);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, LruCache<Arc<StatementKey>, Arc<StatementMeta>>> {
+        // The cache holds no invariant a panicking holder could break.
+        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A statement as prepared on one database connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendStatement {
+    /// The server's id for it on that connection.
+    pub id: u32,
+    /// The parameter types last bound to it there (the server reuses them when an execute
+    /// binds none).
+    pub types: Option<Vec<u8>>,
+}
+
+/// The statements prepared on one database connection, least recently used first out.
+#[derive(Debug)]
+pub struct BackendStatements {
+    entries: LruCache<Arc<StatementKey>, BackendStatement>,
+}
+
+impl Default for BackendStatements {
+    fn default() -> Self {
+        BackendStatements {
+            entries: LruCache::unbounded(),
+        }
+    }
+}
+
+impl BackendStatements {
+    /// The copy of `key` on this connection, marked as just used.
+    pub fn get_mut(&mut self, key: &StatementKey) -> Option<&mut BackendStatement> {
+        self.entries.get_mut(key)
+    }
+
+    /// Records a statement just prepared on this connection; returns the ids of the least
+    /// recently used ones to close so that at most `capacity` stay prepared.
+    pub fn insert(&mut self, key: Arc<StatementKey>, id: u32, capacity: usize) -> Vec<u32> {
+        self.entries.put(key, BackendStatement { id, types: None });
+        let mut evicted = Vec::new();
+        while self.entries.len() > capacity.max(1) {
+            if let Some((_, statement)) = self.entries.pop_lru() {
+                evicted.push(statement.id);
+            }
+        }
+        evicted
+    }
+
+    /// Forgets every statement: the server dropped them (reset or change of user).
+    pub fn clear(&mut self) {
+        self.entries.clear();
+    }
+
+    /// How many statements are prepared on this connection.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// True when none are.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(sql: &str) -> Arc<StatementKey> {
+        Arc::new(StatementKey::new(
+            "app",
+            Some("db"),
+            45,
+            &BTreeMap::new(),
+            sql.as_bytes(),
+        ))
+    }
+
+    #[test]
+    fn parse_context_separates_statements() {
+        let mut vars = BTreeMap::new();
+        let plain = StatementKey::new("app", Some("db"), 45, &vars, b"SELECT \"a\"");
+        vars.insert("time_zone".to_owned(), "+01:00".to_owned());
+        let other_zone = StatementKey::new("app", Some("db"), 45, &vars, b"SELECT \"a\"");
+        assert_eq!(plain, other_zone, "time_zone does not change parsing");
+        vars.insert("sql_mode".to_owned(), "ANSI_QUOTES".to_owned());
+        let ansi = StatementKey::new("app", Some("db"), 45, &vars, b"SELECT \"a\"");
+        assert_ne!(plain, ansi);
+        let other_schema = StatementKey::new("app", Some("x"), 45, &BTreeMap::new(), b"SELECT 1");
+        let other_user = StatementKey::new("bob", Some("x"), 45, &BTreeMap::new(), b"SELECT 1");
+        assert_ne!(other_schema, other_user);
+    }
+
+    #[test]
+    fn backend_statements_evict_least_recently_used() {
+        let mut statements = BackendStatements::default();
+        assert!(statements.insert(key("a"), 1, 2).is_empty());
+        assert!(statements.insert(key("b"), 2, 2).is_empty());
+        // Using "a" makes "b" the oldest.
+        statements.get_mut(&key("a")).unwrap().types = Some(vec![8, 0]);
+        assert_eq!(statements.insert(key("c"), 3, 2), vec![2]);
+        assert_eq!(statements.len(), 2);
+        assert!(statements.get_mut(&key("b")).is_none());
+        assert_eq!(
+            statements.get_mut(&key("a")).unwrap().types,
+            Some(vec![8, 0])
+        );
+        statements.clear();
+        assert!(statements.is_empty());
+    }
+
+    #[test]
+    fn metadata_cache_is_bounded() {
+        let cache = MetadataCache::new(1);
+        for sql in ["a", "b"] {
+            cache.insert(Arc::new(StatementMeta {
+                key: key(sql),
+                param_defs: Vec::new(),
+                column_defs: Vec::new(),
+            }));
+        }
+        assert!(cache.get(&key("a")).is_none());
+        assert_eq!(cache.get(&key("b")).unwrap().key.sql, b"b");
+    }
+}
