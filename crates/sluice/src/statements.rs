@@ -141,8 +141,11 @@ impl BackendStatements {
     /// Records a statement just prepared on this connection; returns the ids of the least
     /// recently used ones to close so that at most `capacity` stay prepared.
     pub fn insert(&mut self, key: Arc<StatementKey>, id: u32, capacity: usize) -> Vec<u32> {
-        self.entries.put(key, BackendStatement { id, types: None });
         let mut evicted = Vec::new();
+        if let Some(replaced) = self.entries.put(key, BackendStatement { id, types: None }) {
+            // Prepared twice here (its metadata had left the cache): keep only the new copy.
+            evicted.push(replaced.id);
+        }
         while self.entries.len() > capacity.max(1) {
             if let Some((_, statement)) = self.entries.pop_lru() {
                 evicted.push(statement.id);
@@ -204,6 +207,11 @@ mod tests {
         // Using "a" makes "b" the oldest.
         statements.get_mut(&key("a")).unwrap().types = Some(vec![8, 0]);
         assert_eq!(statements.insert(key("c"), 3, 2), vec![2]);
+        assert_eq!(
+            statements.insert(key("c"), 4, 2),
+            vec![3],
+            "the older copy is closed"
+        );
         assert_eq!(statements.len(), 2);
         assert!(statements.get_mut(&key("b")).is_none());
         assert_eq!(

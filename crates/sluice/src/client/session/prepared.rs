@@ -113,15 +113,18 @@ impl Session {
             &payload[1..],
         );
         if let Some(meta) = self.gateway.statements.get(&key) {
-            self.gateway.metrics.statement_cache_hits.inc();
-            let id = self.statements.add(meta.clone());
-            return self.send_prepare_reply(reply_seq, id, &meta, 0).await;
+            return self.prepare_from_cache(reply_seq, meta).await;
         }
         if let Err(err) = self.attach_backend().await {
             return self
                 .send_err(&mut reply_seq, &err)
                 .await
                 .map_err(client_end);
+        }
+        // Another client may have prepared it while this one waited for a connection.
+        if let Some(meta) = self.gateway.statements.get(&key) {
+            self.release_if_free();
+            return self.prepare_from_cache(reply_seq, meta).await;
         }
         let key = Arc::new(key);
         let prepared = match self.prepare_on_backend(&key).await {
@@ -145,6 +148,13 @@ impl Session {
         let id = self.statements.add(meta.clone());
         self.send_prepare_reply(reply_seq, id, &meta, prepared.ok.warnings)
             .await
+    }
+
+    /// Answers a prepare with metadata another client's prepare left in the cache.
+    async fn prepare_from_cache(&mut self, seq: u8, meta: Arc<StatementMeta>) -> Result<(), End> {
+        self.gateway.metrics.statement_cache_hits.inc();
+        let id = self.statements.add(meta.clone());
+        self.send_prepare_reply(seq, id, &meta, 0).await
     }
 
     /// COM_STMT_EXECUTE and COM_STMT_BULK_EXECUTE on whatever connection the client gets.

@@ -1,0 +1,385 @@
+//! Binary-protocol prepared statements through sluice with mysql_async: many clients over few
+//! database connections without pinning, every column type, eviction, re-prepare errors,
+//! and the errors sluice gives for statement ids it does not know.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use mysql_async::prelude::*;
+use mysql_async::{Row, Value};
+use sluice::backend::{BackendConn, Flavor};
+use sluice::config::BackendTarget;
+use sluice_protocol::{command, response::ErrFields};
+
+/// Polls the backend user's connection count until `done`, keeping the peak.
+fn watch_peak(
+    user: String,
+    done: Arc<AtomicBool>,
+    peak: Arc<AtomicUsize>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        while !done.load(Ordering::Relaxed) {
+            peak.fetch_max(db_connections_of(&user).await, Ordering::Relaxed);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_clients_execute_prepared_statements_over_few_connections_unpinned() {
+    const CLIENTS: usize = 200;
+    const POOL: usize = 4;
+    let gw = start_with("ps_many", |c| c.pool.max_db_connections = POOL).await;
+    let mut admin = direct().await;
+    admin
+        .query_drop(
+            "CREATE TABLE IF NOT EXISTS ps_rows (client INT, n INT, label VARCHAR(40), v DOUBLE)",
+        )
+        .await
+        .unwrap();
+    admin.query_drop("DELETE FROM ps_rows").await.unwrap();
+    let done = Arc::new(AtomicBool::new(false));
+    let peak = Arc::new(AtomicUsize::new(0));
+    let watcher = watch_peak(gw.backend_user.clone(), done.clone(), peak.clone());
+
+    let mut clients = tokio::task::JoinSet::new();
+    for client in 0..CLIENTS {
+        let opts = gw.opts("app", "secret", Some(TEST_DB));
+        clients.spawn(async move {
+            let mut conn = mysql_async::Conn::new(opts).await?;
+            for n in 0..5i32 {
+                conn.exec_drop(
+                    "INSERT INTO ps_rows (client, n, label, v) VALUES (?, ?, ?, ?)",
+                    (
+                        client as i32,
+                        n,
+                        format!("c{client}-{n}"),
+                        f64::from(n) / 4.0,
+                    ),
+                )
+                .await?;
+            }
+            let (count, sum, v): (i64, i64, f64) = conn
+                .exec_first(
+                    "SELECT COUNT(*), SUM(n), SUM(v) FROM ps_rows WHERE client = ?",
+                    (client as i32,),
+                )
+                .await?
+                .unwrap();
+            assert_eq!((count, sum, v), (5, 10, 2.5), "client {client}");
+            let (plus, label, null): (i64, String, Option<i64>) = conn
+                .exec_first(
+                    "SELECT ? + ?, CONCAT(?, '-x'), ?",
+                    (
+                        client as i64,
+                        1_000_000_000_000i64,
+                        format!("c{client}"),
+                        Value::NULL,
+                    ),
+                )
+                .await?
+                .unwrap();
+            assert_eq!(plus, client as i64 + 1_000_000_000_000);
+            assert_eq!(label, format!("c{client}-x"));
+            assert_eq!(null, None);
+            conn.disconnect().await?;
+            Ok::<_, mysql_async::Error>(())
+        });
+    }
+    while let Some(result) = clients.join_next().await {
+        result.unwrap().unwrap();
+    }
+    done.store(true, Ordering::Relaxed);
+    watcher.await.unwrap();
+    let peak = peak.load(Ordering::Relaxed);
+    assert!(
+        peak >= 1 && peak <= POOL,
+        "peak database connections {peak}"
+    );
+
+    let metrics = gw.metrics().await;
+    assert!(
+        !metrics.contains("sluice_pins_total{"),
+        "no client was pinned:\n{metrics}"
+    );
+    // Three statements, prepared by 200 clients: answered from the cache but for the first
+    // prepare of each on each connection, and copied lazily to each connection.
+    let hits = metric_value(&metrics, "sluice_statement_cache_hits_total");
+    let prepared = metric_value(&metrics, "sluice_statements_prepared_total");
+    assert!(hits >= (3 * CLIENTS - 3 * POOL) as f64, "cache hits {hits}");
+    assert!(
+        (3.0..=(2 * 3 * POOL) as f64).contains(&prepared),
+        "statements prepared on the database {prepared}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_holding_prepared_statements_does_not_hold_a_connection() {
+    let gw = start_with("ps_unpinned", |c| {
+        c.pool.max_db_connections = 1;
+        c.pool.borrow_timeout = Duration::from_secs(2);
+    })
+    .await;
+    let mut first = gw.connect().await;
+    let statement = first.prep("SELECT ? * 2").await.unwrap();
+    let doubled: Option<i64> = first.exec_first(&statement, (21,)).await.unwrap();
+    assert_eq!(doubled, Some(42));
+    // `first` keeps its statement open and idles; `second` gets the only connection.
+    let mut second = gw.connect().await;
+    let tripled: Option<i64> = second.exec_first("SELECT ? * 3", (5,)).await.unwrap();
+    assert_eq!(tripled, Some(15));
+    let doubled: Option<i64> = first.exec_first(&statement, (8,)).await.unwrap();
+    assert_eq!(doubled, Some(16));
+    assert_eq!(db_connections_of(&gw.backend_user).await, 1);
+    second.disconnect().await.unwrap();
+    first.close(statement).await.unwrap();
+    first.disconnect().await.unwrap();
+}
+
+/// Values of every column type, bound as parameters through sluice and read back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_column_type_round_trips_as_parameters_and_results() {
+    let gw = start_with("ps_types", |c| c.pool.max_db_connections = 2).await;
+    let mut admin = direct().await;
+    admin
+        .query_drop(
+            "CREATE OR REPLACE TABLE ps_types (id INT PRIMARY KEY, \
+             ti TINYINT, tu TINYINT UNSIGNED, si SMALLINT, su SMALLINT UNSIGNED, \
+             mi MEDIUMINT, mu MEDIUMINT UNSIGNED, i INT, iu INT UNSIGNED, \
+             bi BIGINT, bu BIGINT UNSIGNED, de DECIMAL(65,30), fl FLOAT, db DOUBLE, \
+             d DATE, dt DATETIME(6), ts TIMESTAMP(6) NULL, t TIME(6), y YEAR, \
+             c CHAR(10), vc VARCHAR(100), bl BLOB, tx TEXT, j JSON, b BIT(64), \
+             e ENUM('red','green'), st SET('a','b','c'))",
+        )
+        .await
+        .unwrap();
+    let all_bytes: Vec<u8> = (0..=255u8).collect();
+    let rows: Vec<Vec<Value>> = vec![
+        vec![
+            Value::Int(1),
+            Value::Int(-128),
+            Value::UInt(255),
+            Value::Int(-32768),
+            Value::UInt(65535),
+            Value::Int(-8_388_608),
+            Value::UInt(16_777_215),
+            Value::Int(i64::from(i32::MIN)),
+            Value::UInt(u64::from(u32::MAX)),
+            Value::Int(i64::MIN),
+            Value::UInt(u64::MAX),
+            Value::Bytes(
+                b"-12345678901234567890123456789012345.123456789012345678901234567890".to_vec(),
+            ),
+            Value::Float(1.5),
+            Value::Double(-2.2250738585072014e-308),
+            Value::Date(1000, 1, 1, 0, 0, 0, 0),
+            Value::Date(2026, 11, 24, 23, 59, 58, 123_456),
+            Value::Date(2038, 1, 19, 3, 14, 7, 999_999),
+            Value::Time(true, 34, 22, 59, 59, 0),
+            Value::Int(2155),
+            Value::Bytes(b"fixed".to_vec()),
+            Value::Bytes("héllo wörld ✓".as_bytes().to_vec()),
+            Value::Bytes(all_bytes.clone()),
+            Value::Bytes(b"text\0with nul".to_vec()),
+            Value::Bytes(br#"{"a": [1, 2.5, null, "x"]}"#.to_vec()),
+            Value::Bytes(vec![0x80, 0, 0, 0, 0, 0, 0, 1]),
+            Value::Bytes(b"green".to_vec()),
+            Value::Bytes(b"a,c".to_vec()),
+        ],
+        {
+            // Row 2: NULL everywhere but the key, and a positive TIME over 24 hours.
+            let mut row = vec![Value::Int(2)];
+            row.extend(std::iter::repeat(Value::NULL).take(26));
+            row[17] = Value::Time(false, 4, 4, 0, 0, 500_000);
+            row
+        },
+    ];
+    let insert = format!("INSERT INTO ps_types VALUES ({})", vec!["?"; 27].join(", "));
+    // Two clients over two connections, interleaved, so statements move between them.
+    let mut a = gw.connect().await;
+    let mut b = gw.connect().await;
+    a.exec_drop(&insert, rows[0].clone()).await.unwrap();
+    b.exec_drop(&insert, rows[1].clone()).await.unwrap();
+
+    let select = "SELECT * FROM ps_types WHERE id = ?";
+    for (index, expected) in rows.iter().enumerate() {
+        let id = index as i64 + 1;
+        let through: Row = b.exec_first(select, (id,)).await.unwrap().unwrap();
+        let straight: Row = admin.exec_first(select, (id,)).await.unwrap().unwrap();
+        let through = through.unwrap();
+        assert_eq!(
+            through,
+            straight.unwrap(),
+            "row {id} through sluice vs direct"
+        );
+        let via_a: Row = a.exec_first(select, (id,)).await.unwrap().unwrap();
+        assert_eq!(via_a.unwrap(), through, "row {id} on the other client");
+        if index == 1 {
+            assert!(through[1..]
+                .iter()
+                .enumerate()
+                .all(|(i, v)| i == 16 || *v == Value::NULL));
+            assert_eq!(through[17], Value::Time(false, 4, 4, 0, 0, 500_000));
+            continue;
+        }
+        // Exact values for what a lossy path would break.
+        assert_eq!(through[10], Value::UInt(u64::MAX));
+        assert_eq!(through[9], Value::Int(i64::MIN));
+        assert_eq!(through[11], expected[11]);
+        assert_eq!(through[13], Value::Double(-2.2250738585072014e-308));
+        assert_eq!(through[15], Value::Date(2026, 11, 24, 23, 59, 58, 123_456));
+        assert_eq!(through[17], Value::Time(true, 34, 22, 59, 59, 0));
+        assert_eq!(through[21], Value::Bytes(all_bytes.clone()));
+        assert_eq!(through[24], Value::Bytes(vec![0x80, 0, 0, 0, 0, 0, 0, 1]));
+        assert_eq!(through[26], Value::Bytes(b"a,c".to_vec()));
+    }
+    // A JSON value compared as JSON, since the server may normalise its text.
+    let json: Option<String> = a
+        .exec_first(
+            "SELECT JSON_EXTRACT(j, '$.a[1]') FROM ps_types WHERE id = ?",
+            (1,),
+        )
+        .await
+        .unwrap();
+    assert_eq!(json.as_deref(), Some("2.5"));
+    a.disconnect().await.unwrap();
+    b.disconnect().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statements_per_connection_stay_under_the_cap() {
+    const CAP: usize = 3;
+    let gw = start_with("ps_evict", |c| {
+        c.pool.max_db_connections = 1;
+        c.pool.max_prepared_statements = CAP;
+    })
+    .await;
+    let mut conn = gw.connect().await;
+    let counters = |rows: Vec<(String, u64)>| -> (u64, u64) {
+        let get = |name: &str| rows.iter().find(|(n, _)| n == name).map_or(0, |(_, v)| *v);
+        (get("Com_stmt_prepare"), get("Com_stmt_close"))
+    };
+    let show = "SHOW SESSION STATUS WHERE Variable_name IN ('Com_stmt_prepare', 'Com_stmt_close')";
+    // One database connection, so these are the counters of the connection sluice uses.
+    let (prepared_before, closed_before) = counters(conn.query(show).await.unwrap());
+    let mut statements = Vec::new();
+    for i in 0..20 {
+        statements.push(conn.prep(format!("SELECT ? + {i}")).await.unwrap());
+    }
+    for round in 0..2 {
+        for (i, statement) in statements.iter().enumerate() {
+            let sum: Option<i64> = conn.exec_first(statement, (round * 100,)).await.unwrap();
+            assert_eq!(sum, Some(round * 100 + i as i64));
+        }
+    }
+    let (prepared_after, closed_after) = counters(conn.query(show).await.unwrap());
+    let open_now = (prepared_after - prepared_before) - (closed_after - closed_before);
+    assert!(
+        open_now <= CAP as u64,
+        "{open_now} statements open on the database connection (cap {CAP})"
+    );
+    let metrics = gw.metrics().await;
+    assert!(metric_value(&metrics, "sluice_statement_evictions_total") >= 37.0);
+    assert!(metric_value(&metrics, "sluice_statement_reprepares_total") >= 40.0);
+    conn.disconnect().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_that_cannot_be_prepared_again_returns_the_server_error() {
+    let gw = start_with("ps_reprepare", |c| {
+        c.pool.max_db_connections = 1;
+        c.pool.max_prepared_statements = 1;
+    })
+    .await;
+    let mut admin = direct().await;
+    admin
+        .query_drop("CREATE OR REPLACE TABLE ps_gone (x INT)")
+        .await
+        .unwrap();
+    admin
+        .query_drop("INSERT INTO ps_gone VALUES (7)")
+        .await
+        .unwrap();
+    let mut conn = gw.connect().await;
+    let gone = conn.prep("SELECT x FROM ps_gone").await.unwrap();
+    // Preparing another statement closes the first on the (only) database connection.
+    let other = conn.prep("SELECT ? + 1").await.unwrap();
+    admin.query_drop("DROP TABLE ps_gone").await.unwrap();
+    let err = conn
+        .exec_first::<i64, _, _>(&gone, ())
+        .await
+        .expect_err("the table is gone");
+    assert_eq!(server_code(&err), Some(1146), "{err}");
+    let next: Option<i64> = conn.exec_first(&other, (41,)).await.unwrap();
+    assert_eq!(next, Some(42), "the session goes on");
+    conn.disconnect().await.unwrap();
+}
+
+/// A raw client (sluice's own protocol client, logged in through the gateway).
+async fn raw_client(gw: &TestGateway) -> BackendConn {
+    let target = BackendTarget {
+        host: gw.addr.ip().to_string(),
+        port: gw.addr.port(),
+        user: "app".into(),
+        password: "secret".into(),
+        database: Some(TEST_DB.into()),
+    };
+    BackendConn::connect(&target, Flavor::INTERNAL, Duration::from_secs(5))
+        .await
+        .expect("log in through sluice")
+}
+
+async fn request(conn: &mut BackendConn, payload: &[u8]) -> Vec<u8> {
+    let mut seq = 0;
+    conn.stream.write_packet(&mut seq, payload).await.unwrap();
+    conn.stream.read_packet().await.unwrap().payload
+}
+
+fn error_code(reply: &[u8]) -> u16 {
+    ErrFields::parse(reply).map(|e| e.code).unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_statement_ids_and_malformed_packets_get_errors() {
+    let gw = start("ps_errors").await;
+    let mut conn = raw_client(&gw).await;
+    let mut execute = vec![command::STMT_EXECUTE];
+    execute.extend_from_slice(&99u32.to_le_bytes());
+    execute.extend_from_slice(&[0, 1, 0, 0, 0]);
+    assert_eq!(error_code(&request(&mut conn, &execute).await), 1243);
+    let mut fetch = vec![command::STMT_FETCH];
+    fetch.extend_from_slice(&99u32.to_le_bytes());
+    fetch.extend_from_slice(&10u32.to_le_bytes());
+    assert_eq!(error_code(&request(&mut conn, &fetch).await), 1243);
+    assert_eq!(
+        error_code(&request(&mut conn, &[command::STMT_RESET, 1]).await),
+        1047
+    );
+
+    // A real statement: a fetch without a cursor, and an execute cut short.
+    let mut prepare = vec![command::STMT_PREPARE];
+    prepare.extend_from_slice(b"SELECT ?");
+    let mut seq = 0;
+    conn.stream.write_packet(&mut seq, &prepare).await.unwrap();
+    let ok = conn.stream.read_packet().await.unwrap().payload;
+    let id = u32::from_le_bytes(ok[1..5].try_into().unwrap());
+    // A parameter and a column definition follow (no EOFs: the internal flavor drops them).
+    for _ in 0..2 {
+        conn.stream.read_packet().await.unwrap();
+    }
+    fetch[1..5].copy_from_slice(&id.to_le_bytes());
+    assert_eq!(error_code(&request(&mut conn, &fetch).await), 1421);
+    execute[1..5].copy_from_slice(&id.to_le_bytes());
+    assert_eq!(error_code(&request(&mut conn, &execute).await), 1047);
+    // The session is still usable.
+    let rows = conn
+        .query_text("SELECT 'still here'")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(rows, vec![vec![Some("still here".to_owned())]]);
+}
