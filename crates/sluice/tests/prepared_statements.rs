@@ -97,7 +97,7 @@ async fn many_clients_execute_prepared_statements_over_few_connections_unpinned(
     watcher.await.unwrap();
     let peak = peak.load(Ordering::Relaxed);
     assert!(
-        peak >= 1 && peak <= POOL,
+        (1..=POOL).contains(&peak),
         "peak database connections {peak}"
     );
 
@@ -193,7 +193,7 @@ async fn every_column_type_round_trips_as_parameters_and_results() {
         {
             // Row 2: NULL everywhere but the key, and a positive TIME over 24 hours.
             let mut row = vec![Value::Int(2)];
-            row.extend(std::iter::repeat(Value::NULL).take(26));
+            row.extend(std::iter::repeat_n(Value::NULL, 26));
             row[17] = Value::Time(false, 4, 4, 0, 0, 500_000);
             row
         },
