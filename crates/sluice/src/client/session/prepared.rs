@@ -98,6 +98,8 @@ impl Session {
     /// same statement, otherwise prepared on a database connection (which keeps it).
     pub(super) async fn stmt_prepare(&mut self, seq: u8, payload: &[u8]) -> Result<(), End> {
         let mut reply_seq = seq.wrapping_add(1);
+        // Until this prepare succeeds, MariaDB's "last prepared" id names no statement.
+        self.statements.last_prepared = None;
         if self.statements.by_id.len() >= MAX_CLIENT_STATEMENTS {
             let err = errors::too_many_statements(MAX_CLIENT_STATEMENTS);
             return self
