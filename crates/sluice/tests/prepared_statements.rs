@@ -383,3 +383,98 @@ async fn unknown_statement_ids_and_malformed_packets_get_errors() {
         .unwrap();
     assert_eq!(rows, vec![vec![Some("still here".to_owned())]]);
 }
+
+/// Reads one reply of a command with a result: its packets, up to the terminator.
+async fn read_until_terminator(conn: &mut BackendConn) -> (Vec<Vec<u8>>, u16) {
+    let mut packets = Vec::new();
+    loop {
+        let payload = conn.stream.read_packet().await.unwrap().payload;
+        if payload[0] == 0xfe && payload.len() < 0xff_ffff {
+            let status = u16::from_le_bytes([payload[3], payload[4]]);
+            return (packets, status);
+        }
+        assert_ne!(payload[0], 0xff, "unexpected ERR {payload:?}");
+        packets.push(payload);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_cursor_pins_until_it_is_exhausted_or_reset() {
+    const CURSOR_EXISTS: u16 = 0x40;
+    const LAST_ROW_SENT: u16 = 0x80;
+    let gw = start_with("ps_cursor", |c| {
+        c.pool.max_db_connections = 1;
+        c.pool.borrow_timeout = Duration::from_millis(500);
+    })
+    .await;
+    let mut cursor_client = raw_client(&gw).await;
+    let mut prepare = vec![command::STMT_PREPARE];
+    prepare.extend_from_slice(b"SELECT seq FROM seq_1_to_5");
+    let mut seq = 0;
+    cursor_client
+        .stream
+        .write_packet(&mut seq, &prepare)
+        .await
+        .unwrap();
+    let ok = cursor_client.stream.read_packet().await.unwrap().payload;
+    let id = u32::from_le_bytes(ok[1..5].try_into().unwrap());
+    cursor_client.stream.read_packet().await.unwrap(); // the column definition
+    let mut execute = vec![command::STMT_EXECUTE];
+    execute.extend_from_slice(&id.to_le_bytes());
+    execute.extend_from_slice(&[1, 1, 0, 0, 0]); // CURSOR_TYPE_READ_ONLY, one iteration
+    let mut fetch = vec![command::STMT_FETCH];
+    fetch.extend_from_slice(&id.to_le_bytes());
+    fetch.extend_from_slice(&10u32.to_le_bytes());
+    let mut other = gw.connect().await;
+
+    for ending in ["exhausted", "reset"] {
+        let mut seq = 0;
+        cursor_client
+            .stream
+            .write_packet(&mut seq, &execute)
+            .await
+            .unwrap();
+        let (metadata, status) = read_until_terminator(&mut cursor_client).await;
+        assert_eq!(
+            metadata.len(),
+            2,
+            "column count and definition, no rows yet"
+        );
+        assert_ne!(status & CURSOR_EXISTS, 0, "the server opened a cursor");
+        // The only database connection is the cursor's now.
+        let err = other
+            .query_drop("SELECT 1")
+            .await
+            .expect_err("pinned by the cursor");
+        assert_eq!(server_code(&err), Some(1040), "{err}");
+        if ending == "exhausted" {
+            let mut seq = 0;
+            cursor_client
+                .stream
+                .write_packet(&mut seq, &fetch)
+                .await
+                .unwrap();
+            let (rows, status) = read_until_terminator(&mut cursor_client).await;
+            assert_eq!(rows.len(), 5);
+            assert_ne!(status & LAST_ROW_SENT, 0);
+        } else {
+            let reply = request(&mut cursor_client, &prepared_reset(id)).await;
+            assert_eq!(reply[0], 0, "OK to COM_STMT_RESET");
+            assert_eq!(error_code(&request(&mut cursor_client, &fetch).await), 1421);
+        }
+        other
+            .query_drop("SELECT 1")
+            .await
+            .expect("the cursor's pin is gone");
+    }
+    let metrics = gw.metrics().await;
+    assert_eq!(
+        metric_value(&metrics, "sluice_pins_total{reason=\"cursor\"}"),
+        2.0
+    );
+    other.disconnect().await.unwrap();
+}
+
+fn prepared_reset(id: u32) -> Vec<u8> {
+    sluice_protocol::prepared::reset_packet(id).to_vec()
+}
