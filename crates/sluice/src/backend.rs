@@ -5,6 +5,7 @@
 //! behalf: ping, reset, change of schema, and re-authentication to wipe a session clean.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sluice_protocol::auth::{self, CACHING_SHA2_PASSWORD, NATIVE_PASSWORD};
@@ -18,7 +19,8 @@ use sluice_protocol::{command, lenenc, CapabilityFlags, ProtocolError};
 use tokio::net::TcpStream;
 
 use crate::config::BackendTarget;
-use crate::statements::BackendStatements;
+use crate::metrics::Metrics;
+use crate::statements::{BackendStatements, StatementKey};
 
 /// Capabilities sluice always asks of the database.
 const BASE_CAPABILITIES: CapabilityFlags = CapabilityFlags::from_bits_truncate(
@@ -406,6 +408,47 @@ impl BackendConn {
         }))
     }
 
+    /// Prepares `key` here and keeps it among this connection's statements, closing the least
+    /// recently used beyond `capacity` (the closes leave with the next command).
+    pub async fn prepare_kept(
+        &mut self,
+        key: &Arc<StatementKey>,
+        capacity: usize,
+        metrics: &Metrics,
+    ) -> Result<Result<Prepared, ErrFields>, BackendError> {
+        let prepared = match self.prepare(&key.sql).await? {
+            Ok(prepared) => prepared,
+            Err(err) => return Ok(Err(err)),
+        };
+        metrics.statements_prepared.inc();
+        let evicted = self
+            .statements
+            .insert(key.clone(), prepared.ok.statement_id, capacity);
+        for id in evicted {
+            metrics.statement_evictions.inc();
+            self.queue_close(id);
+        }
+        Ok(Ok(prepared))
+    }
+
+    /// The id `key` has on this connection, preparing it first when this connection lacks it
+    /// (a statement another connection prepared). The server's ERR is returned inside.
+    pub async fn statement_id(
+        &mut self,
+        key: &Arc<StatementKey>,
+        capacity: usize,
+        metrics: &Metrics,
+    ) -> Result<Result<u32, ErrFields>, BackendError> {
+        if let Some(statement) = self.statements.get_mut(key) {
+            return Ok(Ok(statement.id));
+        }
+        metrics.statement_reprepares.inc();
+        Ok(self
+            .prepare_kept(key, capacity, metrics)
+            .await?
+            .map(|prepared| prepared.ok.statement_id))
+    }
+
     /// Reads `count` definition packets and, without CLIENT_DEPRECATE_EOF, the EOF after them.
     async fn read_definitions(&mut self, count: u16) -> Result<Vec<Vec<u8>>, BackendError> {
         let mut defs = Vec::with_capacity(usize::from(count));
@@ -423,7 +466,7 @@ impl BackendConn {
 
     /// Queues COM_STMT_CLOSE for statement `id`; it leaves with the next command (the server
     /// does not answer it).
-    pub fn queue_close(&mut self, id: u32) {
+    fn queue_close(&mut self, id: u32) {
         let mut seq = 0;
         self.stream
             .queue_packet(&mut seq, &prepared::close_packet(id));

@@ -14,7 +14,7 @@ use sluice_protocol::response::{self, ErrFields};
 use sluice_protocol::{command, StatusFlags};
 
 use super::{client_end, End, Session};
-use crate::backend::{BackendError, Prepared};
+use crate::backend::{BackendConn, BackendError, Prepared};
 use crate::client::errors;
 use crate::statements::{StatementKey, StatementMeta};
 
@@ -403,48 +403,32 @@ impl Session {
         &mut self,
         key: &Arc<StatementKey>,
     ) -> Result<Result<u32, ErrFields>, BackendError> {
-        let Some(lease) = self.backend.as_mut() else {
-            return Err(BackendError::Protocol(
-                sluice_protocol::ProtocolError::Malformed("no database connection held"),
-            ));
-        };
-        if let Some(statement) = lease.conn().statements.get_mut(key) {
-            return Ok(Ok(statement.id));
-        }
-        self.gateway.metrics.statement_reprepares.inc();
-        Ok(self
-            .prepare_on_backend(key)
-            .await?
-            .map(|prepared| prepared.ok.statement_id))
+        let gateway = self.gateway.clone();
+        let capacity = gateway.settings.pool.max_prepared_statements;
+        self.held_connection()?
+            .statement_id(key, capacity, &gateway.metrics)
+            .await
     }
 
-    /// Prepares `key` on the held connection and records it there, closing the least
-    /// recently used statements beyond `pool.max_prepared_statements`.
+    /// Prepares `key` on the held connection, which keeps it.
     async fn prepare_on_backend(
         &mut self,
         key: &Arc<StatementKey>,
     ) -> Result<Result<Prepared, ErrFields>, BackendError> {
-        let capacity = self.gateway.settings.pool.max_prepared_statements;
-        let metrics = &self.gateway.metrics;
-        let Some(lease) = self.backend.as_mut() else {
-            return Err(BackendError::Protocol(
+        let gateway = self.gateway.clone();
+        let capacity = gateway.settings.pool.max_prepared_statements;
+        self.held_connection()?
+            .prepare_kept(key, capacity, &gateway.metrics)
+            .await
+    }
+
+    fn held_connection(&mut self) -> Result<&mut BackendConn, BackendError> {
+        match self.backend.as_mut() {
+            Some(lease) => Ok(lease.conn()),
+            None => Err(BackendError::Protocol(
                 sluice_protocol::ProtocolError::Malformed("no database connection held"),
-            ));
-        };
-        let conn = lease.conn();
-        let prepared = match conn.prepare(&key.sql).await? {
-            Ok(prepared) => prepared,
-            Err(err) => return Ok(Err(err)),
-        };
-        metrics.statements_prepared.inc();
-        let evicted = conn
-            .statements
-            .insert(key.clone(), prepared.ok.statement_id, capacity);
-        for id in evicted {
-            metrics.statement_evictions.inc();
-            conn.queue_close(id);
+            )),
         }
-        Ok(Ok(prepared))
     }
 
     /// Closes the cursor of `key` on the held connection (COM_STMT_RESET there).
