@@ -98,12 +98,14 @@ pub async fn start_with(test: &str, tweak: impl FnOnce(&mut Config)) -> TestGate
             password: Some("secret".into()),
             password_hash: None,
             pool_mode: None,
+            databases: None,
         },
         UserConfig {
             name: "empty".into(),
             password: None,
             password_hash: None,
             pool_mode: None,
+            databases: None,
         },
     ];
     tweak(&mut config);
