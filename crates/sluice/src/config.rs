@@ -778,6 +778,55 @@ mod tests {
     }
 
     #[test]
+    fn http_section_is_checked_against_users() {
+        let text = format!(
+            r#"
+            http_listen = "127.0.0.1:6081"
+            [http]
+            tls_cert = "/nonexistent/cert.pem"
+            max_rows = 0
+            [[http.api_keys]]
+            user = "fn"
+            key_sha256 = "{}"
+            [[http.api_keys]]
+            user = "ghost"
+            key_sha256 = "not-hex"
+            [[users]]
+            name = "fn"
+            password = "x"
+            databases = ["app"]
+        "#,
+            api_key_sha256("k")
+        );
+        let config: Config = toml::from_str(&text).unwrap();
+        let err = config.validate("sluice.toml").unwrap_err();
+        let keys: Vec<_> = err.0.iter().map(|i| i.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            vec![
+                "http.tls_cert",
+                "http.max_rows",
+                "http.api_keys[1].user",
+                "http.api_keys[1].key_sha256"
+            ]
+        );
+        let mut config: Config = toml::from_str(&text).unwrap();
+        config.http.tls_cert = None;
+        config.http.max_rows = 10;
+        config.http.api_keys.pop();
+        let settings = config.validate("sluice.toml").unwrap();
+        let digest = parse_sha256_hex(&api_key_sha256("k")).unwrap();
+        assert_eq!(
+            settings.http.api_keys.get(&digest).map(String::as_str),
+            Some("fn")
+        );
+        let user = &settings.users["fn"];
+        assert!(user.may_use(Some("app")));
+        assert!(!user.may_use(Some("other")));
+        assert!(!user.may_use(None));
+    }
+
+    #[test]
     fn backend_password_from_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("pw");

@@ -962,3 +962,77 @@ fn tls_client_trusting(pem: &[u8]) -> rustls::ClientConfig {
     .with_root_certificates(roots)
     .with_no_client_auth()
 }
+
+#[tokio::test]
+async fn database_trouble_is_503_or_502_never_a_panic() {
+    // Nothing listens on the backend port: 503 within the borrow timeout.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let api = Client::start("http_db_down", |c| {
+        c.backend.url = format!("mysql://nobody@127.0.0.1:{port}");
+        c.pool.borrow_timeout = Duration::from_millis(300);
+    })
+    .await;
+    let (status, body) = api
+        .post(
+            Some(APP_KEY),
+            "/v1/execute",
+            json!({"sql": "SELECT 1", "database": TEST_DB}),
+        )
+        .await;
+    assert_eq!(
+        (status, body["status"].as_str()),
+        (503, Some("unavailable")),
+        "{body}"
+    );
+    assert!(
+        body["message"].as_str().unwrap().contains("cannot connect"),
+        "{body}"
+    );
+
+    // The connection under a transaction is killed: 502, and the transaction is gone.
+    let api = Client::start("http_db_killed", |_| {}).await;
+    let (_, begun) = api
+        .post(
+            Some(APP_KEY),
+            "/v1/transactions",
+            json!({"database": TEST_DB}),
+        )
+        .await;
+    let id = begun["data"]["transaction_id"].as_str().unwrap().to_owned();
+    let (_, body) = api
+        .post(
+            Some(APP_KEY),
+            "/v1/execute",
+            json!({"sql": "SELECT CONNECTION_ID()", "transaction_id": id}),
+        )
+        .await;
+    let thread = body["data"]["rows"][0][0].as_u64().unwrap();
+    let mut direct = direct().await;
+    direct.query_drop(format!("KILL {thread}")).await.unwrap();
+    let (status, body) = api
+        .post(
+            Some(APP_KEY),
+            "/v1/execute",
+            json!({"sql": "SELECT 1", "transaction_id": id}),
+        )
+        .await;
+    assert_eq!(
+        (status, body["status"].as_str()),
+        (502, Some("badGateway")),
+        "{body}"
+    );
+    let (status, _) = api
+        .post(
+            Some(APP_KEY),
+            &format!("/v1/transactions/{id}/rollback"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 404);
+    // The gateway carries on with a fresh connection.
+    let data = api.sql("SELECT 2", json!([])).await;
+    assert_eq!(data["rows"], json!([[2]]));
+    direct.disconnect().await.unwrap();
+}
