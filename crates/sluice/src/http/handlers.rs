@@ -74,7 +74,16 @@ pub async fn execute(
         )
         .await?;
     let mut budget = api.budget();
-    let result = statement::run(held.conn(), &req.sql, &params, common.shape(), &mut budget).await;
+    let result = statement::run(
+        held.conn(),
+        &req.sql,
+        &[params],
+        common.shape(),
+        &mut budget,
+    )
+    .await
+    .map(|mut outcomes| outcomes.remove(0))
+    .map_err(|(_, e)| e);
     held.finish(&api, After::of(&result)).await;
     Ok(success("statement executed", result?.to_json()))
 }
@@ -99,32 +108,49 @@ pub struct BatchRequest {
     common: Common,
 }
 
+/// Statements of a batch sharing one SQL text, prepared once: all of `params_sets`, or one
+/// entry of `statements`.
+struct Group<'a> {
+    sql: &'a str,
+    param_sets: Vec<Vec<Value>>,
+}
+
 impl BatchRequest {
-    /// Every statement with its converted parameters; bad input fails before any runs.
-    fn statements(&self) -> Result<Vec<(&str, Vec<Value>)>, ApiError> {
-        let list: Vec<(&str, &[Json])> = match (&self.sql, &self.params_sets, &self.statements) {
-            (Some(sql), Some(sets), None) => sets.iter().map(|p| (sql.as_str(), &p[..])).collect(),
+    /// The batch in groups, parameters converted; bad input fails before anything runs,
+    /// with the index of the statement it belongs to.
+    fn groups(&self) -> Result<Vec<Group<'_>>, ApiError> {
+        let convert = |i: usize, params: &[Json]| {
+            params::to_values(params).map_err(|why| ApiError::bad_request(why).at_index(i))
+        };
+        let groups = match (&self.sql, &self.params_sets, &self.statements) {
+            (Some(sql), Some(sets), None) => vec![Group {
+                sql,
+                param_sets: sets
+                    .iter()
+                    .enumerate()
+                    .map(|(i, params)| convert(i, params))
+                    .collect::<Result<_, _>>()?,
+            }],
             (None, None, Some(statements)) => statements
                 .iter()
-                .map(|s| (s.sql.as_str(), &s.params[..]))
-                .collect(),
+                .enumerate()
+                .map(|(i, s)| {
+                    Ok(Group {
+                        sql: &s.sql,
+                        param_sets: vec![convert(i, &s.params)?],
+                    })
+                })
+                .collect::<Result<_, ApiError>>()?,
             _ => {
                 return Err(ApiError::bad_request(
                     "give either \"sql\" with \"params_sets\", or \"statements\"",
                 ))
             }
         };
-        if list.is_empty() {
+        if groups.iter().all(|g| g.param_sets.is_empty()) {
             return Err(ApiError::bad_request("the batch is empty"));
         }
-        list.into_iter()
-            .enumerate()
-            .map(|(i, (sql, params))| {
-                params::to_values(params)
-                    .map(|values| (sql, values))
-                    .map_err(|why| ApiError::bad_request(why).at_index(i))
-            })
-            .collect()
+        Ok(groups)
     }
 }
 
@@ -164,7 +190,7 @@ pub async fn batch(
     caller: Caller,
     Body(req): Body<BatchRequest>,
 ) -> Result<Response, ApiError> {
-    let statements = req.statements()?;
+    let groups = req.groups()?;
     let common = &req.common;
     let atomic = match common.transaction_id {
         Some(_) => SAVEPOINT,
@@ -177,14 +203,7 @@ pub async fn batch(
             common.transaction_id.as_deref(),
         )
         .await?;
-    let result = run_batch(
-        held.conn(),
-        &atomic,
-        &statements,
-        common.shape(),
-        api.budget(),
-    )
-    .await;
+    let result = run_batch(held.conn(), &atomic, &groups, common.shape(), api.budget()).await;
     let after = match &result {
         Ok((_, session_changed)) if !session_changed => After::Clean,
         Err(RunError::Broken(_)) => After::Broken,
@@ -199,24 +218,26 @@ pub async fn batch(
 async fn run_batch(
     conn: &mut BackendConn,
     atomic: &Atomic,
-    statements: &[(&str, Vec<Value>)],
+    groups: &[Group<'_>],
     shape: Shape,
     mut budget: Budget,
 ) -> Result<(Vec<Json>, bool), RunError> {
     control(conn, atomic.begin).await?;
-    let mut results = Vec::with_capacity(statements.len());
+    let mut results = Vec::new();
     let mut session_changed = false;
-    for (i, (sql, params)) in statements.iter().enumerate() {
-        match statement::run(conn, sql, params, shape, &mut budget).await {
-            Ok(outcome) => {
-                session_changed |= outcome.changed_session();
-                results.push(outcome.to_json());
+    for group in groups {
+        match statement::run(conn, group.sql, &group.param_sets, shape, &mut budget).await {
+            Ok(outcomes) => {
+                for outcome in outcomes {
+                    session_changed |= outcome.changed_session();
+                    results.push(outcome.to_json());
+                }
             }
-            Err(RunError::Refused(err)) => {
+            Err((i, RunError::Refused(err))) => {
                 control(conn, atomic.undo).await?;
-                return Err(RunError::Refused(err.at_index(i)));
+                return Err(RunError::Refused(err.at_index(results.len() + i)));
             }
-            Err(broken) => return Err(broken),
+            Err((_, broken)) => return Err(broken),
         }
     }
     control(conn, atomic.keep).await?;

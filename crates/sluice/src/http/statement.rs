@@ -136,7 +136,9 @@ fn server_error(payload: &[u8]) -> Result<RunError, RunError> {
     )?)))
 }
 
-/// Prepares `sql`, executes it with `params` and closes it: three commands, two round trips.
+/// Prepares `sql` once, executes it with each parameter set in turn, and closes it: for one
+/// set that is three commands in two round trips (the close travels with the execute). Stops
+/// at the first failure, returned with the index of its parameter set.
 ///
 /// ISSUE-5 SWAP POINT: this is the Data API's only use of server-side prepared statements.
 /// When `BackendConn` gets its per-connection statement cache, replace the prepare and close
@@ -144,34 +146,70 @@ fn server_error(payload: &[u8]) -> Result<RunError, RunError> {
 pub async fn run(
     conn: &mut BackendConn,
     sql: &str,
+    param_sets: &[Vec<Value>],
+    shape: Shape,
+    budget: &mut Budget,
+) -> Result<Vec<Outcome>, (usize, RunError)> {
+    let prepared = prepare(conn, sql).await.map_err(|e| (0, e))?;
+    let close = ComStmtClose::new(prepared.statement_id());
+    let mut outcomes = Vec::with_capacity(param_sets.len());
+    for (i, params) in param_sets.iter().enumerate() {
+        let last = i + 1 == param_sets.len();
+        let result = execute(conn, &prepared, &close, params, last, shape, budget).await;
+        match result {
+            Ok(outcome) => outcomes.push(outcome),
+            Err(e @ RunError::Broken(_)) => return Err((i, e)),
+            Err(e) => {
+                if !last {
+                    send(conn, &[&close]).await.map_err(|e| (i, e))?;
+                }
+                return Err((i, e));
+            }
+        }
+    }
+    conn.touch();
+    Ok(outcomes)
+}
+
+/// One execute of `prepared`; with `last`, the close is sent along (also when the
+/// parameters are refused before executing).
+async fn execute(
+    conn: &mut BackendConn,
+    prepared: &StmtPacket,
+    close: &ComStmtClose,
     params: &[Value],
+    last: bool,
     shape: Shape,
     budget: &mut Budget,
 ) -> Result<Outcome, RunError> {
-    let prepared = prepare(conn, sql).await?;
-    let close = ComStmtClose::new(prepared.statement_id());
-    if usize::from(prepared.num_params()) != params.len() {
-        send(conn, &[&close]).await?;
-        return Err(RunError::Refused(ApiError::bad_request(format!(
+    let (execute, as_long_data) =
+        ComStmtExecuteRequestBuilder::new(prepared.statement_id()).build(params);
+    let refused = if usize::from(prepared.num_params()) != params.len() {
+        Some(ApiError::bad_request(format!(
             "the statement has {} placeholder(s) but {} parameter(s) were given",
             prepared.num_params(),
             params.len()
-        ))));
-    }
-    let (execute, as_long_data) =
-        ComStmtExecuteRequestBuilder::new(prepared.statement_id()).build(params);
-    if as_long_data {
-        send(conn, &[&close]).await?;
-        return Err(RunError::Refused(ApiError::new(
+        )))
+    } else if as_long_data {
+        Some(ApiError::new(
             Status::PayloadTooLarge,
             "the parameters exceed 16 MiB in total, more than one execute packet holds",
-        )));
+        ))
+    } else {
+        None
+    };
+    if let Some(error) = refused {
+        if last {
+            send(conn, &[close]).await?;
+        }
+        return Err(RunError::Refused(error));
     }
-    // The close needs no answer, so it travels with the execute.
-    send(conn, &[&execute, &close]).await?;
-    let outcome = read_results(conn, shape, budget).await;
-    conn.touch();
-    outcome
+    if last {
+        send(conn, &[&execute, close]).await?;
+    } else {
+        send(conn, &[&execute]).await?;
+    }
+    read_results(conn, shape, budget).await
 }
 
 /// Queues each command as its own packet (sequence id 0) and sends them together.
