@@ -127,6 +127,25 @@ impl Client {
         validator.iter_errors(body).map(|e| e.to_string()).collect()
     }
 
+    /// Starts a transaction as `app` with `options`; returns its id.
+    async fn begin(&self, options: Value) -> String {
+        let (status, body) = self.post(Some(APP_KEY), "/v1/transactions", options).await;
+        assert_eq!(status, 200, "{body}");
+        body["data"]["transaction_id"].as_str().unwrap().to_owned()
+    }
+
+    /// Runs `sql` inside transaction `id` with `key`.
+    async fn in_tx(&self, key: &str, id: &str, sql: &str) -> (u16, Value) {
+        let body = json!({"sql": sql, "transaction_id": id});
+        self.post(Some(key), "/v1/execute", body).await
+    }
+
+    /// Ends transaction `id` with `how` (`commit` or `rollback`); returns the HTTP status.
+    async fn end(&self, key: &str, id: &str, how: &str) -> u16 {
+        let path = format!("/v1/transactions/{id}/{how}");
+        self.post(Some(key), &path, json!({})).await.0
+    }
+
     async fn metrics(&self) -> String {
         self.gw.metrics().await
     }
@@ -497,20 +516,9 @@ async fn batches_are_atomic() {
     assert_eq!((status, &body["data"]["index"]), (400, &json!(1)), "{body}");
 
     // Inside a transaction a failing batch rolls back to its savepoint only.
-    let (_, begun) = api
-        .post(
-            Some(APP_KEY),
-            "/v1/transactions",
-            json!({"database": TEST_DB}),
-        )
+    let id = api.begin(json!({"database": TEST_DB})).await;
+    api.in_tx(APP_KEY, &id, "INSERT INTO http_batch VALUES (20, 'kept')")
         .await;
-    let id = begun["data"]["transaction_id"].as_str().unwrap();
-    api.post(
-        Some(APP_KEY),
-        "/v1/execute",
-        json!({"sql": "INSERT INTO http_batch VALUES (20, 'kept')", "transaction_id": id}),
-    )
-    .await;
     let (status, body) = api
         .post(
             Some(APP_KEY),
@@ -522,13 +530,7 @@ async fn batches_are_atomic() {
         )
         .await;
     assert_eq!((status, &body["data"]["index"]), (409, &json!(1)), "{body}");
-    let (status, _) = api
-        .post(
-            Some(APP_KEY),
-            &format!("/v1/transactions/{id}/commit"),
-            json!({}),
-        )
-        .await;
+    let status = api.end(APP_KEY, &id, "commit").await;
     assert_eq!(status, 200);
     let data = api
         .sql("SELECT id FROM http_batch WHERE id >= 20", json!([]))
@@ -554,23 +556,11 @@ async fn transactions_hold_a_connection_between_requests() {
     .await;
     let mut direct = direct().await;
 
-    let (status, begun) = api
-        .post(
-            Some(APP_KEY),
-            "/v1/transactions",
-            json!({"database": TEST_DB, "isolation_level": "READ COMMITTED"}),
-        )
+    let id = api
+        .begin(json!({"database": TEST_DB, "isolation_level": "READ COMMITTED"}))
         .await;
-    assert_eq!(status, 200, "{begun}");
-    let id = begun["data"]["transaction_id"].as_str().unwrap().to_owned();
     assert_eq!(id.len(), 32);
-    let in_tx = |sql: &str| {
-        api.post(
-            Some(APP_KEY),
-            "/v1/execute",
-            json!({"sql": sql, "transaction_id": id}),
-        )
-    };
+    let in_tx = |sql| api.in_tx(APP_KEY, &id, sql);
     let (status, body) = in_tx("INSERT INTO http_tx VALUES (1)").await;
     assert_eq!(status, 200, "{body}");
     let (_, body) = in_tx("SELECT COUNT(*) FROM http_tx").await;
@@ -594,21 +584,9 @@ async fn transactions_hold_a_connection_between_requests() {
     assert_eq!(metric_value(&metrics, "sluice_http_open_transactions"), 1.0);
 
     // Another user cannot see it; an unknown id is unknown.
-    let (status, body) = api
-        .post(
-            Some(OTHER_KEY),
-            "/v1/execute",
-            json!({"sql": "SELECT 1", "transaction_id": id}),
-        )
-        .await;
+    let (status, body) = api.in_tx(OTHER_KEY, &id, "SELECT 1").await;
     assert_eq!((status, body["status"].as_str()), (404, Some("notFound")));
-    let (status, _) = api
-        .post(
-            Some(OTHER_KEY),
-            &format!("/v1/transactions/{id}/rollback"),
-            json!({}),
-        )
-        .await;
+    let status = api.end(OTHER_KEY, &id, "rollback").await;
     assert_eq!(status, 404);
     let (status, _) = api
         .post(
@@ -628,65 +606,28 @@ async fn transactions_hold_a_connection_between_requests() {
         .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(count(&mut direct).await, 1);
-    let (status, _) = api
-        .post(
-            Some(APP_KEY),
-            &format!("/v1/transactions/{id}/commit"),
-            json!({}),
-        )
-        .await;
+    let status = api.end(APP_KEY, &id, "commit").await;
     assert_eq!(status, 404, "a finished transaction is gone");
 
     // Rollback discards; a read-only transaction refuses writes.
-    let (_, begun) = api
-        .post(
-            Some(APP_KEY),
-            "/v1/transactions",
-            json!({"database": TEST_DB}),
-        )
+    let id = api.begin(json!({"database": TEST_DB})).await;
+    api.in_tx(APP_KEY, &id, "INSERT INTO http_tx VALUES (2)")
         .await;
-    let id = begun["data"]["transaction_id"].as_str().unwrap().to_owned();
-    api.post(
-        Some(APP_KEY),
-        "/v1/execute",
-        json!({"sql": "INSERT INTO http_tx VALUES (2)", "transaction_id": id}),
-    )
-    .await;
-    let (status, _) = api
-        .post(
-            Some(APP_KEY),
-            &format!("/v1/transactions/{id}/rollback"),
-            json!({}),
-        )
-        .await;
+    let status = api.end(APP_KEY, &id, "rollback").await;
     assert_eq!(status, 200);
     assert_eq!(count(&mut direct).await, 1);
-    let (_, begun) = api
-        .post(
-            Some(APP_KEY),
-            "/v1/transactions",
-            json!({"database": TEST_DB, "read_only": true}),
-        )
+    let id = api
+        .begin(json!({"database": TEST_DB, "read_only": true}))
         .await;
-    let id = begun["data"]["transaction_id"].as_str().unwrap().to_owned();
     let (status, body) = api
-        .post(
-            Some(APP_KEY),
-            "/v1/execute",
-            json!({"sql": "INSERT INTO http_tx VALUES (3)", "transaction_id": id}),
-        )
+        .in_tx(APP_KEY, &id, "INSERT INTO http_tx VALUES (3)")
         .await;
     assert_eq!(
         (status, &body["data"]["code"]),
         (422, &json!(1792)),
         "{body}"
     );
-    api.post(
-        Some(APP_KEY),
-        &format!("/v1/transactions/{id}/rollback"),
-        json!({}),
-    )
-    .await;
+    api.end(APP_KEY, &id, "rollback").await;
     let (status, body) = api
         .post(
             Some(APP_KEY),
@@ -712,20 +653,9 @@ async fn idle_transactions_are_rolled_back_and_freed() {
         json!([]),
     )
     .await;
-    let (_, begun) = api
-        .post(
-            Some(APP_KEY),
-            "/v1/transactions",
-            json!({"database": TEST_DB}),
-        )
+    let id = api.begin(json!({"database": TEST_DB})).await;
+    api.in_tx(APP_KEY, &id, "INSERT INTO http_tx_idle VALUES (1)")
         .await;
-    let id = begun["data"]["transaction_id"].as_str().unwrap().to_owned();
-    api.post(
-        Some(APP_KEY),
-        "/v1/execute",
-        json!({"sql": "INSERT INTO http_tx_idle VALUES (1)", "transaction_id": id}),
-    )
-    .await;
     assert_eq!(
         api.gw.gateway.pool.stats().busy,
         1,
@@ -733,13 +663,7 @@ async fn idle_transactions_are_rolled_back_and_freed() {
     );
     tokio::time::sleep(Duration::from_millis(900)).await;
     assert_eq!(api.gw.gateway.pool.stats().busy, 0, "the reaper freed it");
-    let (status, body) = api
-        .post(
-            Some(APP_KEY),
-            "/v1/execute",
-            json!({"sql": "SELECT 1", "transaction_id": id}),
-        )
-        .await;
+    let (status, body) = api.in_tx(APP_KEY, &id, "SELECT 1").await;
     assert_eq!(
         (status, body["status"].as_str()),
         (410, Some("expired")),
@@ -753,13 +677,7 @@ async fn idle_transactions_are_rolled_back_and_freed() {
         .sql("SELECT COUNT(*) FROM http_tx_idle", json!([]))
         .await;
     assert_eq!(data["rows"], json!([[0]]), "rolled back");
-    let (status, _) = api
-        .post(
-            Some(OTHER_KEY),
-            "/v1/execute",
-            json!({"sql": "SELECT 1", "transaction_id": id}),
-        )
-        .await;
+    let (status, _) = api.in_tx(OTHER_KEY, &id, "SELECT 1").await;
     assert_eq!(status, 404, "another user learns nothing about it");
 }
 
@@ -993,43 +911,18 @@ async fn database_trouble_is_503_or_502_never_a_panic() {
 
     // The connection under a transaction is killed: 502, and the transaction is gone.
     let api = Client::start("http_db_killed", |_| {}).await;
-    let (_, begun) = api
-        .post(
-            Some(APP_KEY),
-            "/v1/transactions",
-            json!({"database": TEST_DB}),
-        )
-        .await;
-    let id = begun["data"]["transaction_id"].as_str().unwrap().to_owned();
-    let (_, body) = api
-        .post(
-            Some(APP_KEY),
-            "/v1/execute",
-            json!({"sql": "SELECT CONNECTION_ID()", "transaction_id": id}),
-        )
-        .await;
+    let id = api.begin(json!({"database": TEST_DB})).await;
+    let (_, body) = api.in_tx(APP_KEY, &id, "SELECT CONNECTION_ID()").await;
     let thread = body["data"]["rows"][0][0].as_u64().unwrap();
     let mut direct = direct().await;
     direct.query_drop(format!("KILL {thread}")).await.unwrap();
-    let (status, body) = api
-        .post(
-            Some(APP_KEY),
-            "/v1/execute",
-            json!({"sql": "SELECT 1", "transaction_id": id}),
-        )
-        .await;
+    let (status, body) = api.in_tx(APP_KEY, &id, "SELECT 1").await;
     assert_eq!(
         (status, body["status"].as_str()),
         (502, Some("badGateway")),
         "{body}"
     );
-    let (status, _) = api
-        .post(
-            Some(APP_KEY),
-            &format!("/v1/transactions/{id}/rollback"),
-            json!({}),
-        )
-        .await;
+    let status = api.end(APP_KEY, &id, "rollback").await;
     assert_eq!(status, 404);
     // The gateway carries on with a fresh connection.
     let data = api.sql("SELECT 2", json!([])).await;

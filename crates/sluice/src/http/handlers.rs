@@ -10,7 +10,7 @@ use serde_json::{json, Value as Json};
 
 use super::auth::Caller;
 use super::body::Body;
-use super::connection::After;
+use super::connection::{After, Held};
 use super::envelope::{success, ApiError};
 use super::params;
 use super::statement::{self, Budget, RunError, Shape};
@@ -39,6 +39,16 @@ pub struct Common {
 }
 
 impl Common {
+    /// The connection these options ask for.
+    async fn acquire(&self, api: &Api, caller: &Caller) -> Result<Held, ApiError> {
+        api.acquire(
+            caller,
+            self.database.as_deref(),
+            self.transaction_id.as_deref(),
+        )
+        .await
+    }
+
     fn shape(&self) -> Shape {
         Shape {
             objects: matches!(self.rows_as, RowsAs::Objects),
@@ -66,13 +76,7 @@ pub async fn execute(
 ) -> Result<Response, ApiError> {
     let params = params::to_values(&req.params).map_err(ApiError::bad_request)?;
     let common = &req.common;
-    let mut held = api
-        .acquire(
-            &caller,
-            common.database.as_deref(),
-            common.transaction_id.as_deref(),
-        )
-        .await?;
+    let mut held = common.acquire(&api, &caller).await?;
     let mut budget = api.budget();
     let result = statement::run(
         held.conn(),
@@ -196,13 +200,7 @@ pub async fn batch(
         Some(_) => SAVEPOINT,
         None => OWN_TRANSACTION,
     };
-    let mut held = api
-        .acquire(
-            &caller,
-            common.database.as_deref(),
-            common.transaction_id.as_deref(),
-        )
-        .await?;
+    let mut held = common.acquire(&api, &caller).await?;
     let result = run_batch(held.conn(), &atomic, &groups, common.shape(), api.budget()).await;
     let after = match &result {
         Ok((_, session_changed)) if !session_changed => After::Clean,
