@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
-use sluice::config::{Config, ConfigError, ConfigIssue, Settings, UserConfig};
+use sluice::config::{ApiKeyConfig, Config, ConfigError, ConfigIssue, Settings, UserConfig};
 
 /// sluice: a MySQL/MariaDB connection gateway for serverless and other high-churn clients.
 #[derive(Debug, Parser)]
@@ -80,6 +80,18 @@ pub struct ConfigArgs {
     /// Cap on database connections [default: 20].
     #[arg(long, env = "SLUICE_MAX_DB_CONNECTIONS")]
     pub max_db_connections: Option<usize>,
+    /// Address for the SQL-over-HTTP Data API [default: off].
+    #[arg(long, env = "SLUICE_HTTP_LISTEN")]
+    pub http_listen: Option<SocketAddr>,
+    /// A Data API bearer key USER:KEY for a sluice user; repeatable (hashed at once, never stored).
+    #[arg(long = "api-key", env = "SLUICE_API_KEYS", value_delimiter = ',')]
+    pub api_keys: Vec<String>,
+    /// PEM certificate chain: the Data API speaks HTTPS (with --http-tls-key).
+    #[arg(long, env = "SLUICE_HTTP_TLS_CERT")]
+    pub http_tls_cert: Option<PathBuf>,
+    /// PEM private key for --http-tls-cert.
+    #[arg(long, env = "SLUICE_HTTP_TLS_KEY")]
+    pub http_tls_key: Option<PathBuf>,
 }
 
 impl ConfigArgs {
@@ -101,6 +113,32 @@ impl ConfigArgs {
         if let Some(max) = self.max_db_connections {
             config.pool.max_db_connections = max;
         }
+        if let Some(addr) = self.http_listen {
+            config.http_listen = Some(addr);
+        }
+        if let Some(cert) = &self.http_tls_cert {
+            config.http.tls_cert = Some(cert.clone());
+        }
+        if let Some(key) = &self.http_tls_key {
+            config.http.tls_key = Some(key.clone());
+        }
+        for spec in &self.api_keys {
+            match spec.split_once(':') {
+                Some((user, key)) if !user.is_empty() && !key.is_empty() => {
+                    config.http.api_keys.push(ApiKeyConfig {
+                        user: user.to_owned(),
+                        key_sha256: sluice::config::api_key_sha256(key),
+                    })
+                }
+                _ => {
+                    return Err(ConfigError(vec![ConfigIssue {
+                        source: "command line".into(),
+                        key: "--api-key".into(),
+                        reason: "must be USER:KEY with neither part empty".into(),
+                    }]))
+                }
+            }
+        }
         for spec in &self.users {
             let Some((name, password)) = spec.split_once(':') else {
                 return Err(ConfigError(vec![ConfigIssue {
@@ -116,6 +154,7 @@ impl ConfigArgs {
                 password: (!is_hash).then(|| password.to_owned()),
                 password_hash: is_hash.then(|| password.to_owned()),
                 pool_mode: None,
+                databases: None,
             });
         }
         config.validate(&source)

@@ -40,6 +40,10 @@ pub struct Config {
     pub pool_mode: PoolMode,
     /// The users clients may log in as.
     pub users: Vec<UserConfig>,
+    /// Where the SQL-over-HTTP Data API listens; off when unset.
+    pub http_listen: Option<SocketAddr>,
+    /// `[http]`: the Data API's keys, limits and TLS.
+    pub http: HttpConfig,
 }
 
 impl Default for Config {
@@ -55,8 +59,64 @@ impl Default for Config {
             pool: PoolConfig::default(),
             pool_mode: PoolMode::default(),
             users: Vec::new(),
+            http_listen: None,
+            http: HttpConfig::default(),
         }
     }
+}
+
+/// `[http]`: the SQL-over-HTTP Data API. Its connections come from the same pool as
+/// MySQL-protocol clients', so these limits only bound what one request may ask for.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// PEM certificate chain; with `tls_key`, the listener speaks HTTPS only.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+    /// Largest request body accepted (413 beyond).
+    pub max_body_size: usize,
+    /// Largest result, in bytes of JSON values, one request may produce (507 beyond).
+    pub max_result_size: usize,
+    /// Most rows one result may hold (507 beyond).
+    pub max_rows: usize,
+    /// A statement running longer is stopped by the server (`max_statement_time`).
+    #[serde(with = "humantime_serde")]
+    pub statement_timeout: Duration,
+    /// A transaction unused this long is rolled back and its connection freed.
+    #[serde(with = "humantime_serde")]
+    pub transaction_idle_timeout: Duration,
+    /// A transaction is rolled back once this old, however busy.
+    #[serde(with = "humantime_serde")]
+    pub transaction_max_lifetime: Duration,
+    /// The bearer keys: each maps to a user in `[[users]]`.
+    pub api_keys: Vec<ApiKeyConfig>,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            tls_cert: None,
+            tls_key: None,
+            max_body_size: 1024 * 1024,
+            max_result_size: 16 * 1024 * 1024,
+            max_rows: 100_000,
+            statement_timeout: Duration::from_secs(30),
+            transaction_idle_timeout: Duration::from_secs(180),
+            transaction_max_lifetime: Duration::from_secs(900),
+            api_keys: Vec::new(),
+        }
+    }
+}
+
+/// `[[http.api_keys]]`: one bearer key, stored as its SHA-256 so the file holds no secret.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeyConfig {
+    /// The sluice user requests with this key act as.
+    pub user: String,
+    /// SHA-256 of the key, 64 hex digits (`printf %s KEY | sha256sum`).
+    pub key_sha256: String,
 }
 
 /// `[backend]`: where the database is and how sluice logs in to it.
@@ -163,6 +223,9 @@ pub struct UserConfig {
     /// The password as a MySQL native hash, `*` + 40 hex digits (`SELECT PASSWORD('...')`).
     #[serde(default)]
     pub password_hash: Option<String>,
+    /// Databases this user may name in Data API requests; any when unset.
+    #[serde(default)]
+    pub databases: Option<Vec<String>>,
 }
 
 /// One problem found in the configuration, with where it is.
@@ -271,15 +334,74 @@ pub struct Settings {
     pub pool: PoolConfig,
     /// Client users by name.
     pub users: HashMap<String, User>,
+    /// Data API listen address, when it is on.
+    pub http_listen: Option<SocketAddr>,
+    /// Data API settings.
+    pub http: HttpSettings,
 }
 
 /// A client login sluice accepts.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct User {
     /// What proves the password.
     pub credential: Credential,
     /// How long its clients keep a database connection.
     pub pool_mode: PoolMode,
+    /// Databases the Data API lets this user name; `None` allows any.
+    pub databases: Option<Vec<String>>,
+}
+
+impl User {
+    /// Whether this user may work in `database` (`None`: the backend's default schema).
+    pub fn may_use(&self, database: Option<&str>) -> bool {
+        match (&self.databases, database) {
+            (None, _) => true,
+            (Some(allowed), Some(name)) => allowed.iter().any(|a| a == name),
+            (Some(_), None) => false,
+        }
+    }
+}
+
+/// Validated `[http]` settings.
+#[derive(Debug, Clone)]
+pub struct HttpSettings {
+    /// Certificate and key files, when the listener speaks HTTPS.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// Largest request body.
+    pub max_body_size: usize,
+    /// Largest result in bytes.
+    pub max_result_size: usize,
+    /// Most rows per result.
+    pub max_rows: usize,
+    /// Server-enforced statement time limit.
+    pub statement_timeout: Duration,
+    /// Idle limit of a Data API transaction.
+    pub transaction_idle_timeout: Duration,
+    /// Age limit of a Data API transaction.
+    pub transaction_max_lifetime: Duration,
+    /// User name by SHA-256 of the bearer key.
+    pub api_keys: HashMap<[u8; 32], String>,
+}
+
+/// Parses 64 hex digits into a SHA-256 digest.
+fn parse_sha256_hex(text: &str) -> Option<[u8; 32]> {
+    if text.len() != 64 || !text.is_ascii() {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(out)
+}
+
+/// SHA-256 of an API key as lowercase hex, the form the configuration file stores.
+pub fn api_key_sha256(key: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(key.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 impl Config {
@@ -416,6 +538,7 @@ impl Config {
             let entry = User {
                 credential,
                 pool_mode: user.pool_mode.unwrap_or(self.pool_mode),
+                databases: user.databases.clone(),
             };
             if users.insert(user.name.clone(), entry).is_some() {
                 issue(
@@ -441,8 +564,21 @@ impl Config {
                 User {
                     credential,
                     pool_mode: self.pool_mode,
+                    databases: None,
                 },
             );
+        }
+        let http = self
+            .http
+            .validate(&users, &mut |key: &str, reason: String| {
+                issues.push(ConfigIssue {
+                    source: source.to_owned(),
+                    key: key.to_owned(),
+                    reason,
+                })
+            });
+        if !issues.is_empty() {
+            return Err(ConfigError(issues));
         }
         Ok(Settings {
             listen: self.listen,
@@ -455,7 +591,96 @@ impl Config {
             connect_timeout: self.backend.connect_timeout,
             pool: self.pool.clone(),
             users,
+            http_listen: self.http_listen,
+            http,
         })
+    }
+}
+
+impl HttpConfig {
+    /// Checks the `[http]` section against the final user list.
+    fn validate(
+        &self,
+        users: &HashMap<String, User>,
+        issue: &mut impl FnMut(&str, String),
+    ) -> HttpSettings {
+        let tls = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => {
+                for (name, path) in [("http.tls_cert", cert), ("http.tls_key", key)] {
+                    if let Err(e) = std::fs::metadata(path) {
+                        issue(name, format!("cannot read {}: {e}", path.display()));
+                    }
+                }
+                Some((cert.clone(), key.clone()))
+            }
+            (None, None) => None,
+            _ => {
+                issue(
+                    "http.tls_cert",
+                    "set both http.tls_cert and http.tls_key, or neither".into(),
+                );
+                None
+            }
+        };
+        for (key, value) in [
+            ("http.max_body_size", self.max_body_size),
+            ("http.max_result_size", self.max_result_size),
+            ("http.max_rows", self.max_rows),
+        ] {
+            if value == 0 {
+                issue(key, "must be at least 1".into());
+            }
+        }
+        for (key, value) in [
+            ("http.statement_timeout", self.statement_timeout),
+            (
+                "http.transaction_idle_timeout",
+                self.transaction_idle_timeout,
+            ),
+            (
+                "http.transaction_max_lifetime",
+                self.transaction_max_lifetime,
+            ),
+        ] {
+            if value.is_zero() {
+                issue(key, "must be greater than zero".into());
+            }
+        }
+        let mut api_keys = HashMap::new();
+        for (i, key) in self.api_keys.iter().enumerate() {
+            let name = format!("http.api_keys[{i}]");
+            if !users.contains_key(&key.user) {
+                issue(
+                    &format!("{name}.user"),
+                    format!("no user {:?} is defined", key.user),
+                );
+            }
+            match parse_sha256_hex(&key.key_sha256) {
+                Some(digest) => {
+                    if api_keys.insert(digest, key.user.clone()).is_some() {
+                        issue(
+                            &format!("{name}.key_sha256"),
+                            "the same key is listed twice".into(),
+                        );
+                    }
+                }
+                None => issue(
+                    &format!("{name}.key_sha256"),
+                    "must be 64 hex digits, the SHA-256 of the key (printf %s KEY | sha256sum)"
+                        .into(),
+                ),
+            }
+        }
+        HttpSettings {
+            tls,
+            max_body_size: self.max_body_size,
+            max_result_size: self.max_result_size,
+            max_rows: self.max_rows,
+            statement_timeout: self.statement_timeout,
+            transaction_idle_timeout: self.transaction_idle_timeout,
+            transaction_max_lifetime: self.transaction_max_lifetime,
+            api_keys,
+        }
     }
 }
 
@@ -567,6 +792,55 @@ mod tests {
         std::fs::write(&path, "[pool]\nidle_timeout = \"soon\"\n").unwrap();
         let err = Config::load(&path).unwrap_err().to_string();
         assert!(err.contains("line 2"), "{err}");
+    }
+
+    #[test]
+    fn http_section_is_checked_against_users() {
+        let text = format!(
+            r#"
+            http_listen = "127.0.0.1:6081"
+            [http]
+            tls_cert = "/nonexistent/cert.pem"
+            max_rows = 0
+            [[http.api_keys]]
+            user = "fn"
+            key_sha256 = "{}"
+            [[http.api_keys]]
+            user = "ghost"
+            key_sha256 = "not-hex"
+            [[users]]
+            name = "fn"
+            password = "x"
+            databases = ["app"]
+        "#,
+            api_key_sha256("k")
+        );
+        let config: Config = toml::from_str(&text).unwrap();
+        let err = config.validate("sluice.toml").unwrap_err();
+        let keys: Vec<_> = err.0.iter().map(|i| i.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            vec![
+                "http.tls_cert",
+                "http.max_rows",
+                "http.api_keys[1].user",
+                "http.api_keys[1].key_sha256"
+            ]
+        );
+        let mut config: Config = toml::from_str(&text).unwrap();
+        config.http.tls_cert = None;
+        config.http.max_rows = 10;
+        config.http.api_keys.pop();
+        let settings = config.validate("sluice.toml").unwrap();
+        let digest = parse_sha256_hex(&api_key_sha256("k")).unwrap();
+        assert_eq!(
+            settings.http.api_keys.get(&digest).map(String::as_str),
+            Some("fn")
+        );
+        let user = &settings.users["fn"];
+        assert!(user.may_use(Some("app")));
+        assert!(!user.may_use(Some("other")));
+        assert!(!user.may_use(None));
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! - `client`: one task per client connection (login, commands, relaying replies);
 //! - [`pool`] and [`backend`]: the database connections;
 //! - [`admin`] and [`metrics`]: health and Prometheus endpoints;
+//! - [`http`]: the SQL-over-HTTP Data API, sharing the pool;
 //! - [`bench`]: the serverless burst simulator (`sluice bench burst`).
 #![forbid(unsafe_code)]
 
@@ -16,6 +17,7 @@ pub mod backend;
 pub mod bench;
 mod client;
 pub mod config;
+pub mod http;
 pub mod metrics;
 pub mod pool;
 pub mod registry;

@@ -26,12 +26,20 @@ fn main() -> ExitCode {
         cli::Command::Check(args) => match args.settings() {
             Ok(settings) => {
                 println!(
-                    "configuration is valid: listen {}, admin {}, backend {:?}, max_db_connections {}, {} user(s)",
+                    "configuration is valid: listen {}, admin {}, backend {:?}, max_db_connections {}, {} user(s), Data API {}",
                     settings.listen,
                     settings.admin_listen,
                     settings.backend,
                     settings.pool.max_db_connections,
-                    settings.users.len()
+                    settings.users.len(),
+                    match settings.http_listen {
+                        Some(addr) => format!(
+                            "on {addr}{} with {} key(s)",
+                            if settings.http.tls.is_some() { " (TLS)" } else { "" },
+                            settings.http.api_keys.len()
+                        ),
+                        None => "off".into(),
+                    }
                 );
                 ExitCode::SUCCESS
             }

@@ -1,7 +1,8 @@
 //! Prometheus metrics, one registry per running gateway (so tests can run several).
 
 use prometheus::{
-    Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 /// Every metric sluice exports.
@@ -43,6 +44,12 @@ pub struct Metrics {
     pub statement_reprepares: IntCounter,
     /// Statements closed on a database connection to respect `pool.max_prepared_statements`.
     pub statement_evictions: IntCounter,
+    /// Data API requests, by `endpoint` and HTTP `status`.
+    pub http_requests: IntCounterVec,
+    /// Data API request latency in seconds, by `endpoint`.
+    pub http_latency: HistogramVec,
+    /// Data API transactions open now (each holds a database connection).
+    pub http_open_transactions: IntGauge,
 }
 
 impl Metrics {
@@ -78,7 +85,38 @@ impl Metrics {
         registry
             .register(Box::new(db_connections.clone()))
             .expect("unique metric");
+        let http_requests = IntCounterVec::new(
+            Opts::new(
+                "http_requests_total",
+                "Data API requests by endpoint and HTTP status",
+            ),
+            &["endpoint", "status"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(http_requests.clone()))
+            .expect("unique metric");
+        let http_latency = HistogramVec::new(
+            HistogramOpts::new(
+                "http_request_duration_seconds",
+                "Data API request latency by endpoint",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+            ]),
+            &["endpoint"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(http_latency.clone()))
+            .expect("unique metric");
         Metrics {
+            http_requests,
+            http_latency,
+            http_open_transactions: gauge(
+                "http_open_transactions",
+                "Data API transactions open now, each holding a database connection",
+            ),
             client_connections: gauge("client_connections", "Client connections open now"),
             client_connections_accepted: counter(
                 "client_connections_accepted_total",

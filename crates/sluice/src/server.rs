@@ -8,6 +8,7 @@ use std::time::Duration;
 use socket2::{SockRef, TcpKeepalive};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
 use tracing::{info, warn};
 
 use crate::client::serve_client;
@@ -34,6 +35,7 @@ pub struct Server {
     gateway: Arc<Gateway>,
     listener: TcpListener,
     admin: TcpListener,
+    http: Option<(TcpListener, Option<TlsAcceptor>)>,
 }
 
 impl Server {
@@ -41,11 +43,27 @@ impl Server {
     pub async fn bind(gateway: Arc<Gateway>) -> std::io::Result<Server> {
         let listener = listen(gateway.settings.listen)?;
         let admin = TcpListener::bind(gateway.settings.admin_listen).await?;
+        let http = match gateway.settings.http_listen {
+            Some(addr) => {
+                let tls = match &gateway.settings.http.tls {
+                    Some((cert, key)) => Some(crate::http::tls::acceptor(cert, key)?),
+                    None => None,
+                };
+                Some((listen(addr)?, tls))
+            }
+            None => None,
+        };
         Ok(Server {
             gateway,
             listener,
             admin,
+            http,
         })
+    }
+
+    /// The Data API address, when it is on.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http.as_ref().and_then(|(l, _)| l.local_addr().ok())
     }
 
     /// The MySQL-protocol address clients connect to.
@@ -69,13 +87,19 @@ impl Server {
             gateway,
             listener,
             admin,
+            http,
         } = self;
         gateway.pool.spawn_maintenance();
         let admin_addr = admin.local_addr()?;
         let admin_task = tokio::spawn(crate::admin::serve(admin, gateway.clone()));
+        let http_addr = http.as_ref().and_then(|(l, _)| l.local_addr().ok());
+        let http_task = http.map(|(listener, tls)| {
+            tokio::spawn(crate::http::serve(listener, gateway.clone(), tls))
+        });
         info!(
             listen = %listener.local_addr()?,
             admin = %admin_addr,
+            http = ?http_addr,
             backend = ?gateway.settings.backend,
             max_db_connections = gateway.settings.pool.max_db_connections,
             "sluice is ready"
@@ -118,6 +142,9 @@ impl Server {
             }
         }
         admin_task.abort();
+        if let Some(task) = http_task {
+            task.abort();
+        }
         info!("stopped accepting clients");
         Ok(())
     }

@@ -7,6 +7,7 @@ fn sluice(args: &[&str]) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
         .args(args)
         .env_remove("SLUICE_USERS")
+        .env_remove("SLUICE_API_KEYS")
         .output()
         .expect("run sluice");
     (
@@ -109,4 +110,41 @@ fn flags_override_the_file_and_are_validated() {
     ]);
     assert_eq!(code, 2, "serve must not start on an invalid config");
     assert!(stderr.contains("backend.url"), "{stderr}");
+}
+
+#[test]
+fn check_reports_the_data_api_and_its_keys() {
+    let (code, stdout, stderr) = sluice(&[
+        "check",
+        "--http-listen",
+        "127.0.0.1:6081",
+        "--api-key",
+        "root:k1",
+        "--api-key",
+        "root:k2",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains("Data API on 127.0.0.1:6081 with 2 key(s)"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("k1"), "keys are never printed: {stdout}");
+    let (code, _, stderr) = sluice(&["check", "--api-key", "nocolon"]);
+    assert_eq!(code, 2);
+    assert!(
+        stderr.contains("--api-key") && stderr.contains("USER:KEY"),
+        "{stderr}"
+    );
+    let (code, _, stderr) = sluice(&["check", "--api-key", "ghost:k"]);
+    assert_eq!(code, 2);
+    assert!(
+        stderr.contains("http.api_keys[0].user: no user \"ghost\""),
+        "{stderr}"
+    );
+    let (code, _, stderr) = sluice(&["check", "--http-tls-cert", "/nonexistent.pem"]);
+    assert_eq!(code, 2);
+    assert!(
+        stderr.contains("set both http.tls_cert and http.tls_key"),
+        "{stderr}"
+    );
 }

@@ -300,6 +300,7 @@ async fn session_mode_users_keep_their_connection() {
             password: Some("pw".into()),
             password_hash: None,
             pool_mode: Some(sluice::config::PoolMode::Session),
+            databases: None,
         });
     })
     .await;

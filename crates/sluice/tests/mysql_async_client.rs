@@ -165,6 +165,7 @@ async fn authentication_failures_and_unknown_database() {
             password: None,
             password_hash: Some("*14E65567ABDB5135D0CFD9A70B3032C179A49EE7".into()),
             pool_mode: None,
+            databases: None,
         }];
     })
     .await;

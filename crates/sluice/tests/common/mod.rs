@@ -23,6 +23,8 @@ pub const TEST_DB: &str = "sluice_test";
 pub struct TestGateway {
     pub addr: SocketAddr,
     pub admin: SocketAddr,
+    /// The Data API address, when the test turned it on (`http_listen`).
+    pub http: Option<SocketAddr>,
     pub gateway: Arc<Gateway>,
     /// The dedicated backend user, so the processlist shows only this gateway's connections.
     pub backend_user: String,
@@ -98,12 +100,14 @@ pub async fn start_with(test: &str, tweak: impl FnOnce(&mut Config)) -> TestGate
             password: Some("secret".into()),
             password_hash: None,
             pool_mode: None,
+            databases: None,
         },
         UserConfig {
             name: "empty".into(),
             password: None,
             password_hash: None,
             pool_mode: None,
+            databases: None,
         },
     ];
     tweak(&mut config);
@@ -111,6 +115,7 @@ pub async fn start_with(test: &str, tweak: impl FnOnce(&mut Config)) -> TestGate
     let server = Server::bind(Gateway::new(settings)).await.unwrap();
     let addr = server.local_addr().unwrap();
     let admin = server.admin_addr().unwrap();
+    let http = server.http_addr();
     let gateway = server.gateway();
     let (stop, stopped) = oneshot::channel();
     tokio::spawn(server.run(async {
@@ -119,6 +124,7 @@ pub async fn start_with(test: &str, tweak: impl FnOnce(&mut Config)) -> TestGate
     TestGateway {
         addr,
         admin,
+        http,
         gateway,
         backend_user,
         stop: Some(stop),

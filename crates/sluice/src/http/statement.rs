@@ -1,0 +1,381 @@
+//! Running one statement with bound parameters over the binary protocol, and reading its
+//! results into JSON within the request's limits.
+
+use std::sync::Arc;
+
+use mysql_common::io::ParseBuf;
+use mysql_common::packets::{Column, ComStmtClose, ComStmtExecuteRequestBuilder, StmtPacket};
+use mysql_common::proto::{Binary, MyDeserialize, MySerialize};
+use mysql_common::row::RowDeserializer;
+use mysql_common::value::ServerSide;
+use mysql_common::Value;
+use serde_json::{Map, Value as Json};
+use sluice_protocol::packet::{FrameHeader, MAX_FRAME_PAYLOAD};
+use sluice_protocol::reply::{ReplyShape, ReplyTracker, Step};
+use sluice_protocol::response::{self, ErrFields};
+use sluice_protocol::{command, ProtocolError, StatusFlags};
+
+use super::envelope::{ApiError, Status};
+use super::values;
+use crate::backend::{BackendConn, BackendError};
+
+/// How results are shaped, from the request.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Shape {
+    /// Rows as objects keyed by column name instead of arrays.
+    pub objects: bool,
+    /// Full column metadata (table, schema, length, ...).
+    pub metadata: bool,
+}
+
+/// What is left of a request's result allowance; shared by the statements of a batch.
+#[derive(Debug, Clone, Copy)]
+pub struct Budget {
+    /// Bytes of values still allowed (`http.max_result_size`).
+    pub bytes_left: usize,
+    /// Rows allowed per result (`http.max_rows`).
+    pub max_rows: usize,
+    /// The configured result size, for the message.
+    pub max_bytes: usize,
+}
+
+/// One result: a row set, or the counts of a statement that returned none.
+#[derive(Debug, Default)]
+pub struct ResultSet {
+    columns: Vec<Json>,
+    rows: Vec<Json>,
+    rows_affected: u64,
+    last_insert_id: u64,
+    warnings: u16,
+}
+
+impl ResultSet {
+    /// The `data` object clients see.
+    pub fn to_json(&self) -> Json {
+        serde_json::json!({
+            "columns": self.columns,
+            "rows": self.rows,
+            "rows_affected": self.rows_affected,
+            "last_insert_id": self.last_insert_id,
+            "warnings": self.warnings,
+        })
+    }
+}
+
+/// A statement's results and what it did to the connection.
+#[derive(Debug)]
+pub struct Outcome {
+    /// One per result the statement produced (a `CALL` may produce several).
+    pub results: Vec<ResultSet>,
+    /// The server's status after the last result.
+    pub status: StatusFlags,
+}
+
+impl Outcome {
+    /// Whether the connection is as clean as before: no open transaction and no session
+    /// state changed (a `SET`, `USE`, user variable ...), so it may go back unreset.
+    pub fn left_clean(&self) -> bool {
+        !self.changed_session() && !self.status.contains(StatusFlags::SERVER_STATUS_IN_TRANS)
+    }
+
+    /// Whether the server reported a session change (variables, schema, user variables...).
+    pub fn changed_session(&self) -> bool {
+        self.status
+            .contains(StatusFlags::SERVER_SESSION_STATE_CHANGED)
+    }
+
+    /// `data` for a single statement: its first result, later ones under `more_results`.
+    pub fn to_json(&self) -> Json {
+        let mut results = self.results.iter().map(ResultSet::to_json);
+        let mut data = results.next().unwrap_or(Json::Null);
+        let more: Vec<Json> = results.collect();
+        if let (false, Json::Object(map)) = (more.is_empty(), &mut data) {
+            map.insert("more_results".into(), Json::Array(more));
+        }
+        data
+    }
+}
+
+/// Why a statement produced no outcome.
+#[derive(Debug)]
+pub enum RunError {
+    /// The request or the statement was refused; the connection is fine.
+    Refused(ApiError),
+    /// The connection broke; it must be closed.
+    Broken(BackendError),
+}
+
+impl From<BackendError> for RunError {
+    fn from(e: BackendError) -> RunError {
+        RunError::Broken(e)
+    }
+}
+
+impl From<ProtocolError> for RunError {
+    fn from(e: ProtocolError) -> RunError {
+        RunError::Broken(e.into())
+    }
+}
+
+impl From<RunError> for ApiError {
+    fn from(e: RunError) -> ApiError {
+        match e {
+            RunError::Refused(err) => err,
+            RunError::Broken(err) => ApiError::broken(&err),
+        }
+    }
+}
+
+fn malformed(what: &'static str) -> RunError {
+    RunError::Broken(ProtocolError::Malformed(what).into())
+}
+
+fn server_error(payload: &[u8]) -> Result<RunError, RunError> {
+    Ok(RunError::Refused(ApiError::database(&ErrFields::parse(
+        payload,
+    )?)))
+}
+
+/// Prepares `sql` once, executes it with each parameter set in turn, and closes it: for one
+/// set that is three commands in two round trips (the close travels with the execute). Stops
+/// at the first failure, returned with the index of its parameter set.
+///
+/// ISSUE-5 SWAP POINT: this is the Data API's only use of server-side prepared statements.
+/// When `BackendConn` gets its per-connection statement cache, replace the prepare and close
+/// here with a cache lookup; nothing else in `http/` depends on how the statement id is got.
+pub async fn run(
+    conn: &mut BackendConn,
+    sql: &str,
+    param_sets: &[Vec<Value>],
+    shape: Shape,
+    budget: &mut Budget,
+) -> Result<Vec<Outcome>, (usize, RunError)> {
+    let prepared = prepare(conn, sql).await.map_err(|e| (0, e))?;
+    let close = ComStmtClose::new(prepared.statement_id());
+    let mut outcomes = Vec::with_capacity(param_sets.len());
+    for (i, params) in param_sets.iter().enumerate() {
+        let last = i + 1 == param_sets.len();
+        let result = execute(conn, &prepared, &close, params, last, shape, budget).await;
+        match result {
+            Ok(outcome) => outcomes.push(outcome),
+            Err(e @ RunError::Broken(_)) => return Err((i, e)),
+            Err(e) => {
+                if !last {
+                    send(conn, &[&close]).await.map_err(|e| (i, e))?;
+                }
+                return Err((i, e));
+            }
+        }
+    }
+    conn.touch();
+    Ok(outcomes)
+}
+
+/// One execute of `prepared`; with `last`, the close is sent along (also when the
+/// parameters are refused before executing).
+async fn execute(
+    conn: &mut BackendConn,
+    prepared: &StmtPacket,
+    close: &ComStmtClose,
+    params: &[Value],
+    last: bool,
+    shape: Shape,
+    budget: &mut Budget,
+) -> Result<Outcome, RunError> {
+    let (execute, as_long_data) =
+        ComStmtExecuteRequestBuilder::new(prepared.statement_id()).build(params);
+    let refused = if usize::from(prepared.num_params()) != params.len() {
+        Some(ApiError::bad_request(format!(
+            "the statement has {} placeholder(s) but {} parameter(s) were given",
+            prepared.num_params(),
+            params.len()
+        )))
+    } else if as_long_data {
+        Some(ApiError::new(
+            Status::PayloadTooLarge,
+            "the parameters exceed 16 MiB in total, more than one execute packet holds",
+        ))
+    } else {
+        None
+    };
+    if let Some(error) = refused {
+        if last {
+            send(conn, &[close]).await?;
+        }
+        return Err(RunError::Refused(error));
+    }
+    if last {
+        send(conn, &[&execute, close]).await?;
+    } else {
+        send(conn, &[&execute]).await?;
+    }
+    read_results(conn, shape, budget).await
+}
+
+/// Queues each command as its own packet (sequence id 0) and sends them together.
+async fn send(
+    conn: &mut BackendConn,
+    commands: &[&(dyn MySerialize + Sync)],
+) -> Result<(), RunError> {
+    let mut payload = Vec::new();
+    for command in commands {
+        payload.clear();
+        command.serialize(&mut payload);
+        let mut seq = 0;
+        conn.stream.queue_packet(&mut seq, &payload);
+    }
+    conn.stream.flush().await?;
+    Ok(())
+}
+
+async fn prepare(conn: &mut BackendConn, sql: &str) -> Result<StmtPacket, RunError> {
+    let mut payload = Vec::with_capacity(sql.len() + 1);
+    payload.push(command::STMT_PREPARE);
+    payload.extend_from_slice(sql.as_bytes());
+    let mut seq = 0;
+    conn.stream.write_packet(&mut seq, &payload).await?;
+    let mut tracker = ReplyTracker::new(ReplyShape::Prepare, conn.flavor.deprecate_eof());
+    let first = conn.stream.read_packet().await?;
+    if first.payload.first() == Some(&response::ERR_HEADER) {
+        return Err(server_error(&first.payload)?);
+    }
+    let prepared = StmtPacket::deserialize((), &mut ParseBuf(&first.payload))
+        .map_err(|_| malformed("bad COM_STMT_PREPARE reply"))?;
+    // Parameter and column definitions follow; they are read again with each execute.
+    let mut packet = first;
+    loop {
+        let header = FrameHeader {
+            payload_len: packet.payload.len().min(MAX_FRAME_PAYLOAD - 1),
+            seq: packet.seq,
+        };
+        if let Step::Done(_) = tracker.feed(header, &packet.payload)? {
+            return Ok(prepared);
+        }
+        packet = conn.stream.read_packet().await?;
+    }
+}
+
+/// Reads every result of an executed statement. Rows past a limit are read and dropped, so
+/// the connection (and any transaction on it) stays usable, and the request fails with 507.
+async fn read_results(
+    conn: &mut BackendConn,
+    shape: Shape,
+    budget: &mut Budget,
+) -> Result<Outcome, RunError> {
+    let mut results = Vec::new();
+    let mut overflow: Option<String> = None;
+    loop {
+        let packet = conn.stream.read_packet().await?;
+        let status = match packet.payload.first() {
+            Some(&response::ERR_HEADER) => return Err(server_error(&packet.payload)?),
+            Some(&response::OK_HEADER) => {
+                let ok = response::parse_ok(&packet.payload)?;
+                results.push(ResultSet {
+                    rows_affected: ok.affected_rows,
+                    last_insert_id: ok.last_insert_id,
+                    warnings: ok.warnings,
+                    ..ResultSet::default()
+                });
+                ok.status
+            }
+            _ => {
+                let (result, status) =
+                    read_row_set(conn, &packet.payload, shape, budget, &mut overflow).await?;
+                results.push(result);
+                status
+            }
+        };
+        if !status.contains(StatusFlags::SERVER_MORE_RESULTS_EXISTS) {
+            return match overflow {
+                Some(message) => Err(RunError::Refused(ApiError::new(
+                    Status::ResultTooLarge,
+                    message,
+                ))),
+                None => Ok(Outcome { results, status }),
+            };
+        }
+    }
+}
+
+async fn read_row_set(
+    conn: &mut BackendConn,
+    count_packet: &[u8],
+    shape: Shape,
+    budget: &mut Budget,
+    overflow: &mut Option<String>,
+) -> Result<(ResultSet, StatusFlags), RunError> {
+    let (count, _) = sluice_protocol::lenenc::read_int(count_packet)?;
+    let mut columns = Vec::new();
+    for _ in 0..count {
+        let packet = conn.stream.read_packet().await?;
+        columns.push(
+            Column::deserialize((), &mut ParseBuf(&packet.payload))
+                .map_err(|_| malformed("bad column definition"))?,
+        );
+    }
+    if !conn.flavor.deprecate_eof() {
+        conn.stream.read_packet().await?;
+    }
+    let columns: Arc<[Column]> = columns.into();
+    let names: Vec<String> = columns.iter().map(|c| c.name_str().into_owned()).collect();
+    let mut result = ResultSet {
+        columns: columns
+            .iter()
+            .map(|c| values::describe(c, shape.metadata))
+            .collect(),
+        ..ResultSet::default()
+    };
+    loop {
+        let packet = conn.stream.read_packet().await?;
+        let payload = &packet.payload;
+        if payload.first() == Some(&response::ERR_HEADER) {
+            return Err(server_error(payload)?);
+        }
+        if response::is_eof(payload) {
+            let status = response::terminator_status(payload)
+                .ok_or_else(|| malformed("bad end of result set"))?;
+            if payload.len() > 5 {
+                result.warnings = response::parse_ok(payload)?.warnings;
+            }
+            return Ok((result, status));
+        }
+        if overflow.is_some() {
+            continue;
+        }
+        if result.rows.len() == budget.max_rows {
+            *overflow = Some(format!(
+                "the result has more than {} rows (http.max_rows); add a LIMIT or raise http.max_rows",
+                budget.max_rows
+            ));
+            continue;
+        }
+        let row = RowDeserializer::<ServerSide, Binary>::deserialize(
+            columns.clone(),
+            &mut ParseBuf(payload),
+        )
+        .map_err(|_| malformed("bad binary row"))?
+        .into_inner()
+        .unwrap_raw()
+        .into_iter()
+        .map(|value| value.unwrap_or(Value::NULL))
+        .collect::<Vec<_>>();
+        let size: usize = row.iter().map(values::size_of).sum();
+        if size > budget.bytes_left {
+            *overflow = Some(format!(
+                "the result exceeds {} bytes (http.max_result_size); select fewer rows or columns, or raise http.max_result_size",
+                budget.max_bytes
+            ));
+            continue;
+        }
+        budget.bytes_left -= size;
+        let cells = row
+            .into_iter()
+            .zip(columns.iter())
+            .map(|(value, column)| values::to_json(value, column));
+        result.rows.push(if shape.objects {
+            Json::Object(names.iter().cloned().zip(cells).collect::<Map<_, _>>())
+        } else {
+            Json::Array(cells.collect())
+        });
+    }
+}
