@@ -421,9 +421,12 @@ impl BackendConn {
             Err(err) => return Ok(Err(err)),
         };
         metrics.statements_prepared.inc();
-        let evicted = self
-            .statements
-            .insert(key.clone(), prepared.ok.statement_id, capacity);
+        let evicted = self.statements.insert(
+            key.clone(),
+            prepared.ok.statement_id,
+            prepared.ok.params,
+            capacity,
+        );
         for id in evicted {
             metrics.statement_evictions.inc();
             self.queue_close(id);
@@ -431,22 +434,23 @@ impl BackendConn {
         Ok(Ok(prepared))
     }
 
-    /// The id `key` has on this connection, preparing it first when this connection lacks it
-    /// (a statement another connection prepared). The server's ERR is returned inside.
+    /// The id and parameter count `key` has on this connection, preparing it first when this
+    /// connection lacks it (a statement prepared elsewhere, or evicted here). The server's
+    /// ERR is returned inside.
     pub async fn statement_id(
         &mut self,
         key: &Arc<StatementKey>,
         capacity: usize,
         metrics: &Metrics,
-    ) -> Result<Result<u32, ErrFields>, BackendError> {
+    ) -> Result<Result<(u32, u16), ErrFields>, BackendError> {
         if let Some(statement) = self.statements.get_mut(key) {
-            return Ok(Ok(statement.id));
+            return Ok(Ok((statement.id, statement.params)));
         }
         metrics.statement_reprepares.inc();
         Ok(self
             .prepare_kept(key, capacity, metrics)
             .await?
-            .map(|prepared| prepared.ok.statement_id))
+            .map(|prepared| (prepared.ok.statement_id, prepared.ok.params)))
     }
 
     /// Reads `count` definition packets and, without CLIENT_DEPRECATE_EOF, the EOF after them.

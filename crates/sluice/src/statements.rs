@@ -113,6 +113,8 @@ impl MetadataCache {
 pub struct BackendStatement {
     /// The server's id for it on that connection.
     pub id: u32,
+    /// Its `?` placeholders.
+    pub params: u16,
     /// The parameter types last bound to it there (the server reuses them when an execute
     /// binds none).
     pub types: Option<Vec<u8>>,
@@ -140,9 +142,20 @@ impl BackendStatements {
 
     /// Records a statement just prepared on this connection; returns the ids of the least
     /// recently used ones to close so that at most `capacity` stay prepared.
-    pub fn insert(&mut self, key: Arc<StatementKey>, id: u32, capacity: usize) -> Vec<u32> {
+    pub fn insert(
+        &mut self,
+        key: Arc<StatementKey>,
+        id: u32,
+        params: u16,
+        capacity: usize,
+    ) -> Vec<u32> {
         let mut evicted = Vec::new();
-        if let Some(replaced) = self.entries.put(key, BackendStatement { id, types: None }) {
+        let statement = BackendStatement {
+            id,
+            params,
+            types: None,
+        };
+        if let Some(replaced) = self.entries.put(key, statement) {
             // Prepared twice here (its metadata had left the cache): keep only the new copy.
             evicted.push(replaced.id);
         }
@@ -202,13 +215,13 @@ mod tests {
     #[test]
     fn backend_statements_evict_least_recently_used() {
         let mut statements = BackendStatements::default();
-        assert!(statements.insert(key("a"), 1, 2).is_empty());
-        assert!(statements.insert(key("b"), 2, 2).is_empty());
+        assert!(statements.insert(key("a"), 1, 0, 2).is_empty());
+        assert!(statements.insert(key("b"), 2, 0, 2).is_empty());
         // Using "a" makes "b" the oldest.
         statements.get_mut(&key("a")).unwrap().types = Some(vec![8, 0]);
-        assert_eq!(statements.insert(key("c"), 3, 2), vec![2]);
+        assert_eq!(statements.insert(key("c"), 3, 0, 2), vec![2]);
         assert_eq!(
-            statements.insert(key("c"), 4, 2),
+            statements.insert(key("c"), 4, 0, 2),
             vec![3],
             "the older copy is closed"
         );

@@ -451,6 +451,16 @@ async fn session_changes_do_not_leak_between_requests() {
         "one pooled connection serves both"
     );
     assert_eq!(db_connections_of(&api.gw.backend_user).await, 1);
+
+    // The connection keeps the statement: twenty requests, one prepare on the database.
+    let prepared =
+        || async { metric_value(&api.metrics().await, "sluice_statements_prepared_total") };
+    let before = prepared().await;
+    for i in 0..20 {
+        let data = api.sql("SELECT ? + 1", json!([i])).await;
+        assert_eq!(data["rows"], json!([[i + 1]]));
+    }
+    assert_eq!(prepared().await - before, 1.0);
 }
 
 #[tokio::test]

@@ -13,7 +13,7 @@ use super::body::Body;
 use super::connection::{After, Held};
 use super::envelope::{success, ApiError};
 use super::params;
-use super::statement::{self, Budget, RunError, Shape};
+use super::statement::{self, Budget, RunError, Shape, Statements};
 use super::Api;
 use crate::backend::BackendConn;
 
@@ -78,8 +78,10 @@ pub async fn execute(
     let common = &req.common;
     let mut held = common.acquire(&api, &caller).await?;
     let mut budget = api.budget();
+    let statements = api.statements(&caller);
     let result = statement::run(
         held.conn(),
+        &statements,
         &req.sql,
         &[params],
         common.shape(),
@@ -201,7 +203,16 @@ pub async fn batch(
         None => OWN_TRANSACTION,
     };
     let mut held = common.acquire(&api, &caller).await?;
-    let result = run_batch(held.conn(), &atomic, &groups, common.shape(), api.budget()).await;
+    let statements = api.statements(&caller);
+    let result = run_batch(
+        held.conn(),
+        &statements,
+        &atomic,
+        &groups,
+        common.shape(),
+        api.budget(),
+    )
+    .await;
     let after = match &result {
         Ok((_, session_changed)) if !session_changed => After::Clean,
         Err(RunError::Broken(_)) => After::Broken,
@@ -215,6 +226,7 @@ pub async fn batch(
 /// The batch proper; returns each statement's `data` and whether any changed the session.
 async fn run_batch(
     conn: &mut BackendConn,
+    statements: &Statements<'_>,
     atomic: &Atomic,
     groups: &[Group<'_>],
     shape: Shape,
@@ -224,7 +236,15 @@ async fn run_batch(
     let mut results = Vec::new();
     let mut session_changed = false;
     for group in groups {
-        match statement::run(conn, group.sql, &group.param_sets, shape, &mut budget).await {
+        let ran = statement::run(
+            conn,
+            statements,
+            group.sql,
+            &group.param_sets,
+            shape,
+            &mut budget,
+        );
+        match ran.await {
             Ok(outcomes) => {
                 for outcome in outcomes {
                     session_changed |= outcome.changed_session();

@@ -42,8 +42,9 @@ use tokio_rustls::TlsAcceptor;
 use tracing::debug;
 
 use crate::Gateway;
+use auth::Caller;
 use envelope::{ApiError, Status};
-use statement::Budget;
+use statement::{Budget, Statements};
 use transactions::Transactions;
 
 /// Shared state of the Data API.
@@ -86,6 +87,14 @@ impl Api {
             bytes_left: http.max_result_size,
             max_bytes: http.max_result_size,
             max_rows: http.max_rows,
+        }
+    }
+
+    /// Where `caller`'s statements are kept prepared.
+    fn statements<'a>(&'a self, caller: &'a Caller) -> Statements<'a> {
+        Statements {
+            user: &caller.name,
+            gateway: &self.gateway,
         }
     }
 }

@@ -1,23 +1,24 @@
 //! Running one statement with bound parameters over the binary protocol, and reading its
 //! results into JSON within the request's limits.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use mysql_common::io::ParseBuf;
-use mysql_common::packets::{Column, ComStmtClose, ComStmtExecuteRequestBuilder, StmtPacket};
+use mysql_common::packets::{Column, ComStmtExecuteRequestBuilder};
 use mysql_common::proto::{Binary, MyDeserialize, MySerialize};
 use mysql_common::row::RowDeserializer;
 use mysql_common::value::ServerSide;
 use mysql_common::Value;
 use serde_json::{Map, Value as Json};
-use sluice_protocol::packet::{FrameHeader, MAX_FRAME_PAYLOAD};
-use sluice_protocol::reply::{ReplyShape, ReplyTracker, Step};
 use sluice_protocol::response::{self, ErrFields};
-use sluice_protocol::{command, ProtocolError, StatusFlags};
+use sluice_protocol::{ProtocolError, StatusFlags};
 
 use super::envelope::{ApiError, Status};
 use super::values;
 use crate::backend::{BackendConn, BackendError};
+use crate::statements::StatementKey;
+use crate::Gateway;
 
 /// How results are shaped, from the request.
 #[derive(Debug, Clone, Copy, Default)]
@@ -136,79 +137,81 @@ fn server_error(payload: &[u8]) -> Result<RunError, RunError> {
     )?)))
 }
 
-/// Prepares `sql` once, executes it with each parameter set in turn, and closes it: for one
-/// set that is three commands in two round trips (the close travels with the execute). Stops
-/// at the first failure, returned with the index of its parameter set.
-///
-/// ISSUE-5 SWAP POINT: this is the Data API's only use of server-side prepared statements.
-/// When `BackendConn` gets its per-connection statement cache, replace the prepare and close
-/// here with a cache lookup; nothing else in `http/` depends on how the statement id is got.
+/// Where a request's statements are kept prepared: on the connection itself, among the
+/// statements it keeps for every client (MySQL-protocol clients share them), keyed by caller.
+pub struct Statements<'a> {
+    /// The sluice user the request authenticated as.
+    pub user: &'a str,
+    /// For the per-connection statement cap and the statement metrics.
+    pub gateway: &'a Gateway,
+}
+
+/// Executes `sql` with each parameter set in turn, prepared once per connection and kept
+/// there for later requests. Stops at the first failure, returned with the index of its
+/// parameter set.
 pub async fn run(
     conn: &mut BackendConn,
+    statements: &Statements<'_>,
     sql: &str,
     param_sets: &[Vec<Value>],
     shape: Shape,
     budget: &mut Budget,
 ) -> Result<Vec<Outcome>, (usize, RunError)> {
-    let prepared = prepare(conn, sql).await.map_err(|e| (0, e))?;
-    let close = ComStmtClose::new(prepared.statement_id());
+    let schema = conn.schema.clone().flatten();
+    let key = Arc::new(StatementKey::new(
+        statements.user,
+        schema.as_deref(),
+        conn.flavor.collation,
+        &BTreeMap::new(),
+        sql.as_bytes(),
+    ));
+    let gateway = statements.gateway;
+    let capacity = gateway.settings.pool.max_prepared_statements;
+    let (id, placeholders) = match conn.statement_id(&key, capacity, &gateway.metrics).await {
+        Ok(Ok(found)) => found,
+        Ok(Err(err)) => return Err((0, RunError::Refused(ApiError::database(&err)))),
+        Err(e) => return Err((0, RunError::Broken(e))),
+    };
     let mut outcomes = Vec::with_capacity(param_sets.len());
     for (i, params) in param_sets.iter().enumerate() {
-        let last = i + 1 == param_sets.len();
-        let result = execute(conn, &prepared, &close, params, last, shape, budget).await;
+        let result = execute(conn, id, placeholders, params, shape, budget).await;
+        // Every execute binds its own types; MySQL-protocol clients that bind none must
+        // have theirs bound again on this connection.
+        if let Some(statement) = conn.statements.get_mut(&key) {
+            statement.types = None;
+        }
         match result {
             Ok(outcome) => outcomes.push(outcome),
-            Err(e @ RunError::Broken(_)) => return Err((i, e)),
-            Err(e) => {
-                if !last {
-                    send(conn, &[&close]).await.map_err(|e| (i, e))?;
-                }
-                return Err((i, e));
-            }
+            Err(e) => return Err((i, e)),
         }
     }
     conn.touch();
     Ok(outcomes)
 }
 
-/// One execute of `prepared`; with `last`, the close is sent along (also when the
-/// parameters are refused before executing).
+/// One execute of statement `id` (with `placeholders` parameters) on `conn`.
 async fn execute(
     conn: &mut BackendConn,
-    prepared: &StmtPacket,
-    close: &ComStmtClose,
+    id: u32,
+    placeholders: u16,
     params: &[Value],
-    last: bool,
     shape: Shape,
     budget: &mut Budget,
 ) -> Result<Outcome, RunError> {
-    let (execute, as_long_data) =
-        ComStmtExecuteRequestBuilder::new(prepared.statement_id()).build(params);
-    let refused = if usize::from(prepared.num_params()) != params.len() {
-        Some(ApiError::bad_request(format!(
-            "the statement has {} placeholder(s) but {} parameter(s) were given",
-            prepared.num_params(),
+    let (execute, as_long_data) = ComStmtExecuteRequestBuilder::new(id).build(params);
+    if usize::from(placeholders) != params.len() {
+        return Err(RunError::Refused(ApiError::bad_request(format!(
+            "the statement has {placeholders} placeholder(s) but {} parameter(s) were given",
             params.len()
-        )))
-    } else if as_long_data {
-        Some(ApiError::new(
+        ))));
+    }
+    if as_long_data {
+        return Err(RunError::Refused(ApiError::new(
             Status::PayloadTooLarge,
             "the parameters exceed 16 MiB in total, more than one execute packet holds",
-        ))
-    } else {
-        None
-    };
-    if let Some(error) = refused {
-        if last {
-            send(conn, &[close]).await?;
-        }
-        return Err(RunError::Refused(error));
+        )));
     }
-    if last {
-        send(conn, &[&execute, close]).await?;
-    } else {
-        send(conn, &[&execute]).await?;
-    }
+    send(conn, &[&execute]).await?;
     read_results(conn, shape, budget).await
 }
 
@@ -226,33 +229,6 @@ async fn send(
     }
     conn.stream.flush().await?;
     Ok(())
-}
-
-async fn prepare(conn: &mut BackendConn, sql: &str) -> Result<StmtPacket, RunError> {
-    let mut payload = Vec::with_capacity(sql.len() + 1);
-    payload.push(command::STMT_PREPARE);
-    payload.extend_from_slice(sql.as_bytes());
-    let mut seq = 0;
-    conn.stream.write_packet(&mut seq, &payload).await?;
-    let mut tracker = ReplyTracker::new(ReplyShape::Prepare, conn.flavor.deprecate_eof());
-    let first = conn.stream.read_packet().await?;
-    if first.payload.first() == Some(&response::ERR_HEADER) {
-        return Err(server_error(&first.payload)?);
-    }
-    let prepared = StmtPacket::deserialize((), &mut ParseBuf(&first.payload))
-        .map_err(|_| malformed("bad COM_STMT_PREPARE reply"))?;
-    // Parameter and column definitions follow; they are read again with each execute.
-    let mut packet = first;
-    loop {
-        let header = FrameHeader {
-            payload_len: packet.payload.len().min(MAX_FRAME_PAYLOAD - 1),
-            seq: packet.seq,
-        };
-        if let Step::Done(_) = tracker.feed(header, &packet.payload)? {
-            return Ok(prepared);
-        }
-        packet = conn.stream.read_packet().await?;
-    }
 }
 
 /// Reads every result of an executed statement. Rows past a limit are read and dropped, so

@@ -405,9 +405,9 @@ impl Session {
     ) -> Result<Result<u32, ErrFields>, BackendError> {
         let gateway = self.gateway.clone();
         let capacity = gateway.settings.pool.max_prepared_statements;
-        self.held_connection()?
-            .statement_id(key, capacity, &gateway.metrics)
-            .await
+        let found = self.held_connection()?;
+        let found = found.statement_id(key, capacity, &gateway.metrics).await?;
+        Ok(found.map(|(id, _params)| id))
     }
 
     /// Prepares `key` on the held connection, which keeps it.
