@@ -478,3 +478,54 @@ async fn an_open_cursor_pins_until_it_is_exhausted_or_reset() {
 fn prepared_reset(id: u32) -> Vec<u8> {
     sluice_protocol::prepared::reset_packet(id).to_vec()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_frozen_with_an_open_cursor_loses_it_after_the_idle_limit() {
+    let gw = start_with("ps_cursor_idle", |c| {
+        c.pool.max_db_connections = 1;
+        c.idle_transaction_timeout = Duration::from_millis(300);
+    })
+    .await;
+    let mut frozen = raw_client(&gw).await;
+    let mut prepare = vec![command::STMT_PREPARE];
+    prepare.extend_from_slice(b"SELECT seq FROM seq_1_to_5");
+    let mut seq = 0;
+    frozen
+        .stream
+        .write_packet(&mut seq, &prepare)
+        .await
+        .unwrap();
+    let ok = frozen.stream.read_packet().await.unwrap().payload;
+    let id = u32::from_le_bytes(ok[1..5].try_into().unwrap());
+    frozen.stream.read_packet().await.unwrap(); // the column definition
+    let mut execute = vec![command::STMT_EXECUTE];
+    execute.extend_from_slice(&id.to_le_bytes());
+    execute.extend_from_slice(&[1, 1, 0, 0, 0]);
+    let mut seq = 0;
+    frozen
+        .stream
+        .write_packet(&mut seq, &execute)
+        .await
+        .unwrap();
+    let (_, status) = read_until_terminator(&mut frozen).await;
+    assert_ne!(status & 0x40, 0, "a cursor is open");
+
+    // The only connection is freed once the cursor's holder has idled past the limit.
+    let started = std::time::Instant::now();
+    let mut other = gw.connect().await;
+    let one: Option<i64> = other.query_first("SELECT 1").await.unwrap();
+    assert_eq!(one, Some(1));
+    assert!(started.elapsed() >= Duration::from_millis(250));
+    let metrics = gw.metrics().await;
+    assert_eq!(
+        metric_value(&metrics, "sluice_idle_timeouts_total{kind=\"transaction\"}"),
+        1.0
+    );
+    // The frozen client, when it wakes, learns why.
+    let mut fetch = vec![command::STMT_FETCH];
+    fetch.extend_from_slice(&id.to_le_bytes());
+    fetch.extend_from_slice(&10u32.to_le_bytes());
+    let reply = request(&mut frozen, &fetch).await;
+    assert_eq!(error_code(&reply), 4031);
+    other.disconnect().await.unwrap();
+}

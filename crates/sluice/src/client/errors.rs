@@ -79,14 +79,16 @@ pub fn idle_client(limit: std::time::Duration) -> ErrFields {
     )
 }
 
-/// 4031: the client idled inside a transaction past `idle_transaction_timeout`.
+/// 4031: the client idled inside a transaction (or with a cursor open) past
+/// `idle_transaction_timeout`.
 pub fn idle_transaction(limit: std::time::Duration) -> ErrFields {
     ErrFields::new(
         4031,
         "HY000",
         format!(
-            "sluice rolled back this connection's transaction after it was idle for {limit:?} \
-             (idle_transaction_timeout) and closed the connection; reconnect and retry the transaction"
+            "sluice rolled back this connection's transaction (and closed its cursors) after it \
+             was idle for {limit:?} (idle_transaction_timeout) and closed the connection; \
+             reconnect and retry the transaction"
         ),
     )
 }

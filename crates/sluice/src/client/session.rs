@@ -319,8 +319,10 @@ impl Session {
         );
         let mut transaction_expired = false;
         loop {
-            let in_transaction =
-                self.status.contains(StatusFlags::SERVER_STATUS_IN_TRANS) && !transaction_expired;
+            // An open cursor holds a connection just as an open transaction does.
+            let in_transaction = (self.status.contains(StatusFlags::SERVER_STATUS_IN_TRANS)
+                || self.statements.open_cursors() > 0)
+                && !transaction_expired;
             let limit = if in_transaction {
                 transaction_limit
             } else {
@@ -340,7 +342,10 @@ impl Session {
                 Err(_) if in_transaction => {
                     // A frozen or dead function holding locks: roll back now (the reset on
                     // give-back does it), keep the socket so the client learns why if it returns.
-                    warn!(?limit, "client idle inside a transaction; rolling it back");
+                    warn!(
+                        ?limit,
+                        "client idle inside a transaction or cursor; rolling it back"
+                    );
                     self.gateway
                         .metrics
                         .idle_timeouts
