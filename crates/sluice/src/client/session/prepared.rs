@@ -33,6 +33,17 @@ struct ClientStatement {
     cursor: bool,
 }
 
+/// What an execute takes from the client's statement.
+struct ExecuteParts {
+    /// The client's statement id.
+    id: u32,
+    meta: Arc<StatementMeta>,
+    /// The parameter types the client bound last.
+    types: Option<Vec<u8>>,
+    /// Long data sent since the last execute, to replay first.
+    long_data: Vec<(u16, Vec<u8>)>,
+}
+
 /// One client's statements, by the ids sluice gave them.
 #[derive(Default)]
 pub(super) struct ClientStatements {
@@ -163,7 +174,12 @@ impl Session {
     pub(super) async fn stmt_execute(&mut self, seq: u8, payload: &[u8]) -> Result<(), End> {
         let mut reply_seq = seq.wrapping_add(1);
         let checked = self.execute_request(payload);
-        let (id, meta, client_types, long_data) = match checked {
+        let ExecuteParts {
+            id,
+            meta,
+            types: client_types,
+            long_data,
+        } = match checked {
             Ok(parts) => parts,
             Err(err) => {
                 return self
@@ -196,6 +212,10 @@ impl Session {
         let (packet, cursor_requested) = if payload[0] == command::STMT_BULK_EXECUTE {
             let packet = prepared::with_statement_id(payload, backend_id)
                 .map_err(|e| End::Error(e.to_string()))?;
+            // A bulk execute binds its own types; forget which the connection has now.
+            if let Some(statement) = conn.statements.get_mut(&meta.key) {
+                statement.types = None;
+            }
             (packet, false)
         } else {
             // Parsed already by execute_request, so this cannot fail.
@@ -237,19 +257,7 @@ impl Session {
 
     /// Checks an execute against the client's statements and takes what it needs: the
     /// statement id, its metadata, the parameter types bound last, the pending long data.
-    #[allow(clippy::type_complexity)]
-    fn execute_request(
-        &mut self,
-        payload: &[u8],
-    ) -> Result<
-        (
-            u32,
-            Arc<StatementMeta>,
-            Option<Vec<u8>>,
-            Vec<(u16, Vec<u8>)>,
-        ),
-        ErrFields,
-    > {
+    fn execute_request(&mut self, payload: &[u8]) -> Result<ExecuteParts, ErrFields> {
         let id = self.statements.id_in(payload)?;
         let limit = self.gateway.settings.max_packet_size;
         let Some(statement) = self.statements.by_id.get_mut(&id) else {
@@ -266,12 +274,12 @@ impl Session {
         if std::mem::take(&mut statement.long_data_len) > limit {
             return Err(errors::packet_too_large(limit));
         }
-        Ok((
+        Ok(ExecuteParts {
             id,
-            statement.meta.clone(),
-            statement.types.clone(),
+            meta: statement.meta.clone(),
+            types: statement.types.clone(),
             long_data,
-        ))
+        })
     }
 
     /// COM_STMT_SEND_LONG_DATA: kept until the execute (the server answers nothing, and
