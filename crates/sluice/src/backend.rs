@@ -181,6 +181,9 @@ pub struct BackendConn {
     pub vars: BTreeMap<String, String>,
     /// Statements prepared on this connection, by what they are.
     pub statements: BackendStatements,
+    /// Whether `;`-separated statements are accepted now (`COM_SET_OPTION` changes it), when
+    /// sluice knows.
+    pub multi_statements: Option<bool>,
     nonce: Vec<u8>,
     created: Instant,
     last_used: Instant,
@@ -244,6 +247,11 @@ impl BackendConn {
             schema: Some(target.database.clone()),
             vars: BTreeMap::new(),
             statements: BackendStatements::default(),
+            multi_statements: Some(
+                flavor
+                    .capabilities
+                    .contains(CapabilityFlags::CLIENT_MULTI_STATEMENTS),
+            ),
             nonce: greeting.nonce.clone(),
             created: Instant::now(),
             last_used: Instant::now(),
@@ -531,6 +539,25 @@ impl BackendConn {
         Ok(reply)
     }
 
+    /// Turns `;`-separated statements on or off (COM_SET_OPTION), to match the session of
+    /// the client about to use the connection. The server's ERR is returned inside.
+    pub async fn set_multi_statements(&mut self, on: bool) -> Result<SimpleReply, BackendError> {
+        let option = u16::from(!on).to_le_bytes();
+        let mut seq = 0;
+        self.stream
+            .write_packet(&mut seq, &[command::SET_OPTION, option[0], option[1]])
+            .await?;
+        let reply = self.stream.read_packet().await?;
+        match reply.payload.first() {
+            Some(&response::ERR_HEADER) => Ok(Err(ErrFields::parse(&reply.payload)?)),
+            Some(&response::OK_HEADER | &response::EOF_HEADER) => {
+                self.multi_statements = Some(on);
+                Ok(Ok(OkFields::default()))
+            }
+            _ => Err(ProtocolError::Malformed("unexpected reply to COM_SET_OPTION").into()),
+        }
+    }
+
     /// Checks that the connection still works.
     pub async fn ping(&mut self) -> Result<(), BackendError> {
         self.simple_command(&[command::PING])
@@ -558,6 +585,7 @@ impl BackendConn {
             .map_err(BackendError::Refused)?;
         self.schema = None;
         self.statements.clear();
+        self.multi_statements = None;
         self.enable_tracking().await
     }
 
@@ -582,6 +610,7 @@ impl BackendConn {
         self.stream.write_packet(&mut seq, &payload).await?;
         self.finish_auth(target).await?;
         self.statements.clear();
+        self.multi_statements = None;
         self.schema = Some(target.database.clone());
         self.last_used = Instant::now();
         self.enable_tracking().await

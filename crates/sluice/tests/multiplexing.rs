@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use common::*;
 use mysql_async::prelude::*;
+use sluice_protocol::command;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_clients_over_few_connections_each_see_their_own_session() {
@@ -365,4 +366,57 @@ async fn variables_set_inside_a_procedure_or_several_at_once_follow_the_client()
         ),
         0.0
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_multi_statement_option_follows_its_client_without_pinning() {
+    let gw = start_with("set_option", |c| c.pool.max_db_connections = 1).await;
+    // Two clients without the multi-statements capability, sharing the only connection.
+    let mut on = raw_client(&gw).await;
+    let mut off = raw_client(&gw).await;
+    let multi = [&[command::QUERY][..], b"SELECT 1; SELECT 2"].concat();
+    assert_eq!(
+        result_sets(&mut on, &multi).await,
+        Err(1064),
+        "off at first"
+    );
+
+    // COM_SET_OPTION MYSQL_OPTION_MULTI_STATEMENTS_ON, answered with EOF.
+    let reply = request(&mut on, &[command::SET_OPTION, 0, 0]).await;
+    assert_eq!(reply[0], 0xfe, "{reply:?}");
+    for round in 0..3 {
+        assert_eq!(result_sets(&mut on, &multi).await, Ok(2), "round {round}");
+        // The other client on the same connection still has it off.
+        assert_eq!(
+            result_sets(&mut off, &multi).await,
+            Err(1064),
+            "round {round}: the option leaked to another client"
+        );
+    }
+    let metrics = gw.metrics().await;
+    assert!(!metrics.contains("sluice_pins_total{"), "{metrics}");
+}
+
+/// Sends a COM_QUERY and reads its whole reply: the number of result sets, or the error code.
+/// (The raw client deprecates EOF, so each result set ends with one 0xfe packet.)
+async fn result_sets(
+    conn: &mut sluice::backend::BackendConn,
+    payload: &[u8],
+) -> Result<usize, u16> {
+    use sluice_protocol::reply::{ReplyShape, ReplyTracker, Step};
+    let mut seq = 0;
+    conn.stream.write_packet(&mut seq, payload).await.unwrap();
+    let mut tracker = ReplyTracker::new(ReplyShape::Results, true);
+    let mut sets = 0;
+    loop {
+        let frame = conn.stream.read_frame().await.unwrap();
+        let body = frame.payload();
+        if body[0] == 0xff {
+            return Err(error_code(body));
+        }
+        sets += usize::from(body[0] == 0xfe);
+        if let Step::Done(_) = tracker.feed(frame.header, body).unwrap() {
+            return Ok(sets);
+        }
+    }
 }

@@ -11,9 +11,8 @@ use std::time::Duration;
 use common::*;
 use mysql_async::prelude::*;
 use mysql_async::{Row, Value};
-use sluice::backend::{BackendConn, Flavor};
-use sluice::config::BackendTarget;
-use sluice_protocol::{command, response::ErrFields};
+use sluice::backend::BackendConn;
+use sluice_protocol::command;
 
 /// Polls the backend user's connection count until `done`, keeping the peak.
 fn watch_peak(
@@ -317,30 +316,6 @@ async fn a_statement_that_cannot_be_prepared_again_returns_the_server_error() {
     let next: Option<i64> = conn.exec_first(&other, (41,)).await.unwrap();
     assert_eq!(next, Some(42), "the session goes on");
     conn.disconnect().await.unwrap();
-}
-
-/// A raw client (sluice's own protocol client, logged in through the gateway).
-async fn raw_client(gw: &TestGateway) -> BackendConn {
-    let target = BackendTarget {
-        host: gw.addr.ip().to_string(),
-        port: gw.addr.port(),
-        user: "app".into(),
-        password: "secret".into(),
-        database: Some(TEST_DB.into()),
-    };
-    BackendConn::connect(&target, Flavor::INTERNAL, Duration::from_secs(5))
-        .await
-        .expect("log in through sluice")
-}
-
-async fn request(conn: &mut BackendConn, payload: &[u8]) -> Vec<u8> {
-    let mut seq = 0;
-    conn.stream.write_packet(&mut seq, payload).await.unwrap();
-    conn.stream.read_packet().await.unwrap().payload
-}
-
-fn error_code(reply: &[u8]) -> u16 {
-    ErrFields::parse(reply).map(|e| e.code).unwrap_or(0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

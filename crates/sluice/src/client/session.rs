@@ -62,6 +62,9 @@ struct Session {
     handle: SessionHandle,
     /// The client's prepared statements.
     statements: ClientStatements,
+    /// Whether the client's session accepts `;`-separated statements (capability at login,
+    /// then COM_SET_OPTION).
+    multi_statements: bool,
 }
 
 /// The session a client would have on a direct connection, carried between connections.
@@ -141,6 +144,7 @@ async fn run(gateway: Arc<Gateway>, socket: TcpStream, peer: SocketAddr, id: u32
         pin: None,
         handle,
         statements: ClientStatements::default(),
+        multi_statements: capabilities.contains(CapabilityFlags::CLIENT_MULTI_STATEMENTS),
     };
     let mut seq = next_seq;
     // Attach once at login: it checks the schema exists (1049 otherwise).
@@ -189,11 +193,15 @@ impl Session {
             })?;
             self.gateway.metrics.borrows.inc();
             let schema = self.state.schema.as_deref();
-            match lease
-                .conn()
+            let conn = lease.conn();
+            let mut adopted = conn
                 .adopt_session(pool.target(), schema, &self.state.vars)
-                .await
+                .await;
+            if matches!(adopted, Ok(Ok(_))) && conn.multi_statements != Some(self.multi_statements)
             {
+                adopted = conn.set_multi_statements(self.multi_statements).await;
+            }
+            match adopted {
                 Ok(Ok(_)) => {
                     let thread_id = lease.conn().thread_id;
                     self.handle
@@ -409,11 +417,7 @@ impl Session {
                 command::CHANGE_USER => self.change_user(&packet.payload, seq).await,
                 command::RESET_CONNECTION => self.reset_connection(seq).await,
                 command::QUERY => self.query(packet.seq, &packet.payload).await,
-                command::SET_OPTION => {
-                    // The multi-statement option is per connection and not tracked.
-                    self.pin("set_option");
-                    self.forward(packet.seq, &packet.payload).await
-                }
+                command::SET_OPTION => self.set_option(packet.seq, &packet.payload).await,
                 command::STMT_PREPARE => self.stmt_prepare(packet.seq, &packet.payload).await,
                 command::STMT_EXECUTE | command::STMT_BULK_EXECUTE => {
                     self.stmt_execute(packet.seq, &packet.payload).await
@@ -480,6 +484,25 @@ impl Session {
             }
             None => self.forward(seq, payload).await,
         }
+    }
+
+    /// COM_SET_OPTION: multi-statements on or off, carried to whichever connection serves
+    /// the client next, like the rest of its session.
+    async fn set_option(&mut self, seq: u8, payload: &[u8]) -> Result<(), End> {
+        let status = self.forward_unreleased(seq, payload).await?;
+        let on = match payload.get(1..3) {
+            Some([0, 0]) => Some(true),
+            Some([1, 0]) => Some(false),
+            _ => None,
+        };
+        if let (Some(_), Some(on)) = (status, on) {
+            self.multi_statements = on;
+            if let Some(lease) = self.backend.as_mut() {
+                lease.conn().multi_statements = Some(on);
+            }
+        }
+        self.release_if_free();
+        Ok(())
     }
 
     /// COM_RESET_CONNECTION: the client's session starts over (schema kept, as the server

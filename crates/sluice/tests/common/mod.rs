@@ -7,9 +7,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mysql_async::prelude::*;
-use sluice::config::{Config, UserConfig};
+use sluice::backend::{BackendConn, Flavor};
+use sluice::config::{BackendTarget, Config, UserConfig};
 use sluice::server::Server;
 use sluice::Gateway;
+use sluice_protocol::response::ErrFields;
 use tokio::sync::oneshot;
 
 /// Where the tests' MariaDB is.
@@ -201,4 +203,30 @@ pub fn server_code(err: &mysql_async::Error) -> Option<u16> {
         mysql_async::Error::Server(e) => Some(e.code),
         _ => None,
     }
+}
+
+/// A raw client (sluice's own protocol client, logged in through the gateway).
+pub async fn raw_client(gw: &TestGateway) -> BackendConn {
+    let target = BackendTarget {
+        host: gw.addr.ip().to_string(),
+        port: gw.addr.port(),
+        user: "app".into(),
+        password: "secret".into(),
+        database: Some(TEST_DB.into()),
+    };
+    BackendConn::connect(&target, Flavor::INTERNAL, Duration::from_secs(5))
+        .await
+        .expect("log in through sluice")
+}
+
+/// Sends one command packet and returns the first packet of the reply.
+pub async fn request(conn: &mut BackendConn, payload: &[u8]) -> Vec<u8> {
+    let mut seq = 0;
+    conn.stream.write_packet(&mut seq, payload).await.unwrap();
+    conn.stream.read_packet().await.unwrap().payload
+}
+
+/// The error code of an ERR packet (0 for anything else).
+pub fn error_code(reply: &[u8]) -> u16 {
+    ErrFields::parse(reply).map(|e| e.code).unwrap_or(0)
 }
