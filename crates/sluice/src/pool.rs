@@ -5,6 +5,7 @@
 //! connection, so the first to wait is the first served, and give up after `borrow_timeout`.
 //! A background task trims idle connections and retires old ones.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
@@ -14,6 +15,7 @@ use tracing::{debug, warn};
 use crate::backend::{BackendConn, BackendError, Flavor, ServerInfo};
 use crate::config::{BackendTarget, PoolConfig};
 use crate::metrics::Metrics;
+use sluice_protocol::response::ErrFields;
 
 /// Why a borrower got no connection.
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +34,28 @@ pub enum BorrowError {
     /// No connection could be opened.
     #[error(transparent)]
     Unavailable(#[from] BackendError),
+}
+
+/// The session a borrower needs on its connection.
+#[derive(Debug, Clone, Copy)]
+pub struct WantedSession<'a> {
+    /// The schema (the backend's default when `None`).
+    pub schema: Option<&'a str>,
+    /// Every system variable the borrower set; others go back to their defaults.
+    pub vars: &'a BTreeMap<String, String>,
+    /// Whether `;`-separated statements must be on or off (`None`: as the connection is).
+    pub multi_statements: Option<bool>,
+}
+
+/// Why no connection on the wanted session could be had.
+#[derive(Debug)]
+pub enum SessionError {
+    /// No connection at all: the pool stayed exhausted, or the database is unreachable.
+    Borrow(BorrowError),
+    /// The database refused the session (e.g. 1049 for an unknown schema).
+    Refused(ErrFields),
+    /// Pooled connections kept turning out dead while being set up.
+    Lost(BackendError),
 }
 
 /// Counts of connections, for metrics and status pages.
@@ -297,6 +321,51 @@ impl Pool {
                 }
             }
         }
+    }
+
+    /// Lends a connection of `flavor` already on `session`, changing only what differs.
+    /// Pooled connections that turn out dead (e.g. after a database restart) are replaced a
+    /// few times before the borrower is told. Counted in `sluice_borrows_total`.
+    pub async fn borrow_for(
+        &self,
+        flavor: Flavor,
+        session: &WantedSession<'_>,
+    ) -> Result<Lease, SessionError> {
+        const ATTEMPTS: usize = 3;
+        let target = self.target();
+        let hint = session.schema.or(target.database.as_deref());
+        let mut last_error = None;
+        for _ in 0..ATTEMPTS {
+            let mut lease = self
+                .borrow(flavor, hint)
+                .await
+                .map_err(SessionError::Borrow)?;
+            self.inner.metrics.borrows.inc();
+            let conn = lease.conn();
+            let mut adopted = conn
+                .adopt_session(target, session.schema, session.vars)
+                .await;
+            if let (Ok(Ok(_)), Some(on)) = (&adopted, session.multi_statements) {
+                if conn.multi_statements != Some(on) {
+                    adopted = conn.set_multi_statements(on).await;
+                }
+            }
+            match adopted {
+                Ok(Ok(_)) => return Ok(lease),
+                Ok(Err(refused)) => {
+                    self.give_back(lease).await;
+                    return Err(SessionError::Refused(refused));
+                }
+                Err(e) => {
+                    // Dropping the lease discards the dead connection.
+                    debug!(error = %e, "pooled database connection is dead; trying another");
+                    last_error = Some(e);
+                }
+            }
+        }
+        Err(SessionError::Lost(
+            last_error.unwrap_or_else(|| BackendError::Timeout(target.address())),
+        ))
     }
 
     /// Returns a connection after a client is done with it: its session is reset first, so

@@ -171,16 +171,6 @@ impl BackendStatements {
     pub fn clear(&mut self) {
         self.entries.clear();
     }
-
-    /// How many statements are prepared on this connection.
-    pub fn len(&self) -> usize {
-        self.entries.len()
-    }
-
-    /// True when none are.
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
 }
 
 #[cfg(test)]
@@ -225,14 +215,14 @@ mod tests {
             vec![3],
             "the older copy is closed"
         );
-        assert_eq!(statements.len(), 2);
         assert!(statements.get_mut(&key("b")).is_none());
         assert_eq!(
             statements.get_mut(&key("a")).unwrap().types,
             Some(vec![8, 0])
         );
         statements.clear();
-        assert!(statements.is_empty());
+        assert!(statements.get_mut(&key("a")).is_none());
+        assert!(statements.get_mut(&key("c")).is_none());
     }
 
     #[test]

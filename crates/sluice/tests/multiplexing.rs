@@ -3,8 +3,6 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
@@ -24,17 +22,7 @@ async fn many_clients_over_few_connections_each_see_their_own_session() {
     admin.query_drop("DELETE FROM mux_rows").await.unwrap();
 
     // Watch the database's side while the clients run.
-    let done = Arc::new(AtomicBool::new(false));
-    let peak = Arc::new(AtomicUsize::new(0));
-    let watcher = tokio::spawn({
-        let (done, peak, user) = (done.clone(), peak.clone(), gw.backend_user.clone());
-        async move {
-            while !done.load(Ordering::Relaxed) {
-                peak.fetch_max(db_connections_of(&user).await, Ordering::Relaxed);
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
-    });
+    let watcher = PeakWatcher::start(&gw.backend_user);
 
     // MariaDB 10.11 can hand out the wrong offset time zone when many sessions set a new
     // offset at once (seen directly, without sluice); set each offset once first.
@@ -104,10 +92,7 @@ async fn many_clients_over_few_connections_each_see_their_own_session() {
     while let Some(joined) = clients.join_next().await {
         joined.unwrap().unwrap();
     }
-    done.store(true, Ordering::Relaxed);
-    watcher.await.unwrap();
-
-    let peak = peak.load(Ordering::Relaxed);
+    let peak = watcher.stop().await;
     assert!(
         peak <= POOL,
         "the database saw {peak} connections, more than the pool of {POOL}"

@@ -7,9 +7,6 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
 
 use common::*;
 
@@ -36,20 +33,6 @@ async fn run_checks(program: &Path, args: &[String], expected: usize, against: &
         "{} against {against}:\n{stdout}\n{stderr}",
         program.display()
     );
-}
-
-/// Keeps the peak number of database connections of `user` until `done`.
-fn watch_peak(
-    user: String,
-    done: Arc<AtomicBool>,
-    peak: Arc<AtomicUsize>,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        while !done.load(Ordering::Relaxed) {
-            peak.fetch_max(db_connections_of(&user).await, Ordering::Relaxed);
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
 }
 
 fn args(port: u16, user: &str, password: &str) -> Vec<String> {
@@ -87,13 +70,9 @@ async fn connector_c_statements_move_between_clients_on_one_connection() {
     // One database connection: both of the program's clients share it, so every statement
     // is executed on a connection where the other client last bound its own types.
     let gw = start_with("ps_connector_c", |c| c.pool.max_db_connections = 1).await;
-    let done = Arc::new(AtomicBool::new(false));
-    let peak = Arc::new(AtomicUsize::new(0));
-    let watcher = watch_peak(gw.backend_user.clone(), done.clone(), peak.clone());
+    let watcher = PeakWatcher::start(&gw.backend_user);
     run_checks(&binary, &args(gw.addr.port(), "app", "secret"), 6, "sluice").await;
-    done.store(true, Ordering::Relaxed);
-    watcher.await.unwrap();
-    assert_eq!(peak.load(Ordering::Relaxed), 1);
+    assert_eq!(watcher.stop().await, 1);
     let metrics = gw.metrics().await;
     // Two cursors (one read to the end, one reset half way) pinned while open; nothing else.
     assert_eq!(
@@ -126,9 +105,7 @@ async fn mysql2_execute_round_trips_every_type_over_a_small_pool() {
     run_checks(&node, &with_script(args(DB_PORT, "root", "")), 5, "MariaDB").await;
 
     let gw = start_with("ps_mysql2", |c| c.pool.max_db_connections = POOL).await;
-    let done = Arc::new(AtomicBool::new(false));
-    let peak = Arc::new(AtomicUsize::new(0));
-    let watcher = watch_peak(gw.backend_user.clone(), done.clone(), peak.clone());
+    let watcher = PeakWatcher::start(&gw.backend_user);
     run_checks(
         &node,
         &with_script(args(gw.addr.port(), "app", "secret")),
@@ -136,9 +113,7 @@ async fn mysql2_execute_round_trips_every_type_over_a_small_pool() {
         "sluice",
     )
     .await;
-    done.store(true, Ordering::Relaxed);
-    watcher.await.unwrap();
-    let peak = peak.load(Ordering::Relaxed);
+    let peak = watcher.stop().await;
     assert!(
         (1..=POOL).contains(&peak),
         "peak database connections {peak}"

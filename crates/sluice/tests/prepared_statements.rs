@@ -4,8 +4,6 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
@@ -13,20 +11,6 @@ use mysql_async::prelude::*;
 use mysql_async::{Row, Value};
 use sluice::backend::BackendConn;
 use sluice_protocol::command;
-
-/// Polls the backend user's connection count until `done`, keeping the peak.
-fn watch_peak(
-    user: String,
-    done: Arc<AtomicBool>,
-    peak: Arc<AtomicUsize>,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        while !done.load(Ordering::Relaxed) {
-            peak.fetch_max(db_connections_of(&user).await, Ordering::Relaxed);
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_clients_execute_prepared_statements_over_few_connections_unpinned() {
@@ -41,9 +25,7 @@ async fn many_clients_execute_prepared_statements_over_few_connections_unpinned(
         .await
         .unwrap();
     admin.query_drop("DELETE FROM ps_rows").await.unwrap();
-    let done = Arc::new(AtomicBool::new(false));
-    let peak = Arc::new(AtomicUsize::new(0));
-    let watcher = watch_peak(gw.backend_user.clone(), done.clone(), peak.clone());
+    let watcher = PeakWatcher::start(&gw.backend_user);
 
     let mut clients = tokio::task::JoinSet::new();
     for client in 0..CLIENTS {
@@ -92,9 +74,7 @@ async fn many_clients_execute_prepared_statements_over_few_connections_unpinned(
     while let Some(result) = clients.join_next().await {
         result.unwrap().unwrap();
     }
-    done.store(true, Ordering::Relaxed);
-    watcher.await.unwrap();
-    let peak = peak.load(Ordering::Relaxed);
+    let peak = watcher.stop().await;
     assert!(
         (1..=POOL).contains(&peak),
         "peak database connections {peak}"

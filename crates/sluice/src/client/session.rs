@@ -31,7 +31,7 @@ use super::relay::{self, RelayError, ReplyOutcome};
 use super::statement::{self, SessionFunction};
 use crate::backend::{BackendError, Flavor};
 use crate::config::PoolMode;
-use crate::pool::Lease;
+use crate::pool::{Lease, SessionError, WantedSession};
 use crate::registry::SessionHandle;
 use crate::Gateway;
 
@@ -170,59 +170,33 @@ impl Session {
         Flavor::of_client(self.capabilities, self.collation)
     }
 
-    /// Borrows a database connection and puts it on `schema`; on failure the error is the
-    /// packet to send the client.
+    /// Borrows a database connection on the client's session (schema, variables,
+    /// multi-statement option); on failure the error is the packet to send the client.
     async fn attach_backend(&mut self) -> Result<(), ErrFields> {
         if self.backend.is_some() {
             return Ok(());
         }
-        /// Pooled connections that turn out dead (e.g. after a database restart) are
-        /// replaced this many times before the client is told.
-        const ATTEMPTS: usize = 3;
-        let pool = self.gateway.pool.clone();
-        let mut last_error = None;
-        for _ in 0..ATTEMPTS {
-            let wanted = self
-                .state
-                .schema
-                .as_deref()
-                .or(pool.target().database.as_deref());
-            let mut lease = pool.borrow(self.flavor(), wanted).await.map_err(|e| {
+        let wanted = WantedSession {
+            schema: self.state.schema.as_deref(),
+            vars: &self.state.vars,
+            multi_statements: Some(self.multi_statements),
+        };
+        match self.gateway.pool.borrow_for(self.flavor(), &wanted).await {
+            Ok(mut lease) => {
+                let thread_id = lease.conn().thread_id;
+                self.handle
+                    .backend_thread
+                    .store(thread_id, Ordering::Relaxed);
+                self.backend = Some(lease);
+                Ok(())
+            }
+            Err(SessionError::Borrow(e)) => {
                 warn!(error = %e, "no database connection for client");
-                errors::borrow_failed(&e)
-            })?;
-            self.gateway.metrics.borrows.inc();
-            let schema = self.state.schema.as_deref();
-            let conn = lease.conn();
-            let mut adopted = conn
-                .adopt_session(pool.target(), schema, &self.state.vars)
-                .await;
-            if matches!(adopted, Ok(Ok(_))) && conn.multi_statements != Some(self.multi_statements)
-            {
-                adopted = conn.set_multi_statements(self.multi_statements).await;
+                Err(errors::borrow_failed(&e))
             }
-            match adopted {
-                Ok(Ok(_)) => {
-                    let thread_id = lease.conn().thread_id;
-                    self.handle
-                        .backend_thread
-                        .store(thread_id, Ordering::Relaxed);
-                    self.backend = Some(lease);
-                    return Ok(());
-                }
-                Ok(Err(server_err)) => {
-                    pool.give_back(lease).await;
-                    return Err(server_err);
-                }
-                Err(e) => {
-                    // Dropping the lease discards the dead connection.
-                    debug!(error = %e, "pooled database connection is dead; trying another");
-                    last_error = Some(e);
-                }
-            }
+            Err(SessionError::Refused(err)) => Err(err),
+            Err(SessionError::Lost(e)) => Err(errors::lost_backend(&e.to_string())),
         }
-        let detail = last_error.map(|e| e.to_string()).unwrap_or_default();
-        Err(errors::lost_backend(&detail))
     }
 
     /// In transaction pooling, gives the connection back when nothing ties the client to it:
@@ -317,6 +291,12 @@ impl Session {
 
     async fn send_err(&mut self, seq: &mut u8, err: &ErrFields) -> Result<(), ProtocolError> {
         self.stream.write_packet(seq, &err.encode()).await
+    }
+
+    /// Answers the client's command with `err` (sequence id `seq`); the session goes on
+    /// unless the client is gone.
+    async fn reply_err(&mut self, mut seq: u8, err: &ErrFields) -> Result<(), End> {
+        self.send_err(&mut seq, err).await.map_err(client_end)
     }
 
     async fn command_loop(&mut self) -> End {
@@ -518,7 +498,7 @@ impl Session {
         self.status = StatusFlags::SERVER_STATUS_AUTOCOMMIT;
         if self.mode == PoolMode::Session {
             if let Err(err) = self.attach_backend().await {
-                return self.send_err(&mut seq, &err).await.map_err(client_end);
+                return self.reply_err(seq, &err).await;
             }
         }
         self.send_ok(&mut seq).await.map_err(client_end)
@@ -541,8 +521,7 @@ impl Session {
         payload: &[u8],
     ) -> Result<Option<StatusFlags>, End> {
         if let Err(err) = self.attach_backend().await {
-            let mut seq = seq.wrapping_add(1);
-            self.send_err(&mut seq, &err).await.map_err(client_end)?;
+            self.reply_err(seq.wrapping_add(1), &err).await?;
             return Ok(None);
         }
         let Some(lease) = self.backend.as_mut() else {

@@ -11,8 +11,8 @@ use super::envelope::{ApiError, Status};
 use super::statement::{Outcome, RunError};
 use super::transactions::Transaction;
 use super::Api;
-use crate::backend::{BackendConn, Flavor};
-use crate::pool::Lease;
+use crate::backend::{BackendConn, Flavor, ServerInfo};
+use crate::pool::{Lease, SessionError, WantedSession};
 
 /// A connection in use by one request.
 pub enum Held {
@@ -133,27 +133,27 @@ impl Api {
     /// A connection from the shared pool on `database` (the backend's default when `None`),
     /// with the Data API's session: no variables but the statement timeout.
     pub async fn borrow(&self, caller: &Caller, database: Option<&str>) -> Result<Lease, ApiError> {
-        let gateway = &self.gateway;
-        let target = gateway.pool.target();
-        let database = database.or(target.database.as_deref());
+        let pool = &self.gateway.pool;
+        let database = database.or(pool.target().database.as_deref());
         caller.check_database(database)?;
-        let mut lease = gateway.pool.borrow(Flavor::INTERNAL, database).await?;
-        gateway.metrics.borrows.inc();
-        let vars = self.session_vars(lease.conn());
-        match lease.conn().adopt_session(target, database, vars).await {
-            Ok(Ok(_)) => Ok(lease),
-            Ok(Err(err)) => {
-                gateway.pool.give_back(lease).await;
-                Err(ApiError::database(&err))
-            }
-            Err(e) => Err(ApiError::broken(&e)),
+        let server = pool.server_info().await?;
+        let wanted = WantedSession {
+            schema: database,
+            vars: self.session_vars(&server),
+            multi_statements: None,
+        };
+        match pool.borrow_for(Flavor::INTERNAL, &wanted).await {
+            Ok(lease) => Ok(lease),
+            Err(SessionError::Borrow(e)) => Err(e.into()),
+            Err(SessionError::Refused(err)) => Err(ApiError::database(&err)),
+            Err(SessionError::Lost(e)) => Err(ApiError::broken(&e)),
         }
     }
 
     /// The session variables every Data API statement runs under: the statement timeout,
     /// in the server's own variable.
-    fn session_vars(&self, conn: &BackendConn) -> &BTreeMap<String, String> {
-        if conn.server.version.contains("MariaDB") {
+    fn session_vars(&self, server: &ServerInfo) -> &BTreeMap<String, String> {
+        if server.version.contains("MariaDB") {
             &self.vars_mariadb
         } else {
             &self.vars_mysql

@@ -230,3 +230,34 @@ pub async fn request(conn: &mut BackendConn, payload: &[u8]) -> Vec<u8> {
 pub fn error_code(reply: &[u8]) -> u16 {
     ErrFields::parse(reply).map(|e| e.code).unwrap_or(0)
 }
+
+/// Polls the database connections of a backend user every 20 ms, keeping the peak, until
+/// stopped.
+pub struct PeakWatcher {
+    done: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<usize>,
+}
+
+impl PeakWatcher {
+    /// Starts watching `user`'s connections.
+    pub fn start(user: &str) -> PeakWatcher {
+        use std::sync::atomic::Ordering;
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (flag, user) = (done.clone(), user.to_owned());
+        let task = tokio::spawn(async move {
+            let mut peak = 0;
+            while !flag.load(Ordering::Relaxed) {
+                peak = peak.max(db_connections_of(&user).await);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            peak
+        });
+        PeakWatcher { done, task }
+    }
+
+    /// Stops watching and returns the most connections seen at once.
+    pub async fn stop(self) -> usize {
+        self.done.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.task.await.expect("watcher task")
+    }
+}

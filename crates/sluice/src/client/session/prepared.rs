@@ -34,10 +34,12 @@ struct ClientStatement {
 }
 
 /// What an execute takes from the client's statement.
-struct ExecuteParts {
+struct ExecuteParts<'a> {
     /// The client's statement id.
     id: u32,
     meta: Arc<StatementMeta>,
+    /// The located `COM_STMT_EXECUTE` (`None` for `COM_STMT_BULK_EXECUTE`).
+    execute: Option<Execute<'a>>,
     /// The parameter types the client bound last.
     types: Option<Vec<u8>>,
     /// Long data sent since the last execute, to replay first.
@@ -88,6 +90,17 @@ impl ClientStatements {
         })
     }
 
+    /// The client's id in `payload` when it names a statement the client holds; the error
+    /// for the client otherwise.
+    fn known_id(&self, payload: &[u8]) -> Result<u32, ErrFields> {
+        let id = self.id_in(payload)?;
+        if self.by_id.contains_key(&id) {
+            Ok(id)
+        } else {
+            Err(errors::unknown_statement(id, payload[0]))
+        }
+    }
+
     /// Records whether statement `id` has a cursor open; true when one was just opened.
     fn set_cursor(&mut self, id: u32, open: bool) -> bool {
         let Some(statement) = self.by_id.get_mut(&id) else {
@@ -108,15 +121,12 @@ impl Session {
     /// COM_STMT_PREPARE: answered from the metadata cache when another client prepared the
     /// same statement, otherwise prepared on a database connection (which keeps it).
     pub(super) async fn stmt_prepare(&mut self, seq: u8, payload: &[u8]) -> Result<(), End> {
-        let mut reply_seq = seq.wrapping_add(1);
+        let reply_seq = seq.wrapping_add(1);
         // Until this prepare succeeds, MariaDB's "last prepared" id names no statement.
         self.statements.last_prepared = None;
         if self.statements.by_id.len() >= MAX_CLIENT_STATEMENTS {
             let err = errors::too_many_statements(MAX_CLIENT_STATEMENTS);
-            return self
-                .send_err(&mut reply_seq, &err)
-                .await
-                .map_err(client_end);
+            return self.reply_err(reply_seq, &err).await;
         }
         let key = StatementKey::new(
             &self.user,
@@ -129,10 +139,7 @@ impl Session {
             return self.prepare_from_cache(reply_seq, meta).await;
         }
         if let Err(err) = self.attach_backend().await {
-            return self
-                .send_err(&mut reply_seq, &err)
-                .await
-                .map_err(client_end);
+            return self.reply_err(reply_seq, &err).await;
         }
         // Another client may have prepared it while this one waited for a connection.
         if let Some(meta) = self.gateway.statements.get(&key) {
@@ -144,10 +151,7 @@ impl Session {
             Ok(Ok(prepared)) => prepared,
             Ok(Err(err)) => {
                 self.release_if_free();
-                return self
-                    .send_err(&mut reply_seq, &err)
-                    .await
-                    .map_err(client_end);
+                return self.reply_err(reply_seq, &err).await;
             }
             Err(e) => return Err(self.lose_backend(reply_seq, e).await),
         };
@@ -172,36 +176,26 @@ impl Session {
 
     /// COM_STMT_EXECUTE and COM_STMT_BULK_EXECUTE on whatever connection the client gets.
     pub(super) async fn stmt_execute(&mut self, seq: u8, payload: &[u8]) -> Result<(), End> {
-        let mut reply_seq = seq.wrapping_add(1);
+        let reply_seq = seq.wrapping_add(1);
         let checked = self.execute_request(payload);
         let ExecuteParts {
             id,
             meta,
+            execute,
             types: client_types,
             long_data,
         } = match checked {
             Ok(parts) => parts,
-            Err(err) => {
-                return self
-                    .send_err(&mut reply_seq, &err)
-                    .await
-                    .map_err(client_end)
-            }
+            Err(err) => return self.reply_err(reply_seq, &err).await,
         };
         if let Err(err) = self.attach_backend().await {
-            return self
-                .send_err(&mut reply_seq, &err)
-                .await
-                .map_err(client_end);
+            return self.reply_err(reply_seq, &err).await;
         }
         let backend_id = match self.backend_statement(&meta.key).await {
             Ok(Ok(backend_id)) => backend_id,
             Ok(Err(err)) => {
                 self.release_if_free();
-                return self
-                    .send_err(&mut reply_seq, &err)
-                    .await
-                    .map_err(client_end);
+                return self.reply_err(reply_seq, &err).await;
             }
             Err(e) => return Err(self.lose_backend(reply_seq, e).await),
         };
@@ -209,18 +203,7 @@ impl Session {
             return Err(End::Error("no database connection".into()));
         };
         let conn = lease.conn();
-        let (packet, cursor_requested) = if payload[0] == command::STMT_BULK_EXECUTE {
-            let packet = prepared::with_statement_id(payload, backend_id)
-                .map_err(|e| End::Error(e.to_string()))?;
-            // A bulk execute binds its own types; forget which the connection has now.
-            if let Some(statement) = conn.statements.get_mut(&meta.key) {
-                statement.types = None;
-            }
-            (packet, false)
-        } else {
-            // Parsed already by execute_request, so this cannot fail.
-            let execute =
-                Execute::parse(payload, meta.params()).map_err(|e| End::Error(e.to_string()))?;
+        let (packet, cursor_requested) = if let Some(execute) = execute {
             let on_backend = conn.statements.get_mut(&meta.key);
             let bind = match (execute.types(), on_backend) {
                 (None, Some(statement)) if statement.types != client_types => {
@@ -235,6 +218,14 @@ impl Session {
             };
             let packet = execute.rewrite(backend_id, bind);
             (packet, execute.flags() & CURSOR_TYPE_READ_ONLY != 0)
+        } else {
+            let packet = prepared::with_statement_id(payload, backend_id)
+                .map_err(|e| End::Error(e.to_string()))?;
+            // A bulk execute binds its own types; forget which the connection has now.
+            if let Some(statement) = conn.statements.get_mut(&meta.key) {
+                statement.types = None;
+            }
+            (packet, false)
         };
         for (param, data) in &long_data {
             let mut long_seq = 0;
@@ -257,19 +248,22 @@ impl Session {
 
     /// Checks an execute against the client's statements and takes what it needs: the
     /// statement id, its metadata, the parameter types bound last, the pending long data.
-    fn execute_request(&mut self, payload: &[u8]) -> Result<ExecuteParts, ErrFields> {
-        let id = self.statements.id_in(payload)?;
+    fn execute_request<'a>(&mut self, payload: &'a [u8]) -> Result<ExecuteParts<'a>, ErrFields> {
+        let id = self.statements.known_id(payload)?;
         let limit = self.gateway.settings.max_packet_size;
         let Some(statement) = self.statements.by_id.get_mut(&id) else {
             return Err(errors::unknown_statement(id, payload[0]));
         };
-        if payload[0] == command::STMT_EXECUTE {
+        let execute = if payload[0] == command::STMT_EXECUTE {
             let execute = Execute::parse(payload, statement.meta.params())
                 .map_err(|e| errors::malformed(&e.to_string()))?;
             if let Some(types) = execute.types() {
                 statement.types = Some(types.to_vec());
             }
-        }
+            Some(execute)
+        } else {
+            None
+        };
         let long_data = std::mem::take(&mut statement.long_data);
         if std::mem::take(&mut statement.long_data_len) > limit {
             return Err(errors::packet_too_large(limit));
@@ -277,6 +271,7 @@ impl Session {
         Ok(ExecuteParts {
             id,
             meta: statement.meta.clone(),
+            execute,
             types: statement.types.clone(),
             long_data,
         })
@@ -327,22 +322,13 @@ impl Session {
 
     /// COM_STMT_RESET: drops pending long data, and closes an open cursor on the database.
     pub(super) async fn stmt_reset(&mut self, seq: u8, payload: &[u8]) -> Result<(), End> {
-        let mut reply_seq = seq.wrapping_add(1);
-        let id = match self.statements.id_in(payload) {
+        let reply_seq = seq.wrapping_add(1);
+        let id = match self.statements.known_id(payload) {
             Ok(id) => id,
-            Err(err) => {
-                return self
-                    .send_err(&mut reply_seq, &err)
-                    .await
-                    .map_err(client_end)
-            }
+            Err(err) => return self.reply_err(reply_seq, &err).await,
         };
         let Some(statement) = self.statements.by_id.get_mut(&id) else {
-            let err = errors::unknown_statement(id, payload[0]);
-            return self
-                .send_err(&mut reply_seq, &err)
-                .await
-                .map_err(client_end);
+            return Ok(());
         };
         statement.long_data.clear();
         statement.long_data_len = 0;
@@ -352,27 +338,19 @@ impl Session {
             self.close_backend_cursor(&key).await?;
             self.release_if_free();
         }
+        let mut reply_seq = reply_seq;
         self.send_ok(&mut reply_seq).await.map_err(client_end)
     }
 
     /// COM_STMT_FETCH: rows from the cursor open on the client's (pinned) connection.
     pub(super) async fn stmt_fetch(&mut self, seq: u8, payload: &[u8]) -> Result<(), End> {
-        let mut reply_seq = seq.wrapping_add(1);
-        let id = match self.statements.id_in(payload) {
+        let reply_seq = seq.wrapping_add(1);
+        let id = match self.statements.known_id(payload) {
             Ok(id) => id,
-            Err(err) => {
-                return self
-                    .send_err(&mut reply_seq, &err)
-                    .await
-                    .map_err(client_end)
-            }
+            Err(err) => return self.reply_err(reply_seq, &err).await,
         };
         let Some(statement) = self.statements.by_id.get(&id) else {
-            let err = errors::unknown_statement(id, payload[0]);
-            return self
-                .send_err(&mut reply_seq, &err)
-                .await
-                .map_err(client_end);
+            return Ok(());
         };
         let key = statement.meta.key.clone();
         let backend_id = match (statement.cursor, self.backend.as_mut()) {
@@ -381,10 +359,7 @@ impl Session {
         };
         let Some(backend_id) = backend_id else {
             let err = errors::no_open_cursor(id);
-            return self
-                .send_err(&mut reply_seq, &err)
-                .await
-                .map_err(client_end);
+            return self.reply_err(reply_seq, &err).await;
         };
         let packet = prepared::with_statement_id(payload, backend_id)
             .map_err(|e| End::Error(e.to_string()))?;
