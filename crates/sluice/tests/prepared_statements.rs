@@ -11,6 +11,7 @@ use mysql_async::prelude::*;
 use mysql_async::{Row, Value};
 use sluice::backend::BackendConn;
 use sluice_protocol::command;
+use sluice_protocol::prepared::CURSOR_TYPE_READ_ONLY;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_clients_execute_prepared_statements_over_few_connections_unpinned() {
@@ -298,38 +299,62 @@ async fn a_statement_that_cannot_be_prepared_again_returns_the_server_error() {
     conn.disconnect().await.unwrap();
 }
 
+/// Prepares `sql` over a raw client and reads the reply: the statement id, after skipping
+/// `definitions` parameter and column definitions (no EOFs: the raw client deprecates them).
+async fn prepare_raw(conn: &mut BackendConn, sql: &str, definitions: usize) -> u32 {
+    let prepare = [&[command::STMT_PREPARE][..], sql.as_bytes()].concat();
+    let ok = request(conn, &prepare).await;
+    assert_eq!(ok[0], 0, "prepare of {sql}: {ok:?}");
+    for _ in 0..definitions {
+        conn.stream.read_packet().await.unwrap();
+    }
+    u32::from_le_bytes(ok[1..5].try_into().unwrap())
+}
+
+/// Five rows, one column: what the cursor tests read.
+const CURSOR_SQL: &str = "SELECT seq FROM seq_1_to_5";
+
+/// COM_STMT_EXECUTE of statement `id` without parameters, with execute `flags`.
+fn execute_packet(id: u32, flags: u8) -> Vec<u8> {
+    let mut packet = vec![command::STMT_EXECUTE];
+    packet.extend_from_slice(&id.to_le_bytes());
+    packet.extend_from_slice(&[flags, 1, 0, 0, 0]); // one iteration
+    packet
+}
+
+/// COM_STMT_FETCH of `rows` rows from statement `id`.
+fn fetch_packet(id: u32, rows: u32) -> Vec<u8> {
+    let mut packet = vec![command::STMT_FETCH];
+    packet.extend_from_slice(&id.to_le_bytes());
+    packet.extend_from_slice(&rows.to_le_bytes());
+    packet
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_statement_ids_and_malformed_packets_get_errors() {
     let gw = start("ps_errors").await;
     let mut conn = raw_client(&gw).await;
-    let mut execute = vec![command::STMT_EXECUTE];
-    execute.extend_from_slice(&99u32.to_le_bytes());
-    execute.extend_from_slice(&[0, 1, 0, 0, 0]);
-    assert_eq!(error_code(&request(&mut conn, &execute).await), 1243);
-    let mut fetch = vec![command::STMT_FETCH];
-    fetch.extend_from_slice(&99u32.to_le_bytes());
-    fetch.extend_from_slice(&10u32.to_le_bytes());
-    assert_eq!(error_code(&request(&mut conn, &fetch).await), 1243);
+    let unknown = execute_packet(99, 0);
+    assert_eq!(error_code(&request(&mut conn, &unknown).await), 1243);
+    let unknown = fetch_packet(99, 10);
+    assert_eq!(error_code(&request(&mut conn, &unknown).await), 1243);
     assert_eq!(
         error_code(&request(&mut conn, &[command::STMT_RESET, 1]).await),
         1047
     );
 
     // A real statement: a fetch without a cursor, and an execute cut short.
-    let mut prepare = vec![command::STMT_PREPARE];
-    prepare.extend_from_slice(b"SELECT ?");
-    let mut seq = 0;
-    conn.stream.write_packet(&mut seq, &prepare).await.unwrap();
-    let ok = conn.stream.read_packet().await.unwrap().payload;
-    let id = u32::from_le_bytes(ok[1..5].try_into().unwrap());
-    // A parameter and a column definition follow (no EOFs: the internal flavor drops them).
-    for _ in 0..2 {
-        conn.stream.read_packet().await.unwrap();
-    }
-    fetch[1..5].copy_from_slice(&id.to_le_bytes());
-    assert_eq!(error_code(&request(&mut conn, &fetch).await), 1421);
-    execute[1..5].copy_from_slice(&id.to_le_bytes());
-    assert_eq!(error_code(&request(&mut conn, &execute).await), 1047);
+    // One parameter and one column definition follow the prepare.
+    let id = prepare_raw(&mut conn, "SELECT ?", 2).await;
+    assert_eq!(
+        error_code(&request(&mut conn, &fetch_packet(id, 10)).await),
+        1421
+    );
+    // The parameter's null bitmap and types are missing.
+    assert_eq!(
+        error_code(&request(&mut conn, &execute_packet(id, 0)).await),
+        1047
+    );
     // The session is still usable.
     let rows = conn
         .query_text("SELECT 'still here'")
@@ -363,23 +388,9 @@ async fn an_open_cursor_pins_until_it_is_exhausted_or_reset() {
     })
     .await;
     let mut cursor_client = raw_client(&gw).await;
-    let mut prepare = vec![command::STMT_PREPARE];
-    prepare.extend_from_slice(b"SELECT seq FROM seq_1_to_5");
-    let mut seq = 0;
-    cursor_client
-        .stream
-        .write_packet(&mut seq, &prepare)
-        .await
-        .unwrap();
-    let ok = cursor_client.stream.read_packet().await.unwrap().payload;
-    let id = u32::from_le_bytes(ok[1..5].try_into().unwrap());
-    cursor_client.stream.read_packet().await.unwrap(); // the column definition
-    let mut execute = vec![command::STMT_EXECUTE];
-    execute.extend_from_slice(&id.to_le_bytes());
-    execute.extend_from_slice(&[1, 1, 0, 0, 0]); // CURSOR_TYPE_READ_ONLY, one iteration
-    let mut fetch = vec![command::STMT_FETCH];
-    fetch.extend_from_slice(&id.to_le_bytes());
-    fetch.extend_from_slice(&10u32.to_le_bytes());
+    let id = prepare_raw(&mut cursor_client, CURSOR_SQL, 1).await;
+    let execute = execute_packet(id, CURSOR_TYPE_READ_ONLY);
+    let fetch = fetch_packet(id, 10);
     let mut other = gw.connect().await;
 
     for ending in ["exhausted", "reset"] {
@@ -442,24 +453,11 @@ async fn a_client_frozen_with_an_open_cursor_loses_it_after_the_idle_limit() {
     })
     .await;
     let mut frozen = raw_client(&gw).await;
-    let mut prepare = vec![command::STMT_PREPARE];
-    prepare.extend_from_slice(b"SELECT seq FROM seq_1_to_5");
+    let id = prepare_raw(&mut frozen, CURSOR_SQL, 1).await;
     let mut seq = 0;
     frozen
         .stream
-        .write_packet(&mut seq, &prepare)
-        .await
-        .unwrap();
-    let ok = frozen.stream.read_packet().await.unwrap().payload;
-    let id = u32::from_le_bytes(ok[1..5].try_into().unwrap());
-    frozen.stream.read_packet().await.unwrap(); // the column definition
-    let mut execute = vec![command::STMT_EXECUTE];
-    execute.extend_from_slice(&id.to_le_bytes());
-    execute.extend_from_slice(&[1, 1, 0, 0, 0]);
-    let mut seq = 0;
-    frozen
-        .stream
-        .write_packet(&mut seq, &execute)
+        .write_packet(&mut seq, &execute_packet(id, CURSOR_TYPE_READ_ONLY))
         .await
         .unwrap();
     let (_, status) = read_until_terminator(&mut frozen).await;
@@ -477,10 +475,7 @@ async fn a_client_frozen_with_an_open_cursor_loses_it_after_the_idle_limit() {
         1.0
     );
     // The frozen client, when it wakes, learns why.
-    let mut fetch = vec![command::STMT_FETCH];
-    fetch.extend_from_slice(&id.to_le_bytes());
-    fetch.extend_from_slice(&10u32.to_le_bytes());
-    let reply = request(&mut frozen, &fetch).await;
+    let reply = request(&mut frozen, &fetch_packet(id, 10)).await;
     assert_eq!(error_code(&reply), 4031);
     other.disconnect().await.unwrap();
 }
