@@ -59,6 +59,51 @@ pub fn parse_tracked_ok(payload: &[u8]) -> Result<(OkFields, StateChanges), Prot
     Ok((ok, changes))
 }
 
+/// Rewrites a tracked OK packet keeping only the session-state entries `keep` accepts
+/// (given each entry's type and data); without any left, the state block and its status
+/// flag go too. For clients that asked for session tracking, but not for all of it.
+pub fn filter_tracked_ok(
+    payload: &[u8],
+    keep: impl Fn(u8, &[u8]) -> bool,
+) -> Result<Vec<u8>, ProtocolError> {
+    let ok = response::parse_ok(payload)?;
+    if !ok
+        .status
+        .contains(StatusFlags::SERVER_SESSION_STATE_CHANGED)
+    {
+        return Ok(payload.to_vec());
+    }
+    let (_, rest) = lenenc::read_int(&payload[1..])?;
+    let (_, rest) = lenenc::read_int(rest)?;
+    let rest = rest
+        .get(4..)
+        .ok_or(ProtocolError::Malformed("short OK packet"))?;
+    let (info, rest) = lenenc::read_bytes(rest)?;
+    let (mut blocks, _) = lenenc::read_bytes(rest)?;
+    let mut kept = Vec::new();
+    while let Some((&kind, tail)) = blocks.split_first() {
+        let (data, next) = lenenc::read_bytes(tail)?;
+        if keep(kind, data) {
+            kept.push(kind);
+            lenenc::put_bytes(&mut kept, data);
+        }
+        blocks = next;
+    }
+    let mut out = Vec::with_capacity(payload.len());
+    out.push(payload[0]);
+    lenenc::put_int(&mut out, ok.affected_rows);
+    lenenc::put_int(&mut out, ok.last_insert_id);
+    let mut status = ok.status;
+    status.set(StatusFlags::SERVER_SESSION_STATE_CHANGED, !kept.is_empty());
+    out.extend_from_slice(&status.bits().to_le_bytes());
+    out.extend_from_slice(&ok.warnings.to_le_bytes());
+    lenenc::put_bytes(&mut out, info);
+    if !kept.is_empty() {
+        lenenc::put_bytes(&mut out, &kept);
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -97,6 +142,39 @@ mod tests {
         );
         assert_eq!(changes.schema.as_deref(), Some("shop"));
         assert!(changes.state_changed);
+    }
+
+    #[test]
+    fn filters_entries_and_drops_the_flag_when_none_is_left() {
+        let mut blocks = Vec::new();
+        let mut var = Vec::new();
+        lenenc::put_bytes(&mut var, b"sql_mode");
+        lenenc::put_bytes(&mut var, b"ANSI");
+        blocks.push(0);
+        lenenc::put_bytes(&mut blocks, &var);
+        blocks.push(2);
+        lenenc::put_bytes(&mut blocks, b"1");
+        let packet = tracked_ok(&blocks);
+        let unchanged = filter_tracked_ok(&packet, |_, _| true).unwrap();
+        assert_eq!(unchanged, packet);
+        let only_state = filter_tracked_ok(&packet, |kind, _| kind == 2).unwrap();
+        let (ok, changes) = parse_tracked_ok(&only_state).unwrap();
+        assert!(changes.state_changed && changes.variables.is_empty());
+        assert!(ok
+            .status
+            .contains(StatusFlags::SERVER_SESSION_STATE_CHANGED));
+        let none = filter_tracked_ok(&packet, |_, _| false).unwrap();
+        let (ok, changes) = parse_tracked_ok(&none).unwrap();
+        assert_eq!(changes, StateChanges::default());
+        assert!(!ok
+            .status
+            .contains(StatusFlags::SERVER_SESSION_STATE_CHANGED));
+        assert_eq!(
+            none.len(),
+            8,
+            "header, 2 lenenc ints, status, warnings, empty info"
+        );
+        assert!(filter_tracked_ok(&packet[..9], |_, _| true).is_err());
     }
 
     #[test]

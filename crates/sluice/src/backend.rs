@@ -163,7 +163,24 @@ pub struct ServerInfo {
     pub capabilities: CapabilityFlags,
     /// The server's default collation id.
     pub collation: u8,
+    /// A new session's `session_track_schema`, `session_track_state_change` and
+    /// `session_track_system_variables`, which clients see as their defaults.
+    pub tracking_defaults: [String; 3],
 }
+
+/// Reads, right after login, what a session starts with: the tracking defaults clients
+/// should see, and the character-set variables the login's collation chose.
+const LOGIN_STATE: &str = "SELECT @@session_track_schema, @@session_track_state_change, \
+     @@session_track_system_variables, @@character_set_client, @@character_set_connection, \
+     @@character_set_results, @@collation_connection";
+
+/// The variables [`LOGIN_STATE`] reads after the tracking ones, in order.
+const LOGIN_VARIABLES: [&str; 4] = [
+    "character_set_client",
+    "character_set_connection",
+    "character_set_results",
+    "collation_connection",
+];
 
 /// An open, authenticated database connection.
 pub struct BackendConn {
@@ -179,6 +196,9 @@ pub struct BackendConn {
     pub schema: Option<Option<String>>,
     /// System variables set on this connection (by any client), as the server reported them.
     pub vars: BTreeMap<String, String>,
+    /// The character-set variables as the login left them: what a variable some client set
+    /// returns to for a client that never set it (not the server's global default).
+    pub login_vars: BTreeMap<String, String>,
     /// Statements prepared on this connection, by what they are.
     pub statements: BackendStatements,
     /// Whether `;`-separated statements are accepted now (`COM_SET_OPTION` changes it), when
@@ -243,9 +263,11 @@ impl BackendConn {
                 version: greeting.server_version.clone(),
                 capabilities: greeting.capabilities,
                 collation: greeting.collation,
+                tracking_defaults: Default::default(),
             },
             schema: Some(target.database.clone()),
             vars: BTreeMap::new(),
+            login_vars: BTreeMap::new(),
             statements: BackendStatements::default(),
             multi_statements: Some(
                 flavor
@@ -268,6 +290,7 @@ impl BackendConn {
         let mut seq = greeting_packet.next_seq;
         conn.stream.write_packet(&mut seq, &login).await?;
         conn.finish_auth(target).await?;
+        conn.read_login_state().await?;
         conn.enable_tracking().await?;
         Ok(conn)
     }
@@ -492,6 +515,34 @@ impl BackendConn {
         self.simple_command(&payload).await
     }
 
+    /// Records what a fresh session has: see [`LOGIN_STATE`].
+    async fn read_login_state(&mut self) -> Result<(), BackendError> {
+        let rows = self
+            .query_text(LOGIN_STATE)
+            .await?
+            .map_err(BackendError::Refused)?;
+        let Some(row) = rows.into_iter().next().filter(|r| r.len() == 7) else {
+            return Err(
+                ProtocolError::Malformed("unexpected answer to the login state query").into(),
+            );
+        };
+        let mut values = row.into_iter().map(Option::unwrap_or_default);
+        for slot in &mut self.server.tracking_defaults {
+            *slot = values.next().unwrap_or_default();
+        }
+        self.login_vars = LOGIN_VARIABLES
+            .iter()
+            .map(|name| (name.to_string(), values.next().unwrap_or_default()))
+            .collect();
+        Ok(())
+    }
+
+    /// Turns sluice's session tracking back on after a client changed its own tracking
+    /// settings on this connection.
+    pub async fn restore_tracking(&mut self) -> Result<SimpleReply, BackendError> {
+        self.execute(ENABLE_TRACKING).await
+    }
+
     async fn enable_tracking(&mut self) -> Result<(), BackendError> {
         self.vars.clear();
         if self
@@ -508,7 +559,8 @@ impl BackendConn {
 
     /// Brings this connection to a client's session: its schema and the system variables it
     /// set, changing only what differs. A variable this connection has from an earlier client
-    /// and this client never set goes back to its default. The server's ERR is returned inside.
+    /// and this client never set goes back to what the login set (the character sets) or to
+    /// its default. The server's ERR is returned inside.
     pub async fn adopt_session(
         &mut self,
         target: &BackendTarget,
@@ -525,7 +577,10 @@ impl BackendConn {
             }
         }
         for name in self.vars.keys().filter(|name| !vars.contains_key(*name)) {
-            assignments.push(format!("{name} = DEFAULT"));
+            match self.login_vars.get(name) {
+                Some(value) => assignments.push(format!("{name} = {}", sql_value(value))),
+                None => assignments.push(format!("{name} = DEFAULT")),
+            }
         }
         if assignments.is_empty() {
             return Ok(Ok(OkFields::default()));

@@ -65,37 +65,60 @@ impl Gateway {
 }
 
 impl Gateway {
-    /// Carries out `KILL [QUERY] id` for `user`: the running statement is killed on the
-    /// database over a short side connection, and for `KILL CONNECTION` the session is told
-    /// to end.
-    pub async fn kill(
-        &self,
-        user: &str,
-        id: u64,
-        query_only: bool,
-    ) -> Result<(), sluice_protocol::response::ErrFields> {
-        let target = self.sessions.target(user, id, query_only)?;
-        let (thread, notify) = match target {
-            registry::KillTarget::Query(thread) => (thread, None),
-            registry::KillTarget::Connection(thread, notify) => (thread, Some(notify)),
+    /// Ends the statement running for `target`, if any, on a connection borrowed from the
+    /// pool (so it counts against the budget). The kill names the statement's query id and
+    /// is sent only if the target still holds the same borrow after the id was read, so it
+    /// can never interrupt another client's statement.
+    pub async fn kill_query(&self, target: &registry::SessionHandle) {
+        let before = target.backend.get();
+        if before.1 == 0 {
+            return; // not holding a connection: nothing runs
+        }
+        let mut side = match self.pool.borrow(backend::Flavor::INTERNAL, None).await {
+            Ok(side) => side,
+            Err(e) => {
+                tracing::warn!(error = %e, "no connection to kill a query with");
+                return;
+            }
         };
-        if thread != 0 {
-            let side = backend::BackendConn::connect(
-                &self.settings.backend,
-                backend::Flavor::INTERNAL,
-                self.settings.connect_timeout,
-            )
-            .await;
-            match side {
-                Ok(mut side) => {
-                    let _ = side.execute(&format!("KILL QUERY {thread}")).await;
-                }
-                Err(e) => tracing::warn!(error = %e, "could not open a connection to kill a query"),
+        let sql = format!(
+            "SELECT QUERY_ID FROM information_schema.PROCESSLIST WHERE ID = {}",
+            before.1
+        );
+        let query_id = match side.conn().query_text(&sql).await {
+            Ok(Ok(rows)) => rows
+                .first()
+                .and_then(|row| row.first().cloned().flatten())
+                .and_then(|id| id.parse::<u64>().ok()),
+            Ok(Err(err)) => {
+                tracing::warn!(error = %err, "could not read the query to kill");
+                None
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not read the query to kill");
+                drop(side);
+                return;
+            }
+        };
+        if let Some(query_id) = query_id.filter(|_| target.backend.get() == before) {
+            // 1957 (unknown query id) means it finished meanwhile: nothing to do.
+            if let Err(e) = side
+                .conn()
+                .execute(&format!("KILL QUERY ID {query_id}"))
+                .await
+            {
+                tracing::warn!(error = %e, "could not kill a query");
+                drop(side);
+                return;
             }
         }
-        if let Some(notify) = notify {
-            notify.notify_one();
-        }
-        Ok(())
+        self.pool.release(side);
+    }
+
+    /// Ends `target`'s session (`KILL CONNECTION`): its running statement first, then the
+    /// session itself, which rolls back and returns its connection.
+    pub async fn kill_session(&self, target: &registry::SessionHandle) {
+        self.kill_query(target).await;
+        target.kill.notify_one();
     }
 }

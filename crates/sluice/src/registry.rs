@@ -1,58 +1,108 @@
 //! Connected clients by sluice connection id, so that `KILL <id>` and `KILL QUERY <id>` act
 //! on the client a user sees (its `CONNECTION_ID()`), never on a database connection that
 //! happens to serve someone else.
+//!
+//! Each client publishes which database thread serves it, stamped with a generation that
+//! changes on every borrow and return. A kill reads the stamp, finds the thread's running
+//! query id, and kills that query (`KILL QUERY ID`) only if the stamp has not changed in
+//! between: query ids are never reused, so the kill can only hit the statement it was meant
+//! for, even if the connection passes to another client a moment later.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use sluice_protocol::response::ErrFields;
 use tokio::sync::Notify;
+
+/// Which database thread serves a client now, and in which borrow of it.
+#[derive(Debug, Default)]
+pub struct BackendStamp(AtomicU64);
+
+impl BackendStamp {
+    /// Records that the client now holds database thread `thread` (0: none).
+    pub fn set(&self, thread: u32) {
+        let generation = (self.0.load(Ordering::Acquire) >> 32).wrapping_add(1);
+        self.0
+            .store(generation << 32 | u64::from(thread), Ordering::Release);
+    }
+
+    /// The current (generation, thread); equal stamps mean the same borrow.
+    pub fn get(&self) -> (u32, u32) {
+        let v = self.0.load(Ordering::Acquire);
+        ((v >> 32) as u32, v as u32)
+    }
+}
 
 /// What other sessions may do to one client.
 #[derive(Debug, Clone)]
 pub struct SessionHandle {
     /// The sluice user it logged in as (only that user may kill it).
     pub user: String,
-    /// Thread id of the database connection serving it now, or 0.
-    pub backend_thread: Arc<AtomicU32>,
+    /// The database thread serving it now.
+    pub backend: Arc<BackendStamp>,
     /// Signalled to end the session (`KILL CONNECTION`).
     pub kill: Arc<Notify>,
 }
 
 /// The live sessions.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Registry {
-    sessions: Mutex<HashMap<u32, SessionHandle>>,
+    sessions: Arc<Mutex<HashMap<u32, SessionHandle>>>,
 }
 
-/// What a `KILL` must do once the target is found.
-pub enum KillTarget {
-    /// End the statement running on this database thread, if any (0: none running).
-    Query(u32),
-    /// End the statement and then the session.
-    Connection(u32, Arc<Notify>),
+/// A session's entry; dropping it removes the entry, so no path out of a session (an error,
+/// even a panic) can leave it behind.
+#[derive(Debug)]
+pub struct Registration {
+    registry: Registry,
+    id: u32,
+    /// The handle others use to reach the session.
+    pub handle: SessionHandle,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        let mut sessions = self.registry.lock();
+        // A newer registration of the same id (after COM_CHANGE_USER) is not this one's.
+        if sessions
+            .get(&self.id)
+            .is_some_and(|h| Arc::ptr_eq(&h.kill, &self.handle.kill))
+        {
+            sessions.remove(&self.id);
+        }
+    }
 }
 
 impl Registry {
-    /// Adds a session and returns its handle.
-    pub fn register(&self, id: u32, user: &str) -> SessionHandle {
+    /// Adds a session (or replaces its entry, after COM_CHANGE_USER) and returns its entry.
+    pub fn register(&self, id: u32, user: &str) -> Registration {
         let handle = SessionHandle {
             user: user.to_owned(),
-            backend_thread: Arc::new(AtomicU32::new(0)),
+            backend: Arc::new(BackendStamp::default()),
             kill: Arc::new(Notify::new()),
         };
         self.lock().insert(id, handle.clone());
-        handle
+        Registration {
+            registry: self.clone(),
+            id,
+            handle,
+        }
     }
 
-    /// Removes a session that ended.
-    pub fn remove(&self, id: u32) {
-        self.lock().remove(&id);
+    /// How many sessions are registered.
+    pub fn len(&self) -> usize {
+        self.lock().len()
     }
 
-    /// Finds what `user` may kill with `KILL [QUERY] id`, with MySQL's errors otherwise.
-    pub fn target(&self, user: &str, id: u64, query_only: bool) -> Result<KillTarget, ErrFields> {
+    /// Whether no session is registered.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Finds the session `user` may kill with `KILL [QUERY] id`, with MariaDB's errors
+    /// otherwise (1094 unknown id, 1095 another user's).
+    pub fn target(&self, user: &str, id: u64) -> Result<SessionHandle, ErrFields> {
         let unknown = || ErrFields::new(1094, "HY000", format!("Unknown thread id: {id}"));
         let id = u32::try_from(id).map_err(|_| unknown())?;
         let sessions = self.lock();
@@ -64,17 +114,63 @@ impl Registry {
                 format!("You are not owner of thread {id}"),
             ));
         }
-        let thread = handle.backend_thread.load(Ordering::Relaxed);
-        Ok(if query_only {
-            KillTarget::Query(thread)
-        } else {
-            KillTarget::Connection(thread, handle.kill.clone())
-        })
+        Ok(handle.clone())
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u32, SessionHandle>> {
+    /// Every session of `user` but `except`, for `KILL USER`.
+    pub fn of_user(&self, user: &str, except: u32) -> Vec<SessionHandle> {
+        self.lock()
+            .iter()
+            .filter(|(id, h)| h.user == user && **id != except)
+            .map(|(_, h)| h.clone())
+            .collect()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<u32, SessionHandle>> {
         self.sessions
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stamps_change_with_every_borrow() {
+        let stamp = BackendStamp::default();
+        assert_eq!(stamp.get(), (0, 0));
+        stamp.set(7);
+        let first = stamp.get();
+        assert_eq!(first.1, 7);
+        stamp.set(0);
+        stamp.set(7);
+        assert_eq!(stamp.get().1, 7);
+        assert_ne!(stamp.get(), first, "same thread, another borrow");
+    }
+
+    #[test]
+    fn entries_leave_when_dropped_and_kills_respect_users() {
+        let registry = Registry::default();
+        let a = registry.register(1, "app");
+        let b = registry.register(2, "other");
+        assert_eq!(registry.len(), 2);
+        assert!(registry.target("app", 1).is_ok());
+        assert_eq!(registry.target("app", 2).unwrap_err().code, 1095);
+        assert_eq!(registry.target("app", 9).unwrap_err().code, 1094);
+        assert_eq!(registry.target("app", u64::MAX).unwrap_err().code, 1094);
+        assert_eq!(registry.of_user("app", 0).len(), 1);
+        assert!(registry.of_user("app", 1).is_empty());
+        let again = registry.register(1, "other");
+        drop(a);
+        assert_eq!(
+            registry.target("other", 1).map(|_| ()),
+            Ok(()),
+            "the newer entry stays"
+        );
+        drop(again);
+        drop(b);
+        assert!(registry.is_empty());
     }
 }

@@ -124,3 +124,36 @@ pub fn too_many_statements(max: usize) -> ErrFields {
         format!("Can't create more than max_prepared_stmt_count statements (current value: {max}); sluice allows one client {max} open statements, close the ones you no longer use"),
     )
 }
+
+/// A `KILL` sluice will not send to the server (1235, as for a feature not supported).
+pub fn kill_refused(why: &str) -> ErrFields {
+    ErrFields::new(
+        1235,
+        "42000",
+        format!("sluice does not run {why}: send KILL <id> or KILL QUERY <id> as a statement of its own"),
+    )
+}
+
+/// `KILL QUERY ID n`: query ids belong to the server, and clients of sluice see none.
+pub fn unknown_query_id(id: u64) -> ErrFields {
+    ErrFields::new(1957, "HY000", format!("Unknown query id: {id}"))
+}
+
+/// `KILL USER` of another user's clients.
+pub fn not_owner(user: &str) -> ErrFields {
+    ErrFields::new(
+        1095,
+        "HY000",
+        format!("You are not owner of the connections of user {user}"),
+    )
+}
+
+/// A prepared statement sluice will not prepare (1295, as MariaDB says of commands the
+/// binary protocol does not run).
+pub fn not_preparable(why: &str) -> ErrFields {
+    ErrFields::new(
+        1295,
+        "HY000",
+        format!("This command is not supported in the prepared statement protocol through sluice: {why}"),
+    )
+}

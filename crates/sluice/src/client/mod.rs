@@ -9,6 +9,7 @@ mod login;
 mod relay;
 mod session;
 mod statement;
+mod tracking;
 
 pub use session::serve_client;
 

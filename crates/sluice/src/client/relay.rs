@@ -12,6 +12,7 @@ use sluice_protocol::stream::{PacketStream, WRITE_HIGH_WATER};
 use sluice_protocol::{ProtocolError, StatusFlags};
 use tokio::net::TcpStream;
 
+use super::tracking::Tracking;
 use crate::backend::BackendConn;
 
 /// How forwarding a command failed, and so which side is unusable now.
@@ -43,11 +44,12 @@ pub struct ReplyOutcome {
 }
 
 /// Forwards `payload` (a client command that arrived with sequence id `seq`) and relays the
-/// whole reply. OK packets are read for session-state changes, and rewritten for clients
-/// that did not ask for session tracking.
+/// whole reply. OK packets are read for session-state changes, and rewritten to carry only
+/// the tracking entries the client asked for (`tracking`; `None` for a client without
+/// CLIENT_SESSION_TRACK, which gets none).
 pub async fn forward(
     client: &mut PacketStream<TcpStream>,
-    client_tracks_state: bool,
+    tracking: Option<&Tracking>,
     backend: &mut BackendConn,
     seq: u8,
     payload: &[u8],
@@ -90,13 +92,21 @@ pub async fn forward(
             outcome.last_ok = Some(ok);
             // An OK with the EOF header ends a result set; a plain OK is a statement's result.
             outcome.rows = (frame.payload()[0] == response::EOF_HEADER).then(|| tracker.rows());
-            if client_tracks_state {
-                client.queue_raw(&frame.bytes);
-            } else {
-                let stripped = response::strip_session_track(frame.payload())
-                    .map_err(|e| backend_err(e, next_seq))?;
-                let mut seq = frame.header.seq;
-                client.queue_packet(&mut seq, &stripped);
+            let rewritten = match tracking {
+                Some(tracking) if tracking.wants_everything() => None,
+                Some(tracking) => Some(session_state::filter_tracked_ok(
+                    frame.payload(),
+                    |kind, data| tracking.keeps(kind, data),
+                )),
+                None => Some(response::strip_session_track(frame.payload())),
+            };
+            match rewritten {
+                None => client.queue_raw(&frame.bytes),
+                Some(packet) => {
+                    let packet = packet.map_err(|e| backend_err(e, next_seq))?;
+                    let mut seq = frame.header.seq;
+                    client.queue_packet(&mut seq, &packet);
+                }
             }
         } else {
             if let Step::Done(Some(status)) = step {

@@ -10,7 +10,6 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use sluice_protocol::auth::NATIVE_PASSWORD;
@@ -28,12 +27,16 @@ use self::prepared::ClientStatements;
 use super::errors;
 use super::login::{self, Authenticated, LoginFailure};
 use super::relay::{self, RelayError, ReplyOutcome};
-use super::statement::{self, SessionFunction};
+use super::statement::{self, Analysis, Kill, KillTarget, SessionFunction};
+use super::tracking::{Tracking, OWNED_VARIABLES};
 use crate::backend::{BackendError, Flavor};
 use crate::config::PoolMode;
 use crate::pool::{Lease, SessionError, WantedSession};
-use crate::registry::SessionHandle;
+use crate::registry::Registration;
 use crate::Gateway;
+
+/// Failed COM_CHANGE_USER attempts after which the connection is closed.
+const MAX_FAILED_CHANGE_USERS: u32 = 3;
 
 /// How a session ended, for the closing log line.
 enum End {
@@ -58,13 +61,57 @@ struct Session {
     state: SessionState,
     /// Why the client keeps its connection regardless of transactions.
     pin: Option<&'static str>,
-    /// How `KILL` from other sessions reaches this one.
-    handle: SessionHandle,
+    /// The session's entry among the live ones, through which `KILL` reaches it.
+    registration: Registration,
+    /// The session tracking the client asked for (`None`: it has no CLIENT_SESSION_TRACK).
+    tracking: Option<Tracking>,
+    /// A `SET TRANSACTION` waits for the next transaction on the held connection.
+    next_transaction: bool,
+    /// COM_CHANGE_USER attempts that failed on this connection.
+    failed_change_users: u32,
     /// The client's prepared statements.
     statements: ClientStatements,
     /// Whether the client's session accepts `;`-separated statements (capability at login,
     /// then COM_SET_OPTION).
     multi_statements: bool,
+}
+
+/// What sluice knows about a command before its reply, to account for what the reply says.
+#[derive(Debug, Default, Clone, Copy)]
+struct Accounting {
+    /// The command holds a statement sluice does not understand.
+    unknown: bool,
+    /// Variable values reported are a `SET STATEMENT`'s, not the session's.
+    temporary_variables: bool,
+    /// `SET TRANSACTION`: the connection keeps characteristics for the next transaction.
+    next_transaction: bool,
+}
+
+impl Accounting {
+    fn of(analysis: &Analysis) -> Accounting {
+        Accounting {
+            unknown: analysis.unknown,
+            temporary_variables: analysis.temporary_variables,
+            next_transaction: analysis.next_transaction,
+        }
+    }
+}
+
+/// Counts a client in `sluice_client_connections` while it lives; a guard, so no way out of
+/// a session (an error, even a panic) can leave the gauge up.
+struct ClientGauge(Arc<Gateway>);
+
+impl ClientGauge {
+    fn new(gateway: Arc<Gateway>) -> ClientGauge {
+        gateway.metrics.client_connections.inc();
+        ClientGauge(gateway)
+    }
+}
+
+impl Drop for ClientGauge {
+    fn drop(&mut self) {
+        self.0.metrics.client_connections.dec();
+    }
 }
 
 /// The session a client would have on a direct connection, carried between connections.
@@ -82,9 +129,9 @@ pub async fn serve_client(gateway: Arc<Gateway>, socket: TcpStream, peer: Socket
     let span = tracing::info_span!("client", id, %peer);
     async move {
         info!("client connected");
-        gateway.metrics.client_connections.inc();
-        let end = run(gateway.clone(), socket, peer, id).await;
-        gateway.metrics.client_connections.dec();
+        let gauge = ClientGauge::new(gateway.clone());
+        let end = run(gateway, socket, peer, id).await;
+        drop(gauge);
         match end {
             End::Quit => info!("client closed (quit)"),
             End::Disconnected => info!("client closed (disconnected)"),
@@ -125,7 +172,10 @@ async fn run(gateway: Arc<Gateway>, socket: TcpStream, peer: SocketAddr, id: u32
     } = auth;
     debug!(%user, "client authenticated");
     let mode = pool_mode_of(&gateway, &user);
-    let handle = gateway.sessions.register(id, &user);
+    let registration = gateway.sessions.register(id, &user);
+    let tracking = capabilities
+        .contains(CapabilityFlags::CLIENT_SESSION_TRACK)
+        .then(|| tracking_defaults(&server));
     let mut session = Session {
         gateway,
         id,
@@ -142,7 +192,10 @@ async fn run(gateway: Arc<Gateway>, socket: TcpStream, peer: SocketAddr, id: u32
             ..SessionState::default()
         },
         pin: None,
-        handle,
+        registration,
+        tracking,
+        next_transaction: false,
+        failed_change_users: 0,
         statements: ClientStatements::default(),
         multi_statements: capabilities.contains(CapabilityFlags::CLIENT_MULTI_STATEMENTS),
     };
@@ -161,8 +214,15 @@ async fn run(gateway: Arc<Gateway>, socket: TcpStream, peer: SocketAddr, id: u32
         }
     };
     session.detach_backend().await;
-    session.gateway.sessions.remove(id);
     end
+}
+
+/// A new client's tracking settings: what the server gives a new session.
+fn tracking_defaults(server: &crate::backend::ServerInfo) -> Tracking {
+    match &server.tracking_defaults {
+        [schema, state, vars] if !schema.is_empty() => Tracking::from_values(schema, state, vars),
+        _ => Tracking::default(),
+    }
 }
 
 impl Session {
@@ -184,9 +244,7 @@ impl Session {
         match self.gateway.pool.borrow_for(self.flavor(), &wanted).await {
             Ok(mut lease) => {
                 let thread_id = lease.conn().thread_id;
-                self.handle
-                    .backend_thread
-                    .store(thread_id, Ordering::Relaxed);
+                self.registration.handle.backend.set(thread_id);
                 self.backend = Some(lease);
                 Ok(())
             }
@@ -204,11 +262,12 @@ impl Session {
     fn release_if_free(&mut self) {
         let tied = self.mode == PoolMode::Session
             || self.pin.is_some()
+            || self.next_transaction
             || self.statements.open_cursors() > 0
             || self.status.contains(StatusFlags::SERVER_STATUS_IN_TRANS);
         if !tied {
             if let Some(lease) = self.backend.take() {
-                self.handle.backend_thread.store(0, Ordering::Relaxed);
+                self.registration.handle.backend.set(0);
                 self.gateway.pool.release(lease);
             }
         }
@@ -230,29 +289,49 @@ impl Session {
         }
     }
 
-    /// Learns from a reply what changed in the client's session.
-    fn absorb(&mut self, outcome: &ReplyOutcome) {
+    /// Learns from a reply what changed in the client's session. A change sluice cannot
+    /// account for pins the client: one the server reports without naming it, or any
+    /// change after a statement sluice does not understand.
+    fn absorb(&mut self, outcome: &ReplyOutcome, accounting: Accounting) {
         if let Some(status) = outcome.status {
             self.status = status;
+            if accounting.next_transaction {
+                self.next_transaction = true;
+            } else if !status.contains(StatusFlags::SERVER_STATUS_IN_TRANS) {
+                self.next_transaction = false;
+            }
         }
         let changes = &outcome.changes;
-        let carried = !changes.variables.is_empty() || changes.schema.is_some();
+        let named = !changes.variables.is_empty() || changes.schema.is_some();
         if let Some(lease) = self.backend.as_mut() {
             let conn = lease.conn();
-            for (name, value) in &changes.variables {
-                if name.starts_with("session_track") {
-                    continue;
+            if !accounting.temporary_variables {
+                for (name, value) in &changes.variables {
+                    if OWNED_VARIABLES.contains(&name.as_str()) {
+                        continue;
+                    }
+                    self.state.vars.insert(name.clone(), value.clone());
+                    conn.vars.insert(name.clone(), value.clone());
                 }
-                self.state.vars.insert(name.clone(), value.clone());
-                conn.vars.insert(name.clone(), value.clone());
             }
             if let Some(schema) = &changes.schema {
                 let schema = (!schema.is_empty()).then(|| schema.clone());
                 conn.schema = Some(schema.clone());
                 self.state.schema = schema;
             }
+            if let Some(status) = outcome.status {
+                // The status flags are a witness too: autocommit as the server has it now,
+                // however it was changed.
+                let on = status.contains(StatusFlags::SERVER_STATUS_AUTOCOMMIT);
+                let carried = self.state.vars.get("autocommit").map(|v| v == "ON");
+                if carried.unwrap_or(true) != on {
+                    let value = if on { "ON" } else { "OFF" }.to_owned();
+                    self.state.vars.insert("autocommit".into(), value.clone());
+                    conn.vars.insert("autocommit".into(), value);
+                }
+            }
         }
-        if changes.state_changed && !carried {
+        if changes.state_changed && (accounting.unknown || !named) {
             // Something changed that sluice cannot name, so it cannot carry it either.
             self.pin("session_state");
         }
@@ -273,7 +352,7 @@ impl Session {
 
     /// Returns the database connection, reset, to the pool.
     async fn detach_backend(&mut self) {
-        self.handle.backend_thread.store(0, Ordering::Relaxed);
+        self.registration.handle.backend.set(0);
         if let Some(lease) = self.backend.take() {
             self.gateway.pool.give_back(lease).await;
         }
@@ -307,16 +386,18 @@ impl Session {
         );
         let mut transaction_expired = false;
         loop {
-            // An open cursor holds a connection just as an open transaction does.
+            // An open cursor, or characteristics set for the next transaction, hold a
+            // connection just as an open transaction does.
             let in_transaction = (self.status.contains(StatusFlags::SERVER_STATUS_IN_TRANS)
-                || self.statements.open_cursors() > 0)
+                || self.statements.open_cursors() > 0
+                || self.next_transaction)
                 && !transaction_expired;
             let limit = if in_transaction {
                 transaction_limit
             } else {
                 client_limit
             };
-            let kill = self.handle.kill.clone();
+            let kill = self.registration.handle.kill.clone();
             let next = tokio::select! {
                 next = tokio::time::timeout(limit, self.stream.read_packet()) => next,
                 () = kill.notified() => {
@@ -423,47 +504,168 @@ impl Session {
         }
     }
 
-    /// COM_QUERY: pins for state that cannot be carried, answers session functions from
-    /// tracked values, handles KILL, then forwards.
+    /// COM_QUERY: classifies the text first (see `statement`): refuses a `KILL` it cannot
+    /// carry out, runs a `KILL` itself, pins for state that cannot be carried, rewrites
+    /// `SET @@name` to a form the server reports and session functions to the values sluice
+    /// tracked, then forwards and accounts for what changed.
     async fn query(&mut self, seq: u8, payload: &[u8]) -> Result<(), End> {
-        let Ok(sql) = std::str::from_utf8(&payload[1..]) else {
-            return self.forward(seq, payload).await;
-        };
-        let scan = statement::scan(sql);
-        if let Some(reason) = scan.pin {
-            self.pin(reason);
-        }
-        if let Some(kill) = scan.kill {
-            let mut seq = seq.wrapping_add(1);
-            let reply = self
-                .gateway
-                .kill(&self.user, kill.id, kill.query_only)
+        let sql = &payload[1..];
+        let analysis = statement::analyze(sql, self.backslash_escapes());
+        if let Some(why) = analysis.refusal {
+            return self
+                .reply_err(seq.wrapping_add(1), &errors::kill_refused(why))
                 .await;
-            let sent = match reply {
-                Ok(()) => self.send_ok(&mut seq).await,
-                Err(err) => self.send_err(&mut seq, &err).await,
-            };
-            return sent.map_err(client_end);
+        }
+        if let Some(kill) = analysis.kill {
+            return self.kill(seq.wrapping_add(1), kill).await;
+        }
+        if let Some(reason) = analysis.pin {
+            self.pin(reason);
         }
         let unpinned = self.pin.is_none();
         let state = &self.state;
         let id = self.id;
-        let rewritten = statement::substitute(sql, &scan.functions, |function| match function {
+        let rewritten = statement::rewrite(sql, &analysis, |function| match function {
             SessionFunction::ConnectionId => Some(id.to_string()),
             _ if !unpinned || payload.len() >= MAX_FRAME_PAYLOAD => None,
             SessionFunction::LastInsertId => Some(state.last_insert_id.to_string()),
             SessionFunction::RowCount => Some(state.row_count.to_string()),
             SessionFunction::FoundRows => Some(state.found_rows.to_string()),
         });
-        match rewritten {
+        let accounting = Accounting::of(&analysis);
+        let status = match rewritten {
             Some(sql) => {
                 let mut payload = Vec::with_capacity(sql.len() + 1);
                 payload.push(command::QUERY);
-                payload.extend_from_slice(sql.as_bytes());
-                self.forward(seq, &payload).await
+                payload.extend_from_slice(&sql);
+                self.forward_accounted(seq, &payload, accounting).await?
             }
-            None => self.forward(seq, payload).await,
+            None => self.forward_accounted(seq, payload, accounting).await?,
+        };
+        if status.is_some() || self.backend.is_some() {
+            self.after_query(&analysis).await?;
         }
+        self.release_if_free();
+        Ok(())
+    }
+
+    /// What a query changed that its reply does not say: the value `LAST_INSERT_ID(expr)`
+    /// set, and the client's own tracking settings, read back from the connection.
+    async fn after_query(&mut self, analysis: &Analysis) -> Result<(), End> {
+        if analysis.sets_last_insert_id && self.pin.is_none() {
+            let Some(lease) = self.backend.as_mut() else {
+                return Ok(());
+            };
+            match lease.conn().query_text("SELECT LAST_INSERT_ID()").await {
+                Ok(Ok(rows)) => {
+                    if let Some(id) = rows
+                        .first()
+                        .and_then(|r| r.first().cloned().flatten())
+                        .and_then(|v| v.parse().ok())
+                    {
+                        self.state.last_insert_id = id;
+                    }
+                }
+                Ok(Err(_)) => self.pin("last_insert_id"),
+                Err(e) => return Err(self.broken_after_reply(e)),
+            }
+        }
+        if analysis.sets_tracking {
+            let Some(lease) = self.backend.as_mut() else {
+                return Ok(());
+            };
+            let conn = lease.conn();
+            let read = conn
+                .query_text(
+                    "SELECT @@session_track_schema, @@session_track_state_change, \
+                     @@session_track_system_variables",
+                )
+                .await;
+            let restored = match read {
+                Ok(Ok(rows)) => {
+                    if let (Some(tracking), Some([Some(schema), Some(state), Some(vars)])) =
+                        (self.tracking.as_mut(), rows.first().map(Vec::as_slice))
+                    {
+                        *tracking = Tracking::from_values(schema, state, vars);
+                    }
+                    conn.restore_tracking().await
+                }
+                Ok(Err(_)) => conn.restore_tracking().await,
+                Err(e) => Err(e),
+            };
+            match restored {
+                Ok(Ok(_)) => {}
+                Ok(Err(_)) => self.pin("session_tracking"),
+                Err(e) => return Err(self.broken_after_reply(e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// The held connection broke after the reply went out: the client cannot be told in
+    /// answer to anything, so its session ends as if the database had closed it.
+    fn broken_after_reply(&mut self, error: BackendError) -> End {
+        warn!(%error, "database connection lost after a reply");
+        drop(self.backend.take());
+        End::Error(format!("database connection lost: {error}"))
+    }
+
+    /// Whether a backslash escapes inside strings in the client's `sql_mode`.
+    fn backslash_escapes(&self) -> bool {
+        !self
+            .state
+            .vars
+            .get("sql_mode")
+            .is_some_and(|mode| mode.contains("NO_BACKSLASH_ESCAPES"))
+    }
+
+    /// A lone `KILL` statement, carried out on sluice's ids within the client's own user.
+    /// The client's own connection behaves as it would on the server: `KILL QUERY` of itself
+    /// interrupts the `KILL` (1317), `KILL` of itself ends the session (1927).
+    async fn kill(&mut self, seq: u8, kill: Kill) -> Result<(), End> {
+        let gateway = self.gateway.clone();
+        let own = match kill.target {
+            KillTarget::Own => true,
+            KillTarget::Id(id) => id == u64::from(self.id),
+            KillTarget::QueryId(id) => {
+                return self.reply_err(seq, &errors::unknown_query_id(id)).await;
+            }
+            KillTarget::User(ref user) => {
+                if *user != self.user {
+                    return self.reply_err(seq, &errors::not_owner(user)).await;
+                }
+                for target in gateway.sessions.of_user(user, self.id) {
+                    if kill.query_only {
+                        gateway.kill_query(&target).await;
+                    } else {
+                        gateway.kill_session(&target).await;
+                    }
+                }
+                !kill.query_only
+            }
+        };
+        if own {
+            let err = if kill.query_only {
+                ErrFields::new(1317, "70100", "Query execution was interrupted")
+            } else {
+                ErrFields::new(1927, "70100", "Connection was killed")
+            };
+            self.reply_err(seq, &err).await?;
+            return if kill.query_only {
+                Ok(())
+            } else {
+                Err(End::Error("killed itself".into()))
+            };
+        }
+        if let KillTarget::Id(id) = kill.target {
+            match gateway.sessions.target(&self.user, id) {
+                Ok(target) if kill.query_only => gateway.kill_query(&target).await,
+                Ok(target) => gateway.kill_session(&target).await,
+                Err(err) => return self.reply_err(seq, &err).await,
+            }
+        }
+        let mut seq = seq;
+        self.send_ok(&mut seq).await.map_err(client_end)
     }
 
     /// COM_SET_OPTION: multi-statements on or off, carried to whichever connection serves
@@ -485,17 +687,30 @@ impl Session {
         Ok(())
     }
 
-    /// COM_RESET_CONNECTION: the client's session starts over (schema kept, as the server
-    /// does); a connection it held is reset and returned.
-    async fn reset_connection(&mut self, mut seq: u8) -> Result<(), End> {
+    /// Ends the client's session as it was (a connection it held is reset and returned)
+    /// and starts a fresh one on `schema`, as after login.
+    async fn start_over(&mut self, schema: Option<String>) {
         self.detach_backend().await;
         self.state = SessionState {
-            schema: self.state.schema.take(),
+            schema,
             ..SessionState::default()
         };
         self.forget_statements();
         self.pin = None;
+        self.next_transaction = false;
         self.status = StatusFlags::SERVER_STATUS_AUTOCOMMIT;
+        if self.tracking.is_some() {
+            if let Ok(server) = self.gateway.pool.server_info().await {
+                self.tracking = Some(tracking_defaults(&server));
+            }
+        }
+    }
+
+    /// COM_RESET_CONNECTION: the client's session starts over (schema kept, as the server
+    /// does); a connection it held is reset and returned.
+    async fn reset_connection(&mut self, mut seq: u8) -> Result<(), End> {
+        let schema = self.state.schema.take();
+        self.start_over(schema).await;
         if self.mode == PoolMode::Session {
             if let Err(err) = self.attach_backend().await {
                 return self.reply_err(seq, &err).await;
@@ -520,6 +735,17 @@ impl Session {
         seq: u8,
         payload: &[u8],
     ) -> Result<Option<StatusFlags>, End> {
+        self.forward_accounted(seq, payload, Accounting::default())
+            .await
+    }
+
+    /// [`Session::forward_unreleased`] for a command sluice classified first.
+    async fn forward_accounted(
+        &mut self,
+        seq: u8,
+        payload: &[u8],
+        accounting: Accounting,
+    ) -> Result<Option<StatusFlags>, End> {
         if let Err(err) = self.attach_backend().await {
             self.reply_err(seq.wrapping_add(1), &err).await?;
             return Ok(None);
@@ -527,12 +753,9 @@ impl Session {
         let Some(lease) = self.backend.as_mut() else {
             return Err(End::Error("no database connection".into()));
         };
-        let client_tracks_state = self
-            .capabilities
-            .contains(CapabilityFlags::CLIENT_SESSION_TRACK);
         match relay::forward(
             &mut self.stream,
-            client_tracks_state,
+            self.tracking.as_ref(),
             lease.conn(),
             seq,
             payload,
@@ -540,7 +763,7 @@ impl Session {
         .await
         {
             Ok(outcome) => {
-                self.absorb(&outcome);
+                self.absorb(&outcome, accounting);
                 Ok(outcome.status)
             }
             Err(RelayError::Client(e)) => {
@@ -609,22 +832,25 @@ impl Session {
                 .map(|a| a.ip().to_string())
                 .unwrap_or_default();
             let err = errors::access_denied(&request.user, &host, !proof.is_empty());
+            // Like MariaDB, the session stays as it was and the client may try again, but
+            // not forever: guessing passwords on one socket ends after a few tries.
+            self.failed_change_users += 1;
             let _ = self.send_err(&mut seq, &err).await;
-            return Err(End::Refused);
+            return if self.failed_change_users >= MAX_FAILED_CHANGE_USERS {
+                Err(End::Refused)
+            } else {
+                Ok(())
+            };
+        }
+        if request.user != self.user {
+            self.registration = self.gateway.sessions.register(self.id, &request.user);
         }
         self.user = request.user;
         if let Some(collation) = request.collation {
             self.collation = collation;
         }
-        self.status = StatusFlags::SERVER_STATUS_AUTOCOMMIT;
         self.mode = pool_mode_of(&self.gateway, &self.user);
-        self.detach_backend().await;
-        self.state = SessionState {
-            schema: request.database.clone(),
-            ..SessionState::default()
-        };
-        self.forget_statements();
-        self.pin = None;
+        self.start_over(request.database.clone()).await;
         let attached = self.attach_backend().await;
         self.release_if_free();
         match attached {

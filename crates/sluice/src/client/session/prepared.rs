@@ -16,6 +16,7 @@ use sluice_protocol::{command, StatusFlags};
 use super::{client_end, End, Session};
 use crate::backend::{BackendConn, BackendError, Prepared};
 use crate::client::errors;
+use crate::client::statement;
 use crate::statements::{StatementKey, StatementMeta};
 
 /// Most statements one client may hold open: the server's default `max_prepared_stmt_count`.
@@ -128,12 +129,37 @@ impl Session {
             let err = errors::too_many_statements(MAX_CLIENT_STATEMENTS);
             return self.reply_err(reply_seq, &err).await;
         }
+        let sql = &payload[1..];
+        let analysis = statement::analyze(sql, self.backslash_escapes());
+        if let Some(why) = analysis.refusal {
+            return self
+                .reply_err(reply_seq, &errors::not_preparable(why))
+                .await;
+        }
+        if analysis.kill.is_some() {
+            return self
+                .reply_err(reply_seq, &errors::not_preparable("KILL"))
+                .await;
+        }
+        if let Some(reason) = analysis.pin {
+            // A lock or state taken when the statement runs stays on the connection.
+            self.pin(reason);
+        } else if analysis.unknown
+            || analysis.temporary_variables
+            || analysis.next_transaction
+            || analysis.sets_tracking
+            || analysis.sets_last_insert_id
+        {
+            // Effects sluice accounts for only in the text protocol.
+            self.pin("prepared_statement");
+        }
+        let rewritten = statement::rewrite(sql, &analysis, |_| None);
         let key = StatementKey::new(
             &self.user,
             self.state.schema.as_deref(),
             self.collation,
             &self.state.vars,
-            &payload[1..],
+            rewritten.as_deref().unwrap_or(sql),
         );
         if let Some(meta) = self.gateway.statements.get(&key) {
             return self.prepare_from_cache(reply_seq, meta).await;
