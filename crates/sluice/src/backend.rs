@@ -371,6 +371,18 @@ impl BackendConn {
         }
     }
 
+    /// Sends a command answered by one packet (OK or ERR) and returns that packet as it came.
+    pub async fn command_raw(&mut self, payload: &[u8]) -> Result<Vec<u8>, BackendError> {
+        let mut seq = 0;
+        self.stream.write_packet(&mut seq, payload).await?;
+        let reply = self.stream.read_packet().await?;
+        self.last_used = Instant::now();
+        match reply.payload.first() {
+            Some(&response::ERR_HEADER | &response::OK_HEADER) => Ok(reply.payload),
+            _ => Err(ProtocolError::Malformed("expected OK or ERR").into()),
+        }
+    }
+
     /// Runs one text-protocol statement and returns its rows as strings (`None` for NULL), for
     /// sluice's own queries (status, processlist). A server error comes back inside.
     pub async fn query_text(
@@ -581,6 +593,18 @@ impl BackendConn {
                 Some(value) => assignments.push(format!("{name} = {}", sql_value(value))),
                 None => assignments.push(format!("{name} = DEFAULT")),
             }
+        }
+        // Setting the connection's character set also sets its collation, to the character
+        // set's default: put back the one the client has (or its login's) after it.
+        let touches_charset = assignments
+            .iter()
+            .any(|a| a.starts_with("character_set_connection "));
+        let collation = vars
+            .get("collation_connection")
+            .or_else(|| self.login_vars.get("collation_connection"));
+        if let (true, Some(collation)) = (touches_charset, collation) {
+            assignments.retain(|a| !a.starts_with("collation_connection "));
+            assignments.push(format!("collation_connection = {}", sql_value(collation)));
         }
         if assignments.is_empty() {
             return Ok(Ok(OkFields::default()));

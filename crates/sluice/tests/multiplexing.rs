@@ -131,7 +131,7 @@ async fn each_pin_reason_keeps_the_client_on_its_connection_and_is_counted() {
         ("LOCK TABLES mysql.user READ", "table_lock"),
         ("PREPARE pin_s FROM 'SELECT 1'", "sql_prepare"),
         ("SELECT SQL_CALC_FOUND_ROWS 1", "found_rows"),
-        ("SET ROLE NONE", "session_state"),
+        ("SET ROLE NONE", "role"),
     ];
     for (sql, reason) in cases {
         let mut pinned = gw.connect().await;

@@ -46,10 +46,12 @@ pub struct ReplyOutcome {
 /// Forwards `payload` (a client command that arrived with sequence id `seq`) and relays the
 /// whole reply. OK packets are read for session-state changes, and rewritten to carry only
 /// the tracking entries the client asked for (`tracking`; `None` for a client without
-/// CLIENT_SESSION_TRACK, which gets none).
+/// CLIENT_SESSION_TRACK, which gets none), less the variables in `hidden` (changes the
+/// server reports only because sluice rewrote how they were set).
 pub async fn forward(
     client: &mut PacketStream<TcpStream>,
     tracking: Option<&Tracking>,
+    hidden: &[&[u8]],
     backend: &mut BackendConn,
     seq: u8,
     payload: &[u8],
@@ -93,10 +95,10 @@ pub async fn forward(
             // An OK with the EOF header ends a result set; a plain OK is a statement's result.
             outcome.rows = (frame.payload()[0] == response::EOF_HEADER).then(|| tracker.rows());
             let rewritten = match tracking {
-                Some(tracking) if tracking.wants_everything() => None,
+                Some(tracking) if tracking.wants_everything() && hidden.is_empty() => None,
                 Some(tracking) => Some(session_state::filter_tracked_ok(
                     frame.payload(),
-                    |kind, data| tracking.keeps(kind, data),
+                    |kind, data| tracking.keeps(kind, data) && !Tracking::names(kind, data, hidden),
                 )),
                 None => Some(response::strip_session_track(frame.payload())),
             };

@@ -16,6 +16,7 @@ use sluice_protocol::auth::NATIVE_PASSWORD;
 use sluice_protocol::handshake::ChangeUser;
 use sluice_protocol::packet::MAX_FRAME_PAYLOAD;
 use sluice_protocol::response::{self, ErrFields, OkFields};
+use sluice_protocol::session_state;
 use sluice_protocol::stream::PacketStream;
 use sluice_protocol::{command, CapabilityFlags, ProtocolError, StatusFlags};
 use tokio::net::TcpStream;
@@ -78,7 +79,9 @@ struct Session {
 
 /// What sluice knows about a command before its reply, to account for what the reply says.
 #[derive(Debug, Default, Clone, Copy)]
-struct Accounting {
+struct Accounting<'a> {
+    /// Variables whose tracking entries the client must not see (see `relay::forward`).
+    hidden: &'a [&'a [u8]],
     /// The command holds a statement sluice does not understand.
     unknown: bool,
     /// Variable values reported are a `SET STATEMENT`'s, not the session's.
@@ -87,9 +90,10 @@ struct Accounting {
     next_transaction: bool,
 }
 
-impl Accounting {
-    fn of(analysis: &Analysis) -> Accounting {
+impl<'a> Accounting<'a> {
+    fn of(analysis: &Analysis, hidden: &'a [&'a [u8]]) -> Accounting<'a> {
         Accounting {
+            hidden,
             unknown: analysis.unknown,
             temporary_variables: analysis.temporary_variables,
             next_transaction: analysis.next_transaction,
@@ -292,7 +296,7 @@ impl Session {
     /// Learns from a reply what changed in the client's session. A change sluice cannot
     /// account for pins the client: one the server reports without naming it, or any
     /// change after a statement sluice does not understand.
-    fn absorb(&mut self, outcome: &ReplyOutcome, accounting: Accounting) {
+    fn absorb(&mut self, outcome: &ReplyOutcome, accounting: Accounting<'_>) {
         if let Some(status) = outcome.status {
             self.status = status;
             if accounting.next_transaction {
@@ -532,7 +536,16 @@ impl Session {
             SessionFunction::RowCount => Some(state.row_count.to_string()),
             SessionFunction::FoundRows => Some(state.found_rows.to_string()),
         });
-        let accounting = Accounting::of(&analysis);
+        let hidden: Vec<&[u8]> = analysis
+            .scope_inserts
+            .iter()
+            .map(|name| &sql[name.clone()])
+            .collect();
+        let accounting = Accounting::of(&analysis, &hidden);
+        if analysis.sets_tracking & 0x7f != 0 && analysis.statements == 1 {
+            let sql = rewritten.as_deref().unwrap_or(sql);
+            return self.set_tracking(seq, sql, &analysis, accounting).await;
+        }
         let status = match rewritten {
             Some(sql) => {
                 let mut payload = Vec::with_capacity(sql.len() + 1);
@@ -549,9 +562,88 @@ impl Session {
         Ok(())
     }
 
+    /// A `SET` of the client's own tracking settings: its OK carries the entries the *new*
+    /// settings allow, as from MariaDB, so it is held back until they are known.
+    async fn set_tracking(
+        &mut self,
+        seq: u8,
+        sql: &[u8],
+        analysis: &Analysis,
+        accounting: Accounting<'_>,
+    ) -> Result<(), End> {
+        let reply_seq = seq.wrapping_add(1);
+        if let Err(err) = self.attach_backend().await {
+            return self.reply_err(reply_seq, &err).await;
+        }
+        let Some(lease) = self.backend.as_mut() else {
+            return Err(End::Error("no database connection".into()));
+        };
+        let mut payload = Vec::with_capacity(sql.len() + 1);
+        payload.push(command::QUERY);
+        payload.extend_from_slice(sql);
+        let reply = match lease.conn().command_raw(&payload).await {
+            Ok(reply) => reply,
+            Err(e) => return Err(self.lose_backend(reply_seq, e).await),
+        };
+        if reply.first() == Some(&response::ERR_HEADER) {
+            self.release_if_free();
+            let mut seq = reply_seq;
+            return self
+                .stream
+                .write_packet(&mut seq, &reply)
+                .await
+                .map_err(client_end);
+        }
+        let (ok, changes) = match session_state::parse_tracked_ok(&reply) {
+            Ok(parsed) => parsed,
+            Err(e) => return Err(self.lose_backend(reply_seq, e.into()).await),
+        };
+        let outcome = ReplyOutcome {
+            status: Some(ok.status),
+            changes,
+            last_ok: Some(ok),
+            rows: None,
+        };
+        self.absorb(&outcome, accounting);
+        self.after_query(analysis).await?;
+        let packet = match &self.tracking {
+            None => response::strip_session_track(&reply),
+            Some(tracking) => session_state::filter_tracked_ok(&reply, |kind, data| {
+                tracking.keeps(kind, data) && !Tracking::names(kind, data, accounting.hidden)
+            }),
+        };
+        let packet = packet.map_err(|e| End::Error(e.to_string()))?;
+        self.release_if_free();
+        let mut seq = reply_seq;
+        self.stream
+            .write_packet(&mut seq, &packet)
+            .await
+            .map_err(client_end)
+    }
+
     /// What a query changed that its reply does not say: the value `LAST_INSERT_ID(expr)`
     /// set, and the client's own tracking settings, read back from the connection.
     async fn after_query(&mut self, analysis: &Analysis) -> Result<(), End> {
+        if analysis.sets_charset {
+            let Some(lease) = self.backend.as_mut() else {
+                return Ok(());
+            };
+            let conn = lease.conn();
+            match conn.query_text("SELECT @@collation_connection").await {
+                Ok(Ok(rows)) => {
+                    if let Some(collation) = rows.first().and_then(|r| r.first().cloned().flatten())
+                    {
+                        conn.vars
+                            .insert("collation_connection".into(), collation.clone());
+                        self.state
+                            .vars
+                            .insert("collation_connection".into(), collation);
+                    }
+                }
+                Ok(Err(_)) => self.pin("charset"),
+                Err(e) => return Err(self.broken_after_reply(e)),
+            }
+        }
         if analysis.sets_last_insert_id && self.pin.is_none() {
             let Some(lease) = self.backend.as_mut() else {
                 return Ok(());
@@ -570,7 +662,7 @@ impl Session {
                 Err(e) => return Err(self.broken_after_reply(e)),
             }
         }
-        if analysis.sets_tracking {
+        if analysis.sets_tracking & 0x7f != 0 {
             let Some(lease) = self.backend.as_mut() else {
                 return Ok(());
             };
@@ -583,10 +675,15 @@ impl Session {
                 .await;
             let restored = match read {
                 Ok(Ok(rows)) => {
-                    if let (Some(tracking), Some([Some(schema), Some(state), Some(vars)])) =
-                        (self.tracking.as_mut(), rows.first().map(Vec::as_slice))
-                    {
-                        *tracking = Tracking::from_values(schema, state, vars);
+                    // Only the settings the client assigned are its own; the others on the
+                    // connection are sluice's.
+                    let values = rows.into_iter().next().unwrap_or_default();
+                    if let Some(tracking) = self.tracking.as_mut() {
+                        for (index, value) in values.into_iter().enumerate() {
+                            if analysis.sets_tracking & (1 << index) != 0 {
+                                tracking.set(index, value.as_deref().unwrap_or(""));
+                            }
+                        }
                     }
                     conn.restore_tracking().await
                 }
@@ -744,7 +841,7 @@ impl Session {
         &mut self,
         seq: u8,
         payload: &[u8],
-        accounting: Accounting,
+        accounting: Accounting<'_>,
     ) -> Result<Option<StatusFlags>, End> {
         if let Err(err) = self.attach_backend().await {
             self.reply_err(seq.wrapping_add(1), &err).await?;
@@ -756,6 +853,7 @@ impl Session {
         match relay::forward(
             &mut self.stream,
             self.tracking.as_ref(),
+            accounting.hidden,
             lease.conn(),
             seq,
             payload,

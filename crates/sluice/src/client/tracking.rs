@@ -57,10 +57,28 @@ impl Tracking {
         }
     }
 
+    /// Takes the client's new value of the tracking variable `OWNED_VARIABLES[index]`.
+    pub fn set(&mut self, index: usize, value: &str) {
+        let other = Tracking::from_values(value, value, value);
+        match index {
+            0 => self.schema = other.schema,
+            1 => self.state_change = other.state_change,
+            _ => self.variables = other.variables,
+        }
+    }
+
     /// Whether every entry sluice's tracking produces is one the client wants, so OK
     /// packets pass unchanged.
     pub fn wants_everything(&self) -> bool {
         self.schema && self.state_change && self.variables.is_none()
+    }
+
+    /// Whether an entry of type `kind` with `data` reports one of the variables `names`.
+    pub fn names(kind: u8, data: &[u8], names: &[&[u8]]) -> bool {
+        kind == SYSTEM_VARIABLE
+            && !names.is_empty()
+            && lenenc::read_bytes(data)
+                .is_ok_and(|(name, _)| names.iter().any(|n| n.eq_ignore_ascii_case(name)))
     }
 
     /// Whether an entry of type `kind` with `data` goes to the client.
@@ -112,8 +130,12 @@ mod tests {
     fn a_client_can_ask_for_everything_or_nothing() {
         let all = Tracking::from_values("1", "ON", "*");
         assert!(all.wants_everything());
-        let none = Tracking::from_values("0", "OFF", "");
+        let mut none = Tracking::from_values("0", "OFF", "");
         assert!(!none.keeps(SYSTEM_VARIABLE, &var("autocommit")));
         assert!(!none.keeps(SCHEMA, b"\x04test"));
+        none.set(1, "ON");
+        none.set(2, "sql_mode");
+        assert!(none.keeps(STATE_CHANGE, b"\x011") && !none.keeps(SCHEMA, b"\x04test"));
+        assert!(none.keeps(SYSTEM_VARIABLE, &var("sql_mode")));
     }
 }

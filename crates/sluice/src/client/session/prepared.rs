@@ -147,7 +147,7 @@ impl Session {
         } else if analysis.unknown
             || analysis.temporary_variables
             || analysis.next_transaction
-            || analysis.sets_tracking
+            || analysis.sets_tracking != 0
             || analysis.sets_last_insert_id
         {
             // Effects sluice accounts for only in the text protocol.

@@ -82,13 +82,19 @@ pub struct Analysis {
     pub kill: Option<Kill>,
     /// Why sluice must refuse the text without running it (a `KILL` it cannot carry out).
     pub refusal: Option<&'static str>,
-    /// Offsets just after the `@@` of session variables assigned without a scope, where
-    /// `session.` is inserted so that the server reports the change.
-    pub scope_inserts: Vec<usize>,
+    /// The names of session variables assigned as `@@name` (no scope): `session.` is
+    /// inserted before each so that the server reports the change (and the report is kept
+    /// from the client, which would not get it directly).
+    pub scope_inserts: Vec<Range<usize>>,
+    /// The character set or collation of the connection is set (`SET NAMES ... COLLATE`):
+    /// the server reports the character sets but not the collation.
+    pub sets_charset: bool,
     /// Some statement is not one sluice understands: a state change after it pins.
     pub unknown: bool,
-    /// A `session_track_*` variable is assigned: the client's own tracking settings change.
-    pub sets_tracking: bool,
+    /// Which of the client's own tracking settings are assigned, by their index in
+    /// `tracking::OWNED_VARIABLES` (bit 0: `session_track_schema`, ...); other
+    /// `session_track_*` variables set bit 7.
+    pub sets_tracking: u8,
     /// `SET TRANSACTION ...`: characteristics for the next transaction only, held by the
     /// connection until that transaction has run.
     pub next_transaction: bool,
@@ -505,7 +511,8 @@ impl Scanner<'_> {
         if let Some(reason) = inner.pin {
             found.pin(reason);
         }
-        if !inner.scope_inserts.is_empty() || inner.temporary_variables || inner.sets_tracking {
+        if !inner.scope_inserts.is_empty() || inner.temporary_variables || inner.sets_tracking != 0
+        {
             // A SET sluice would rewrite, inside text it must not change.
             found.pin("dynamic_sql");
         }
@@ -688,7 +695,9 @@ impl Scanner<'_> {
                 } else if global {
                     return Err(()); // @@name after GLOBAL: which scope is meant is unclear
                 } else {
-                    self.analysis.scope_inserts.push(target.start + 2);
+                    self.analysis
+                        .scope_inserts
+                        .push(target.start + 2..target.end);
                     after
                 }
             }
@@ -700,7 +709,15 @@ impl Scanner<'_> {
         let name = name.strip_prefix(b"`").unwrap_or(name);
         let name = name.strip_suffix(b"`").unwrap_or(name);
         if name.len() >= 14 && name[..14].eq_ignore_ascii_case(b"session_track_") {
-            self.analysis.sets_tracking = true;
+            let owned = super::tracking::OWNED_VARIABLES
+                .iter()
+                .position(|v| name.eq_ignore_ascii_case(v.as_bytes()));
+            self.analysis.sets_tracking |= owned.map_or(0x80, |i| 1 << i);
+        }
+        if name.eq_ignore_ascii_case(b"character_set_connection")
+            || name.eq_ignore_ascii_case(b"collation_connection")
+        {
+            self.analysis.sets_charset = true;
         }
         if ONE_SHOT_VARIABLES
             .iter()
@@ -716,6 +733,7 @@ impl Scanner<'_> {
 
     /// The character set of `SET NAMES` / `SET CHARACTER SET`, and `COLLATE`, if any.
     fn charset_value(&mut self) {
+        self.analysis.sets_charset = true;
         let Some(value) = self.bump() else { return };
         let sql = self.sql;
         let name = unquoted(sql, &value);
@@ -751,8 +769,8 @@ pub fn rewrite(
     let mut edits: Vec<Edit> = analysis
         .scope_inserts
         .iter()
-        .map(|&at| Edit {
-            range: at..at,
+        .map(|name| Edit {
+            range: name.start..name.start,
             text: b"session.".to_vec(),
         })
         .collect();

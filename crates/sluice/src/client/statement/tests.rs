@@ -129,9 +129,19 @@ fn set_forms_are_rewritten_to_a_tracked_scope() {
         inserts("SET CHARACTER SET utf8, @@sql_mode=''").as_deref(),
         Some("SET CHARACTER SET utf8, @@session.sql_mode=''")
     );
-    assert!(of("SET session_track_schema = OFF").sets_tracking);
-    assert!(of("SET @@SESSION_TRACK_system_variables = ''").sets_tracking);
+    assert_eq!(of("SET session_track_schema = OFF").sets_tracking, 1);
+    assert_eq!(
+        of("SET @@SESSION_TRACK_system_variables = ''").sets_tracking,
+        4
+    );
+    assert_eq!(
+        of("SET session_track_transaction_info = STATE").sets_tracking,
+        0x80
+    );
     assert!(of("SET TRANSACTION ISOLATION LEVEL READ COMMITTED").next_transaction);
+    assert!(of("SET NAMES utf8mb4 COLLATE utf8mb4_bin").sets_charset);
+    assert!(of("SET @@collation_connection = 'latin1_bin'").sets_charset);
+    assert!(!of("SET sql_mode = ''").sets_charset);
     assert!(!of("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED").next_transaction);
     let statement = of("SET STATEMENT sql_mode = '' FOR SELECT GET_LOCK('a', 0)");
     assert!(statement.temporary_variables);
@@ -251,7 +261,7 @@ fn stored_program_definitions_are_one_statement() {
         1,
         "only the SET after the definition"
     );
-    assert!(sql[analysis.scope_inserts[0]..].starts_with("wait_timeout"));
+    assert_eq!(&sql[analysis.scope_inserts[0].clone()], "wait_timeout");
 }
 
 #[test]

@@ -1,0 +1,1574 @@
+//! Differential session testing: MariaDB itself is the oracle for what a client must see.
+//!
+//! The same seeded, generated sequences of statements run from [`CLIENTS`] clients through
+//! sluice (side S, clients log in as `app`, pool of one or two database connections so that
+//! clients constantly share them) and directly against MariaDB (side D, clients log in as the
+//! same backend user `sl_<test>` so that `CURRENT_USER()` and grants match). One statement at
+//! a time, S-client i then D-client i, from a single-threaded driver, so both sides evolve
+//! deterministically and identically. After every statement the outcomes are compared (result
+//! sets with column names and values, NULL distinct, affected rows, last insert id, warnings,
+//! or the server's error code); after every step an observer query compares the stepping
+//! client's session ([`OBSERVER`]). Committed table contents are compared every
+//! [`TABLE_CHECK_EVERY`] steps and at the end of each seed. The first difference ends the seed
+//! with a report: seed, step, client, statement, what each side gave, the driver's model of
+//! who holds a connection, and the last [`HISTORY`] steps. A failing seed replays with
+//! `SLUICE_DIFF_SEED=<n>`.
+//!
+//! Knobs (environment): `SLUICE_DIFF_SEED` (one seed to replay), `SLUICE_DIFF_SEEDS` (how
+//! many seeds, default 3), `SLUICE_DIFF_FIRST_SEED` (first of them, default 1),
+//! `SLUICE_DIFF_STEPS` (steps per seed, default 300). `scripts/soak-session` runs many.
+//!
+//! Each side has its own schemas and lock names (`sdiff<pool>_s_a` / `sdiff<pool>_d_a`, ...);
+//! statements are templates with `{db_a}`, `{db_b}`, `{lock}`, `{cid}` (the client's own
+//! connection id, as the greeting gave it on that side) and `{cid0}`..`{cid3}` (the other
+//! clients'), and every observation is normalised back to the placeholders before comparing.
+//! Normalisations, and why:
+//! - a connection that is gone (ERR 1927, 2006, 2013, 1053, an I/O error, a closed connection)
+//!   is `GONE` whatever the driver saw, since a killed socket looks different on each side;
+//! - errors compare by code only: messages name side-specific schemas and thread ids;
+//! - `IS_USED_LOCK()` is compared as free / mine / other via `@@pseudo_thread_id`, not as a
+//!   raw id. Differences by design, not compared: `CONNECTION_ID()` is sluice's id for the
+//!   client (README), so `IS_USED_LOCK(x) = CONNECTION_ID()`, an idiom some applications
+//!   use, is not true through sluice for a lock the client holds; this test does not generate
+//!   it. `@@pseudo_thread_id` is the database thread's id on both sides, so it is not
+//!   observed either.
+//!
+//! Scheduling: through sluice a client holds a database connection while in a transaction or
+//! pinned (temporary tables, user variables, `GET_LOCK`, SQL `PREPARE`, `CALL`, ...). The
+//! driver keeps a conservative model of which clients are tied ([`Model`]); when as many are
+//! tied as the pool has connections, only tied clients act (and often untie). Before each step
+//! the model is checked against the pool's busy count; if sluice holds more than the model
+//! expects (it may pin more conservatively), clients are reconnected until there is room,
+//! and that is counted as a rescue. The borrow timeout is short, so a model mismatch shows as
+//! a reported ERR 1040 rather than a hang.
+
+mod common;
+
+use std::collections::VecDeque;
+use std::fmt::Write as _;
+use std::time::{Duration, Instant};
+
+use common::*;
+use mysql_async::prelude::*;
+use mysql_async::{Conn, OptsBuilder, Params, QueryResult, Value};
+
+/// Clients per side; more than the pool, so they must share connections.
+const CLIENTS: usize = 4;
+/// Steps of history a report shows.
+const HISTORY: usize = 15;
+/// A statement that takes longer than this is reported as `TIMEOUT` instead of hanging.
+const STATEMENT_TIMEOUT: Duration = Duration::from_secs(10);
+/// sluice's borrow timeout: short, so a client that waits for a connection shows quickly.
+const BORROW_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often committed table contents are compared.
+const TABLE_CHECK_EVERY: usize = 50;
+/// Error codes that mean "the connection is gone"; a kill looks different on each side.
+const GONE_CODES: [u16; 4] = [1053, 1927, 2006, 2013];
+
+/// The session a client observes after each step. It changes no session state and uses no
+/// user variables or temporary tables (which would pin it through sluice).
+const OBSERVER: &str = "SELECT @@autocommit, @@sql_mode, @@time_zone, @@character_set_client, \
+     @@character_set_connection, @@character_set_results, @@collation_connection, \
+     @@tx_isolation, @@tx_read_only, @@wait_timeout, @@div_precision_increment, \
+     @@group_concat_max_len, @@in_transaction, DATABASE(), LAST_INSERT_ID()";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_match_mariadb_over_one_connection() {
+    differential(1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_match_mariadb_over_two_connections() {
+    differential(2).await;
+}
+
+/// Runs every configured seed over a gateway with `pool` database connections and fails with
+/// every seed's report if any seed found a difference.
+async fn differential(pool: usize) {
+    let knobs = Knobs::from_env();
+    let gw = start_with(&format!("diff_pool{pool}"), |c| {
+        c.pool.max_db_connections = pool;
+        c.pool.borrow_timeout = BORROW_TIMEOUT;
+        c.idle_transaction_timeout = Duration::from_secs(3600);
+        c.idle_client_timeout = Duration::from_secs(3600);
+    })
+    .await;
+    let mut admin = direct().await;
+    // MariaDB 10.11 can hand out the wrong offset time zone when sessions set a new offset
+    // concurrently (see multiplexing.rs); set each offset the test uses once first.
+    for tz in ["+00:00", "+05:30", "-08:00"] {
+        admin
+            .query_drop(format!("SET time_zone = '{tz}'"))
+            .await
+            .expect("set a time zone as root");
+    }
+    let mut harness = Harness {
+        pool,
+        s: Side::new(Names::new(pool, 's')),
+        d: Side::new(Names::new(pool, 'd')),
+        gw,
+        admin,
+        models: Default::default(),
+        history: VecDeque::new(),
+        stats: SeedStats::default(),
+        seed: 0,
+    };
+    let mut failed = Vec::new();
+    for &seed in &knobs.seeds {
+        let started = Instant::now();
+        let pins_before = pins_total(&harness.gw.metrics().await);
+        let result = harness.run_seed(seed, knobs.steps).await;
+        let pins = pins_total(&harness.gw.metrics().await) - pins_before;
+        let steps = harness.stats.steps;
+        println!(
+            "seed {seed} pool {pool}: {steps} steps in {:.1}s, {}; families: {}; pins {pins}, \
+             reconnects {}, rescues {}, kills {}",
+            started.elapsed().as_secs_f64(),
+            if result.is_ok() {
+                "no difference"
+            } else {
+                "DIFFERENCE"
+            },
+            harness.stats.families(),
+            harness.stats.reconnects,
+            harness.stats.rescues,
+            harness.stats.kills,
+        );
+        if let Err(difference) = result {
+            println!("{}", harness.report(&difference));
+            failed.push(seed);
+        }
+        harness.close_all().await;
+    }
+    assert!(
+        failed.is_empty(),
+        "seeds {failed:?} of {} differ between sluice and MariaDB over {pool} database \
+         connection(s); the reports are above",
+        knobs.seeds.len(),
+    );
+}
+
+/// The run's size, from the environment, so CI stays short and a soak can run long.
+struct Knobs {
+    seeds: Vec<u64>,
+    steps: usize,
+}
+
+impl Knobs {
+    fn from_env() -> Knobs {
+        let number = |name: &str, default: u64| -> u64 {
+            match std::env::var(name) {
+                Ok(text) => text
+                    .trim()
+                    .parse()
+                    .unwrap_or_else(|_| panic!("{name}={text:?} is not a number")),
+                Err(_) => default,
+            }
+        };
+        let steps = number("SLUICE_DIFF_STEPS", 300) as usize;
+        let seeds = if std::env::var("SLUICE_DIFF_SEED").is_ok() {
+            vec![number("SLUICE_DIFF_SEED", 0)]
+        } else {
+            let first = number("SLUICE_DIFF_FIRST_SEED", 1);
+            (first..first + number("SLUICE_DIFF_SEEDS", 3)).collect()
+        };
+        Knobs { seeds, steps }
+    }
+}
+
+/// SplitMix64: tiny and fixed forever, so a seed replays the same run whatever crate versions.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+
+    fn chance(&mut self, percent: u64) -> bool {
+        self.next() % 100 < percent
+    }
+
+    fn pick<T: Copy>(&mut self, items: &[T]) -> T {
+        items[self.below(items.len())]
+    }
+
+    fn number(&mut self) -> usize {
+        self.below(100)
+    }
+}
+
+/// The side-specific names behind the placeholders.
+struct Names {
+    db_a: String,
+    db_b: String,
+    lock: String,
+}
+
+impl Names {
+    fn new(pool: usize, side: char) -> Names {
+        Names {
+            db_a: format!("sdiff{pool}_{side}_a"),
+            db_b: format!("sdiff{pool}_{side}_b"),
+            lock: format!("sdiff{pool}_{side}_lock_"),
+        }
+    }
+
+    /// The statement this side runs for `template`, issued by `client`.
+    fn fill(&self, template: &str, client: usize, ids: &[u32; CLIENTS]) -> String {
+        let mut sql = template
+            .replace("{db_a}", &self.db_a)
+            .replace("{db_b}", &self.db_b)
+            .replace("{lock}", &self.lock)
+            .replace("{cid}", &ids[client].to_string());
+        for (other, id) in ids.iter().enumerate() {
+            sql = sql.replace(&format!("{{cid{other}}}"), &id.to_string());
+        }
+        sql
+    }
+
+    /// An observation with this side's names turned back into placeholders.
+    fn normalise(&self, text: &str) -> String {
+        text.replace(&self.db_a, "{db_a}")
+            .replace(&self.db_b, "{db_b}")
+            .replace(&self.lock, "{lock}")
+    }
+}
+
+/// One side's clients.
+struct Side {
+    names: Names,
+    conns: Vec<Option<Conn>>,
+    /// Each client's connection id as its greeting gave it (sluice's id on side S).
+    ids: [u32; CLIENTS],
+}
+
+impl Side {
+    fn new(names: Names) -> Side {
+        Side {
+            names,
+            conns: (0..CLIENTS).map(|_| None).collect(),
+            ids: [0; CLIENTS],
+        }
+    }
+}
+
+/// What the driver believes about one client, from MariaDB's side (the oracle) and from the
+/// statements it ran. Conservative: it may think a client tied when sluice does not.
+#[derive(Default, Clone, Copy)]
+struct Model {
+    /// `@@in_transaction` was 1 after the last step.
+    in_txn: bool,
+    /// `@@autocommit` was 0: any statement may open a transaction.
+    autocommit_off: bool,
+    /// It ran something that pins through sluice; pins last until the client reconnects.
+    pinned: bool,
+    /// Its connection is gone on both sides; it reconnects when next chosen.
+    dead: bool,
+}
+
+impl Model {
+    fn tied(&self) -> bool {
+        !self.dead && (self.in_txn || self.autocommit_off || self.pinned)
+    }
+
+    fn describe(&self) -> &'static str {
+        match (self.dead, self.pinned, self.in_txn, self.autocommit_off) {
+            (true, ..) => "dead",
+            (_, true, true, _) => "pinned+txn",
+            (_, true, _, true) => "pinned+autocommit-off",
+            (_, true, ..) => "pinned",
+            (_, _, true, _) => "txn",
+            (_, _, _, true) => "autocommit-off",
+            _ => "free",
+        }
+    }
+}
+
+/// Families of generated statements, for choosing and for the per-seed summary.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Family {
+    SysVar,
+    Names,
+    Use,
+    Txn,
+    Dml,
+    Counters,
+    Probe,
+    UserVar,
+    TempTable,
+    Call,
+    Lock,
+    Prepared,
+    Kill,
+    Reconnect,
+}
+
+/// Each family with its weight.
+const FAMILIES: [(Family, usize); 14] = [
+    (Family::SysVar, 14),
+    (Family::Names, 6),
+    (Family::Use, 4),
+    (Family::Txn, 12),
+    (Family::Dml, 14),
+    (Family::Counters, 10),
+    (Family::Probe, 4),
+    (Family::UserVar, 5),
+    (Family::TempTable, 6),
+    (Family::Call, 5),
+    (Family::Lock, 5),
+    (Family::Prepared, 7),
+    (Family::Kill, 3),
+    (Family::Reconnect, 5),
+];
+
+impl Family {
+    fn name(self) -> &'static str {
+        match self {
+            Family::SysVar => "sysvar",
+            Family::Names => "names",
+            Family::Use => "use",
+            Family::Txn => "txn",
+            Family::Dml => "dml",
+            Family::Counters => "counters",
+            Family::Probe => "probe",
+            Family::UserVar => "uservar",
+            Family::TempTable => "temptable",
+            Family::Call => "call",
+            Family::Lock => "lock",
+            Family::Prepared => "prepared",
+            Family::Kill => "kill",
+            Family::Reconnect => "reconnect",
+        }
+    }
+
+    fn index(self) -> usize {
+        FAMILIES
+            .iter()
+            .position(|(family, _)| *family == self)
+            .unwrap_or(0)
+    }
+}
+
+/// One statement of a step: a template, run as text, or through the binary protocol
+/// (prepare + execute) when it has parameters.
+#[derive(Clone)]
+struct Stmt {
+    sql: String,
+    params: Option<Vec<Value>>,
+}
+
+impl Stmt {
+    fn text(sql: impl Into<String>) -> Stmt {
+        Stmt {
+            sql: sql.into(),
+            params: None,
+        }
+    }
+
+    fn binary(sql: impl Into<String>, params: Vec<Value>) -> Stmt {
+        Stmt {
+            sql: sql.into(),
+            params: Some(params),
+        }
+    }
+
+    fn shown(&self) -> String {
+        match &self.params {
+            None => self.sql.clone(),
+            Some(params) => {
+                let params: Vec<String> = params.iter().map(render_value).collect();
+                format!(
+                    "{} [binary protocol, params ({})]",
+                    self.sql,
+                    params.join(", ")
+                )
+            }
+        }
+    }
+
+    /// Whether sluice may pin the client for this statement (conservatively).
+    fn may_pin(&self) -> bool {
+        let upper = self.sql.to_ascii_uppercase();
+        upper.replace("@@", "").contains('@')
+            || [
+                "TEMPORARY",
+                "GET_LOCK",
+                "PREPARE",
+                "EXECUTE",
+                "SQL_CALC_FOUND_ROWS",
+                "LOCK TABLES",
+            ]
+            .iter()
+            .any(|word| upper.contains(word))
+            || upper.starts_with("CALL")
+    }
+}
+
+/// What a kill statement does beyond its own reply.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Effect {
+    None,
+    KillsSelf,
+    Kills(usize),
+}
+
+/// What a step does.
+enum Action {
+    Run { stmts: Vec<Stmt>, effect: Effect },
+    Reconnect,
+}
+
+/// A reported difference.
+struct Difference {
+    step: usize,
+    client: usize,
+    family: &'static str,
+    what: String,
+    sluice: String,
+    mariadb: String,
+    model: String,
+    /// Anything else that helps read the report (the rest of an observed session).
+    context: String,
+}
+
+/// Per-seed counters for the summary line.
+#[derive(Default)]
+struct SeedStats {
+    steps: usize,
+    per_family: [usize; FAMILIES.len()],
+    reconnects: usize,
+    rescues: usize,
+    kills: usize,
+}
+
+impl SeedStats {
+    fn families(&self) -> String {
+        FAMILIES
+            .iter()
+            .zip(self.per_family)
+            .map(|((family, _), n)| format!("{} {n}", family.name()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// One observation: a normalised key that is compared, and detail (error messages) shown in
+/// reports only.
+struct Outcome {
+    key: String,
+    detail: String,
+}
+
+impl Outcome {
+    fn gone(&self) -> bool {
+        self.key.contains("GONE")
+    }
+
+    fn shown(&self) -> String {
+        if self.detail.is_empty() {
+            self.key.clone()
+        } else {
+            format!("{} ({})", self.key, self.detail)
+        }
+    }
+}
+
+type StepResult = Result<(), Box<Difference>>;
+
+/// The driver: both sides, the model, the history.
+struct Harness {
+    pool: usize,
+    gw: TestGateway,
+    admin: Conn,
+    s: Side,
+    d: Side,
+    models: [Model; CLIENTS],
+    history: VecDeque<String>,
+    stats: SeedStats,
+    seed: u64,
+}
+
+impl Harness {
+    /// Fresh schemas, fresh clients, then `steps` steps and a final table comparison.
+    async fn run_seed(&mut self, seed: u64, steps: usize) -> StepResult {
+        self.seed = seed;
+        self.stats = SeedStats::default();
+        self.history.clear();
+        self.models = Default::default();
+        self.close_all().await;
+        for names in [&self.s.names, &self.d.names] {
+            for db in [&names.db_a, &names.db_b] {
+                for sql in schema_sql(db) {
+                    self.admin
+                        .query_drop(&sql)
+                        .await
+                        .unwrap_or_else(|e| panic!("setup as root: {sql}: {e}"));
+                }
+            }
+        }
+        let mut rng = Rng(seed);
+        for client in 0..CLIENTS {
+            self.reconnect(0, client, Family::Reconnect).await?;
+        }
+        for step in 1..=steps {
+            self.stats.steps = step;
+            self.settle(step).await?;
+            if step % TABLE_CHECK_EVERY == 0 {
+                self.compare_tables(step).await?;
+            }
+            self.step(step, &mut rng).await?;
+        }
+        self.close_all().await;
+        self.compare_tables(steps + 1).await
+    }
+
+    /// Disconnects every client on both sides and waits until sluice holds nothing.
+    async fn close_all(&mut self) {
+        for client in 0..CLIENTS {
+            self.disconnect(client).await;
+        }
+        self.models = Default::default();
+        self.wait_busy_at_most(0, Duration::from_secs(5)).await;
+    }
+
+    /// Disconnects one client on both sides and waits until MariaDB has ended the direct
+    /// client's thread (so its locks and temporary tables are gone, as they are on the
+    /// database once sluice resets the connection).
+    async fn disconnect(&mut self, client: usize) {
+        for side in [&mut self.s, &mut self.d] {
+            if let Some(conn) = side.conns[client].take() {
+                let _ = tokio::time::timeout(STATEMENT_TIMEOUT, conn.disconnect()).await;
+            }
+        }
+        let id = self.d.ids[client];
+        if id != 0 {
+            wait_thread_gone(&mut self.admin, id).await;
+        }
+    }
+
+    /// How many clients the model says hold a connection through sluice.
+    fn expected_busy(&self) -> usize {
+        self.models.iter().filter(|m| m.tied()).count()
+    }
+
+    /// Polls the pool until at most `limit` connections are busy or `patience` passes.
+    async fn wait_busy_at_most(&self, limit: usize, patience: Duration) -> usize {
+        let deadline = Instant::now() + patience;
+        loop {
+            let busy = self.gw.gateway.pool.stats().busy;
+            if busy <= limit || Instant::now() >= deadline {
+                return busy;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Makes sure the next statement of any client the scheduler may choose finds a
+    /// connection: if sluice holds more than the model expects, reconnects clients (the
+    /// model's free ones first) until it does not.
+    async fn settle(&mut self, step: usize) -> StepResult {
+        let expected = self.expected_busy();
+        let busy = self
+            .wait_busy_at_most(expected, Duration::from_millis(300))
+            .await;
+        if busy <= expected {
+            return Ok(());
+        }
+        let mut order: Vec<usize> = (0..CLIENTS).filter(|&c| !self.models[c].tied()).collect();
+        order.extend((0..CLIENTS).filter(|&c| self.models[c].tied()));
+        for client in order {
+            self.stats.rescues += 1;
+            self.remember(format!(
+                "#{step} rescue: sluice holds {busy} connections, the model expects {expected}; \
+                 reconnecting c{client}"
+            ));
+            self.reconnect(step, client, Family::Reconnect).await?;
+            let expected = self.expected_busy();
+            if self
+                .wait_busy_at_most(expected, Duration::from_millis(300))
+                .await
+                <= expected
+            {
+                return Ok(());
+            }
+        }
+        let busy = self.gw.gateway.pool.stats().busy;
+        Err(self.difference(
+            step,
+            0,
+            "pool",
+            "database connections held by sluice after reconnecting every client".into(),
+            format!("{busy} busy"),
+            format!("{} tied clients", self.expected_busy()),
+        ))
+    }
+
+    /// Chooses and runs one step.
+    async fn step(&mut self, step: usize, rng: &mut Rng) -> StepResult {
+        let (client, family, action) = self.choose(rng);
+        self.stats.per_family[family.index()] += 1;
+        match action {
+            Action::Reconnect => self.reconnect(step, client, family).await,
+            Action::Run { stmts, effect } => {
+                self.run_step(step, client, family, stmts, effect).await
+            }
+        }
+    }
+
+    /// The scheduler: any client while the pool has room; only tied clients (often untying)
+    /// once as many are tied as there are connections.
+    fn choose(&self, rng: &mut Rng) -> (usize, Family, Action) {
+        let tied: Vec<usize> = (0..CLIENTS).filter(|&c| self.models[c].tied()).collect();
+        let client = if tied.len() >= self.pool {
+            let client = rng.pick(&tied);
+            if rng.chance(35) {
+                let (family, action) = untie(rng, &self.models[client]);
+                return (client, family, action);
+            }
+            client
+        } else {
+            rng.below(CLIENTS)
+        };
+        if self.models[client].dead {
+            return (client, Family::Reconnect, Action::Reconnect);
+        }
+        let (family, action) = generate(rng, client, &self.models[client]);
+        (client, family, action)
+    }
+
+    /// Runs a step's statements on both sides, compares each, then its effect and the
+    /// observer.
+    async fn run_step(
+        &mut self,
+        step: usize,
+        client: usize,
+        family: Family,
+        stmts: Vec<Stmt>,
+        effect: Effect,
+    ) -> StepResult {
+        let mut last = None;
+        for stmt in &stmts {
+            let (s, d) = self.run_both(client, stmt).await;
+            self.remember(format!(
+                "#{step} c{client} {:<9} {} => {}",
+                family.name(),
+                stmt.shown(),
+                d.shown()
+            ));
+            if s.key != d.key {
+                return Err(self.difference(
+                    step,
+                    client,
+                    family.name(),
+                    stmt.shown(),
+                    s.shown(),
+                    d.shown(),
+                ));
+            }
+            if stmt.may_pin() {
+                self.models[client].pinned = true;
+            }
+            let gone = d.gone();
+            last = Some(d);
+            if gone {
+                break;
+            }
+        }
+        let succeeded = last.as_ref().is_some_and(|d| !d.key.starts_with("ERROR"));
+        match effect {
+            Effect::KillsSelf if succeeded => {
+                self.stats.kills += 1;
+                self.after_kill(step, client, family).await?;
+            }
+            Effect::Kills(victim) if succeeded && !self.models[victim].dead => {
+                self.stats.kills += 1;
+                self.after_kill(step, victim, family).await?;
+            }
+            _ => {}
+        }
+        if last.as_ref().is_some_and(Outcome::gone) {
+            self.models[client].dead = true;
+        }
+        if self.models[client].dead {
+            return Ok(());
+        }
+        self.observe(step, client, family).await
+    }
+
+    /// After a kill: both sides must find the victim's connection gone.
+    async fn after_kill(&mut self, step: usize, victim: usize, family: Family) -> StepResult {
+        wait_thread_gone(&mut self.admin, self.d.ids[victim]).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let probe = Stmt::text("SELECT 1");
+        let (s, d) = self.run_both(victim, &probe).await;
+        self.remember(format!(
+            "#{step} c{victim} {:<9} (probe of the killed client) SELECT 1 => {}",
+            family.name(),
+            d.shown()
+        ));
+        if s.key != d.key {
+            return Err(self.difference(
+                step,
+                victim,
+                family.name(),
+                format!("SELECT 1 on client {victim} after it was killed"),
+                s.shown(),
+                d.shown(),
+            ));
+        }
+        if d.gone() {
+            self.models[victim] = Model {
+                dead: true,
+                ..Model::default()
+            };
+            for side in [&mut self.s, &mut self.d] {
+                if let Some(conn) = side.conns[victim].take() {
+                    drop(conn);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs one statement for `client` on S, then on D.
+    async fn run_both(&mut self, client: usize, stmt: &Stmt) -> (Outcome, Outcome) {
+        let s_sql = self.s.names.fill(&stmt.sql, client, &self.s.ids);
+        let s = run(self.s.conns[client].as_mut(), &s_sql, stmt.params.clone()).await;
+        let d_sql = self.d.names.fill(&stmt.sql, client, &self.d.ids);
+        let d = run(self.d.conns[client].as_mut(), &d_sql, stmt.params.clone()).await;
+        let normalise = |names: &Names, outcome: Outcome| Outcome {
+            key: names.normalise(&outcome.key),
+            detail: names.normalise(&outcome.detail),
+        };
+        (normalise(&self.s.names, s), normalise(&self.d.names, d))
+    }
+
+    /// Compares the client's session on both sides and updates the model from MariaDB's.
+    async fn observe(&mut self, step: usize, client: usize, family: Family) -> StepResult {
+        let s = observe(self.s.conns[client].as_mut(), &self.s.names).await;
+        let d = observe(self.d.conns[client].as_mut(), &self.d.names).await;
+        match (&s, &d) {
+            (Ok(s), Ok(d)) if s == d => {}
+            (Ok(s), Ok(d)) => {
+                let (differ, same): (Vec<_>, Vec<_>) =
+                    s.iter().zip(d).partition(|(s, d)| s != d);
+                let side = |pick: fn(&(&(String, String), &(String, String))) -> String| {
+                    differ.iter().map(pick).collect::<Vec<_>>().join(" ")
+                };
+                let sluice = side(|(s, _)| format!("{}={}", s.0, s.1));
+                let mariadb = side(|(_, d)| format!("{}={}", d.0, d.1));
+                let same: Vec<(String, String)> = same.into_iter().map(|(s, _)| s.clone()).collect();
+                let mut difference = self.difference(
+                    step,
+                    client,
+                    family.name(),
+                    "observer after the step".into(),
+                    sluice,
+                    mariadb,
+                );
+                difference.context = format!("same on both: {}", render_pairs(&same));
+                return Err(difference);
+            }
+            _ => {
+                let show = |o: &Result<Vec<(String, String)>, String>| match o {
+                    Ok(pairs) => render_pairs(pairs),
+                    Err(e) => e.clone(),
+                };
+                return Err(self.difference(
+                    step,
+                    client,
+                    family.name(),
+                    "observer after the step".into(),
+                    show(&s),
+                    show(&d),
+                ));
+            }
+        }
+        if let Ok(pairs) = d {
+            let value = |name: &str| {
+                pairs
+                    .iter()
+                    .find(|(n, _)| n == name)
+                    .map(|(_, v)| v.clone())
+                    .unwrap_or_default()
+            };
+            self.models[client].autocommit_off = value("@@autocommit") == "0";
+            self.models[client].in_txn = value("@@in_transaction") == "1";
+        }
+        Ok(())
+    }
+
+    /// Disconnects `client` on both sides, connects it again (a fresh session) and compares
+    /// the connect outcome and the fresh session: state left on a pooled connection by any
+    /// earlier client shows here.
+    async fn reconnect(&mut self, step: usize, client: usize, family: Family) -> StepResult {
+        self.stats.reconnects += 1;
+        self.disconnect(client).await;
+        self.models[client] = Model::default();
+        let expected = self.expected_busy();
+        self.wait_busy_at_most(expected, Duration::from_millis(500))
+            .await;
+        let s_opts = self
+            .gw
+            .opts("app", "secret", Some(&self.s.names.db_a))
+            .client_found_rows(client == 3);
+        let d_opts = OptsBuilder::default()
+            .ip_or_hostname(DB_HOST)
+            .tcp_port(DB_PORT)
+            .user(Some(self.gw.backend_user.clone()))
+            .pass(Some("backend-pw"))
+            .db_name(Some(self.d.names.db_a.clone()))
+            .prefer_socket(false)
+            .client_found_rows(client == 3);
+        let s = connect(s_opts).await;
+        let d = connect(d_opts).await;
+        let shown = |c: &Result<Conn, String>| match c {
+            Ok(_) => "connected".to_string(),
+            Err(e) => e.clone(),
+        };
+        let (s_shown, d_shown) = (shown(&s), shown(&d));
+        self.remember(format!(
+            "#{step} c{client} {:<9} (re)connect => {d_shown}",
+            family.name()
+        ));
+        match (s, d) {
+            (Ok(s), Ok(d)) => {
+                self.s.ids[client] = s.id();
+                self.d.ids[client] = d.id();
+                self.s.conns[client] = Some(s);
+                self.d.conns[client] = Some(d);
+            }
+            _ => {
+                return Err(self.difference(
+                    step,
+                    client,
+                    family.name(),
+                    "connect".into(),
+                    s_shown,
+                    d_shown,
+                ))
+            }
+        }
+        // Lock waits are possible (SERIALIZABLE reads against another client's writes): let
+        // them fail fast and alike on both sides instead of stalling the run.
+        let stmt = Stmt::text("SET SESSION innodb_lock_wait_timeout = 1");
+        let (s, d) = self.run_both(client, &stmt).await;
+        if s.key != d.key {
+            return Err(self.difference(
+                step,
+                client,
+                family.name(),
+                stmt.shown(),
+                s.shown(),
+                d.shown(),
+            ));
+        }
+        self.observe(step, client, family).await
+    }
+
+    /// Compares the committed rows of every client table on both sides, read as root.
+    async fn compare_tables(&mut self, step: usize) -> StepResult {
+        for (s_db, d_db, placeholder) in [
+            (&self.s.names.db_a, &self.d.names.db_a, "{db_a}"),
+            (&self.s.names.db_b, &self.d.names.db_b, "{db_b}"),
+        ] {
+            for table in 0..CLIENTS {
+                let read = |db: &str| format!("SELECT id, v, note FROM {db}.t{table} ORDER BY id");
+                let s = run(Some(&mut self.admin), &read(s_db), None).await;
+                let d = run(Some(&mut self.admin), &read(d_db), None).await;
+                if s.key != d.key {
+                    let what = format!("committed rows of {placeholder}.t{table}, read as root");
+                    return Err(self.difference(step, 0, "tables", what, s.shown(), d.shown()));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds a line to the history, keeping the last [`HISTORY`].
+    fn remember(&mut self, line: String) {
+        self.history.push_back(line);
+        while self.history.len() > HISTORY {
+            self.history.pop_front();
+        }
+    }
+
+    /// A difference with the model at this moment.
+    fn difference(
+        &self,
+        step: usize,
+        client: usize,
+        family: &'static str,
+        what: String,
+        sluice: String,
+        mariadb: String,
+    ) -> Box<Difference> {
+        let clients: Vec<String> = self
+            .models
+            .iter()
+            .enumerate()
+            .map(|(c, m)| format!("c{c} {}", m.describe()))
+            .collect();
+        let stats = self.gw.gateway.pool.stats();
+        Box::new(Difference {
+            step,
+            client,
+            family,
+            what,
+            sluice,
+            mariadb,
+            model: format!(
+                "{}; sluice pool busy {} idle {}",
+                clients.join(", "),
+                stats.busy,
+                stats.idle
+            ),
+            context: String::new(),
+        })
+    }
+
+    /// The report printed for a difference.
+    fn report(&self, d: &Difference) -> String {
+        let test = if self.pool == 1 {
+            "sessions_match_mariadb_over_one_connection"
+        } else {
+            "sessions_match_mariadb_over_two_connections"
+        };
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "=== sluice differs from MariaDB: seed {}, pool of {}, step {}, client {} ({}) ===",
+            self.seed, self.pool, d.step, d.client, d.family
+        );
+        let _ = writeln!(out, "statement: {}", d.what);
+        let _ = writeln!(out, "  sluice:  {}", d.sluice);
+        let _ = writeln!(out, "  mariadb: {}", d.mariadb);
+        if !d.context.is_empty() {
+            let _ = writeln!(out, "  {}", d.context);
+        }
+        let _ = writeln!(out, "model: {}", d.model);
+        let _ = writeln!(
+            out,
+            "replay: SLUICE_DIFF_SEED={} SLUICE_DIFF_STEPS={} cargo test -p sluice --test \
+             session_differential {test} -- --nocapture",
+            self.seed, d.step
+        );
+        let _ = writeln!(
+            out,
+            "last {} steps (templates; outcomes as MariaDB gave them):",
+            self.history.len()
+        );
+        for line in &self.history {
+            let _ = writeln!(out, "  {line}");
+        }
+        out
+    }
+}
+
+/// The statements that create one side's schema: a table per client and the procedures.
+fn schema_sql(db: &str) -> Vec<String> {
+    let mut sql = vec![
+        format!("DROP DATABASE IF EXISTS {db}"),
+        format!("CREATE DATABASE {db} CHARACTER SET utf8mb4"),
+    ];
+    for table in 0..CLIENTS {
+        sql.push(format!(
+            "CREATE TABLE {db}.t{table} (id INT AUTO_INCREMENT PRIMARY KEY, \
+             v INT NOT NULL DEFAULT 0, note VARCHAR(20)) ENGINE=InnoDB"
+        ));
+    }
+    for (name, body) in [
+        (
+            "p_set",
+            "SET @@group_concat_max_len = 777; SET @@session.div_precision_increment = 7;",
+        ),
+        (
+            "p_tmp_var",
+            "CREATE TEMPORARY TABLE IF NOT EXISTS ptmp (a INT); INSERT INTO ptmp VALUES (1); \
+             SET @@wait_timeout = 1234;",
+        ),
+        ("p_uservar", "SET @pv = COALESCE(@pv, 0) + 1;"),
+        (
+            "p_select",
+            "SELECT COUNT(*) AS n, DATABASE() AS db FROM t0;",
+        ),
+        ("p_autocommit_off", "SET autocommit = 0;"),
+        ("p_sql_mode", "SET SESSION sql_mode = 'ANSI';"),
+    ] {
+        sql.push(format!("CREATE PROCEDURE {db}.{name}() BEGIN {body} END"));
+    }
+    sql
+}
+
+/// Picks a family by weight and generates one step of it for `client`.
+fn generate(rng: &mut Rng, client: usize, model: &Model) -> (Family, Action) {
+    let total: usize = FAMILIES.iter().map(|(_, w)| w).sum();
+    let mut roll = rng.below(total);
+    let mut family = Family::SysVar;
+    for (candidate, weight) in FAMILIES {
+        if roll < weight {
+            family = candidate;
+            break;
+        }
+        roll -= weight;
+    }
+    let c = client;
+    let other = (c + 1 + rng.below(CLIENTS - 1)) % CLIENTS;
+    let n = rng.number();
+    let k = rng.below(4);
+    let run = |stmts: Vec<Stmt>| Action::Run {
+        stmts,
+        effect: Effect::None,
+    };
+    let one = |sql: String| run(vec![Stmt::text(sql)]);
+    let action = match family {
+        Family::SysVar => {
+            let parts = 1 + rng.below(3) * usize::from(rng.chance(40));
+            let assignments: Vec<String> = (0..parts).map(|_| assignment(rng)).collect();
+            one(format!("SET {}", assignments.join(", ")))
+        }
+        Family::Names => one(rng
+            .pick(&[
+                "SET NAMES latin1",
+                "SET NAMES utf8mb4",
+                "SET NAMES utf8mb4 COLLATE utf8mb4_unicode_ci",
+                "SET NAMES utf8mb4 COLLATE utf8mb4_bin",
+                "SET NAMES 'utf8'",
+                "SET NAMES latin1 COLLATE latin1_bin",
+                "SET NAMES binary",
+                "SET NAMES DEFAULT",
+                "SET NAMES utf8mb4_unicode_ci",
+                "SET CHARACTER SET latin1",
+                "SET CHARACTER SET utf8mb4",
+                "SET CHARACTER SET DEFAULT",
+                "SET character_set_results = NULL",
+                "SET character_set_client = latin1",
+                "SET collation_connection = latin1_german1_ci",
+                "SELECT 'é' AS s, HEX('é') AS h, CHARSET('é') AS cs, COLLATION('é') AS co",
+            ])
+            .to_string()),
+        Family::Use => one(rng
+            .pick(&[
+                "USE {db_a}",
+                "USE {db_a}",
+                "USE {db_b}",
+                "USE sdiff_missing",
+            ])
+            .to_string()),
+        Family::Txn => {
+            if model.in_txn && rng.chance(50) {
+                return untie(rng, model);
+            }
+            let level = rng.pick(&[
+                "READ UNCOMMITTED",
+                "READ COMMITTED",
+                "REPEATABLE READ",
+                "SERIALIZABLE",
+            ]);
+            one(match rng.below(12) {
+                0 => "BEGIN".to_string(),
+                1 => "START TRANSACTION".to_string(),
+                2 => "START TRANSACTION READ ONLY".to_string(),
+                3 => "START TRANSACTION READ WRITE".to_string(),
+                4 => "START TRANSACTION WITH CONSISTENT SNAPSHOT".to_string(),
+                5 => rng
+                    .pick(&[
+                        "COMMIT",
+                        "ROLLBACK",
+                        "COMMIT AND CHAIN",
+                        "ROLLBACK AND CHAIN",
+                    ])
+                    .to_string(),
+                6 => format!("SET TRANSACTION ISOLATION LEVEL {level}"),
+                7 => rng
+                    .pick(&["SET TRANSACTION READ ONLY", "SET TRANSACTION READ WRITE"])
+                    .to_string(),
+                8 => format!("SET SESSION TRANSACTION ISOLATION LEVEL {level}"),
+                9 => rng
+                    .pick(&[
+                        "SET SESSION TRANSACTION READ ONLY",
+                        "SET SESSION TRANSACTION READ WRITE",
+                    ])
+                    .to_string(),
+                10 => "SAVEPOINT sp1".to_string(),
+                _ => rng
+                    .pick(&["ROLLBACK TO SAVEPOINT sp1", "RELEASE SAVEPOINT sp1"])
+                    .to_string(),
+            })
+        }
+        Family::Dml => one(match rng.below(16) {
+            0 | 1 => format!("INSERT INTO t{c} (v, note) VALUES ({n}, 'c{c}')"),
+            2 => format!("INSERT INTO t{c} (v) VALUES ({n}), ({k})"),
+            3 => format!("INSERT INTO {{db_a}}.t{c} (v) VALUES ({n})"),
+            4 => format!("INSERT INTO t{c} (id, v) VALUES ({}, {n})", 1 + k),
+            5 => format!(
+                "INSERT INTO t{c} (id, v) VALUES ({}, {n}) ON DUPLICATE KEY UPDATE v = v + 1",
+                1 + k
+            ),
+            6 => format!("REPLACE INTO t{c} (id, v) VALUES ({}, {n})", 1 + k),
+            7 => format!("UPDATE t{c} SET v = v + 1 WHERE id % 3 = {}", k % 3),
+            8 => format!("UPDATE t{c} SET v = v WHERE id % 2 = {}", k % 2),
+            9 => format!("DELETE FROM t{c} WHERE id % 5 = {k}"),
+            10 => format!("DELETE FROM t{c} ORDER BY id LIMIT 1"),
+            11 => format!("SELECT COUNT(*), COALESCE(SUM(v), 0) FROM t{c}"),
+            12 => format!("SELECT id, v, note FROM t{c} ORDER BY id DESC LIMIT 3"),
+            13 => format!("SELECT COUNT(*), COALESCE(SUM(v), 0) FROM {{db_a}}.t{other}"),
+            14 => format!("SELECT COUNT(*), COALESCE(SUM(v), 0) FROM {{db_b}}.t{other}"),
+            _ => format!("SELECT COUNT(*) FROM t{other}"),
+        }),
+        Family::Counters => {
+            let stmts = match rng.below(17) {
+                0 => vec![
+                    format!("INSERT INTO t{c} (v) VALUES ({n})"),
+                    "SELECT LAST_INSERT_ID()".into(),
+                ],
+                1 => vec![format!("SELECT LAST_INSERT_ID({n})")],
+                2 => vec!["SELECT LAST_INSERT_ID()".into()],
+                3 => vec![format!("SELECT LAST_INSERT_ID({n}) + 1, LAST_INSERT_ID()")],
+                4 => vec![
+                    format!("UPDATE t{c} SET v = LAST_INSERT_ID(v + 1) ORDER BY id DESC LIMIT 1"),
+                    "SELECT LAST_INSERT_ID()".into(),
+                ],
+                5 => vec![format!("INSERT INTO t{c} (v) VALUES (LAST_INSERT_ID())")],
+                6 => vec![
+                    format!("UPDATE t{c} SET v = v + 1 WHERE id % 2 = {}", k % 2),
+                    "SELECT ROW_COUNT()".into(),
+                ],
+                7 => vec![
+                    format!("DELETE FROM t{c} WHERE id % 4 = {k}"),
+                    "SELECT ROW_COUNT()".into(),
+                ],
+                8 => vec!["SELECT ROW_COUNT()".into()],
+                9 => vec![
+                    format!("SELECT id FROM t{c} ORDER BY id LIMIT 2"),
+                    "SELECT FOUND_ROWS()".into(),
+                ],
+                10 => vec![
+                    format!("SELECT SQL_CALC_FOUND_ROWS id FROM t{c} ORDER BY id LIMIT 1"),
+                    "SELECT FOUND_ROWS()".into(),
+                ],
+                11 => vec!["SELECT FOUND_ROWS()".into()],
+                12 => vec![format!(
+                    "INSERT INTO t{c} (v) VALUES ({n}); SELECT LAST_INSERT_ID(), ROW_COUNT()"
+                )],
+                13 => vec![format!(
+                    "UPDATE t{c} SET v = v + 1; SELECT ROW_COUNT(), LAST_INSERT_ID()"
+                )],
+                14 => vec![format!(
+                    "SELECT LAST_INSERT_ID({n}); SELECT LAST_INSERT_ID(), FOUND_ROWS()"
+                )],
+                15 => vec!["SELECT 1/0 AS x".into(), "SHOW WARNINGS".into()],
+                _ => vec![
+                    "SELECT CAST('12abc' AS SIGNED) AS x".into(),
+                    rng.pick(&[
+                        "SHOW WARNINGS",
+                        "SHOW COUNT(*) WARNINGS",
+                        "SELECT @@warning_count",
+                    ])
+                    .into(),
+                ],
+            };
+            run(stmts.into_iter().map(Stmt::text).collect())
+        }
+        Family::Probe => one(match rng.below(4) {
+            0 => "SELECT FROM_UNIXTIME(86400) AS t, 1/7 AS d, 'a' || 'b' AS p".to_string(),
+            1 => format!("SELECT GROUP_CONCAT(v ORDER BY id) AS g, SUM(v) / 7 AS s FROM t{c}"),
+            2 => "SELECT USER(), CURRENT_USER(), DATABASE()".to_string(),
+            _ => "SELECT CAST('2020-02-30' AS DATE) AS d, 'a' = 'A' AS ci".to_string(),
+        }),
+        Family::UserVar => one(match rng.below(8) {
+            0 => format!("SET @v = {n}"),
+            1 => format!("SET @v := {n}, @w = 'c{c}'"),
+            2 => "SELECT @v".into(),
+            3 => "SELECT @v := COALESCE(@v, 0) + 1".into(),
+            4 => "SELECT @v, @w".into(),
+            5 => "SET @v = NULL".into(),
+            6 => "SELECT @pv".into(),
+            _ => format!("SELECT @v := COUNT(*) FROM t{c}"),
+        }
+        .to_string()),
+        Family::TempTable => one(match rng.below(9) {
+            0 => "CREATE TEMPORARY TABLE tmp (a INT)".to_string(),
+            1 => "CREATE TEMPORARY TABLE IF NOT EXISTS tmp (a INT)".to_string(),
+            2 | 3 => format!("INSERT INTO tmp VALUES ({n})"),
+            4 | 5 => "SELECT COUNT(*), COALESCE(SUM(a), 0) FROM tmp".to_string(),
+            6 => rng
+                .pick(&[
+                    "DROP TEMPORARY TABLE tmp",
+                    "DROP TEMPORARY TABLE IF EXISTS tmp",
+                ])
+                .to_string(),
+            7 => format!("CREATE TEMPORARY TABLE t{c} (a INT)"),
+            _ => "SELECT COUNT(*) FROM ptmp".to_string(),
+        }),
+        Family::Call => one(rng
+            .pick(&[
+                "CALL p_set()",
+                "CALL {db_a}.p_set()",
+                "CALL p_tmp_var()",
+                "CALL p_uservar()",
+                "CALL p_select()",
+                "CALL {db_b}.p_select()",
+                "CALL p_autocommit_off()",
+                "CALL p_sql_mode()",
+                "CALL p_missing()",
+            ])
+            .to_string()),
+        Family::Lock => {
+            let lock = format!("'{{lock}}k{}'", k % 2);
+            one(match rng.below(6) {
+                0 | 1 => format!("SELECT GET_LOCK({lock}, 0)"),
+                2 => format!("SELECT RELEASE_LOCK({lock})"),
+                3 => format!("SELECT IS_FREE_LOCK({lock})"),
+                4 => format!(
+                    "SELECT CASE WHEN IS_USED_LOCK({lock}) IS NULL THEN 'free' \
+                     WHEN IS_USED_LOCK({lock}) = @@pseudo_thread_id THEN 'mine' \
+                     ELSE 'other' END AS holder"
+                ),
+                _ => "SELECT RELEASE_ALL_LOCKS()".to_string(),
+            })
+        }
+        Family::Prepared => {
+            let v = |x: usize| Value::Int(x as i64);
+            let stmt = match rng.below(11) {
+                0 => Stmt::binary(
+                    format!("SELECT COUNT(*), COALESCE(SUM(v), 0) FROM t{c} WHERE v > ?"),
+                    vec![v(n)],
+                ),
+                1 => Stmt::binary(
+                    format!("INSERT INTO t{c} (v, note) VALUES (?, ?)"),
+                    vec![v(n), Value::Bytes(b"p".to_vec())],
+                ),
+                2 => Stmt::binary(
+                    format!("UPDATE t{c} SET v = ? WHERE id % 4 = ?"),
+                    vec![v(n), v(k)],
+                ),
+                3 => Stmt::binary("SELECT ?, DATABASE(), LAST_INSERT_ID()", vec![v(n)]),
+                4 => Stmt::binary(format!("DELETE FROM t{c} WHERE id = ?"), vec![v(1 + k)]),
+                5 => Stmt::binary("SELECT @@sql_mode, @@time_zone, ? + 1", vec![v(n)]),
+                6 => Stmt::binary(format!("SELECT COUNT(*) FROM t{other}"), vec![]),
+                7 => Stmt::text(format!(
+                    "PREPARE s FROM 'SELECT COUNT(*), COALESCE(SUM(v), 0) FROM t{c}'"
+                )),
+                8 => Stmt::text(rng.pick(&["EXECUTE s", "DEALLOCATE PREPARE s"])),
+                9 => Stmt::text(format!("PREPARE s FROM 'INSERT INTO t{c} (v) VALUES (?)'")),
+                _ => Stmt::text(format!("EXECUTE s USING {n}")),
+            };
+            run(vec![stmt])
+        }
+        Family::Kill => {
+            let (sql, effect) = match rng.below(8) {
+                0 => ("KILL QUERY {cid}".to_string(), Effect::None),
+                1 => ("KILL QUERY CONNECTION_ID()".to_string(), Effect::None),
+                2 => ("KILL CONNECTION_ID()".to_string(), Effect::KillsSelf),
+                3 => ("KILL {cid}".to_string(), Effect::KillsSelf),
+                4 => (format!("KILL {{cid{other}}}"), Effect::Kills(other)),
+                5 => (
+                    format!("KILL CONNECTION {{cid{other}}}"),
+                    Effect::Kills(other),
+                ),
+                6 => (format!("KILL QUERY {{cid{other}}}"), Effect::None),
+                _ => ("KILL 999999".to_string(), Effect::None),
+            };
+            Action::Run {
+                stmts: vec![Stmt::text(sql)],
+                effect,
+            }
+        }
+        Family::Reconnect => Action::Reconnect,
+    };
+    (family, action)
+}
+
+/// A step that ends what ties a client to its connection: the transaction, autocommit off,
+/// or (for pins) the session.
+fn untie(rng: &mut Rng, model: &Model) -> (Family, Action) {
+    if model.pinned || rng.chance(10) {
+        return (Family::Reconnect, Action::Reconnect);
+    }
+    let sql = if model.autocommit_off {
+        rng.pick(&["SET autocommit = 1", "SET @@autocommit = ON"])
+    } else {
+        rng.pick(&["COMMIT", "ROLLBACK", "COMMIT WORK", "ROLLBACK WORK"])
+    };
+    let family = if model.autocommit_off {
+        Family::SysVar
+    } else {
+        Family::Txn
+    };
+    (
+        family,
+        Action::Run {
+            stmts: vec![Stmt::text(sql)],
+            effect: Effect::None,
+        },
+    )
+}
+
+/// One assignment of a `SET`, in a random syntax.
+fn assignment(rng: &mut Rng) -> String {
+    const VARS: [(&str, &[&str]); 8] = [
+        ("autocommit", &["0", "1", "ON", "OFF", "DEFAULT"]),
+        (
+            "sql_mode",
+            &[
+                "'ANSI'",
+                "''",
+                "'TRADITIONAL'",
+                "'NO_ZERO_DATE'",
+                "'STRICT_TRANS_TABLES,ERROR_FOR_DIVISION_BY_ZERO'",
+                "'ANSI_QUOTES,PIPES_AS_CONCAT'",
+                "DEFAULT",
+            ],
+        ),
+        (
+            "time_zone",
+            &["'+00:00'", "'+05:30'", "'-08:00'", "'SYSTEM'", "DEFAULT"],
+        ),
+        ("wait_timeout", &["600", "3600", "28800", "DEFAULT"]),
+        ("div_precision_increment", &["0", "2", "9", "DEFAULT"]),
+        ("group_concat_max_len", &["4", "1024", "4321", "DEFAULT"]),
+        (
+            "tx_isolation",
+            &[
+                "'READ-UNCOMMITTED'",
+                "'READ-COMMITTED'",
+                "'REPEATABLE-READ'",
+                "'SERIALIZABLE'",
+                "DEFAULT",
+            ],
+        ),
+        ("tx_read_only", &["0", "1", "DEFAULT"]),
+    ];
+    let (var, value) = if rng.chance(3) {
+        // Errors must match too: an unknown variable on 10.11, an unloaded named zone.
+        rng.pick(&[
+            ("transaction_isolation", "'READ-COMMITTED'"),
+            ("time_zone", "'Europe/Berlin'"),
+        ])
+    } else {
+        let (var, values) = rng.pick(&VARS);
+        (var, rng.pick(values))
+    };
+    match rng.below(7) {
+        0 => format!("@@{var} = {value}"),
+        1 => format!("@@session.{var} = {value}"),
+        2 => format!("@@local.{var} = {value}"),
+        3 => format!("SESSION {var} = {value}"),
+        4 => format!("LOCAL {var} = {value}"),
+        5 => format!("{var} := {value}"),
+        _ => format!("{var} = {value}"),
+    }
+}
+
+/// Connects, or says why not in the same terms as a statement outcome.
+async fn connect(opts: OptsBuilder) -> Result<Conn, String> {
+    match tokio::time::timeout(STATEMENT_TIMEOUT, Conn::new(opts)).await {
+        Ok(Ok(conn)) => Ok(conn),
+        Ok(Err(e)) => Err(describe(&e).0),
+        Err(_) => Err("TIMEOUT".into()),
+    }
+}
+
+/// Runs one statement and renders everything the client observed.
+async fn run(conn: Option<&mut Conn>, sql: &str, params: Option<Vec<Value>>) -> Outcome {
+    let Some(conn) = conn else {
+        return Outcome {
+            key: "GONE".into(),
+            detail: "not connected".into(),
+        };
+    };
+    let mut out = Outcome {
+        key: String::new(),
+        detail: String::new(),
+    };
+    let ran = tokio::time::timeout(STATEMENT_TIMEOUT, async {
+        match params {
+            None => match conn.query_iter(sql).await {
+                Ok(result) => drain(result, &mut out).await,
+                Err(e) => fail(&mut out, &e),
+            },
+            Some(params) => {
+                let params = if params.is_empty() {
+                    Params::Empty
+                } else {
+                    Params::Positional(params)
+                };
+                match conn.exec_iter(sql, params).await {
+                    Ok(result) => drain(result, &mut out).await,
+                    Err(e) => fail(&mut out, &e),
+                }
+            }
+        }
+    })
+    .await;
+    if ran.is_err() {
+        out.key.push_str("TIMEOUT");
+    }
+    out
+}
+
+/// Reads every result set of a reply into `out`.
+async fn drain<P: Protocol>(mut result: QueryResult<'_, 'static, P>, out: &mut Outcome) {
+    loop {
+        let columns: Vec<String> = result
+            .columns_ref()
+            .iter()
+            .map(|c| c.name_str().into_owned())
+            .collect();
+        match result.collect::<mysql_async::Row>().await {
+            Ok(rows) => {
+                if columns.is_empty() {
+                    let _ = write!(
+                        out.key,
+                        "ok affected={} id={}",
+                        result.affected_rows(),
+                        result.last_insert_id().unwrap_or(0)
+                    );
+                } else {
+                    let rows: Vec<String> = rows
+                        .into_iter()
+                        .map(|row| {
+                            let values: Vec<String> =
+                                row.unwrap().iter().map(render_value).collect();
+                            format!("({})", values.join(", "))
+                        })
+                        .collect();
+                    let _ = write!(out.key, "[{}] {}", columns.join(" | "), rows.join(" "));
+                }
+                if result.warnings() > 0 {
+                    let _ = write!(out.key, " warnings={}", result.warnings());
+                }
+            }
+            Err(e) => return fail(out, &e),
+        }
+        if result.is_empty() {
+            return;
+        }
+        out.key.push_str(" ;; ");
+    }
+}
+
+/// Records an error in `out`.
+fn fail(out: &mut Outcome, e: &mysql_async::Error) {
+    let (key, detail) = describe(e);
+    out.key.push_str(&key);
+    out.detail = detail;
+}
+
+/// An error as compared (code, or GONE) and as shown (message).
+fn describe(e: &mysql_async::Error) -> (String, String) {
+    match e {
+        mysql_async::Error::Server(s) if GONE_CODES.contains(&s.code) => {
+            ("GONE".into(), format!("{} {}", s.code, s.message))
+        }
+        mysql_async::Error::Server(s) => (format!("ERROR {}", s.code), s.message.clone()),
+        mysql_async::Error::Io(e) => ("GONE".into(), e.to_string()),
+        mysql_async::Error::Driver(mysql_async::DriverError::ConnectionClosed) => {
+            ("GONE".into(), "connection closed".into())
+        }
+        other => (format!("CLIENT ERROR {other}"), String::new()),
+    }
+}
+
+/// A value as text: NULL distinct from the string 'NULL', numbers bare, strings quoted.
+fn render_value(value: &Value) -> String {
+    match value {
+        Value::NULL => "NULL".into(),
+        Value::Bytes(bytes) => {
+            let text = String::from_utf8_lossy(bytes);
+            let numeric = !text.is_empty()
+                && text
+                    .chars()
+                    .all(|ch| ch.is_ascii_digit() || ch == '-' || ch == '.');
+            if numeric {
+                text.into_owned()
+            } else {
+                format!("'{text}'")
+            }
+        }
+        Value::Int(i) => i.to_string(),
+        Value::UInt(u) => u.to_string(),
+        Value::Float(f) => f.to_string(),
+        Value::Double(d) => d.to_string(),
+        other => format!("{other:?}"),
+    }
+}
+
+/// Runs the observer: (column, value) pairs with this side's names normalised.
+async fn observe(conn: Option<&mut Conn>, names: &Names) -> Result<Vec<(String, String)>, String> {
+    let Some(conn) = conn else {
+        return Err("GONE (not connected)".into());
+    };
+    let run = async {
+        let mut result = conn.query_iter(OBSERVER).await?;
+        let columns: Vec<String> = result
+            .columns_ref()
+            .iter()
+            .map(|c| c.name_str().into_owned())
+            .collect();
+        let rows = result.collect::<mysql_async::Row>().await?;
+        result.drop_result().await?;
+        Ok::<_, mysql_async::Error>((columns, rows))
+    };
+    match tokio::time::timeout(STATEMENT_TIMEOUT, run).await {
+        Err(_) => Err("TIMEOUT".into()),
+        Ok(Err(e)) => {
+            let (key, detail) = describe(&e);
+            Err(names.normalise(&format!("{key} ({detail})")))
+        }
+        Ok(Ok((columns, rows))) => {
+            let Some(row) = rows.into_iter().next() else {
+                return Err("no row".into());
+            };
+            Ok(columns
+                .into_iter()
+                .zip(row.unwrap().iter().map(render_value))
+                .map(|(name, value)| (name, names.normalise(&value)))
+                .collect())
+        }
+    }
+}
+
+/// Observer pairs as one line.
+fn render_pairs(pairs: &[(String, String)]) -> String {
+    pairs
+        .iter()
+        .map(|(name, value)| format!("{name}={value}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Waits (up to 2 s) until MariaDB no longer lists thread `id`: a disconnect or kill is
+/// finished only then (its transaction rolled back, its locks and temporary tables gone).
+async fn wait_thread_gone(admin: &mut Conn, id: u32) {
+    for _ in 0..200 {
+        let left: Result<Option<u64>, _> = admin
+            .exec_first(
+                "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE ID = ?",
+                (id,),
+            )
+            .await;
+        if matches!(left, Ok(Some(0)) | Err(_)) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The sum of every `sluice_pins_total{reason=...}` sample.
+fn pins_total(metrics: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|line| line.starts_with("sluice_pins_total{"))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
