@@ -308,7 +308,7 @@ fn any_bytes_are_analysed_without_panicking() {
         let len = (seed % 12) as usize;
         for n in 0..len {
             let pick = (seed >> (n * 5 % 60)) as usize;
-            if pick % 5 == 0 {
+            if pick.is_multiple_of(5) {
                 sql.push((pick >> 3) as u8);
             } else {
                 sql.extend_from_slice(pieces[pick % pieces.len()]);
