@@ -758,14 +758,18 @@ impl Harness {
         match (&s, &d) {
             (Ok(s), Ok(d)) if s == d => {}
             (Ok(s), Ok(d)) => {
-                let (differ, same): (Vec<_>, Vec<_>) =
-                    s.iter().zip(d).partition(|(s, d)| s != d);
-                let side = |pick: fn(&(&(String, String), &(String, String))) -> String| {
-                    differ.iter().map(pick).collect::<Vec<_>>().join(" ")
-                };
-                let sluice = side(|(s, _)| format!("{}={}", s.0, s.1));
-                let mariadb = side(|(_, d)| format!("{}={}", d.0, d.1));
-                let same: Vec<(String, String)> = same.into_iter().map(|(s, _)| s.clone()).collect();
+                let mut sluice = Vec::new();
+                let mut mariadb = Vec::new();
+                let mut same = Vec::new();
+                for (s, d) in s.iter().zip(d) {
+                    if s == d {
+                        same.push(s.clone());
+                    } else {
+                        sluice.push(s.clone());
+                        mariadb.push(d.clone());
+                    }
+                }
+                let (sluice, mariadb) = (render_pairs(&sluice), render_pairs(&mariadb));
                 let mut difference = self.difference(
                     step,
                     client,
