@@ -16,7 +16,9 @@
 //!
 //! Knobs (environment): `SLUICE_DIFF_SEED` (one seed to replay), `SLUICE_DIFF_SEEDS` (how
 //! many seeds, default 3), `SLUICE_DIFF_FIRST_SEED` (first of them, default 1),
-//! `SLUICE_DIFF_STEPS` (steps per seed, default 300). `scripts/soak-session` runs many.
+//! `SLUICE_DIFF_STEPS` (steps per seed, default 300), `SLUICE_DIFF_DIRECT=1` (side S connects
+//! directly to MariaDB too: a check of the harness, which must then find nothing).
+//! `scripts/soak-session` runs many seeds.
 //!
 //! Each side has its own schemas and lock names (`sdiff<pool>_s_a` / `sdiff<pool>_d_a`, ...);
 //! statements are templates with `{db_a}`, `{db_b}`, `{lock}`, `{cid}` (the client's own
@@ -104,6 +106,7 @@ async fn differential(pool: usize) {
     }
     let mut harness = Harness {
         pool,
+        direct_only: knobs.direct_only,
         s: Side::new(Names::new(pool, 's')),
         d: Side::new(Names::new(pool, 'd')),
         gw,
@@ -152,6 +155,9 @@ async fn differential(pool: usize) {
 struct Knobs {
     seeds: Vec<u64>,
     steps: usize,
+    /// Side S connects directly to MariaDB too: a check of the harness itself, where any
+    /// difference is the harness's fault (or MariaDB's nondeterminism), never sluice's.
+    direct_only: bool,
 }
 
 impl Knobs {
@@ -172,7 +178,12 @@ impl Knobs {
             let first = number("SLUICE_DIFF_FIRST_SEED", 1);
             (first..first + number("SLUICE_DIFF_SEEDS", 3)).collect()
         };
-        Knobs { seeds, steps }
+        let direct_only = std::env::var("SLUICE_DIFF_DIRECT").is_ok_and(|v| v == "1");
+        Knobs {
+            seeds,
+            steps,
+            direct_only,
+        }
     }
 }
 
@@ -486,6 +497,7 @@ type StepResult = Result<(), Box<Difference>>;
 /// The driver: both sides, the model, the history.
 struct Harness {
     pool: usize,
+    direct_only: bool,
     gw: TestGateway,
     admin: Conn,
     s: Side,
@@ -548,8 +560,17 @@ impl Harness {
                 let _ = tokio::time::timeout(STATEMENT_TIMEOUT, conn.disconnect()).await;
             }
         }
-        let id = self.d.ids[client];
-        if id != 0 {
+        self.wait_threads_gone(client).await;
+    }
+
+    /// Waits until MariaDB has ended the client's direct thread (both of them when side S is
+    /// direct too).
+    async fn wait_threads_gone(&mut self, client: usize) {
+        let mut ids = vec![self.d.ids[client]];
+        if self.direct_only {
+            ids.push(self.s.ids[client]);
+        }
+        for id in ids.into_iter().filter(|&id| id != 0) {
             wait_thread_gone(&mut self.admin, id).await;
         }
     }
@@ -575,6 +596,9 @@ impl Harness {
     /// connection: if sluice holds more than the model expects, reconnects clients (the
     /// model's free ones first) until it does not.
     async fn settle(&mut self, step: usize) -> StepResult {
+        if self.direct_only {
+            return Ok(());
+        }
         let expected = self.expected_busy();
         let busy = self
             .wait_busy_at_most(expected, Duration::from_millis(300))
@@ -705,7 +729,7 @@ impl Harness {
 
     /// After a kill: both sides must find the victim's connection gone.
     async fn after_kill(&mut self, step: usize, victim: usize, family: Family) -> StepResult {
-        wait_thread_gone(&mut self.admin, self.d.ids[victim]).await;
+        self.wait_threads_gone(victim).await;
         tokio::time::sleep(Duration::from_millis(50)).await;
         let probe = Stmt::text("SELECT 1");
         let (s, d) = self.run_both(victim, &probe).await;
@@ -820,18 +844,24 @@ impl Harness {
         let expected = self.expected_busy();
         self.wait_busy_at_most(expected, Duration::from_millis(500))
             .await;
-        let s_opts = self
-            .gw
-            .opts("app", "secret", Some(&self.s.names.db_a))
-            .client_found_rows(client == 3);
-        let d_opts = OptsBuilder::default()
-            .ip_or_hostname(DB_HOST)
-            .tcp_port(DB_PORT)
-            .user(Some(self.gw.backend_user.clone()))
-            .pass(Some("backend-pw"))
-            .db_name(Some(self.d.names.db_a.clone()))
-            .prefer_socket(false)
-            .client_found_rows(client == 3);
+        let direct = |db: &str| {
+            OptsBuilder::default()
+                .ip_or_hostname(DB_HOST)
+                .tcp_port(DB_PORT)
+                .user(Some(self.gw.backend_user.clone()))
+                .pass(Some("backend-pw"))
+                .db_name(Some(db.to_owned()))
+                .prefer_socket(false)
+                .client_found_rows(client == 3)
+        };
+        let s_opts = if self.direct_only {
+            direct(&self.s.names.db_a)
+        } else {
+            self.gw
+                .opts("app", "secret", Some(&self.s.names.db_a))
+                .client_found_rows(client == 3)
+        };
+        let d_opts = direct(&self.d.names.db_a);
         let s = connect(s_opts).await;
         let d = connect(d_opts).await;
         let shown = |c: &Result<Conn, String>| match c {
