@@ -433,8 +433,15 @@ enum Effect {
 
 /// What a step does.
 enum Action {
-    Run { stmts: Vec<Stmt>, effect: Effect },
+    Run {
+        stmts: Vec<Stmt>,
+        effect: Effect,
+    },
     Reconnect,
+    /// `COM_RESET_CONNECTION`, or `COM_CHANGE_USER` to the same user when `change_user`.
+    Reset {
+        change_user: bool,
+    },
 }
 
 /// A reported difference.
@@ -641,6 +648,7 @@ impl Harness {
         self.stats.per_family[family.index()] += 1;
         match action {
             Action::Reconnect => self.reconnect(step, client, family).await,
+            Action::Reset { change_user } => self.reset(step, client, family, change_user).await,
             Action::Run { stmts, effect } => {
                 self.run_step(step, client, family, stmts, effect).await
             }
@@ -891,6 +899,50 @@ impl Harness {
                 ))
             }
         }
+        self.fresh_session(step, client, family).await
+    }
+
+    /// `COM_RESET_CONNECTION` or `COM_CHANGE_USER` on both sides: the session starts afresh
+    /// on the same connection, and must look the same as MariaDB's.
+    async fn reset(
+        &mut self,
+        step: usize,
+        client: usize,
+        family: Family,
+        change_user: bool,
+    ) -> StepResult {
+        let what = if change_user {
+            "COM_CHANGE_USER (same user)"
+        } else {
+            "COM_RESET_CONNECTION"
+        };
+        let s = reset(self.s.conns[client].as_mut(), change_user).await;
+        let d = reset(self.d.conns[client].as_mut(), change_user).await;
+        self.remember(format!(
+            "#{step} c{client} {:<9} {what} => {}",
+            family.name(),
+            d.shown()
+        ));
+        if s.key != d.key {
+            return Err(self.difference(
+                step,
+                client,
+                family.name(),
+                what.into(),
+                s.shown(),
+                d.shown(),
+            ));
+        }
+        if d.gone() {
+            self.models[client].dead = true;
+            return Ok(());
+        }
+        self.models[client] = Model::default();
+        self.fresh_session(step, client, family).await
+    }
+
+    /// What every new session does first, then the observer.
+    async fn fresh_session(&mut self, step: usize, client: usize, family: Family) -> StepResult {
         // Lock waits are possible (SERIALIZABLE reads against another client's writes): let
         // them fail fast and alike on both sides instead of stalling the run.
         let stmt = Stmt::text("SET SESSION innodb_lock_wait_timeout = 1");
@@ -1317,7 +1369,11 @@ fn generate(rng: &mut Rng, client: usize, model: &Model) -> (Family, Action) {
                 effect,
             }
         }
-        Family::Reconnect => Action::Reconnect,
+        Family::Reconnect => match rng.below(8) {
+            0 | 1 => Action::Reset { change_user: false },
+            2 => Action::Reset { change_user: true },
+            _ => Action::Reconnect,
+        },
     };
     (family, action)
 }
@@ -1326,7 +1382,13 @@ fn generate(rng: &mut Rng, client: usize, model: &Model) -> (Family, Action) {
 /// or (for pins) the session.
 fn untie(rng: &mut Rng, model: &Model) -> (Family, Action) {
     if model.pinned || rng.chance(10) {
-        return (Family::Reconnect, Action::Reconnect);
+        let action = match rng.below(4) {
+            0 => Action::Reset {
+                change_user: rng.chance(30),
+            },
+            _ => Action::Reconnect,
+        };
+        return (Family::Reconnect, action);
     }
     let sql = if model.autocommit_off {
         rng.pick(&["SET autocommit = 1", "SET @@autocommit = ON"])
@@ -1410,6 +1472,33 @@ async fn connect(opts: OptsBuilder) -> Result<Conn, String> {
         Ok(Err(e)) => Err(describe(&e).0),
         Err(_) => Err("TIMEOUT".into()),
     }
+}
+
+/// Resets a session (`COM_RESET_CONNECTION`, or `COM_CHANGE_USER` to the same user).
+async fn reset(conn: Option<&mut Conn>, change_user: bool) -> Outcome {
+    let mut out = Outcome {
+        key: String::new(),
+        detail: String::new(),
+    };
+    let Some(conn) = conn else {
+        out.key.push_str("GONE");
+        return out;
+    };
+    let done = tokio::time::timeout(STATEMENT_TIMEOUT, async {
+        if change_user {
+            conn.change_user(mysql_async::ChangeUserOpts::default())
+                .await
+        } else {
+            conn.reset().await.map(|_| ())
+        }
+    })
+    .await;
+    match done {
+        Ok(Ok(())) => out.key.push_str("ok"),
+        Ok(Err(e)) => fail(&mut out, &e),
+        Err(_) => out.key.push_str("TIMEOUT"),
+    }
+    out
 }
 
 /// Runs one statement and renders everything the client observed.
