@@ -94,9 +94,9 @@ def last_insert_id_expressions(args):
     a = connect(args)
     print("LAST_INSERT_ID(42):", one(a, "SELECT LAST_INSERT_ID(42)"))
     print("then LAST_INSERT_ID():", one(a, "SELECT LAST_INSERT_ID()"))
-    one(a, "UPDATE ss_seq SET id = LAST_INSERT_ID(id + 1)")
-    print("after the sequence update:", one(a, "SELECT LAST_INSERT_ID() - (SELECT id FROM ss_seq)"))
-    print("multi-byte comment:", one(a, "SELECT /*€€*/LAST_INSERT_ID() - (SELECT id FROM ss_seq)"))
+    one(a, "UPDATE ss_seq SET id = LAST_INSERT_ID(id + 1) WHERE id = 100")
+    print("after the sequence update:", one(a, "SELECT LAST_INSERT_ID() - (SELECT id FROM ss_seq WHERE id = 101)"))
+    print("multi-byte comment:", one(a, "SELECT /*€€*/LAST_INSERT_ID() - (SELECT id FROM ss_seq WHERE id = 101)"))
     a.close()
 
 
@@ -113,6 +113,25 @@ def kill_of_oneself(args):
     b = connect(args)
     print("another client unaffected:", outcome(b, "SELECT 1"))
     b.close()
+
+
+def stored_program_cursor_then_text_results(args):
+    # After a procedure opened a cursor, MariaDB flags later text results with
+    # SERVER_STATUS_CURSOR_EXISTS; their rows must still reach this client, not the next.
+    a = connect(args)
+    with a.cursor() as cur:
+        cur.execute("CALL ss_cursor_proc()")
+        print("procedure's own result:", cur.fetchall())
+        while cur.nextset():
+            pass
+        cur.execute("SELECT id FROM ss_seq ORDER BY id")
+        print("rows after the procedure:", cur.fetchall())
+        cur.execute("SELECT 'next' UNION ALL SELECT 'query'")
+        print("the query after that:", cur.fetchall())
+    b = connect(args)
+    print("another client's query:", outcome(b, "SELECT 'mine'"))
+    b.close()
+    a.close()
 
 
 # A raw client that asks for session tracking, to see exactly which entries it receives.
@@ -222,6 +241,7 @@ def main():
         procedure_temp_table_stays_with_its_client,
         last_insert_id_expressions,
         kill_of_oneself,
+        stored_program_cursor_then_text_results,
         tracking_entries,
     ]:
         print(f"-- {scenario.__name__}")

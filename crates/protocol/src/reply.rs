@@ -16,6 +16,11 @@ use crate::{ProtocolError, StatusFlags};
 pub enum ReplyShape {
     /// OK, ERR, `LOCAL INFILE` request, or result sets (possibly several).
     Results,
+    /// A `COM_STMT_EXECUTE` that asked for a cursor: like `Results`, but a result set whose
+    /// metadata ends with `SERVER_STATUS_CURSOR_EXISTS` has no rows (they come by
+    /// `COM_STMT_FETCH`). Only here is that flag read so: MariaDB also sets it on ordinary
+    /// text results once a stored program has opened a cursor.
+    CursorResults,
     /// `COM_STMT_PREPARE`: OK with parameter and column definitions, or ERR.
     Prepare,
     /// `COM_FIELD_LIST`: column definitions ended by EOF, or ERR.
@@ -40,7 +45,22 @@ impl ReplyShape {
             _ => ReplyShape::Results,
         }
     }
+
+    /// The reply shape of a whole command packet: as [`ReplyShape::of`], and an execute
+    /// (flags after the statement id) that asks for a cursor gets `CursorResults`.
+    pub fn of_command(payload: &[u8]) -> ReplyShape {
+        match payload {
+            [command::STMT_EXECUTE, _, _, _, _, flags, ..] if flags & CURSOR_FLAGS != 0 => {
+                ReplyShape::CursorResults
+            }
+            [first, ..] => ReplyShape::of(*first),
+            [] => ReplyShape::None,
+        }
+    }
 }
+
+/// `CURSOR_TYPE_READ_ONLY | CURSOR_TYPE_FOR_UPDATE | CURSOR_TYPE_SCROLLABLE`.
+const CURSOR_FLAGS: u8 = 0x07;
 
 /// What the caller should do after feeding a frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,6 +102,8 @@ pub struct ReplyTracker {
     mid_packet: bool,
     last_was_ok: bool,
     rows: u64,
+    /// A result set may be a cursor (see [`ReplyShape::CursorResults`]).
+    cursor_allowed: bool,
 }
 
 impl ReplyTracker {
@@ -89,7 +111,7 @@ impl ReplyTracker {
     /// `CLIENT_DEPRECATE_EOF` when `deprecate_eof` is set.
     pub fn new(shape: ReplyShape, deprecate_eof: bool) -> ReplyTracker {
         let state = match shape {
-            ReplyShape::Results => State::First,
+            ReplyShape::Results | ReplyShape::CursorResults => State::First,
             ReplyShape::Prepare => State::PrepareOk,
             ReplyShape::FieldList => State::FieldList,
             ReplyShape::Rows => State::Rows,
@@ -102,6 +124,7 @@ impl ReplyTracker {
             mid_packet: false,
             last_was_ok: false,
             rows: 0,
+            cursor_allowed: shape == ReplyShape::CursorResults,
         }
     }
 
@@ -175,7 +198,8 @@ impl ReplyTracker {
                 let status = response::terminator_status(payload).ok_or(
                     ProtocolError::Malformed("expected EOF after column definitions"),
                 )?;
-                if status.contains(StatusFlags::SERVER_STATUS_CURSOR_EXISTS) {
+                if self.cursor_allowed && status.contains(StatusFlags::SERVER_STATUS_CURSOR_EXISTS)
+                {
                     Step::Done(Some(status))
                 } else {
                     self.state = State::Rows;
@@ -375,18 +399,61 @@ mod tests {
     }
 
     #[test]
-    fn cursor_open_ends_after_metadata() {
+    fn cursor_open_ends_after_metadata_only_for_a_cursor_execute() {
         let cursor = StatusFlags::SERVER_STATUS_CURSOR_EXISTS;
         let packets = vec![
             vec![1],
             COLUMN_DEF.to_vec(),
             encode_eof(CapabilityFlags::empty(), cursor),
         ];
-        let mut tracker = ReplyTracker::new(ReplyShape::Results, false);
+        let mut tracker = ReplyTracker::new(ReplyShape::CursorResults, false);
         assert_eq!(
             feed_all(&mut tracker, &packets)[2],
             Step::Done(Some(cursor))
         );
+        let execute = [command::STMT_EXECUTE, 1, 0, 0, 0, 0x01, 1, 0, 0, 0];
+        assert_eq!(ReplyShape::of_command(&execute), ReplyShape::CursorResults);
+        let no_cursor = [command::STMT_EXECUTE, 1, 0, 0, 0, 0x00, 1, 0, 0, 0];
+        assert_eq!(ReplyShape::of_command(&no_cursor), ReplyShape::Results);
+        assert_eq!(
+            ReplyShape::of_command(&[command::QUERY]),
+            ReplyShape::Results
+        );
+        assert_eq!(ReplyShape::of_command(&[]), ReplyShape::None);
+    }
+
+    /// Every status-flag combination MariaDB puts on the terminators of a text result set
+    /// (after a stored program opened a cursor it sets CURSOR_EXISTS there too, e.g. 0x69):
+    /// the rows that follow still belong to the reply, in both EOF styles.
+    #[test]
+    fn text_results_read_their_rows_whatever_the_flags() {
+        for bits in 0..=u16::MAX {
+            let status =
+                StatusFlags::from_bits_truncate(bits) - StatusFlags::SERVER_MORE_RESULTS_EXISTS;
+            for deprecate_eof in [false, true] {
+                let caps = if deprecate_eof {
+                    CapabilityFlags::CLIENT_DEPRECATE_EOF
+                } else {
+                    CapabilityFlags::empty()
+                };
+                let mut packets = vec![vec![1], COLUMN_DEF.to_vec()];
+                if !deprecate_eof {
+                    packets.push(encode_eof(caps, status));
+                }
+                packets.push(b"\x011".to_vec());
+                packets.push(b"\x012".to_vec());
+                packets.push(encode_eof(caps, status));
+                let mut tracker = ReplyTracker::new(ReplyShape::Results, deprecate_eof);
+                let steps = feed_all(&mut tracker, &packets);
+                let last = steps.len() - 1;
+                assert!(
+                    steps[..last].iter().all(|s| *s == Step::More),
+                    "{status:?} deprecate_eof={deprecate_eof}: {steps:?}"
+                );
+                assert_eq!(steps[last], Step::Done(Some(status)));
+                assert_eq!(tracker.rows(), 2);
+            }
+        }
     }
 
     #[test]

@@ -17,7 +17,8 @@
 //! Knobs (environment): `SLUICE_DIFF_SEED` (one seed to replay), `SLUICE_DIFF_SEEDS` (how
 //! many seeds, default 3), `SLUICE_DIFF_FIRST_SEED` (first of them, default 1),
 //! `SLUICE_DIFF_STEPS` (steps per seed, default 300), `SLUICE_DIFF_DIRECT=1` (side S connects
-//! directly to MariaDB too: a check of the harness, which must then find nothing).
+//! directly to MariaDB too: a check of the harness, which must then find nothing),
+//! `SLUICE_DIFF_FAMILIES=sysvar,dml,...` (generate only these families; see [`Family::name`]).
 //! `scripts/soak-session` runs many seeds.
 //!
 //! Each side has its own schemas and lock names (`sdiff<pool>_s_a` / `sdiff<pool>_d_a`, ...);
@@ -107,6 +108,7 @@ async fn differential(pool: usize) {
     let mut harness = Harness {
         pool,
         direct_only: knobs.direct_only,
+        families: knobs.families.clone(),
         s: Side::new(Names::new(pool, 's')),
         d: Side::new(Names::new(pool, 'd')),
         gw,
@@ -158,6 +160,10 @@ struct Knobs {
     /// Side S connects directly to MariaDB too: a check of the harness itself, where any
     /// difference is the harness's fault (or MariaDB's nondeterminism), never sluice's.
     direct_only: bool,
+    /// The families generated, with their weights: all by default; `SLUICE_DIFF_FAMILIES`
+    /// narrows them to study one area while another is known to differ (scheduling still
+    /// commits, rolls back and reconnects as it must).
+    families: Vec<(Family, usize)>,
 }
 
 impl Knobs {
@@ -179,10 +185,23 @@ impl Knobs {
             (first..first + number("SLUICE_DIFF_SEEDS", 3)).collect()
         };
         let direct_only = std::env::var("SLUICE_DIFF_DIRECT").is_ok_and(|v| v == "1");
+        let mut families = FAMILIES.to_vec();
+        if let Ok(names) = std::env::var("SLUICE_DIFF_FAMILIES") {
+            let wanted: Vec<&str> = names.split(',').map(str::trim).collect();
+            for name in &wanted {
+                assert!(
+                    FAMILIES.iter().any(|(f, _)| f.name() == *name),
+                    "SLUICE_DIFF_FAMILIES: unknown family {name:?}"
+                );
+            }
+            families.retain(|(family, _)| wanted.contains(&family.name()));
+            assert!(!families.is_empty(), "SLUICE_DIFF_FAMILIES names no family");
+        }
         Knobs {
             seeds,
             steps,
             direct_only,
+            families,
         }
     }
 }
@@ -505,6 +524,7 @@ type StepResult = Result<(), Box<Difference>>;
 struct Harness {
     pool: usize,
     direct_only: bool,
+    families: Vec<(Family, usize)>,
     gw: TestGateway,
     admin: Conn,
     s: Side,
@@ -672,7 +692,7 @@ impl Harness {
         if self.models[client].dead {
             return (client, Family::Reconnect, Action::Reconnect);
         }
-        let (family, action) = generate(rng, client, &self.models[client]);
+        let (family, action) = generate(rng, &self.families, client, &self.models[client]);
         (client, family, action)
     }
 
@@ -1041,11 +1061,20 @@ impl Harness {
             let _ = writeln!(out, "  {}", d.context);
         }
         let _ = writeln!(out, "model: {}", d.model);
+        let mut env = format!(
+            "SLUICE_DIFF_SEED={} SLUICE_DIFF_STEPS={}",
+            self.seed, d.step
+        );
+        if self.families.len() < FAMILIES.len() {
+            let names: Vec<&str> = self.families.iter().map(|(f, _)| f.name()).collect();
+            let _ = write!(env, " SLUICE_DIFF_FAMILIES={}", names.join(","));
+        }
+        if self.direct_only {
+            env.push_str(" SLUICE_DIFF_DIRECT=1");
+        }
         let _ = writeln!(
             out,
-            "replay: SLUICE_DIFF_SEED={} SLUICE_DIFF_STEPS={} cargo test -p sluice --test \
-             session_differential {test} -- --nocapture",
-            self.seed, d.step
+            "replay: {env} cargo test -p sluice --test session_differential {test} -- --nocapture"
         );
         let _ = writeln!(
             out,
@@ -1095,11 +1124,16 @@ fn schema_sql(db: &str) -> Vec<String> {
 }
 
 /// Picks a family by weight and generates one step of it for `client`.
-fn generate(rng: &mut Rng, client: usize, model: &Model) -> (Family, Action) {
-    let total: usize = FAMILIES.iter().map(|(_, w)| w).sum();
+fn generate(
+    rng: &mut Rng,
+    families: &[(Family, usize)],
+    client: usize,
+    model: &Model,
+) -> (Family, Action) {
+    let total: usize = families.iter().map(|(_, w)| w).sum();
     let mut roll = rng.below(total);
     let mut family = Family::SysVar;
-    for (candidate, weight) in FAMILIES {
+    for &(candidate, weight) in families {
         if roll < weight {
             family = candidate;
             break;

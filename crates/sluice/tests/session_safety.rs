@@ -31,7 +31,10 @@ async fn create_fixtures() {
     for sql in [
         "CREATE OR REPLACE TABLE ss_rows (id INT AUTO_INCREMENT PRIMARY KEY, v VARCHAR(10)) ENGINE=InnoDB",
         "CREATE OR REPLACE TABLE ss_seq (id INT) ENGINE=InnoDB",
-        "INSERT INTO ss_seq VALUES (100)",
+        "INSERT INTO ss_seq VALUES (100), (200), (300)",
+        "CREATE OR REPLACE PROCEDURE ss_cursor_proc() BEGIN \
+           DECLARE v INT; DECLARE c CURSOR FOR SELECT id FROM ss_seq ORDER BY id; \
+           OPEN c; FETCH c INTO v; CLOSE c; SELECT v; END",
         "CREATE OR REPLACE PROCEDURE ss_make_temp() BEGIN \
            CREATE TEMPORARY TABLE ss_tmp (a INT); INSERT INTO ss_tmp VALUES (1); \
            SET SESSION time_zone = '+05:00'; END",
@@ -111,6 +114,8 @@ async fn pymysql_sees_the_same_session_through_sluice_as_directly() {
         "multi-byte comment: 0",
         "KILL CONNECTION_ID(): error 1927",
         "tracking after 'USE mysql': [(1, '\\x05mysql')]",
+        "rows after the procedure: ((101,), (200,), (300,))",
+        "another client's query: mine",
     ] {
         assert!(
             sluice.lines().any(|l| l.starts_with(expected)),
@@ -120,7 +125,8 @@ async fn pymysql_sees_the_same_session_through_sluice_as_directly() {
     let metrics = gw.metrics().await;
     assert_eq!(
         metric_value(&metrics, "sluice_pins_total{reason=\"stored_procedure\"}"),
-        1.0
+        2.0,
+        "one pin per client that ran CALL"
     );
 }
 

@@ -66,7 +66,7 @@ pub async fn forward(
         .await
         .map_err(|e| backend_err(e, next_seq))?;
 
-    let shape = ReplyShape::of(payload[0]);
+    let shape = ReplyShape::of_command(payload);
     let mut tracker = ReplyTracker::new(shape, backend.flavor.deprecate_eof());
     let mut outcome = ReplyOutcome::default();
     if tracker.is_finished() {
