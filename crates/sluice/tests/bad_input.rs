@@ -222,3 +222,131 @@ async fn mysql8_clients_offering_caching_sha2_are_switched_to_native_password() 
     assert_eq!(reply[3], 4, "OK is packet 4");
     assert_eq!(reply[4], 0x00, "login accepted after the switch: {reply:?}");
 }
+
+/// Random and mutated SQL, including invalid UTF-8, multi-byte text, unterminated quotes and
+/// comments, and broken KILL and SET forms: every statement gets an answer (rows, OK or the
+/// server's or sluice's error), the session task never dies, and the gauges come back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_sql_never_panics_a_session() {
+    let gw = start_with("fuzz_sql", |c| c.pool.max_db_connections = 2).await;
+    let pieces: [&[u8]; 40] = [
+        b"SELECT ",
+        b"SET ",
+        b"@@",
+        b"@@session.",
+        b"@",
+        b"KILL ",
+        b"QUERY ",
+        b"USER ",
+        b"CONNECTION_ID()",
+        b"LAST_INSERT_ID(",
+        b"ROW_COUNT()",
+        b"FOUND_ROWS()",
+        b"'",
+        b"\"",
+        b"`",
+        b"/*",
+        b"*/",
+        b"/*!",
+        b"/*M!",
+        b"-- ",
+        b"#",
+        b"\n",
+        b";",
+        b"(",
+        b")",
+        b",",
+        b"=",
+        b":=",
+        b"autocommit",
+        b"sql_mode",
+        b"NAMES utf8mb4 ",
+        b"CHARACTER SET ",
+        b"EXECUTE IMMEDIATE ",
+        b"PREPARE s FROM ",
+        b"BEGIN NOT ATOMIC ",
+        b"\\",
+        b"1",
+        "€ü".as_bytes(),
+        b"SET STATEMENT x=1 FOR ",
+        b"GET_LOCK(",
+    ];
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let mut client = raw_client(&gw).await;
+    let (mut answered, mut reconnects) = (0, 0);
+    for round in 0..1500 {
+        let mut sql = Vec::new();
+        for _ in 0..(next() % 10 + 1) {
+            let pick = next();
+            if pick.is_multiple_of(7) {
+                sql.push((pick >> 8) as u8); // any byte at all
+            } else {
+                sql.extend_from_slice(pieces[(pick >> 3) as usize % pieces.len()]);
+            }
+        }
+        let mut payload = vec![sluice_protocol::command::QUERY];
+        payload.extend_from_slice(&sql);
+        let mut seq = 0;
+        client
+            .stream
+            .write_packet(&mut seq, &payload)
+            .await
+            .unwrap();
+        // Read the whole reply: it must end, with rows, OK or ERR.
+        let mut tracker = sluice_protocol::reply::ReplyTracker::new(
+            sluice_protocol::reply::ReplyShape::Results,
+            true,
+        );
+        let mut killed = false;
+        loop {
+            let packet = match client.stream.read_packet().await {
+                Ok(packet) => packet,
+                Err(e) => panic!(
+                    "round {round}: connection lost ({e}) after {:?}",
+                    String::from_utf8_lossy(&sql)
+                ),
+            };
+            killed |= error_code(&packet.payload) == 1927;
+            let header = sluice_protocol::packet::FrameHeader {
+                payload_len: packet.payload.len(),
+                seq: packet.seq,
+            };
+            match tracker.feed(header, &packet.payload).unwrap() {
+                sluice_protocol::reply::Step::More => {}
+                sluice_protocol::reply::Step::LocalInfile => {
+                    panic!("round {round}: LOCAL INFILE from {sql:?}")
+                }
+                sluice_protocol::reply::Step::Done(_) => break,
+            }
+        }
+        answered += 1;
+        if killed {
+            // KILL CONNECTION_ID() in some spelling: the session ends, as on the server.
+            client = raw_client(&gw).await;
+            reconnects += 1;
+        }
+    }
+    assert_eq!(answered, 1500);
+    // Others are served, and nothing leaked once everyone leaves.
+    let mut other = gw.connect().await;
+    let one: Option<i64> = other.query_first("SELECT 1").await.unwrap();
+    assert_eq!(one, Some(1));
+    other.disconnect().await.unwrap();
+    drop(client);
+    for _ in 0..100 {
+        if gw.gateway.sessions.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(gw.gateway.sessions.is_empty(), "registry entries leaked");
+    let metrics = gw.metrics().await;
+    assert_eq!(metric_value(&metrics, "sluice_client_connections"), 0.0);
+    eprintln!("random SQL: {answered} statements answered, {reconnects} self-kills");
+}
