@@ -64,6 +64,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> PacketStream<S> {
         &self.io
     }
 
+    /// Bytes read from the peer and not yet consumed.
+    pub fn buffered_len(&self) -> usize {
+        self.read_buf.len()
+    }
+
     /// True when a whole frame is already buffered, so reading it will not wait.
     pub fn has_buffered_frame(&self) -> bool {
         FrameHeader::parse(&self.read_buf)

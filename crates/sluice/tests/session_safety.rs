@@ -399,3 +399,61 @@ async fn mariadb_cli_shows_refusals_and_multi_byte_text_is_safe() {
     assert_eq!(metric_value(&metrics, "sluice_client_connections"), 0.0);
     assert!(gw.gateway.sessions.is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_hangs_up_mid_statement_ends_it() {
+    let gw = start_with("ss_vanish", |c| c.pool.max_db_connections = 2).await;
+    let mut admin = direct().await;
+    admin
+        .query_drop("CREATE OR REPLACE TABLE ss_vanish (id INT PRIMARY KEY, v INT) ENGINE=InnoDB")
+        .await
+        .unwrap();
+    admin
+        .query_drop("INSERT INTO ss_vanish VALUES (1, 0)")
+        .await
+        .unwrap();
+    // A holds the row lock; B waits for it, then vanishes.
+    let mut holder = gw.connect().await;
+    holder.query_drop("BEGIN").await.unwrap();
+    holder
+        .query_drop("SELECT * FROM ss_vanish WHERE id = 1 FOR UPDATE")
+        .await
+        .unwrap();
+    let mut waiter = raw_client(&gw).await;
+    let mut seq = 0;
+    let mut payload = vec![sluice_protocol::command::QUERY];
+    payload.extend_from_slice(b"UPDATE ss_vanish SET v = v + 1 WHERE id = 1 /* ss_vanish_wait */");
+    waiter
+        .stream
+        .write_packet(&mut seq, &payload)
+        .await
+        .unwrap();
+    let waiting = "SELECT COUNT(*) FROM information_schema.PROCESSLIST \
+                   WHERE INFO LIKE '%ss_vanish_wait%' AND INFO NOT LIKE '%PROCESSLIST%'";
+    let mut seen = 0;
+    for _ in 0..100 {
+        seen = admin.query_first(waiting).await.unwrap().unwrap_or(0);
+        if seen > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(seen, 1, "the update waits for the lock");
+    drop(waiter);
+    let started = std::time::Instant::now();
+    while admin.query_first::<u64, _>(waiting).await.unwrap() != Some(0) {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the statement kept waiting after its client left"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    holder.query_drop("COMMIT").await.unwrap();
+    let v: Option<i64> = admin
+        .query_first("SELECT v FROM ss_vanish WHERE id = 1")
+        .await
+        .unwrap();
+    assert_eq!(v, Some(0), "the abandoned update did not run");
+    holder.disconnect().await.unwrap();
+    admin.disconnect().await.unwrap();
+}

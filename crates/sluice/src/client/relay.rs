@@ -76,11 +76,18 @@ pub async fn forward(
         if !backend.stream.has_buffered_frame() || client.queued_len() >= WRITE_HIGH_WATER {
             client.flush().await.map_err(RelayError::Client)?;
         }
-        let frame = backend
-            .stream
-            .read_frame()
-            .await
-            .map_err(|e| backend_err(e, next_seq))?;
+        let frame = if backend.stream.has_buffered_frame() {
+            backend.stream.read_frame().await
+        } else {
+            // Waiting on the database (a long statement, a lock wait): a client that hangs
+            // up meanwhile ends the statement, as it would on a direct connection.
+            tokio::select! {
+                biased;
+                frame = backend.stream.read_frame() => frame,
+                () = client_gone(client) => return Err(RelayError::Client(ProtocolError::Closed)),
+            }
+        }
+        .map_err(|e| backend_err(e, next_seq))?;
         let step = tracker
             .feed(frame.header, frame.payload())
             .map_err(|e| backend_err(e, next_seq))?;
@@ -132,6 +139,19 @@ pub async fn forward(
                 return Ok(outcome);
             }
         }
+    }
+}
+
+/// Resolves once the client has closed its socket with nothing unread left; never while it
+/// is open (or has sent more, e.g. a pipelined command, which is read later).
+async fn client_gone(client: &PacketStream<TcpStream>) {
+    if client.buffered_len() > 0 {
+        return std::future::pending().await;
+    }
+    let mut byte = [0u8; 1];
+    match client.get_ref().peek(&mut byte).await {
+        Ok(0) | Err(_) => {}
+        Ok(_) => std::future::pending().await,
     }
 }
 

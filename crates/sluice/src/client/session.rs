@@ -865,8 +865,16 @@ impl Session {
                 Ok(outcome.status)
             }
             Err(RelayError::Client(e)) => {
-                // The reply is unfinished; the database connection cannot be reused.
+                // The reply is unfinished; the database connection cannot be reused. A
+                // statement still running (a lock wait, a long query) is ended first, as the
+                // server would end it for a client that hung up.
+                // The connection goes first, so its pool slot can serve the kill.
                 drop(self.backend.take());
+                if e.is_disconnect() {
+                    let gateway = self.gateway.clone();
+                    gateway.kill_query(&self.registration.handle).await;
+                }
+                self.registration.handle.backend.set(0);
                 Err(if e.is_disconnect() {
                     End::Disconnected
                 } else {
