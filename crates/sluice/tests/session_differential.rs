@@ -85,17 +85,11 @@ async fn sessions_match_mariadb_over_two_connections() {
     differential(2).await;
 }
 
-/// Runs every configured seed over a gateway with `pool` database connections and fails with
-/// every seed's report if any seed found a difference.
+/// Runs every configured seed, each over a fresh gateway with `pool` database connections
+/// (so a seed replays alone exactly as it ran among others), and fails naming every seed that
+/// found a difference; the reports are printed as they are found.
 async fn differential(pool: usize) {
     let knobs = Knobs::from_env();
-    let gw = start_with(&format!("diff_pool{pool}"), |c| {
-        c.pool.max_db_connections = pool;
-        c.pool.borrow_timeout = BORROW_TIMEOUT;
-        c.idle_transaction_timeout = Duration::from_secs(3600);
-        c.idle_client_timeout = Duration::from_secs(3600);
-    })
-    .await;
     let mut admin = direct().await;
     // MariaDB 10.11 can hand out the wrong offset time zone when sessions set a new offset
     // concurrently (see multiplexing.rs); set each offset the test uses once first.
@@ -105,25 +99,31 @@ async fn differential(pool: usize) {
             .await
             .expect("set a time zone as root");
     }
-    let mut harness = Harness {
-        pool,
-        direct_only: knobs.direct_only,
-        families: knobs.families.clone(),
-        s: Side::new(Names::new(pool, 's')),
-        d: Side::new(Names::new(pool, 'd')),
-        gw,
-        admin,
-        models: Default::default(),
-        history: VecDeque::new(),
-        stats: SeedStats::default(),
-        seed: 0,
-    };
     let mut failed = Vec::new();
     for &seed in &knobs.seeds {
         let started = Instant::now();
-        let pins_before = pins_total(&harness.gw.metrics().await);
+        let gw = start_with(&format!("diff_pool{pool}"), |c| {
+            c.pool.max_db_connections = pool;
+            c.pool.borrow_timeout = BORROW_TIMEOUT;
+            c.idle_transaction_timeout = Duration::from_secs(3600);
+            c.idle_client_timeout = Duration::from_secs(3600);
+        })
+        .await;
+        let mut harness = Harness {
+            pool,
+            direct_only: knobs.direct_only,
+            families: knobs.families.clone(),
+            s: Side::new(Names::new(pool, 's')),
+            d: Side::new(Names::new(pool, 'd')),
+            gw,
+            admin,
+            models: Default::default(),
+            history: VecDeque::new(),
+            stats: SeedStats::default(),
+            seed,
+        };
         let result = harness.run_seed(seed, knobs.steps).await;
-        let pins = pins_total(&harness.gw.metrics().await) - pins_before;
+        let pins = pins_total(&harness.gw.metrics().await);
         let steps = harness.stats.steps;
         println!(
             "seed {seed} pool {pool}: {steps} steps in {:.1}s, {}; families: {}; pins {pins}, \
@@ -143,7 +143,7 @@ async fn differential(pool: usize) {
             println!("{}", harness.report(&difference));
             failed.push(seed);
         }
-        harness.close_all().await;
+        admin = harness.finish().await;
     }
     assert!(
         failed.is_empty(),
@@ -567,6 +567,33 @@ impl Harness {
         }
         self.close_all().await;
         self.compare_tables(steps + 1).await
+    }
+
+    /// Ends the seed: every client gone, the gateway stopped, and whatever database
+    /// connections it left (with whatever state leaked onto them) killed, so the next seed
+    /// starts from nothing. Gives back the root connection.
+    async fn finish(mut self) -> Conn {
+        self.close_all().await;
+        let Harness { gw, mut admin, .. } = self;
+        let user = gw.backend_user.clone();
+        drop(gw);
+        for _ in 0..100 {
+            let left: Vec<u64> = admin
+                .exec(
+                    "SELECT ID FROM information_schema.PROCESSLIST WHERE USER = ?",
+                    (&user,),
+                )
+                .await
+                .unwrap_or_default();
+            if left.is_empty() {
+                break;
+            }
+            for id in left {
+                let _ = admin.query_drop(format!("KILL {id}")).await;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        admin
     }
 
     /// Disconnects every client on both sides and waits until sluice holds nothing.
