@@ -102,6 +102,11 @@ impl MetadataCache {
         self.lock().put(meta.key.clone(), meta);
     }
 
+    /// Forgets every entry: after DDL, any statement's parameters or columns may differ.
+    pub fn clear(&self) {
+        self.lock().clear();
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, LruCache<Arc<StatementKey>, Arc<StatementMeta>>> {
         // The cache holds no invariant a panicking holder could break.
         self.entries.lock().unwrap_or_else(|e| e.into_inner())

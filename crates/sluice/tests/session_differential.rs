@@ -1749,10 +1749,11 @@ async fn wait_thread_gone(admin: &mut Conn, id: u32) {
 }
 
 /// The sum of every `sluice_pins_total{reason=...}` sample.
-fn pins_total(metrics: &str) -> f64 {
+fn pins_total(metrics: &str) -> u64 {
     metrics
         .lines()
         .filter(|line| line.starts_with("sluice_pins_total{"))
         .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .map(|n| n as u64)
         .sum()
 }

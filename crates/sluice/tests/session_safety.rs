@@ -457,3 +457,25 @@ async fn a_client_that_hangs_up_mid_statement_ends_it() {
     holder.disconnect().await.unwrap();
     admin.disconnect().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prepare_after_ddl_through_sluice_gets_the_new_metadata() {
+    let gw = start_with("ss_ddl", |c| c.pool.max_db_connections = 2).await;
+    let mut first = gw.connect().await;
+    first
+        .query_drop("CREATE OR REPLACE TABLE ss_ddl (a INT)")
+        .await
+        .unwrap();
+    let sql = "SELECT * FROM ss_ddl WHERE a > ?";
+    let before = first.prep(sql).await.unwrap();
+    assert_eq!((before.num_columns(), before.num_params()), (1, 1));
+    first
+        .query_drop("ALTER TABLE ss_ddl ADD COLUMN b INT")
+        .await
+        .unwrap();
+    let mut second = gw.connect().await;
+    let after = second.prep(sql).await.unwrap();
+    assert_eq!(after.num_columns(), 2, "columns as the table has them now");
+    first.disconnect().await.unwrap();
+    second.disconnect().await.unwrap();
+}

@@ -555,6 +555,10 @@ impl Session {
             }
             None => self.forward_accounted(seq, payload, accounting).await?,
         };
+        if analysis.ddl {
+            // Definitions may have changed: cached prepare answers are no longer trusted.
+            self.gateway.statements.clear();
+        }
         if status.is_some() || self.backend.is_some() {
             self.after_query(&analysis).await?;
         }

@@ -105,6 +105,9 @@ pub struct Analysis {
     pub sets_last_insert_id: bool,
     /// How many statements the text holds.
     pub statements: usize,
+    /// Some statement changes table or routine definitions (`CREATE`, `ALTER`, `DROP`,
+    /// `RENAME`, `TRUNCATE`): metadata of prepared statements may be stale after it.
+    pub ddl: bool,
 }
 
 impl Analysis {
@@ -359,6 +362,9 @@ impl Scanner<'_> {
     fn statement(&mut self, first: Token) {
         let sql = self.sql;
         let is = |keyword: &str| first.is_word(sql, keyword);
+        self.analysis.ddl |= ["CREATE", "ALTER", "DROP", "RENAME", "TRUNCATE"]
+            .iter()
+            .any(|k| is(k));
         if is("KILL") {
             self.kill();
         } else if is("SET") {

@@ -96,6 +96,9 @@ fn known_and_unknown_statements() {
         assert!(of(unknown).unknown, "{unknown}");
     }
     assert_eq!(of("SELECT 1; SELECT 2;").statements, 2);
+    assert!(of("SELECT 1; ALTER TABLE t ADD c INT").ddl);
+    assert!(of("drop table t").ddl);
+    assert!(!of("SELECT 1").ddl);
 }
 
 #[test]
