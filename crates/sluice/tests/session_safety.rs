@@ -12,6 +12,10 @@ use std::time::Duration;
 use common::*;
 use mysql_async::prelude::*;
 
+/// Held by tests that make the server run KILL, while `kill_forms_...` counts the server's
+/// global `Com_kill`.
+static SERVER_KILLS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
@@ -51,6 +55,7 @@ async fn pymysql_sees_the_same_session_through_sluice_as_directly() {
         c.pool.borrow_timeout = Duration::from_secs(2);
     })
     .await;
+    let _kills = SERVER_KILLS.lock().await;
     let script = repo_root().join("tests/clients/session_safety.py");
     let args = |port: u16, user: &str, password: &str, other: &str, other_pw: &str| {
         [
@@ -146,6 +151,7 @@ async fn kill_forms_are_handled_by_sluice_or_refused() {
     let gw = start_with("ss_kill", |c| c.pool.max_db_connections = 3).await;
     let mut client = gw.connect().await;
     let code = |r: Result<(), mysql_async::Error>| r.err().as_ref().and_then(server_code);
+    let kills = SERVER_KILLS.lock().await;
     let kills_before = server_kills().await;
     for (sql, expected) in [
         ("KILL 1; SELECT 1", 1235),
@@ -187,6 +193,7 @@ async fn kill_forms_are_handled_by_sluice_or_refused() {
         kills_before,
         "none of these reached the server"
     );
+    drop(kills);
 
     // KILL QUERY of a busy client of the same user interrupts exactly its statement.
     let mut sleeper = gw.connect().await;
@@ -402,6 +409,7 @@ async fn mariadb_cli_shows_refusals_and_multi_byte_text_is_safe() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_hangs_up_mid_statement_ends_it() {
+    let _kills = SERVER_KILLS.lock().await;
     let gw = start_with("ss_vanish", |c| c.pool.max_db_connections = 2).await;
     let mut admin = direct().await;
     admin
@@ -478,4 +486,41 @@ async fn prepare_after_ddl_through_sluice_gets_the_new_metadata() {
     assert_eq!(after.num_columns(), 2, "columns as the table has them now");
     first.disconnect().await.unwrap();
     second.disconnect().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn locks_taken_through_prepared_statements_pin() {
+    let gw = start_with("ss_ps_lock", |c| {
+        c.pool.max_db_connections = 2;
+        c.pool.borrow_timeout = Duration::from_millis(500);
+    })
+    .await;
+    let mut locker = gw.connect().await;
+    let got: Option<i64> = locker
+        .exec_first("SELECT GET_LOCK(?, 0)", ("ss_ps_lock",))
+        .await
+        .unwrap();
+    assert_eq!(got, Some(1));
+    // Another client (on the other connection) sees the lock held, and the locker keeps it.
+    let mut other = gw.connect().await;
+    let free: Option<i64> = other
+        .exec_first("SELECT IS_FREE_LOCK(?)", ("ss_ps_lock",))
+        .await
+        .unwrap();
+    assert_eq!(free, Some(0));
+    let mine: Option<i64> = locker
+        .exec_first(
+            "SELECT IS_USED_LOCK(?) = @@pseudo_thread_id",
+            ("ss_ps_lock",),
+        )
+        .await
+        .unwrap();
+    assert_eq!(mine, Some(1), "the lock stayed with its client");
+    let metrics = gw.metrics().await;
+    assert_eq!(
+        metric_value(&metrics, "sluice_pins_total{reason=\"named_lock\"}"),
+        1.0
+    );
+    locker.disconnect().await.unwrap();
+    other.disconnect().await.unwrap();
 }
