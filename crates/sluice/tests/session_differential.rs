@@ -11,12 +11,17 @@
 //! client's session ([`OBSERVER`]). Committed table contents are compared every
 //! [`TABLE_CHECK_EVERY`] steps and at the end of each seed. The first difference ends the seed
 //! with a report: seed, step, client, statement, what each side gave, the driver's model of
-//! who holds a connection, and the last [`HISTORY`] steps. A failing seed replays with
-//! `SLUICE_DIFF_SEED=<n>`.
+//! who holds a connection, and the last [`HISTORY`] steps. Each seed runs on a fresh gateway
+//! and fresh schemas, so a failing seed replays alone with the report's `replay:` line
+//! (`SLUICE_DIFF_SEED=<n>`).
+//!
+//! Besides SQL, steps reconnect a client, send `COM_RESET_CONNECTION` or `COM_CHANGE_USER`,
+//! and kill (`KILL [QUERY|CONNECTION] <own id | CONNECTION_ID() | another client's id>`);
+//! client 3 logs in with `CLIENT_FOUND_ROWS`, so affected-row counts differ per client.
 //!
 //! Knobs (environment): `SLUICE_DIFF_SEED` (one seed to replay), `SLUICE_DIFF_SEEDS` (how
-//! many seeds, default 3), `SLUICE_DIFF_FIRST_SEED` (first of them, default 1),
-//! `SLUICE_DIFF_STEPS` (steps per seed, default 300), `SLUICE_DIFF_DIRECT=1` (side S connects
+//! many seeds, default 4), `SLUICE_DIFF_FIRST_SEED` (first of them, default 1),
+//! `SLUICE_DIFF_STEPS` (steps per seed, default 400), `SLUICE_DIFF_DIRECT=1` (side S connects
 //! directly to MariaDB too: a check of the harness, which must then find nothing),
 //! `SLUICE_DIFF_FAMILIES=sysvar,dml,...` (generate only these families; see [`Family::name`]).
 //! `scripts/soak-session` runs many seeds.
@@ -30,7 +35,12 @@
 //!   is `GONE` whatever the driver saw, since a killed socket looks different on each side;
 //! - errors compare by code only: messages name side-specific schemas and thread ids;
 //! - `IS_USED_LOCK()` is compared as free / mine / other via `@@pseudo_thread_id`, not as a
-//!   raw id. Differences by design, not compared: `CONNECTION_ID()` is sluice's id for the
+//!   raw id;
+//! - MariaDB's semantics are the reference even where they surprise: `SET @@tx_isolation = x`
+//!   and `SET @@tx_read_only = x` without a scope change the next transaction only, and a
+//!   prepared statement stays bound to the schema that was current when it was prepared.
+//!
+//! Differences by design, not compared: `CONNECTION_ID()` is sluice's id for the
 //!   client (README), so `IS_USED_LOCK(x) = CONNECTION_ID()`, an idiom some applications
 //!   use, is not true through sluice for a lock the client holds; this test does not generate
 //!   it. `@@pseudo_thread_id` is the database thread's id on both sides, so it is not
@@ -177,12 +187,12 @@ impl Knobs {
                 Err(_) => default,
             }
         };
-        let steps = number("SLUICE_DIFF_STEPS", 300) as usize;
+        let steps = number("SLUICE_DIFF_STEPS", 400) as usize;
         let seeds = if std::env::var("SLUICE_DIFF_SEED").is_ok() {
             vec![number("SLUICE_DIFF_SEED", 0)]
         } else {
             let first = number("SLUICE_DIFF_FIRST_SEED", 1);
-            (first..first + number("SLUICE_DIFF_SEEDS", 3)).collect()
+            (first..first + number("SLUICE_DIFF_SEEDS", 4)).collect()
         };
         let direct_only = std::env::var("SLUICE_DIFF_DIRECT").is_ok_and(|v| v == "1");
         let mut families = FAMILIES.to_vec();
