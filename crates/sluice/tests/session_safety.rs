@@ -339,26 +339,17 @@ async fn set_transaction_holds_the_connection_until_that_transaction_ran() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_login_character_set_is_each_clients_baseline() {
-    use sluice::backend::{BackendConn, Flavor};
-    use sluice::config::BackendTarget;
+    use sluice::backend::Flavor;
     let gw = start_with("ss_charset", |c| c.pool.max_db_connections = 1).await;
-    let target = BackendTarget {
-        host: gw.addr.ip().to_string(),
-        port: gw.addr.port(),
-        user: "app".into(),
-        password: "secret".into(),
-        database: Some(TEST_DB.into()),
-    };
     // Both log in with utf8mb4_unicode_ci (224).
     let flavor = Flavor {
         collation: 224,
         ..Flavor::INTERNAL
     };
-    let connect = || BackendConn::connect(&target, flavor, Duration::from_secs(5));
     let value = |rows: Vec<Vec<Option<String>>>| rows[0][0].clone().unwrap_or_default();
-    let mut first = connect().await.unwrap();
+    let mut first = raw_client_with(&gw, flavor).await;
     first.execute("SET NAMES latin1").await.unwrap().unwrap();
-    let mut second = connect().await.unwrap();
+    let mut second = raw_client_with(&gw, flavor).await;
     let collation = second
         .query_text("SELECT @@collation_connection")
         .await

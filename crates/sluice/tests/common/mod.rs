@@ -207,6 +207,11 @@ pub fn server_code(err: &mysql_async::Error) -> Option<u16> {
 
 /// A raw client (sluice's own protocol client, logged in through the gateway).
 pub async fn raw_client(gw: &TestGateway) -> BackendConn {
+    raw_client_with(gw, Flavor::INTERNAL).await
+}
+
+/// A raw client logging in with `flavor`'s capabilities and collation.
+pub async fn raw_client_with(gw: &TestGateway, flavor: Flavor) -> BackendConn {
     let target = BackendTarget {
         host: gw.addr.ip().to_string(),
         port: gw.addr.port(),
@@ -214,7 +219,7 @@ pub async fn raw_client(gw: &TestGateway) -> BackendConn {
         password: "secret".into(),
         database: Some(TEST_DB.into()),
     };
-    BackendConn::connect(&target, Flavor::INTERNAL, Duration::from_secs(5))
+    BackendConn::connect(&target, flavor, Duration::from_secs(5))
         .await
         .expect("log in through sluice")
 }

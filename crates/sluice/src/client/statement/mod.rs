@@ -190,6 +190,16 @@ const KNOWN_STATEMENTS: [&str; 29] = [
     "UNLOCK",
 ];
 
+/// Statements whose effect stays on the connection, by first word, with the pin reason.
+const PINNING_STATEMENTS: [(&str, &str); 6] = [
+    ("CALL", "stored_procedure"),
+    ("DEALLOCATE", "sql_prepare"),
+    ("HANDLER", "handler"),
+    ("XA", "xa_transaction"),
+    ("LOCK", "table_lock"),
+    ("BACKUP", "backup_lock"),
+];
+
 /// DDL and account statements: known, and they change no session state.
 const KNOWN_DDL: [&str; 6] = ["ALTER", "DROP", "GRANT", "REVOKE", "FLUSH", "CREATE"];
 
@@ -377,28 +387,13 @@ impl Scanner<'_> {
             self.compound();
         } else if is("CREATE") && self.defines_program() {
             self.definition();
-        } else if is("CALL") {
-            self.analysis.pin("stored_procedure");
-            self.rest();
         } else if is("EXECUTE") {
             self.execute();
         } else if is("PREPARE") {
             self.analysis.pin("sql_prepare");
             self.prepare();
-        } else if is("DEALLOCATE") {
-            self.analysis.pin("sql_prepare");
-            self.rest();
-        } else if is("HANDLER") {
-            self.analysis.pin("handler");
-            self.rest();
-        } else if is("XA") {
-            self.analysis.pin("xa_transaction");
-            self.rest();
-        } else if is("LOCK") {
-            self.analysis.pin("table_lock");
-            self.rest();
-        } else if is("BACKUP") {
-            self.analysis.pin("backup_lock");
+        } else if let Some((_, reason)) = PINNING_STATEMENTS.iter().find(|(word, _)| is(word)) {
+            self.analysis.pin(reason);
             self.rest();
         } else if is("BEGIN")
             || first.is_punct(b'(')
