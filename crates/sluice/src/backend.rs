@@ -125,9 +125,12 @@ impl BackendError {
     }
 }
 
-/// A system variable's value as SQL: numbers as they are, anything else quoted.
-fn sql_value(value: &str) -> String {
-    if !value.is_empty()
+/// A system variable's value as SQL: numbers as they are, anything else quoted. The server
+/// reports a NULL `character_set_results` as an empty value.
+fn sql_value(name: &str, value: &str) -> String {
+    if value.is_empty() && name == "character_set_results" {
+        "NULL".to_owned()
+    } else if !value.is_empty()
         && value
             .bytes()
             .all(|b| b.is_ascii_digit() || b == b'-' || b == b'.')
@@ -204,6 +207,9 @@ pub struct BackendConn {
     /// Whether `;`-separated statements are accepted now (`COM_SET_OPTION` changes it), when
     /// sluice knows.
     pub multi_statements: Option<bool>,
+    /// The sluice client id whose `LAST_INSERT_ID()` the server holds on this connection
+    /// (0: nobody's).
+    pub last_insert_id_of: u32,
     nonce: Vec<u8>,
     created: Instant,
     last_used: Instant,
@@ -274,6 +280,7 @@ impl BackendConn {
                     .capabilities
                     .contains(CapabilityFlags::CLIENT_MULTI_STATEMENTS),
             ),
+            last_insert_id_of: 0,
             nonce: greeting.nonce.clone(),
             created: Instant::now(),
             last_used: Instant::now(),
@@ -459,7 +466,25 @@ impl BackendConn {
         capacity: usize,
         metrics: &Metrics,
     ) -> Result<Result<Prepared, ErrFields>, BackendError> {
-        let prepared = match self.prepare(&key.sql).await? {
+        // A statement resolves its names in the schema it was first prepared in, as on the
+        // server: prepare it there, then come back to the connection's schema.
+        let back_to = match (&self.schema, &key.schema) {
+            (Some(Some(current)), Some(wanted)) if current != wanted => Some(current.clone()),
+            _ => None,
+        };
+        if let (Some(_), Some(wanted)) = (&back_to, &key.schema) {
+            if let Err(err) = self.init_db(wanted).await? {
+                return Ok(Err(err));
+            }
+        }
+        let prepared = self.prepare(&key.sql).await?;
+        if let Some(schema) = back_to {
+            if let Err(err) = self.init_db(&schema).await? {
+                self.schema = None;
+                return Ok(Err(err));
+            }
+        }
+        let prepared = match prepared {
             Ok(prepared) => prepared,
             Err(err) => return Ok(Err(err)),
         };
@@ -557,6 +582,7 @@ impl BackendConn {
 
     async fn enable_tracking(&mut self) -> Result<(), BackendError> {
         self.vars.clear();
+        self.last_insert_id_of = 0;
         if self
             .server
             .capabilities
@@ -585,12 +611,12 @@ impl BackendConn {
         let mut assignments = Vec::new();
         for (name, value) in vars {
             if self.vars.get(name) != Some(value) {
-                assignments.push(format!("{name} = {}", sql_value(value)));
+                assignments.push(format!("{name} = {}", sql_value(name, value)));
             }
         }
         for name in self.vars.keys().filter(|name| !vars.contains_key(*name)) {
             match self.login_vars.get(name) {
-                Some(value) => assignments.push(format!("{name} = {}", sql_value(value))),
+                Some(value) => assignments.push(format!("{name} = {}", sql_value(name, value))),
                 None => assignments.push(format!("{name} = DEFAULT")),
             }
         }
@@ -604,7 +630,10 @@ impl BackendConn {
             .or_else(|| self.login_vars.get("collation_connection"));
         if let (true, Some(collation)) = (touches_charset, collation) {
             assignments.retain(|a| !a.starts_with("collation_connection "));
-            assignments.push(format!("collation_connection = {}", sql_value(collation)));
+            assignments.push(format!(
+                "collation_connection = {}",
+                sql_value("collation_connection", collation)
+            ));
         }
         if assignments.is_empty() {
             return Ok(Ok(OkFields::default()));

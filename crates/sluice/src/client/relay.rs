@@ -41,6 +41,9 @@ pub struct ReplyOutcome {
     pub last_ok: Option<OkFields>,
     /// Rows of the last result set, when the reply ended with one.
     pub rows: Option<u64>,
+    /// Some OK packet of the reply carried an insert id (the statement may have changed
+    /// `LAST_INSERT_ID()`).
+    pub insert_id_seen: bool,
 }
 
 /// Forwards `payload` (a client command that arrived with sequence id `seq`) and relays the
@@ -98,6 +101,7 @@ pub async fn forward(
             outcome.changes.variables.extend(changes.variables);
             outcome.changes.schema = changes.schema.or(outcome.changes.schema.take());
             outcome.changes.state_changed |= changes.state_changed;
+            outcome.insert_id_seen |= ok.last_insert_id != 0;
             outcome.last_ok = Some(ok);
             // An OK with the EOF header ends a result set; a plain OK is a statement's result.
             outcome.rows = (frame.payload()[0] == response::EOF_HEADER).then(|| tracker.rows());

@@ -68,6 +68,8 @@ struct Session {
     tracking: Option<Tracking>,
     /// A `SET TRANSACTION` waits for the next transaction on the held connection.
     next_transaction: bool,
+    /// The held connection's `LAST_INSERT_ID()` may be newer than the one in `state`.
+    insert_id_unsettled: bool,
     /// COM_CHANGE_USER attempts that failed on this connection.
     failed_change_users: u32,
     /// The client's prepared statements.
@@ -88,6 +90,8 @@ struct Accounting<'a> {
     temporary_variables: bool,
     /// `SET TRANSACTION`: the connection keeps characteristics for the next transaction.
     next_transaction: bool,
+    /// `LAST_INSERT_ID(expr)`: the statement sets the value the client reads next.
+    sets_last_insert_id: bool,
 }
 
 impl<'a> Accounting<'a> {
@@ -97,6 +101,7 @@ impl<'a> Accounting<'a> {
             unknown: analysis.unknown,
             temporary_variables: analysis.temporary_variables,
             next_transaction: analysis.next_transaction,
+            sets_last_insert_id: analysis.sets_last_insert_id,
         }
     }
 }
@@ -199,6 +204,7 @@ async fn run(gateway: Arc<Gateway>, socket: TcpStream, peer: SocketAddr, id: u32
         registration,
         tracking,
         next_transaction: false,
+        insert_id_unsettled: false,
         failed_change_users: 0,
         statements: ClientStatements::default(),
         multi_statements: capabilities.contains(CapabilityFlags::CLIENT_MULTI_STATEMENTS),
@@ -206,7 +212,7 @@ async fn run(gateway: Arc<Gateway>, socket: TcpStream, peer: SocketAddr, id: u32
     let mut seq = next_seq;
     // Attach once at login: it checks the schema exists (1049 otherwise).
     let attached = session.attach_backend().await;
-    session.release_if_free();
+    session.release_if_free().await;
     let end = match attached {
         Ok(()) => match session.send_ok(&mut seq).await {
             Ok(()) => session.command_loop().await,
@@ -263,17 +269,75 @@ impl Session {
 
     /// In transaction pooling, gives the connection back when nothing ties the client to it:
     /// no open transaction and no pin. Its session state is tracked, so no reset is needed.
-    fn release_if_free(&mut self) {
+    async fn release_if_free(&mut self) {
         let tied = self.mode == PoolMode::Session
             || self.pin.is_some()
             || self.next_transaction
             || self.statements.open_cursors() > 0
             || self.status.contains(StatusFlags::SERVER_STATUS_IN_TRANS);
         if !tied {
+            self.settle_insert_id().await;
             if let Some(lease) = self.backend.take() {
                 self.registration.handle.backend.set(0);
                 self.gateway.pool.release(lease);
             }
+        }
+    }
+
+    /// Reads the client's `LAST_INSERT_ID()` from the held connection when a statement may
+    /// have changed it, so it can be answered wherever the client goes next.
+    async fn settle_insert_id(&mut self) {
+        if !std::mem::take(&mut self.insert_id_unsettled) {
+            return;
+        }
+        let Some(lease) = self.backend.as_mut() else {
+            return;
+        };
+        let conn = lease.conn();
+        if conn.last_insert_id_of != self.id {
+            return;
+        }
+        match conn.query_text("SELECT LAST_INSERT_ID()").await {
+            Ok(Ok(rows)) => {
+                if let Some(id) = rows
+                    .first()
+                    .and_then(|r| r.first().cloned().flatten())
+                    .and_then(|v| v.parse().ok())
+                {
+                    self.state.last_insert_id = id;
+                }
+            }
+            Ok(Err(err)) => warn!(error = %err, "could not read LAST_INSERT_ID()"),
+            Err(e) => {
+                warn!(error = %e, "database connection lost reading LAST_INSERT_ID()");
+                drop(self.backend.take());
+                self.registration.handle.backend.set(0);
+            }
+        }
+    }
+
+    /// Before a text that reads `LAST_INSERT_ID()` runs, puts the client's value on the
+    /// held connection if the server holds someone else's there (one `DO` round trip).
+    async fn own_insert_id(&mut self) -> Result<(), End> {
+        let id = self.id;
+        let value = self.state.last_insert_id;
+        let Some(lease) = self.backend.as_mut() else {
+            return Ok(());
+        };
+        let conn = lease.conn();
+        if conn.last_insert_id_of == id {
+            return Ok(());
+        }
+        match conn.execute(&format!("DO LAST_INSERT_ID({value})")).await {
+            Ok(Ok(_)) => {
+                conn.last_insert_id_of = id;
+                Ok(())
+            }
+            Ok(Err(err)) => {
+                warn!(error = %err, "could not set LAST_INSERT_ID()");
+                Ok(())
+            }
+            Err(e) => Err(self.broken_after_reply(e)),
         }
     }
 
@@ -339,9 +403,13 @@ impl Session {
             // Something changed that sluice cannot name, so it cannot carry it either.
             self.pin("session_state");
         }
-        if let Some(ok) = outcome.last_ok {
-            if ok.last_insert_id != 0 {
-                self.state.last_insert_id = ok.last_insert_id;
+        if outcome.insert_id_seen || accounting.sets_last_insert_id || accounting.unknown {
+            // The server's LAST_INSERT_ID() may have changed (an OK packet's insert id is not
+            // it: an explicit id or ON DUPLICATE KEY UPDATE report one and change nothing),
+            // so it is read back before the connection goes (see `settle_insert_id`).
+            if let Some(lease) = self.backend.as_mut() {
+                lease.conn().last_insert_id_of = self.id;
+                self.insert_id_unsettled = true;
             }
         }
         match (outcome.rows, outcome.last_ok) {
@@ -532,7 +600,8 @@ impl Session {
         let rewritten = statement::rewrite(sql, &analysis, |function| match function {
             SessionFunction::ConnectionId => Some(id.to_string()),
             _ if !unpinned || payload.len() >= MAX_FRAME_PAYLOAD => None,
-            SessionFunction::LastInsertId => Some(state.last_insert_id.to_string()),
+            // Read on the connection, after `own_insert_id` put the client's value there.
+            SessionFunction::LastInsertId => None,
             SessionFunction::RowCount => Some(state.row_count.to_string()),
             SessionFunction::FoundRows => Some(state.found_rows.to_string()),
         });
@@ -542,6 +611,12 @@ impl Session {
             .map(|name| &sql[name.clone()])
             .collect();
         let accounting = Accounting::of(&analysis, &hidden);
+        if analysis.reads_last_insert_id {
+            if let Err(err) = self.attach_backend().await {
+                return self.reply_err(seq.wrapping_add(1), &err).await;
+            }
+            self.own_insert_id().await?;
+        }
         if analysis.sets_tracking & 0x7f != 0 && analysis.statements == 1 {
             let sql = rewritten.as_deref().unwrap_or(sql);
             return self.set_tracking(seq, sql, &analysis, accounting).await;
@@ -562,7 +637,7 @@ impl Session {
         if status.is_some() || self.backend.is_some() {
             self.after_query(&analysis).await?;
         }
-        self.release_if_free();
+        self.release_if_free().await;
         Ok(())
     }
 
@@ -590,7 +665,7 @@ impl Session {
             Err(e) => return Err(self.lose_backend(reply_seq, e).await),
         };
         if reply.first() == Some(&response::ERR_HEADER) {
-            self.release_if_free();
+            self.release_if_free().await;
             let mut seq = reply_seq;
             return self
                 .stream
@@ -607,6 +682,7 @@ impl Session {
             changes,
             last_ok: Some(ok),
             rows: None,
+            insert_id_seen: false,
         };
         self.absorb(&outcome, accounting);
         self.after_query(analysis).await?;
@@ -617,7 +693,7 @@ impl Session {
             }),
         };
         let packet = packet.map_err(|e| End::Error(e.to_string()))?;
-        self.release_if_free();
+        self.release_if_free().await;
         let mut seq = reply_seq;
         self.stream
             .write_packet(&mut seq, &packet)
@@ -645,24 +721,6 @@ impl Session {
                     }
                 }
                 Ok(Err(_)) => self.pin("charset"),
-                Err(e) => return Err(self.broken_after_reply(e)),
-            }
-        }
-        if analysis.sets_last_insert_id && self.pin.is_none() {
-            let Some(lease) = self.backend.as_mut() else {
-                return Ok(());
-            };
-            match lease.conn().query_text("SELECT LAST_INSERT_ID()").await {
-                Ok(Ok(rows)) => {
-                    if let Some(id) = rows
-                        .first()
-                        .and_then(|r| r.first().cloned().flatten())
-                        .and_then(|v| v.parse().ok())
-                    {
-                        self.state.last_insert_id = id;
-                    }
-                }
-                Ok(Err(_)) => self.pin("last_insert_id"),
                 Err(e) => return Err(self.broken_after_reply(e)),
             }
         }
@@ -784,7 +842,7 @@ impl Session {
                 lease.conn().multi_statements = Some(on);
             }
         }
-        self.release_if_free();
+        self.release_if_free().await;
         Ok(())
     }
 
@@ -824,7 +882,7 @@ impl Session {
     /// ties the client to it.
     async fn forward(&mut self, seq: u8, payload: &[u8]) -> Result<(), End> {
         self.forward_unreleased(seq, payload).await?;
-        self.release_if_free();
+        self.release_if_free().await;
         Ok(())
     }
 
@@ -962,7 +1020,7 @@ impl Session {
         self.mode = pool_mode_of(&self.gateway, &self.user);
         self.start_over(request.database.clone()).await;
         let attached = self.attach_backend().await;
-        self.release_if_free();
+        self.release_if_free().await;
         match attached {
             Ok(()) => self.send_ok(&mut seq).await.map_err(client_end),
             Err(err) => {

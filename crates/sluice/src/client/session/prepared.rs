@@ -169,19 +169,19 @@ impl Session {
         }
         // Another client may have prepared it while this one waited for a connection.
         if let Some(meta) = self.gateway.statements.get(&key) {
-            self.release_if_free();
+            self.release_if_free().await;
             return self.prepare_from_cache(reply_seq, meta).await;
         }
         let key = Arc::new(key);
         let prepared = match self.prepare_on_backend(&key).await {
             Ok(Ok(prepared)) => prepared,
             Ok(Err(err)) => {
-                self.release_if_free();
+                self.release_if_free().await;
                 return self.reply_err(reply_seq, &err).await;
             }
             Err(e) => return Err(self.lose_backend(reply_seq, e).await),
         };
-        self.release_if_free();
+        self.release_if_free().await;
         let meta = Arc::new(StatementMeta {
             key,
             param_defs: prepared.param_defs,
@@ -220,7 +220,7 @@ impl Session {
         let backend_id = match self.backend_statement(&meta.key).await {
             Ok(Ok(backend_id)) => backend_id,
             Ok(Err(err)) => {
-                self.release_if_free();
+                self.release_if_free().await;
                 return self.reply_err(reply_seq, &err).await;
             }
             Err(e) => return Err(self.lose_backend(reply_seq, e).await),
@@ -268,7 +268,7 @@ impl Session {
                 self.count_pin("cursor");
             }
         }
-        self.release_if_free();
+        self.release_if_free().await;
         Ok(())
     }
 
@@ -342,7 +342,7 @@ impl Session {
         if statement.cursor {
             self.close_backend_cursor(&statement.meta.key).await?;
         }
-        self.release_if_free();
+        self.release_if_free().await;
         Ok(())
     }
 
@@ -362,7 +362,7 @@ impl Session {
         if cursor {
             self.statements.set_cursor(id, false);
             self.close_backend_cursor(&key).await?;
-            self.release_if_free();
+            self.release_if_free().await;
         }
         let mut reply_seq = reply_seq;
         self.send_ok(&mut reply_seq).await.map_err(client_end)
@@ -397,7 +397,7 @@ impl Session {
         if !open {
             self.statements.set_cursor(id, false);
         }
-        self.release_if_free();
+        self.release_if_free().await;
         Ok(())
     }
 

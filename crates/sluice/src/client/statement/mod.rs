@@ -103,6 +103,8 @@ pub struct Analysis {
     pub temporary_variables: bool,
     /// `LAST_INSERT_ID(expr)` sets the value the client reads next.
     pub sets_last_insert_id: bool,
+    /// `LAST_INSERT_ID()` is read, in any statement of the text.
+    pub reads_last_insert_id: bool,
     /// How many statements the text holds.
     pub statements: usize,
     /// Some statement changes table or routine definitions (`CREATE`, `ALTER`, `DROP`,
@@ -151,6 +153,14 @@ const ONE_SHOT_VARIABLES: [&str; 5] = [
     "identity",
     "rand_seed1",
     "rand_seed2",
+];
+
+/// Variables that, set as `@@name` without a scope, change the next transaction only.
+const NEXT_TRANSACTION_VARIABLES: [&str; 4] = [
+    "tx_isolation",
+    "tx_read_only",
+    "transaction_isolation",
+    "transaction_read_only",
 ];
 
 /// Words that start a compound statement outside stored programs.
@@ -329,6 +339,9 @@ impl Scanner<'_> {
             }
             return;
         };
+        if function == SessionFunction::LastInsertId {
+            self.analysis.reads_last_insert_id = true;
+        }
         if self.statement_index > 0 {
             return;
         }
@@ -520,6 +533,7 @@ impl Scanner<'_> {
         found.unknown |= inner.unknown;
         found.next_transaction |= inner.next_transaction;
         found.sets_last_insert_id |= inner.sets_last_insert_id;
+        found.reads_last_insert_id |= inner.reads_last_insert_id;
     }
 
     /// `KILL [HARD | SOFT] [CONNECTION | QUERY] {id | CONNECTION_ID() | USER name | ID n}`.
@@ -695,6 +709,14 @@ impl Scanner<'_> {
                     &after[after.iter().position(|&b| b == b'.').map_or(0, |p| p + 1)..]
                 } else if global {
                     return Err(()); // @@name after GLOBAL: which scope is meant is unclear
+                } else if NEXT_TRANSACTION_VARIABLES
+                    .iter()
+                    .any(|v| after.eq_ignore_ascii_case(v.as_bytes()))
+                {
+                    // MariaDB: `SET @@tx_isolation = x` is `SET TRANSACTION ...`, for the
+                    // next transaction only (and refused inside one).
+                    self.analysis.next_transaction = true;
+                    return Ok(());
                 } else {
                     self.analysis
                         .scope_inserts

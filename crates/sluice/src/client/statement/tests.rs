@@ -143,6 +143,11 @@ fn set_forms_are_rewritten_to_a_tracked_scope() {
     );
     assert!(of("SET TRANSACTION ISOLATION LEVEL READ COMMITTED").next_transaction);
     assert!(of("SET NAMES utf8mb4 COLLATE utf8mb4_bin").sets_charset);
+    let next = of("SET @@tx_isolation = 'READ-COMMITTED'");
+    assert!(next.next_transaction && next.scope_inserts.is_empty());
+    assert!(!of("SET @@session.tx_read_only = 1").next_transaction);
+    assert!(of("SELECT 1; SELECT LAST_INSERT_ID()").reads_last_insert_id);
+    assert!(!of("SELECT LAST_INSERT_ID(3)").reads_last_insert_id);
     assert!(of("SET @@collation_connection = 'latin1_bin'").sets_charset);
     assert!(!of("SET sql_mode = ''").sets_charset);
     assert!(!of("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED").next_transaction);
