@@ -207,9 +207,9 @@ pub struct BackendConn {
     /// Whether `;`-separated statements are accepted now (`COM_SET_OPTION` changes it), when
     /// sluice knows.
     pub multi_statements: Option<bool>,
-    /// The sluice client id whose `LAST_INSERT_ID()` the server holds on this connection
-    /// (0: nobody's).
-    pub last_insert_id_of: u32,
+    /// The client session whose `LAST_INSERT_ID()` the server holds on this connection
+    /// (a token that changes when a session starts over; 0: nobody's).
+    pub last_insert_id_of: u64,
     nonce: Vec<u8>,
     created: Instant,
     last_used: Instant,

@@ -70,6 +70,9 @@ struct Session {
     next_transaction: bool,
     /// The held connection's `LAST_INSERT_ID()` may be newer than the one in `state`.
     insert_id_unsettled: bool,
+    /// Names this session (until it starts over) as the owner of a connection's
+    /// `LAST_INSERT_ID()`; unique for the process' life.
+    insert_owner: u64,
     /// COM_CHANGE_USER attempts that failed on this connection.
     failed_change_users: u32,
     /// The client's prepared statements.
@@ -90,8 +93,8 @@ struct Accounting<'a> {
     temporary_variables: bool,
     /// `SET TRANSACTION`: the connection keeps characteristics for the next transaction.
     next_transaction: bool,
-    /// `LAST_INSERT_ID(expr)`: the statement sets the value the client reads next.
-    sets_last_insert_id: bool,
+    /// The statement may change `LAST_INSERT_ID()` (see `Analysis::may_set_insert_id`).
+    may_set_insert_id: bool,
 }
 
 impl<'a> Accounting<'a> {
@@ -101,7 +104,9 @@ impl<'a> Accounting<'a> {
             unknown: analysis.unknown,
             temporary_variables: analysis.temporary_variables,
             next_transaction: analysis.next_transaction,
-            sets_last_insert_id: analysis.sets_last_insert_id,
+            may_set_insert_id: analysis.may_set_insert_id
+                || analysis.sets_last_insert_id
+                || analysis.unknown,
         }
     }
 }
@@ -205,6 +210,7 @@ async fn run(gateway: Arc<Gateway>, socket: TcpStream, peer: SocketAddr, id: u32
         tracking,
         next_transaction: false,
         insert_id_unsettled: false,
+        insert_owner: new_insert_owner(),
         failed_change_users: 0,
         statements: ClientStatements::default(),
         multi_statements: capabilities.contains(CapabilityFlags::CLIENT_MULTI_STATEMENTS),
@@ -225,6 +231,12 @@ async fn run(gateway: Arc<Gateway>, socket: TcpStream, peer: SocketAddr, id: u32
     };
     session.detach_backend().await;
     end
+}
+
+/// A token no session has had before (see `Session::insert_owner`).
+fn new_insert_owner() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 /// A new client's tracking settings: what the server gives a new session.
@@ -294,7 +306,7 @@ impl Session {
             return;
         };
         let conn = lease.conn();
-        if conn.last_insert_id_of != self.id {
+        if conn.last_insert_id_of != self.insert_owner {
             return;
         }
         match conn.query_text("SELECT LAST_INSERT_ID()").await {
@@ -316,10 +328,11 @@ impl Session {
         }
     }
 
-    /// Before a text that reads `LAST_INSERT_ID()` runs, puts the client's value on the
-    /// held connection if the server holds someone else's there (one `DO` round trip).
+    /// Before a text that reads or may change `LAST_INSERT_ID()` runs, puts the client's
+    /// value on the held connection if the server holds someone else's there (one round
+    /// trip).
     async fn own_insert_id(&mut self) -> Result<(), End> {
-        let id = self.id;
+        let id = self.insert_owner;
         let value = self.state.last_insert_id;
         let Some(lease) = self.backend.as_mut() else {
             return Ok(());
@@ -328,7 +341,12 @@ impl Session {
         if conn.last_insert_id_of == id {
             return Ok(());
         }
-        match conn.execute(&format!("DO LAST_INSERT_ID({value})")).await {
+        // A SET, not `DO LAST_INSERT_ID(n)`: a statement would use up characteristics a
+        // `SET TRANSACTION` left for the next transaction.
+        match conn
+            .execute(&format!("SET @@session.last_insert_id = {value}"))
+            .await
+        {
             Ok(Ok(_)) => {
                 conn.last_insert_id_of = id;
                 Ok(())
@@ -403,12 +421,12 @@ impl Session {
             // Something changed that sluice cannot name, so it cannot carry it either.
             self.pin("session_state");
         }
-        if outcome.insert_id_seen || accounting.sets_last_insert_id || accounting.unknown {
+        if outcome.insert_id_seen || accounting.may_set_insert_id {
             // The server's LAST_INSERT_ID() may have changed (an OK packet's insert id is not
             // it: an explicit id or ON DUPLICATE KEY UPDATE report one and change nothing),
             // so it is read back before the connection goes (see `settle_insert_id`).
             if let Some(lease) = self.backend.as_mut() {
-                lease.conn().last_insert_id_of = self.id;
+                lease.conn().last_insert_id_of = self.insert_owner;
                 self.insert_id_unsettled = true;
             }
         }
@@ -611,7 +629,14 @@ impl Session {
             .map(|name| &sql[name.clone()])
             .collect();
         let accounting = Accounting::of(&analysis, &hidden);
-        if analysis.reads_last_insert_id {
+        let may_set = analysis.may_set_insert_id
+            || analysis.sets_last_insert_id
+            || analysis.unknown
+            || analysis.pin.is_some();
+        if analysis.reads_last_insert_id || may_set {
+            // The server must hold this client's value both to answer a read and to keep it
+            // when a statement that might change it does not (an explicit id, ON DUPLICATE
+            // KEY UPDATE), so that the value read back afterwards is the client's.
             if let Err(err) = self.attach_backend().await {
                 return self.reply_err(seq.wrapping_add(1), &err).await;
             }
@@ -857,6 +882,8 @@ impl Session {
         self.forget_statements();
         self.pin = None;
         self.next_transaction = false;
+        self.insert_id_unsettled = false;
+        self.insert_owner = new_insert_owner();
         self.status = StatusFlags::SERVER_STATUS_AUTOCOMMIT;
         if self.tracking.is_some() {
             if let Ok(server) = self.gateway.pool.server_info().await {

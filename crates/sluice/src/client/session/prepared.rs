@@ -13,7 +13,7 @@ use sluice_protocol::prepared::{self, Execute, PrepareOk, CURSOR_TYPE_READ_ONLY}
 use sluice_protocol::response::{self, ErrFields};
 use sluice_protocol::{command, StatusFlags};
 
-use super::{client_end, End, Session};
+use super::{client_end, Accounting, End, Session};
 use crate::backend::{BackendConn, BackendError, Prepared};
 use crate::client::errors;
 use crate::client::statement;
@@ -217,6 +217,12 @@ impl Session {
         if let Err(err) = self.attach_backend().await {
             return self.reply_err(reply_seq, &err).await;
         }
+        // What the statement does to LAST_INSERT_ID(), as for a text query.
+        let analysis = statement::analyze(&meta.key.sql, true);
+        let accounting = Accounting::of(&analysis, &[]);
+        if analysis.reads_last_insert_id || accounting.may_set_insert_id {
+            self.own_insert_id().await?;
+        }
         let backend_id = match self.backend_statement(&meta.key).await {
             Ok(Ok(backend_id)) => backend_id,
             Ok(Err(err)) => {
@@ -260,7 +266,7 @@ impl Session {
                 &prepared::long_data_packet(backend_id, *param, data),
             );
         }
-        let status = self.forward_unreleased(seq, &packet).await?;
+        let status = self.forward_accounted(seq, &packet, accounting).await?;
         if payload[0] == command::STMT_EXECUTE {
             let open = cursor_requested
                 && status.is_some_and(|s| s.contains(StatusFlags::SERVER_STATUS_CURSOR_EXISTS));

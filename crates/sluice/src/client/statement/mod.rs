@@ -105,6 +105,9 @@ pub struct Analysis {
     pub sets_last_insert_id: bool,
     /// `LAST_INSERT_ID()` is read, in any statement of the text.
     pub reads_last_insert_id: bool,
+    /// Some statement may change `LAST_INSERT_ID()`: it inserts (`INSERT`, `REPLACE`,
+    /// `LOAD`), sets it (`LAST_INSERT_ID(expr)`), or runs code sluice cannot see.
+    pub may_set_insert_id: bool,
     /// How many statements the text holds.
     pub statements: usize,
     /// Some statement changes table or routine definitions (`CREATE`, `ALTER`, `DROP`,
@@ -386,6 +389,9 @@ impl Scanner<'_> {
         let sql = self.sql;
         let is = |keyword: &str| first.is_word(sql, keyword);
         self.analysis.ddl |= ["CREATE", "ALTER", "DROP", "RENAME", "TRUNCATE"]
+            .iter()
+            .any(|k| is(k));
+        self.analysis.may_set_insert_id |= ["INSERT", "REPLACE", "LOAD", "CALL", "EXECUTE"]
             .iter()
             .any(|k| is(k));
         if is("KILL") {

@@ -148,6 +148,8 @@ fn set_forms_are_rewritten_to_a_tracked_scope() {
     assert!(!of("SET @@session.tx_read_only = 1").next_transaction);
     assert!(of("SELECT 1; SELECT LAST_INSERT_ID()").reads_last_insert_id);
     assert!(!of("SELECT LAST_INSERT_ID(3)").reads_last_insert_id);
+    assert!(of("SELECT 1; insert into t values (1)").may_set_insert_id);
+    assert!(!of("UPDATE t SET a = 1").may_set_insert_id);
     assert!(of("SET @@collation_connection = 'latin1_bin'").sets_charset);
     assert!(!of("SET sql_mode = ''").sets_charset);
     assert!(!of("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED").next_transaction);
