@@ -312,11 +312,47 @@ struct Model {
     pinned: bool,
     /// Its connection is gone on both sides; it reconnects when next chosen.
     dead: bool,
+    /// A `SET TRANSACTION` (or unscoped `SET @@tx_isolation`) succeeded and no transaction
+    /// has used it yet: sluice keeps the client's connection until one began and ended.
+    characteristics: Characteristics,
+}
+
+/// The life of `SET TRANSACTION` characteristics, as sluice follows it.
+#[derive(Default, Clone, Copy, PartialEq, Eq)]
+enum Characteristics {
+    #[default]
+    None,
+    Pending,
+    Begun,
+}
+
+impl Stmt {
+    /// Whether the statement sets characteristics for the next transaction only.
+    fn sets_next_transaction(&self) -> bool {
+        let sql = self.sql.to_ascii_uppercase();
+        self.params.is_none()
+            && (sql.starts_with("SET TRANSACTION")
+                || sql.contains("@@TX_ISOLATION")
+                || sql.contains("@@TX_READ_ONLY"))
+    }
 }
 
 impl Model {
     fn tied(&self) -> bool {
-        !self.dead && (self.in_txn || self.autocommit_off || self.pinned)
+        !self.dead
+            && (self.in_txn
+                || self.autocommit_off
+                || self.pinned
+                || self.characteristics != Characteristics::None)
+    }
+
+    /// Follows the characteristics after a step, given `@@in_transaction` now.
+    fn observe_transaction(&mut self, in_txn: bool) {
+        self.characteristics = match (self.characteristics, in_txn) {
+            (Characteristics::Pending, true) => Characteristics::Begun,
+            (Characteristics::Begun, false) => Characteristics::None,
+            (state, _) => state,
+        };
     }
 
     fn describe(&self) -> &'static str {
@@ -765,6 +801,9 @@ impl Harness {
             if stmt.may_pin() {
                 self.models[client].pinned = true;
             }
+            if stmt.sets_next_transaction() && !d.key.starts_with("ERROR") {
+                self.models[client].characteristics = Characteristics::Pending;
+            }
             let gone = d.gone();
             last = Some(d);
             if gone {
@@ -895,6 +934,8 @@ impl Harness {
             };
             self.models[client].autocommit_off = value("@@autocommit") == "0";
             self.models[client].in_txn = value("@@in_transaction") == "1";
+            let in_txn = self.models[client].in_txn;
+            self.models[client].observe_transaction(in_txn);
         }
         Ok(())
     }

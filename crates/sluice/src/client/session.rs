@@ -66,8 +66,9 @@ struct Session {
     registration: Registration,
     /// The session tracking the client asked for (`None`: it has no CLIENT_SESSION_TRACK).
     tracking: Option<Tracking>,
-    /// A `SET TRANSACTION` waits for the next transaction on the held connection.
-    next_transaction: bool,
+    /// Where characteristics set by `SET TRANSACTION` are in their life on the held
+    /// connection.
+    next_transaction: NextTransaction,
     /// The held connection's `LAST_INSERT_ID()` may be newer than the one in `state`.
     insert_id_unsettled: bool,
     /// Names this session (until it starts over) as the owner of a connection's
@@ -80,6 +81,34 @@ struct Session {
     /// Whether the client's session accepts `;`-separated statements (capability at login,
     /// then COM_SET_OPTION).
     multi_statements: bool,
+}
+
+/// Characteristics a `SET TRANSACTION` left for the next transaction stay on the connection
+/// until a transaction has used them. Only a transaction seen to begin and end is sure to
+/// have: MariaDB keeps them across `SELECT 1`, `SHOW`, `USE`, `DO` and `SET`, and across
+/// statements on non-transactional tables. Until then the client keeps its connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum NextTransaction {
+    /// None pending.
+    None,
+    /// Set, and no transaction seen yet.
+    Pending,
+    /// A transaction under them is open.
+    Begun,
+}
+
+impl NextTransaction {
+    /// The state after a statement that succeeded: `sets` when it was a `SET TRANSACTION`,
+    /// `in_transaction` from its status flags.
+    fn after(self, sets: bool, in_transaction: bool) -> NextTransaction {
+        match (self, sets, in_transaction) {
+            (_, true, _) => NextTransaction::Pending,
+            (NextTransaction::None, false, _) => NextTransaction::None,
+            (_, false, true) => NextTransaction::Begun,
+            (NextTransaction::Begun, false, false) => NextTransaction::None,
+            (NextTransaction::Pending, false, false) => NextTransaction::Pending,
+        }
+    }
 }
 
 /// What sluice knows about a command before its reply, to account for what the reply says.
@@ -208,7 +237,7 @@ async fn run(gateway: Arc<Gateway>, socket: TcpStream, peer: SocketAddr, id: u32
         pin: None,
         registration,
         tracking,
-        next_transaction: false,
+        next_transaction: NextTransaction::None,
         insert_id_unsettled: false,
         insert_owner: new_insert_owner(),
         failed_change_users: 0,
@@ -284,7 +313,7 @@ impl Session {
     async fn release_if_free(&mut self) {
         let tied = self.mode == PoolMode::Session
             || self.pin.is_some()
-            || self.next_transaction
+            || self.next_transaction != NextTransaction::None
             || self.statements.open_cursors() > 0
             || self.status.contains(StatusFlags::SERVER_STATUS_IN_TRANS);
         if !tied {
@@ -381,11 +410,10 @@ impl Session {
     fn absorb(&mut self, outcome: &ReplyOutcome, accounting: Accounting<'_>) {
         if let Some(status) = outcome.status {
             self.status = status;
-            if accounting.next_transaction {
-                self.next_transaction = true;
-            } else if !status.contains(StatusFlags::SERVER_STATUS_IN_TRANS) {
-                self.next_transaction = false;
-            }
+            let in_transaction = status.contains(StatusFlags::SERVER_STATUS_IN_TRANS);
+            self.next_transaction = self
+                .next_transaction
+                .after(accounting.next_transaction, in_transaction);
         }
         let changes = &outcome.changes;
         let named = !changes.variables.is_empty() || changes.schema.is_some();
@@ -480,7 +508,7 @@ impl Session {
             // connection just as an open transaction does.
             let in_transaction = (self.status.contains(StatusFlags::SERVER_STATUS_IN_TRANS)
                 || self.statements.open_cursors() > 0
-                || self.next_transaction)
+                || self.next_transaction != NextTransaction::None)
                 && !transaction_expired;
             let limit = if in_transaction {
                 transaction_limit
@@ -881,7 +909,7 @@ impl Session {
         };
         self.forget_statements();
         self.pin = None;
-        self.next_transaction = false;
+        self.next_transaction = NextTransaction::None;
         self.insert_id_unsettled = false;
         self.insert_owner = new_insert_owner();
         self.status = StatusFlags::SERVER_STATUS_AUTOCOMMIT;
@@ -1079,5 +1107,28 @@ fn client_end(e: ProtocolError) -> End {
         End::Disconnected
     } else {
         End::Error(e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::NextTransaction::{self, Begun, Pending};
+
+    #[test]
+    fn set_transaction_characteristics_live_until_a_transaction_used_them() {
+        let none = NextTransaction::None;
+        assert_eq!(none.after(false, false), none);
+        assert_eq!(none.after(false, true), none, "ordinary transactions");
+        assert_eq!(none.after(true, false), Pending);
+        // SELECT 1, SHOW, USE, SET: no transaction seen, still pending.
+        assert_eq!(Pending.after(false, false), Pending);
+        assert_eq!(Pending.after(false, true), Begun);
+        assert_eq!(Begun.after(false, true), Begun);
+        assert_eq!(Begun.after(false, false), none);
+        assert_eq!(
+            Begun.after(true, true),
+            Pending,
+            "set again inside (MariaDB refuses)"
+        );
     }
 }
