@@ -369,13 +369,7 @@ impl BackendConn {
     pub async fn simple_command(&mut self, payload: &[u8]) -> Result<SimpleReply, BackendError> {
         let mut seq = 0;
         self.stream.write_packet(&mut seq, payload).await?;
-        let reply = self.stream.read_packet().await?;
-        self.last_used = Instant::now();
-        match reply.payload.first() {
-            Some(&response::ERR_HEADER) => Ok(Err(ErrFields::parse(&reply.payload)?)),
-            Some(&response::OK_HEADER) => Ok(Ok(response::parse_ok(&reply.payload)?)),
-            _ => Err(ProtocolError::Malformed("expected OK or ERR").into()),
-        }
+        self.read_simple_reply().await
     }
 
     /// Sends a command answered by one packet (OK or ERR) and returns that packet as it came.
@@ -396,11 +390,36 @@ impl BackendConn {
         &mut self,
         sql: &str,
     ) -> Result<Result<Vec<Vec<Option<String>>>, ErrFields>, BackendError> {
+        self.queue_query(sql);
+        self.stream.flush().await?;
+        self.read_text_rows().await
+    }
+
+    /// Queues `sql` as a COM_QUERY to leave with the next flush, so that sluice's own
+    /// statements can travel in the same write as a client's (one round trip for all).
+    pub fn queue_query(&mut self, sql: &str) {
         let mut payload = Vec::with_capacity(sql.len() + 1);
         payload.push(command::QUERY);
         payload.extend_from_slice(sql.as_bytes());
         let mut seq = 0;
-        self.stream.write_packet(&mut seq, &payload).await?;
+        self.stream.queue_packet(&mut seq, &payload);
+    }
+
+    /// Reads the reply to a statement sent earlier that answers with OK or ERR.
+    pub async fn read_simple_reply(&mut self) -> Result<SimpleReply, BackendError> {
+        let reply = self.stream.read_packet().await?;
+        self.last_used = Instant::now();
+        match reply.payload.first() {
+            Some(&response::ERR_HEADER) => Ok(Err(ErrFields::parse(&reply.payload)?)),
+            Some(&response::OK_HEADER) => Ok(Ok(response::parse_ok(&reply.payload)?)),
+            _ => Err(ProtocolError::Malformed("expected OK or ERR").into()),
+        }
+    }
+
+    /// Reads the reply to a text-protocol statement sent earlier, as rows of strings.
+    pub async fn read_text_rows(
+        &mut self,
+    ) -> Result<Result<Vec<Vec<Option<String>>>, ErrFields>, BackendError> {
         let mut tracker = ReplyTracker::new(ReplyShape::Results, self.flavor.deprecate_eof());
         let mut rows = Vec::new();
         // Packets before the rows: the column count, the definitions, and a classic EOF.
@@ -546,10 +565,9 @@ impl BackendConn {
 
     /// Runs a statement that answers with OK (e.g. `SET`), returning the server's verdict.
     pub async fn execute(&mut self, sql: &str) -> Result<SimpleReply, BackendError> {
-        let mut payload = Vec::with_capacity(sql.len() + 1);
-        payload.push(command::QUERY);
-        payload.extend_from_slice(sql.as_bytes());
-        self.simple_command(&payload).await
+        self.queue_query(sql);
+        self.stream.flush().await?;
+        self.read_simple_reply().await
     }
 
     /// Records what a fresh session has: see [`LOGIN_STATE`].

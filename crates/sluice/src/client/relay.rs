@@ -13,7 +13,7 @@ use sluice_protocol::{ProtocolError, StatusFlags};
 use tokio::net::TcpStream;
 
 use super::tracking::Tracking;
-use crate::backend::BackendConn;
+use crate::backend::{BackendConn, BackendError};
 
 /// How forwarding a command failed, and so which side is unusable now.
 #[derive(Debug)]
@@ -46,8 +46,18 @@ pub struct ReplyOutcome {
     pub insert_id_seen: bool,
 }
 
+/// Statements of sluice's own that travel in the same write as a client's command.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Pipelined<'a> {
+    /// A statement answered by OK/ERR, sent before the command; its reply is read and
+    /// dropped before the command's (an ERR is only logged).
+    pub before: Option<&'a str>,
+    /// A statement sent after the command; its reply is left for the caller to read.
+    pub after: Option<&'a str>,
+}
+
 /// Forwards `payload` (a client command that arrived with sequence id `seq`) and relays the
-/// whole reply. OK packets are read for session-state changes, and rewritten to carry only
+/// whole reply, with `pipelined` statements around it. OK packets are read for session-state changes, and rewritten to carry only
 /// the tracking entries the client asked for (`tracking`; `None` for a client without
 /// CLIENT_SESSION_TRACK, which gets none), less the variables in `hidden` (changes the
 /// server reports only because sluice rewrote how they were set).
@@ -58,16 +68,36 @@ pub async fn forward(
     backend: &mut BackendConn,
     seq: u8,
     payload: &[u8],
+    pipelined: Pipelined<'_>,
 ) -> Result<ReplyOutcome, RelayError> {
     let backend_err = |error, next_seq| RelayError::Backend { error, next_seq };
     let mut next_seq = seq.wrapping_add(1);
+    if let Some(sql) = pipelined.before {
+        backend.queue_query(sql);
+    }
     let mut send_seq = seq;
     backend.stream.queue_packet(&mut send_seq, payload);
+    if let Some(sql) = pipelined.after {
+        backend.queue_query(sql);
+    }
     backend
         .stream
         .flush()
         .await
         .map_err(|e| backend_err(e, next_seq))?;
+    if pipelined.before.is_some() {
+        match backend.read_simple_reply().await {
+            Ok(Ok(_)) => {}
+            Ok(Err(err)) => {
+                tracing::warn!(error = %err, "sluice's statement before a command failed")
+            }
+            Err(BackendError::Protocol(e)) => return Err(backend_err(e, next_seq)),
+            Err(_) => {
+                let error = ProtocolError::Malformed("unexpected reply to sluice's statement");
+                return Err(backend_err(error, next_seq));
+            }
+        }
+    }
 
     let shape = ReplyShape::of_command(payload);
     let mut tracker = ReplyTracker::new(shape, backend.flavor.deprecate_eof());

@@ -27,7 +27,7 @@ mod prepared;
 use self::prepared::ClientStatements;
 use super::errors;
 use super::login::{self, Authenticated, LoginFailure};
-use super::relay::{self, RelayError, ReplyOutcome};
+use super::relay::{self, Pipelined, RelayError, ReplyOutcome};
 use super::statement::{self, Analysis, Kill, KillTarget, SessionFunction};
 use super::tracking::{Tracking, OWNED_VARIABLES};
 use crate::backend::{BackendError, Flavor};
@@ -35,6 +35,10 @@ use crate::config::PoolMode;
 use crate::pool::{Lease, SessionError, WantedSession};
 use crate::registry::Registration;
 use crate::Gateway;
+
+/// Reads the connection's `LAST_INSERT_ID()` (sent right after a client's statement that may
+/// have changed it).
+const READ_INSERT_ID: &str = "SELECT LAST_INSERT_ID()";
 
 /// Failed COM_CHANGE_USER attempts after which the connection is closed.
 const MAX_FAILED_CHANGE_USERS: u32 = 3;
@@ -111,11 +115,24 @@ impl NextTransaction {
     }
 }
 
+/// sluice's own `LAST_INSERT_ID()` statements around one client statement.
+#[derive(Debug, Default)]
+struct InsertIdWork {
+    /// Puts the client's value on the connection first.
+    put: Option<String>,
+    /// Read the value back right after the statement.
+    read_back: bool,
+}
+
 /// What sluice knows about a command before its reply, to account for what the reply says.
 #[derive(Debug, Default, Clone, Copy)]
 struct Accounting<'a> {
     /// Variables whose tracking entries the client must not see (see `relay::forward`).
     hidden: &'a [&'a [u8]],
+    /// sluice's own statements sent with the command: putting the client's
+    /// `LAST_INSERT_ID()` on the connection before, reading it back after
+    /// ([`READ_INSERT_ID`]).
+    pipelined: Pipelined<'a>,
     /// The command holds a statement sluice does not understand.
     unknown: bool,
     /// Variable values reported are a `SET STATEMENT`'s, not the session's.
@@ -130,6 +147,7 @@ impl<'a> Accounting<'a> {
     fn of(analysis: &Analysis, hidden: &'a [&'a [u8]]) -> Accounting<'a> {
         Accounting {
             hidden,
+            pipelined: Pipelined::default(),
             unknown: analysis.unknown,
             temporary_variables: analysis.temporary_variables,
             next_transaction: analysis.next_transaction,
@@ -357,31 +375,43 @@ impl Session {
         }
     }
 
-    /// Before a text that reads or may change `LAST_INSERT_ID()` runs, puts the client's
-    /// value on the held connection if the server holds someone else's there (one round
-    /// trip).
-    async fn own_insert_id(&mut self) -> Result<(), End> {
-        let id = self.insert_owner;
+    /// What must go with a statement that reads or may change `LAST_INSERT_ID()` on the
+    /// held connection: the client's value put there first if the server holds someone
+    /// else's, and (`read_back`) the value read back afterwards.
+    fn insert_id_work(&mut self, read_back: bool) -> InsertIdWork {
+        let owner = self.insert_owner;
         let value = self.state.last_insert_id;
+        let Some(lease) = self.backend.as_mut() else {
+            return InsertIdWork::default();
+        };
+        let conn = lease.conn();
+        // A SET, not `DO LAST_INSERT_ID(n)`: a statement would use up characteristics a
+        // `SET TRANSACTION` left for the next transaction.
+        let put = (conn.last_insert_id_of != owner)
+            .then(|| format!("SET @@session.last_insert_id = {value}"));
+        conn.last_insert_id_of = owner;
+        InsertIdWork { put, read_back }
+    }
+
+    /// Reads the reply to [`READ_INSERT_ID`], sent after the client's statement.
+    async fn read_back_insert_id(&mut self) -> Result<(), End> {
         let Some(lease) = self.backend.as_mut() else {
             return Ok(());
         };
-        let conn = lease.conn();
-        if conn.last_insert_id_of == id {
-            return Ok(());
-        }
-        // A SET, not `DO LAST_INSERT_ID(n)`: a statement would use up characteristics a
-        // `SET TRANSACTION` left for the next transaction.
-        match conn
-            .execute(&format!("SET @@session.last_insert_id = {value}"))
-            .await
-        {
-            Ok(Ok(_)) => {
-                conn.last_insert_id_of = id;
+        match lease.conn().read_text_rows().await {
+            Ok(Ok(rows)) => {
+                if let Some(id) = rows
+                    .first()
+                    .and_then(|r| r.first().cloned().flatten())
+                    .and_then(|v| v.parse().ok())
+                {
+                    self.state.last_insert_id = id;
+                    self.insert_id_unsettled = false;
+                }
                 Ok(())
             }
             Ok(Err(err)) => {
-                warn!(error = %err, "could not set LAST_INSERT_ID()");
+                warn!(error = %err, "could not read LAST_INSERT_ID()");
                 Ok(())
             }
             Err(e) => Err(self.broken_after_reply(e)),
@@ -656,24 +686,34 @@ impl Session {
             .iter()
             .map(|name| &sql[name.clone()])
             .collect();
-        let accounting = Accounting::of(&analysis, &hidden);
-        let may_set = analysis.may_set_insert_id
-            || analysis.sets_last_insert_id
-            || analysis.unknown
-            || analysis.pin.is_some();
-        if analysis.reads_last_insert_id || may_set {
-            // The server must hold this client's value both to answer a read and to keep it
-            // when a statement that might change it does not (an explicit id, ON DUPLICATE
-            // KEY UPDATE), so that the value read back afterwards is the client's.
-            if let Err(err) = self.attach_backend().await {
-                return self.reply_err(seq.wrapping_add(1), &err).await;
-            }
-            self.own_insert_id().await?;
-        }
+        let mut accounting = Accounting::of(&analysis, &hidden);
         if analysis.sets_tracking & 0x7f != 0 && analysis.statements == 1 {
             let sql = rewritten.as_deref().unwrap_or(sql);
             return self.set_tracking(seq, sql, &analysis, accounting).await;
         }
+        let may_set = analysis.may_set_insert_id
+            || analysis.sets_last_insert_id
+            || analysis.unknown
+            || analysis.pin.is_some();
+        let mut insert_id = InsertIdWork::default();
+        if analysis.reads_last_insert_id || may_set {
+            // The server must hold this client's value both to answer a read and to keep it
+            // when a statement that might change it does not (an explicit id, ON DUPLICATE
+            // KEY UPDATE), so that the value read back afterwards is the client's. Both go
+            // in the same write as the client's statement.
+            if let Err(err) = self.attach_backend().await {
+                return self.reply_err(seq.wrapping_add(1), &err).await;
+            }
+            // A pinned client reads ROW_COUNT() and FOUND_ROWS() from the server, which a
+            // SELECT of sluice's would overwrite: its value is read back when it leaves.
+            let read_back = may_set && !analysis.reads_client_file && self.pin.is_none();
+            insert_id = self.insert_id_work(read_back);
+        }
+        let put = insert_id.put.take();
+        accounting.pipelined = Pipelined {
+            before: put.as_deref(),
+            after: insert_id.read_back.then_some(READ_INSERT_ID),
+        };
         let status = match rewritten {
             Some(sql) => {
                 let mut payload = Vec::with_capacity(sql.len() + 1);
@@ -974,11 +1014,15 @@ impl Session {
             lease.conn(),
             seq,
             payload,
+            accounting.pipelined,
         )
         .await
         {
             Ok(outcome) => {
                 self.absorb(&outcome, accounting);
+                if accounting.pipelined.after.is_some() {
+                    self.read_back_insert_id().await?;
+                }
                 Ok(outcome.status)
             }
             Err(RelayError::Client(e)) => {

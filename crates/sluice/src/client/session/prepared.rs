@@ -13,9 +13,10 @@ use sluice_protocol::prepared::{self, Execute, PrepareOk, CURSOR_TYPE_READ_ONLY}
 use sluice_protocol::response::{self, ErrFields};
 use sluice_protocol::{command, StatusFlags};
 
-use super::{client_end, Accounting, End, Session};
+use super::{client_end, Accounting, End, Session, READ_INSERT_ID};
 use crate::backend::{BackendConn, BackendError, Prepared};
 use crate::client::errors;
+use crate::client::relay::Pipelined;
 use crate::client::statement;
 use crate::statements::{StatementKey, StatementMeta};
 
@@ -219,10 +220,17 @@ impl Session {
         }
         // What the statement does to LAST_INSERT_ID(), as for a text query.
         let analysis = statement::analyze(&meta.key.sql, true);
-        let accounting = Accounting::of(&analysis, &[]);
-        if analysis.reads_last_insert_id || accounting.may_set_insert_id {
-            self.own_insert_id().await?;
-        }
+        let mut accounting = Accounting::of(&analysis, &[]);
+        let work = (analysis.reads_last_insert_id || accounting.may_set_insert_id)
+            .then(|| self.insert_id_work(accounting.may_set_insert_id && self.pin.is_none()));
+        let put = work.as_ref().and_then(|w| w.put.clone());
+        accounting.pipelined = Pipelined {
+            before: put.as_deref(),
+            after: work
+                .as_ref()
+                .is_some_and(|w| w.read_back)
+                .then_some(READ_INSERT_ID),
+        };
         let backend_id = match self.backend_statement(&meta.key).await {
             Ok(Ok(backend_id)) => backend_id,
             Ok(Err(err)) => {

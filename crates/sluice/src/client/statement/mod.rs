@@ -105,6 +105,9 @@ pub struct Analysis {
     pub sets_last_insert_id: bool,
     /// `LAST_INSERT_ID()` is read, in any statement of the text.
     pub reads_last_insert_id: bool,
+    /// `LOAD DATA LOCAL INFILE`: the server will ask the client for a file mid-reply, so
+    /// nothing of sluice's may follow the statement in the same write.
+    pub reads_client_file: bool,
     /// Some statement may change `LAST_INSERT_ID()`: it inserts (`INSERT`, `REPLACE`,
     /// `LOAD`), sets it (`LAST_INSERT_ID(expr)`), or runs code sluice cannot see.
     pub may_set_insert_id: bool,
@@ -300,7 +303,9 @@ impl Scanner<'_> {
         match token.kind {
             Kind::UserVariable => self.analysis.pin("user_variable"),
             Kind::Word => {
-                if token.is_word(sql, "SQL_CALC_FOUND_ROWS") {
+                if token.is_word(sql, "INFILE") {
+                    self.analysis.reads_client_file = true;
+                } else if token.is_word(sql, "SQL_CALC_FOUND_ROWS") {
                     self.analysis.pin("found_rows");
                 } else if token.is_word(sql, "TEMPORARY") && self.word_is(self.first_word, "CREATE")
                 {
