@@ -63,7 +63,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use mysql_async::prelude::*;
-use mysql_async::{Conn, OptsBuilder, Params, QueryResult, Value};
+use mysql_async::{Conn, OptsBuilder, Params, QueryResult, Statement, Value};
 
 /// Clients per side; more than the pool, so they must share connections.
 const CLIENTS: usize = 4;
@@ -109,6 +109,11 @@ async fn differential(pool: usize) {
             .await
             .expect("set a time zone as root");
     }
+    // A table lock the harness forgot would stall its reads as root: fail instead.
+    admin
+        .query_drop("SET SESSION lock_wait_timeout = 5")
+        .await
+        .expect("set lock_wait_timeout as root");
     let mut failed = Vec::new();
     for &seed in &knobs.seeds {
         let started = Instant::now();
@@ -274,6 +279,22 @@ impl Names {
         sql
     }
 
+    /// Parameters for this side: strings are templates like the SQL.
+    fn fill_params(&self, params: &[Value], client: usize, ids: &[u32; CLIENTS]) -> Vec<Value> {
+        params
+            .iter()
+            .map(|value| match value {
+                Value::Bytes(bytes) => match std::str::from_utf8(bytes) {
+                    Ok(text) if text.contains('{') => {
+                        Value::Bytes(self.fill(text, client, ids).into_bytes())
+                    }
+                    _ => value.clone(),
+                },
+                other => other.clone(),
+            })
+            .collect()
+    }
+
     /// An observation with this side's names turned back into placeholders.
     fn normalise(&self, text: &str) -> String {
         text.replace(&self.db_a, "{db_a}")
@@ -288,6 +309,8 @@ struct Side {
     conns: Vec<Option<Conn>>,
     /// Each client's connection id as its greeting gave it (sluice's id on side S).
     ids: [u32; CLIENTS],
+    /// Each client's held prepared statement ([`Kind::Prepare`]).
+    held: Vec<Option<Statement>>,
 }
 
 impl Side {
@@ -296,6 +319,33 @@ impl Side {
             names,
             conns: (0..CLIENTS).map(|_| None).collect(),
             ids: [0; CLIENTS],
+            held: (0..CLIENTS).map(|_| None).collect(),
+        }
+    }
+
+    /// Drops a client's connection (without saying goodbye) and what it held.
+    fn drop_client(&mut self, client: usize) -> Option<Conn> {
+        self.held[client] = None;
+        self.conns[client].take()
+    }
+
+    /// Runs one statement for `client`, normalised.
+    async fn run(&mut self, client: usize, stmt: &Stmt) -> Outcome {
+        let sql = self.names.fill(&stmt.sql, client, &self.ids);
+        let params = stmt
+            .params
+            .as_ref()
+            .map(|p| self.names.fill_params(p, client, &self.ids));
+        let conn = self.conns[client].as_mut();
+        let out = match stmt.kind {
+            Kind::Prepare => prepare_held(conn, &mut self.held[client], &sql).await,
+            Kind::ExecHeld => exec_held(conn, self.held[client].as_ref(), params).await,
+            Kind::CloseHeld => close_held(conn, &mut self.held[client]).await,
+            Kind::Plain | Kind::Reset | Kind::Refused(_) => run(conn, &sql, params).await,
+        };
+        Outcome {
+            key: self.names.normalise(&out.key),
+            detail: self.names.normalise(&out.detail),
         }
     }
 }
@@ -315,6 +365,9 @@ struct Model {
     /// A `SET TRANSACTION` (or unscoped `SET @@tx_isolation`) succeeded and no transaction
     /// has used it yet: sluice keeps the client's connection until one began and ended.
     characteristics: Characteristics,
+    /// It may hold `LOCK TABLES` (conservatively: set by any successful `LOCK TABLES`,
+    /// cleared by `UNLOCK TABLES`): table comparisons as root unlock first, or they would wait.
+    tables_locked: bool,
 }
 
 /// The life of `SET TRANSACTION` characteristics, as sluice follows it.
@@ -385,10 +438,15 @@ enum Family {
     Prepared,
     Kill,
     Reconnect,
+    Cursor,
+    Ddl,
+    Collation,
+    KillRefused,
+    LockPs,
 }
 
 /// Each family with its weight.
-const FAMILIES: [(Family, usize); 14] = [
+const FAMILIES: [(Family, usize); 19] = [
     (Family::SysVar, 14),
     (Family::Names, 6),
     (Family::Use, 4),
@@ -403,6 +461,11 @@ const FAMILIES: [(Family, usize); 14] = [
     (Family::Prepared, 7),
     (Family::Kill, 3),
     (Family::Reconnect, 5),
+    (Family::Cursor, 6),
+    (Family::Ddl, 5),
+    (Family::Collation, 5),
+    (Family::KillRefused, 3),
+    (Family::LockPs, 6),
 ];
 
 impl Family {
@@ -422,6 +485,11 @@ impl Family {
             Family::Prepared => "prepared",
             Family::Kill => "kill",
             Family::Reconnect => "reconnect",
+            Family::Cursor => "cursor",
+            Family::Ddl => "ddl",
+            Family::Collation => "collation",
+            Family::KillRefused => "killrefused",
+            Family::LockPs => "lockps",
         }
     }
 
@@ -434,11 +502,38 @@ impl Family {
 }
 
 /// One statement of a step: a template, run as text, or through the binary protocol
-/// (prepare + execute) when it has parameters.
+/// (prepare + execute) when it has parameters. Parameters that are strings are templates too.
 #[derive(Clone)]
 struct Stmt {
     sql: String,
     params: Option<Vec<Value>>,
+    /// Run by this client instead of the stepping one (steps that involve several clients).
+    by: Option<usize>,
+    kind: Kind,
+}
+
+/// How a [`Stmt`] is sent.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// Text, or (with parameters) prepare + execute through the driver's statement cache.
+    Plain,
+    /// `COM_STMT_PREPARE` of the SQL, always sent to the server (not answered from the
+    /// driver's cache); the client holds the statement for [`Kind::ExecHeld`] and
+    /// [`Kind::CloseHeld`], across steps until it is closed or the client reconnects. The
+    /// outcome is the prepare's metadata: parameter count, column names and types.
+    Prepare,
+    /// `COM_STMT_EXECUTE` of the held statement with the parameters.
+    ExecHeld,
+    /// `COM_STMT_CLOSE` of the held statement.
+    CloseHeld,
+    /// `COM_RESET_CONNECTION` (compared, then the fresh session is observed).
+    Reset,
+    /// Something sluice refuses by design where MariaDB would run it (a `KILL` in a
+    /// multi-statement query or in dynamic SQL, a `KILL` prepared through the binary
+    /// protocol): sent through sluice only, which must answer exactly `ERROR <code>`; never
+    /// sent to MariaDB, and not at all in direct mode. `{dcid0}`..`{dcid3}` (the direct
+    /// clients' thread ids) and `{backend}` (a thread of sluice's pool) may be named.
+    Refused(u16),
 }
 
 impl Stmt {
@@ -446,28 +541,84 @@ impl Stmt {
         Stmt {
             sql: sql.into(),
             params: None,
+            by: None,
+            kind: Kind::Plain,
         }
     }
 
     fn binary(sql: impl Into<String>, params: Vec<Value>) -> Stmt {
         Stmt {
-            sql: sql.into(),
             params: Some(params),
+            ..Stmt::text(sql)
+        }
+    }
+
+    fn prepare(sql: impl Into<String>) -> Stmt {
+        Stmt {
+            kind: Kind::Prepare,
+            ..Stmt::text(sql)
+        }
+    }
+
+    fn exec_held(params: Vec<Value>) -> Stmt {
+        Stmt {
+            kind: Kind::ExecHeld,
+            ..Stmt::binary("", params)
+        }
+    }
+
+    fn close_held() -> Stmt {
+        Stmt {
+            kind: Kind::CloseHeld,
+            ..Stmt::text("")
+        }
+    }
+
+    fn reset() -> Stmt {
+        Stmt {
+            kind: Kind::Reset,
+            ..Stmt::text("")
+        }
+    }
+
+    fn refused(sql: impl Into<String>, binary: bool, code: u16) -> Stmt {
+        Stmt {
+            kind: Kind::Refused(code),
+            params: binary.then(Vec::new),
+            ..Stmt::text(sql)
+        }
+    }
+
+    /// The same statement, run by client `who`.
+    fn by(self, who: usize) -> Stmt {
+        Stmt {
+            by: Some(who),
+            ..self
         }
     }
 
     fn shown(&self) -> String {
-        match &self.params {
-            None => self.sql.clone(),
-            Some(params) => {
-                let params: Vec<String> = params.iter().map(render_value).collect();
-                format!(
-                    "{} [binary protocol, params ({})]",
-                    self.sql,
-                    params.join(", ")
-                )
+        let mut out = match self.by {
+            Some(who) => format!("[by c{who}] "),
+            None => String::new(),
+        };
+        match self.kind {
+            Kind::Plain | Kind::Refused(_) => out.push_str(&self.sql),
+            Kind::Prepare => {
+                let _ = write!(out, "COM_STMT_PREPARE {} (held)", self.sql);
             }
+            Kind::ExecHeld => out.push_str("COM_STMT_EXECUTE of the held statement"),
+            Kind::CloseHeld => out.push_str("COM_STMT_CLOSE of the held statement"),
+            Kind::Reset => out.push_str("COM_RESET_CONNECTION"),
         }
+        if let Some(params) = &self.params {
+            let params: Vec<String> = params.iter().map(render_value).collect();
+            let _ = write!(out, " [binary protocol, params ({})]", params.join(", "));
+        }
+        if let Kind::Refused(code) = self.kind {
+            let _ = write!(out, " [sluice only: must answer ERROR {code}]");
+        }
+        out
     }
 
     /// Whether sluice may pin the client for this statement (conservatively).
@@ -656,7 +807,7 @@ impl Harness {
     /// database once sluice resets the connection).
     async fn disconnect(&mut self, client: usize) {
         for side in [&mut self.s, &mut self.d] {
-            if let Some(conn) = side.conns[client].take() {
+            if let Some(conn) = side.drop_client(client) {
                 let _ = tokio::time::timeout(STATEMENT_TIMEOUT, conn.disconnect()).await;
             }
         }
@@ -770,7 +921,9 @@ impl Harness {
     }
 
     /// Runs a step's statements on both sides, compares each, then its effect and the
-    /// observer.
+    /// observer (of every client that acted). A statement by another client than the
+    /// stepping one is skipped on both sides when that client could not get a connection
+    /// through sluice ([`Harness::runnable`]).
     async fn run_step(
         &mut self,
         step: usize,
@@ -780,34 +933,74 @@ impl Harness {
         effect: Effect,
     ) -> StepResult {
         let mut last = None;
+        let mut actors = vec![client];
         for stmt in &stmts {
-            let (s, d) = self.run_both(client, stmt).await;
+            let who = stmt.by.unwrap_or(client);
+            if who != client || self.models[client].dead {
+                if !self.runnable(who).await {
+                    self.remember(format!(
+                        "#{step} c{who} {:<9} {} => skipped (no connection for c{who})",
+                        family.name(),
+                        stmt.shown()
+                    ));
+                    continue;
+                }
+                if !actors.contains(&who) {
+                    actors.push(who);
+                }
+            }
+            match stmt.kind {
+                Kind::Refused(code) => {
+                    self.refused(step, who, family, stmt, code).await?;
+                    if stmt.may_pin() {
+                        self.models[who].pinned = true;
+                    }
+                    continue;
+                }
+                Kind::Reset => {
+                    self.reset(step, who, family, false).await?;
+                    continue;
+                }
+                _ => {}
+            }
+            let (s, d) = self.run_both(who, stmt).await;
             self.remember(format!(
-                "#{step} c{client} {:<9} {} => {}",
+                "#{step} c{who} {:<9} {} => {}",
                 family.name(),
                 stmt.shown(),
                 d.shown()
             ));
             if s.key != d.key {
+                let (sluice, mariadb) = window(&s.shown(), &d.shown());
                 return Err(self.difference(
                     step,
-                    client,
+                    who,
                     family.name(),
                     stmt.shown(),
-                    s.shown(),
-                    d.shown(),
+                    sluice,
+                    mariadb,
                 ));
             }
             if stmt.may_pin() {
-                self.models[client].pinned = true;
+                self.models[who].pinned = true;
             }
             if stmt.sets_next_transaction() && !d.key.starts_with("ERROR") {
-                self.models[client].characteristics = Characteristics::Pending;
+                self.models[who].characteristics = Characteristics::Pending;
+            }
+            let upper = stmt.sql.to_ascii_uppercase();
+            if upper.contains("UNLOCK TABLES") {
+                self.models[who].tables_locked &= d.key.starts_with("ERROR");
+            } else if upper.contains("LOCK TABLE") && !d.key.starts_with("ERROR") {
+                self.models[who].tables_locked = true;
             }
             let gone = d.gone();
-            last = Some(d);
-            if gone {
-                break;
+            if who == client {
+                last = Some(d);
+                if gone {
+                    break;
+                }
+            } else if gone {
+                self.models[who].dead = true;
             }
         }
         let succeeded = last.as_ref().is_some_and(|d| !d.key.starts_with("ERROR"));
@@ -825,10 +1018,12 @@ impl Harness {
         if last.as_ref().is_some_and(Outcome::gone) {
             self.models[client].dead = true;
         }
-        if self.models[client].dead {
-            return Ok(());
+        for who in actors {
+            if !self.models[who].dead {
+                self.observe(step, who, family).await?;
+            }
         }
-        self.observe(step, client, family).await
+        Ok(())
     }
 
     /// After a kill: both sides must find the victim's connection gone.
@@ -858,9 +1053,7 @@ impl Harness {
                 ..Model::default()
             };
             for side in [&mut self.s, &mut self.d] {
-                if let Some(conn) = side.conns[victim].take() {
-                    drop(conn);
-                }
+                drop(side.drop_client(victim));
             }
         }
         Ok(())
@@ -868,15 +1061,140 @@ impl Harness {
 
     /// Runs one statement for `client` on S, then on D.
     async fn run_both(&mut self, client: usize, stmt: &Stmt) -> (Outcome, Outcome) {
-        let s_sql = self.s.names.fill(&stmt.sql, client, &self.s.ids);
-        let s = run(self.s.conns[client].as_mut(), &s_sql, stmt.params.clone()).await;
-        let d_sql = self.d.names.fill(&stmt.sql, client, &self.d.ids);
-        let d = run(self.d.conns[client].as_mut(), &d_sql, stmt.params.clone()).await;
-        let normalise = |names: &Names, outcome: Outcome| Outcome {
-            key: names.normalise(&outcome.key),
-            detail: names.normalise(&outcome.detail),
+        let s = self.s.run(client, stmt).await;
+        let d = self.d.run(client, stmt).await;
+        (s, d)
+    }
+
+    /// Whether `who`, another client than the stepping one, may run a statement now: it is
+    /// connected, and through sluice it either holds a connection or one is free (the model
+    /// says so, and the pool agrees within a moment). Otherwise its statement is skipped on
+    /// both sides.
+    async fn runnable(&self, who: usize) -> bool {
+        let model = &self.models[who];
+        if model.dead || self.s.conns[who].is_none() || self.d.conns[who].is_none() {
+            return false;
+        }
+        if self.direct_only || model.tied() {
+            return true;
+        }
+        if self.expected_busy() >= self.pool {
+            return false;
+        }
+        self.wait_busy_at_most(self.pool - 1, Duration::from_millis(300))
+            .await
+            < self.pool
+    }
+
+    /// The ids of the backend user's threads on MariaDB: the direct clients and sluice's
+    /// pool.
+    async fn backend_threads(&mut self) -> Vec<u64> {
+        self.admin
+            .exec(
+                "SELECT ID FROM information_schema.PROCESSLIST WHERE USER = ? ORDER BY ID",
+                (&self.gw.backend_user,),
+            )
+            .await
+            .unwrap_or_default()
+    }
+
+    /// A statement sluice must refuse ([`Kind::Refused`]): sent through sluice only, compared
+    /// with the refusal; then no thread of the backend user (the direct clients, sluice's
+    /// pool) may have gone, whatever the statement named.
+    async fn refused(
+        &mut self,
+        step: usize,
+        who: usize,
+        family: Family,
+        stmt: &Stmt,
+        code: u16,
+    ) -> StepResult {
+        let before = self.backend_threads().await;
+        if self.direct_only {
+            self.remember(format!(
+                "#{step} c{who} {:<9} {} => not run (direct mode)",
+                family.name(),
+                stmt.shown()
+            ));
+            return Ok(());
+        }
+        let backend = before
+            .iter()
+            .copied()
+            .find(|id| !self.d.ids.iter().any(|&d| u64::from(d) == *id))
+            .unwrap_or(999_999);
+        let mut template = stmt.sql.replace("{backend}", &backend.to_string());
+        for (other, id) in self.d.ids.iter().enumerate() {
+            template = template.replace(&format!("{{dcid{other}}}"), &id.to_string());
+        }
+        let stmt = Stmt {
+            sql: template,
+            ..stmt.clone()
         };
-        (normalise(&self.s.names, s), normalise(&self.d.names, d))
+        let s = self.s.run(who, &stmt).await;
+        self.remember(format!(
+            "#{step} c{who} {:<9} {} => {}",
+            family.name(),
+            stmt.shown(),
+            s.shown()
+        ));
+        let expected = format!("ERROR {code}");
+        if s.key != expected {
+            return Err(self.difference(
+                step,
+                who,
+                family.name(),
+                stmt.shown(),
+                s.shown(),
+                format!("(not sent to MariaDB, which would run it) sluice must answer {expected}"),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        let after = self.backend_threads().await;
+        let lost: Vec<u64> = before
+            .into_iter()
+            .filter(|id| !after.contains(id))
+            .collect();
+        if !lost.is_empty() {
+            let d_ids = self.d.ids;
+            return Err(self.difference(
+                step,
+                who,
+                family.name(),
+                format!("threads of the backend user after: {}", stmt.shown()),
+                format!("threads {lost:?} gone (direct clients' ids {d_ids:?})"),
+                "every thread still there".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Ends every `LOCK TABLES` the model thinks may be held (compared on both sides), so
+    /// that tables can be read as root.
+    async fn unlock_tables(&mut self, step: usize) -> StepResult {
+        for client in 0..CLIENTS {
+            if !self.models[client].tables_locked || self.models[client].dead {
+                continue;
+            }
+            let stmt = Stmt::text("UNLOCK TABLES");
+            let (s, d) = self.run_both(client, &stmt).await;
+            self.remember(format!(
+                "#{step} c{client} (before comparing tables) UNLOCK TABLES => {}",
+                d.shown()
+            ));
+            if s.key != d.key {
+                return Err(self.difference(
+                    step,
+                    client,
+                    "lockps",
+                    stmt.shown(),
+                    s.shown(),
+                    d.shown(),
+                ));
+            }
+            self.models[client].tables_locked = false;
+        }
+        Ok(())
     }
 
     /// Compares the client's session on both sides and updates the model from MariaDB's.
@@ -1043,7 +1361,9 @@ impl Harness {
     async fn fresh_session(&mut self, step: usize, client: usize, family: Family) -> StepResult {
         // Lock waits are possible (SERIALIZABLE reads against another client's writes): let
         // them fail fast and alike on both sides instead of stalling the run.
-        let stmt = Stmt::text("SET SESSION innodb_lock_wait_timeout = 1");
+        // Table locks (`LOCK TABLES`, DDL against an open transaction) likewise.
+        let stmt =
+            Stmt::text("SET SESSION innodb_lock_wait_timeout = 1, SESSION lock_wait_timeout = 1");
         let (s, d) = self.run_both(client, &stmt).await;
         if s.key != d.key {
             return Err(self.difference(
@@ -1058,19 +1378,25 @@ impl Harness {
         self.observe(step, client, family).await
     }
 
-    /// Compares the committed rows of every client table on both sides, read as root.
+    /// Compares the committed rows of every client table (and the columns and rows of every
+    /// `d` table, which the `ddl` family alters) on both sides, read as root.
     async fn compare_tables(&mut self, step: usize) -> StepResult {
+        self.unlock_tables(step).await?;
         for (s_db, d_db, placeholder) in [
             (&self.s.names.db_a, &self.d.names.db_a, "{db_a}"),
             (&self.s.names.db_b, &self.d.names.db_b, "{db_b}"),
         ] {
             for table in 0..CLIENTS {
-                let read = |db: &str| format!("SELECT id, v, note FROM {db}.t{table} ORDER BY id");
-                let s = run(Some(&mut self.admin), &read(s_db), None).await;
-                let d = run(Some(&mut self.admin), &read(d_db), None).await;
-                if s.key != d.key {
-                    let what = format!("committed rows of {placeholder}.t{table}, read as root");
-                    return Err(self.difference(step, 0, "tables", what, s.shown(), d.shown()));
+                for read in [
+                    |db: &str, t: usize| format!("SELECT id, v, note FROM {db}.t{t} ORDER BY id"),
+                    |db: &str, t: usize| format!("SELECT * FROM {db}.d{t} ORDER BY id"),
+                ] {
+                    let s = run(Some(&mut self.admin), &read(s_db, table), None).await;
+                    let d = run(Some(&mut self.admin), &read(d_db, table), None).await;
+                    if s.key != d.key {
+                        let what = read(placeholder, table) + " (committed rows, read as root)";
+                        return Err(self.difference(step, 0, "tables", what, s.shown(), d.shown()));
+                    }
                 }
             }
         }
@@ -1079,7 +1405,7 @@ impl Harness {
 
     /// Adds a line to the history, keeping the last [`HISTORY`].
     fn remember(&mut self, line: String) {
-        self.history.push_back(line);
+        self.history.push_back(clip(&line, 400));
         while self.history.len() > HISTORY {
             self.history.pop_front();
         }
@@ -1166,7 +1492,8 @@ impl Harness {
     }
 }
 
-/// The statements that create one side's schema: a table per client and the procedures.
+/// The statements that create one side's schema: a table per client, a table per client
+/// that the `ddl` family alters, a fixed `seq` table that cursors read, and the procedures.
 fn schema_sql(db: &str) -> Vec<String> {
     let mut sql = vec![
         format!("DROP DATABASE IF EXISTS {db}"),
@@ -1176,6 +1503,107 @@ fn schema_sql(db: &str) -> Vec<String> {
         sql.push(format!(
             "CREATE TABLE {db}.t{table} (id INT AUTO_INCREMENT PRIMARY KEY, \
              v INT NOT NULL DEFAULT 0, note VARCHAR(20)) ENGINE=InnoDB"
+        ));
+        sql.push(format!(
+            "CREATE TABLE {db}.d{table} (id INT PRIMARY KEY, a INT NOT NULL, b VARCHAR(10)) \
+             ENGINE=InnoDB"
+        ));
+        sql.push(format!(
+            "INSERT INTO {db}.d{table} VALUES (1, 10, 'x'), (2, 20, NULL), (3, 30, 'z{table}')"
+        ));
+    }
+    sql.push(format!(
+        "CREATE TABLE {db}.seq (n INT PRIMARY KEY, s VARCHAR(10)) ENGINE=InnoDB"
+    ));
+    let words = [
+        "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven",
+        "twelve",
+    ];
+    let rows: Vec<String> = words
+        .iter()
+        .enumerate()
+        .map(|(i, w)| format!("({}, '{w}')", i + 1))
+        .collect();
+    sql.push(format!("INSERT INTO {db}.seq VALUES {}", rows.join(", ")));
+    // Procedures that open cursors (MariaDB then flags later text results on the connection
+    // with SERVER_STATUS_CURSOR_EXISTS) and raise conditions.
+    let cursor = "DECLARE done INT DEFAULT 0; DECLARE x INT; DECLARE cnt INT DEFAULT 0; \
+                  DECLARE total BIGINT DEFAULT 0;";
+    for (name, params, body) in [
+        (
+            "p_cur_sum",
+            "IN lim INT",
+            format!(
+                "{cursor} DECLARE cur CURSOR FOR SELECT n FROM seq ORDER BY n; \
+                 DECLARE CONTINUE HANDLER FOR NOT FOUND SET done = 1; \
+                 OPEN cur; rd: LOOP FETCH cur INTO x; \
+                 IF done = 1 OR cnt >= lim THEN LEAVE rd; END IF; \
+                 SET cnt = cnt + 1, total = total + x; END LOOP; CLOSE cur; \
+                 SELECT cnt, total, done;"
+            ),
+        ),
+        (
+            "p_cur_quiet",
+            "",
+            "DECLARE x INT; DECLARE cur CURSOR FOR SELECT n FROM seq ORDER BY n; \
+             OPEN cur; FETCH cur INTO x;"
+                .to_string(),
+        ),
+        (
+            "p_cur_tables",
+            "IN which INT",
+            format!(
+                "{cursor} DECLARE cur CURSOR FOR SELECT v FROM t0 WHERE which = 0 \
+                 UNION ALL SELECT v FROM t1 WHERE which = 1 \
+                 UNION ALL SELECT v FROM t2 WHERE which = 2 \
+                 UNION ALL SELECT v FROM t3 WHERE which = 3; \
+                 DECLARE CONTINUE HANDLER FOR NOT FOUND SET done = 1; \
+                 OPEN cur; rd: LOOP FETCH cur INTO x; IF done = 1 THEN LEAVE rd; END IF; \
+                 SET cnt = cnt + 1, total = total + x; END LOOP; CLOSE cur; \
+                 SELECT cnt, total; SELECT n, s FROM seq WHERE n <= which + 3 ORDER BY n;"
+            ),
+        ),
+        (
+            "p_cur_open_select",
+            "",
+            "DECLARE x INT; DECLARE cur CURSOR FOR SELECT n FROM seq ORDER BY n DESC; \
+             OPEN cur; FETCH cur INTO x; SELECT x AS first, n, s FROM seq ORDER BY n; \
+             FETCH cur INTO x; SELECT x AS second; CLOSE cur;"
+                .to_string(),
+        ),
+        (
+            "p_cur_signal",
+            "IN handled INT",
+            format!(
+                "{cursor} DECLARE cur CURSOR FOR SELECT n FROM seq ORDER BY n; \
+                 DECLARE CONTINUE HANDLER FOR NOT FOUND SET done = 1; \
+                 OPEN cur; rd: LOOP FETCH cur INTO x; IF done = 1 THEN LEAVE rd; END IF; \
+                 SET cnt = cnt + 1; END LOOP; SELECT cnt AS fetched; \
+                 IF handled = 0 THEN SIGNAL SQLSTATE '45000' \
+                 SET MESSAGE_TEXT = 'cursor done', MYSQL_ERRNO = 3002; END IF; \
+                 CLOSE cur; SELECT 'after' AS a;"
+            ),
+        ),
+        (
+            "p_signal",
+            "IN mode INT",
+            "DECLARE caught INT DEFAULT 0; \
+             DECLARE CONTINUE HANDLER FOR SQLSTATE '45000' SET caught = caught + 1; \
+             IF mode = 0 THEN SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'handled'; END IF; \
+             IF mode = 1 THEN SIGNAL SQLSTATE '01000' SET MESSAGE_TEXT = 'a warning'; END IF; \
+             IF mode = 2 THEN SIGNAL SQLSTATE '45001' \
+             SET MESSAGE_TEXT = 'unhandled', MYSQL_ERRNO = 3001; END IF; \
+             IF mode = 3 THEN BEGIN DECLARE EXIT HANDLER FOR SQLSTATE '45001' \
+             RESIGNAL SET MESSAGE_TEXT = 'resignalled', MYSQL_ERRNO = 3003; \
+             SIGNAL SQLSTATE '45001'; END; END IF; \
+             IF mode = 4 THEN BEGIN DECLARE EXIT HANDLER FOR SQLEXCEPTION \
+             SET caught = caught + 10; SELECT * FROM no_such_table; END; END IF; \
+             SELECT caught, mode;"
+                .to_string(),
+        ),
+    ] {
+        sql.push(format!(
+            "CREATE PROCEDURE {db}.{name}({params}) BEGIN {body} END"
         ));
     }
     for (name, body) in [
@@ -1486,8 +1914,383 @@ fn generate(
             2 => Action::Reset { change_user: true },
             _ => Action::Reconnect,
         },
+        Family::Cursor => run(cursor_step(rng, c)),
+        Family::Ddl => run(ddl_step(rng, c)),
+        Family::Collation => run(collation_step(rng, c)),
+        Family::KillRefused => run(kill_refused_step(rng, c)),
+        Family::LockPs => run(lock_ps_step(rng, c)),
     };
     (family, action)
+}
+
+/// `count` of the clients other than `c`, in random order.
+fn others(rng: &mut Rng, c: usize, count: usize) -> Vec<usize> {
+    let mut list: Vec<usize> = (0..CLIENTS).filter(|&o| o != c).collect();
+    for i in (1..list.len()).rev() {
+        let j = rng.below(i + 1);
+        list.swap(i, j);
+    }
+    list.truncate(count);
+    list
+}
+
+/// A statement returning several rows (text, multi-statement or binary), for `who`.
+fn rows_probe(rng: &mut Rng, who: usize) -> Stmt {
+    match rng.below(8) {
+        0 | 1 => Stmt::text("SELECT n, s FROM seq ORDER BY n"),
+        2 => Stmt::text(
+            "WITH RECURSIVE r (i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM r WHERE i < 300) \
+             SELECT i, REPEAT(CHAR(65 + i % 26), 40) AS w FROM r",
+        ),
+        3 => Stmt::text(
+            "SELECT n FROM seq WHERE n <= 3 ORDER BY n; SELECT COUNT(*), SUM(n) FROM seq",
+        ),
+        4 => Stmt::binary(
+            "SELECT n, s FROM seq WHERE n > ? ORDER BY n",
+            vec![Value::Int(rng.below(6) as i64)],
+        ),
+        5 => Stmt::text(format!("SELECT id, v, note FROM t{who} ORDER BY id")),
+        6 => Stmt::binary(
+            "WITH RECURSIVE r (i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM r WHERE i < ?) \
+             SELECT i, MD5(i) AS h FROM r",
+            vec![Value::Int(50 + rng.below(100) as i64)],
+        ),
+        _ => Stmt::text("SELECT s, n FROM {db_a}.seq ORDER BY s DESC LIMIT 8"),
+    }
+}
+
+/// A procedure that opens a cursor (or raises a condition), then results of several rows for
+/// the same client, perhaps a `COM_RESET_CONNECTION`, and results for other clients (which
+/// may land on the connection the cursor was opened on).
+fn cursor_step(rng: &mut Rng, c: usize) -> Vec<Stmt> {
+    let k = rng.below(4);
+    let call = match rng.below(10) {
+        0 | 1 => Stmt::text(format!("CALL p_cur_sum({})", 1 + 4 * k)),
+        2 => Stmt::text("CALL p_cur_quiet()"),
+        3 => Stmt::text(format!("CALL p_cur_tables({})", rng.below(CLIENTS))),
+        4 => Stmt::text("CALL p_cur_open_select()"),
+        5 => Stmt::text(format!("CALL p_cur_signal({})", k % 2)),
+        6 | 7 => Stmt::text(format!("CALL p_signal({})", rng.below(5))),
+        8 => Stmt::binary("CALL p_cur_sum(?)", vec![Value::Int(1 + 4 * k as i64)]),
+        _ => Stmt::text("CALL {db_b}.p_cur_sum(20)"),
+    };
+    let mut stmts = vec![call];
+    for _ in 0..1 + rng.below(3) {
+        stmts.push(rows_probe(rng, c));
+    }
+    if rng.chance(30) {
+        stmts.push(Stmt::reset());
+    }
+    let count = 1 + rng.below(3);
+    for o in others(rng, c, count) {
+        stmts.push(rows_probe(rng, o).by(o));
+    }
+    stmts
+}
+
+/// DDL between prepares: the client prepares (and holds) a statement on its own `d` table,
+/// executes it, someone alters the table, the held statement runs again, other clients run
+/// the same SQL (through their driver's statement cache, and freshly prepared), and the
+/// client prepares it afresh. Prepare metadata (columns, types) and every result compare.
+fn ddl_step(rng: &mut Rng, c: usize) -> Vec<Stmt> {
+    let k = rng.below(4);
+    let n = rng.number();
+    let int = |x: usize| Value::Int(x as i64);
+    // Every statement takes one integer, so that a statement held from an earlier step runs
+    // with the same parameters.
+    let (sql, param) = match rng.below(7) {
+        0 | 1 => (
+            format!("SELECT * FROM d{c} WHERE id > ? ORDER BY id"),
+            int(k),
+        ),
+        2 => (
+            format!("SELECT id, b FROM d{c} WHERE id > ? ORDER BY id"),
+            int(k % 2),
+        ),
+        3 => (
+            format!("SELECT d.*, ? AS p FROM d{c} AS d ORDER BY id"),
+            int(k),
+        ),
+        4 => (
+            format!("SELECT x{k} FROM d{c} WHERE id > ? ORDER BY id"),
+            int(0),
+        ),
+        5 => (format!("SELECT COUNT(*), MAX(id) + ? FROM d{c}"), int(k)),
+        _ => (
+            format!("INSERT INTO d{c} (id, a) VALUES (?, 7)"),
+            int(10 + n),
+        ),
+    };
+    let alter = match rng.below(10) {
+        0 | 1 => format!("ALTER TABLE d{c} ADD COLUMN x{k} INT NOT NULL DEFAULT {n}"),
+        2 => format!("ALTER TABLE d{c} ADD COLUMN x{k} VARCHAR(8) DEFAULT 'q{k}' FIRST"),
+        3 => format!("ALTER TABLE d{c} ADD COLUMN x{k} BIGINT AFTER id"),
+        4 | 5 => format!("ALTER TABLE d{c} DROP COLUMN x{k}"),
+        6 => format!("ALTER TABLE d{c} DROP COLUMN b"),
+        7 => format!("ALTER TABLE d{c} ADD COLUMN b VARCHAR(10) DEFAULT 'nb'"),
+        8 => format!(
+            "ALTER TABLE d{c} ADD COLUMN x{k} INT, DROP COLUMN x{}",
+            (k + 1) % 4
+        ),
+        _ => format!(
+            "ALTER TABLE d{c} MODIFY a {}",
+            rng.pick(&[
+                "BIGINT NOT NULL",
+                "VARCHAR(12) NOT NULL",
+                "INT NOT NULL",
+                "DECIMAL(8,2) NOT NULL"
+            ])
+        ),
+    };
+    let mut stmts = Vec::new();
+    if rng.chance(25) {
+        // Whatever the client still holds from an earlier step (across DDL, resets, ...).
+        stmts.push(Stmt::exec_held(vec![int(k)]));
+    }
+    stmts.push(Stmt::prepare(&sql));
+    stmts.push(Stmt::exec_held(vec![param.clone()]));
+    let alter = Stmt::text(alter);
+    stmts.push(if rng.chance(40) {
+        let o = others(rng, c, 1)[0];
+        alter.by(o)
+    } else {
+        alter
+    });
+    stmts.push(Stmt::exec_held(vec![param.clone()]));
+    let count = rng.below(3);
+    for o in others(rng, c, count) {
+        stmts.push(Stmt::binary(&sql, vec![param.clone()]).by(o));
+    }
+    if rng.chance(50) {
+        let o = others(rng, c, 1)[0];
+        stmts.push(Stmt::prepare(&sql).by(o));
+        stmts.push(Stmt::exec_held(vec![param.clone()]).by(o));
+        stmts.push(Stmt::close_held().by(o));
+    }
+    stmts.push(Stmt::prepare(&sql));
+    stmts.push(Stmt::exec_held(vec![param]));
+    if rng.chance(70) {
+        stmts.push(Stmt::close_held());
+    }
+    stmts
+}
+
+/// Character sets and collations for `SET NAMES cs COLLATE coll`, a few of them wrong.
+const COLLATIONS: [(&str, &str); 21] = [
+    ("utf8mb4", "utf8mb4_general_ci"),
+    ("utf8mb4", "utf8mb4_bin"),
+    ("utf8mb4", "utf8mb4_unicode_ci"),
+    ("utf8mb4", "utf8mb4_unicode_520_ci"),
+    ("utf8mb4", "utf8mb4_german2_ci"),
+    ("utf8mb4", "utf8mb4_swedish_ci"),
+    ("utf8mb4", "utf8mb4_turkish_ci"),
+    ("utf8mb4", "utf8mb4_nopad_bin"),
+    ("utf8mb4", "utf8mb4_general_nopad_ci"),
+    ("utf8mb3", "utf8mb3_general_ci"),
+    ("utf8", "utf8_bin"),
+    ("latin1", "latin1_swedish_ci"),
+    ("latin1", "latin1_german2_ci"),
+    ("latin1", "latin1_general_cs"),
+    ("latin1", "latin1_bin"),
+    ("ascii", "ascii_general_ci"),
+    ("ascii", "ascii_bin"),
+    ("cp1251", "cp1251_bulgarian_ci"),
+    ("latin1", "utf8mb4_bin"),
+    ("utf8mb4", "utf8mb4_no_such_ci"),
+    ("ucs2", "ucs2_general_ci"),
+];
+
+/// `SET NAMES cs COLLATE coll`, then probes that reveal the collation, text and binary, and
+/// perhaps another client's view (which must not change).
+fn collation_step(rng: &mut Rng, c: usize) -> Vec<Stmt> {
+    let (cs, coll) = rng.pick(&COLLATIONS);
+    let k = rng.below(4);
+    let set = match rng.below(6) {
+        0 | 1 => format!("SET NAMES {cs} COLLATE {coll}"),
+        2 => format!("SET NAMES '{cs}' COLLATE '{coll}'"),
+        3 => format!("set names {cs} collate {coll}"),
+        4 => format!("SET NAMES {cs} COLLATE {coll}, @@div_precision_increment = {k}"),
+        _ => format!("/* names */ SET NAMES {cs} COLLATE `{coll}`"),
+    };
+    let bytes = |text: &str| Value::Bytes(text.as_bytes().to_vec());
+    let mut stmts = vec![Stmt::text(set)];
+    for _ in 0..1 + rng.below(3) {
+        stmts.push(match rng.below(5) {
+            0 => Stmt::text(
+                "SELECT @@character_set_client, @@character_set_connection, \
+                 @@character_set_results, @@collation_connection",
+            ),
+            1 => Stmt::text(
+                "SELECT 'a' = 'A' AS ci, 'ä' = 'a' AS ai, 'ß' = 'ss' AS sz, 'i' = 'I' AS i, \
+                 'a ' = 'a' AS pad, STRCMP('b', 'B') AS s, COLLATION('x') AS c",
+            ),
+            2 => Stmt::text(
+                "SELECT GROUP_CONCAT(w ORDER BY w, HEX(w) SEPARATOR ',') AS o FROM \
+                 (SELECT 'b' AS w UNION ALL SELECT 'A' UNION ALL SELECT 'ä' UNION ALL \
+                 SELECT 'a' UNION ALL SELECT 'Z' UNION ALL SELECT 'ss' UNION ALL SELECT 'ß') AS x",
+            ),
+            3 => Stmt::binary(
+                "SELECT ? = 'a' AS eq, COLLATION(?) AS c, 'ä' = ? AS ai",
+                vec![bytes("A"), bytes("x"), bytes("a")],
+            ),
+            _ => Stmt::binary(
+                "SELECT 'a' = 'A' AS ci, COLLATION('x') AS c, ? AS p",
+                vec![Value::Int(k as i64)],
+            ),
+        });
+    }
+    if rng.chance(40) {
+        let o = others(rng, c, 1)[0];
+        stmts.push(
+            Stmt::text("SELECT @@collation_connection, 'a' = 'A' AS ci, 'ä' = 'a' AS ai").by(o),
+        );
+    }
+    stmts
+}
+
+/// A `KILL` that sluice refuses where MariaDB would run it (in a multi-statement query, in
+/// dynamic SQL, prepared through the binary protocol), sent through sluice only, aimed at
+/// another client (by its sluice id, or its direct id), at a thread of sluice's pool or at
+/// oneself; then every client's connection must still work, on both sides.
+fn kill_refused_step(rng: &mut Rng, c: usize) -> Vec<Stmt> {
+    let rest = others(rng, c, CLIENTS - 1);
+    let o = rest[0];
+    let target = match rng.below(6) {
+        0 | 1 => format!("{{cid{o}}}"),
+        2 => format!("{{dcid{o}}}"),
+        3 => "{backend}".to_string(),
+        4 => "{cid}".to_string(),
+        _ => "CONNECTION_ID()".to_string(),
+    };
+    let verb = rng.pick(&[
+        "KILL",
+        "KILL CONNECTION",
+        "KILL QUERY",
+        "KILL HARD",
+        "kill soft connection",
+        "KILL HARD QUERY",
+    ]);
+    let kill = format!("{verb} {target}");
+    let k = rng.below(4);
+    let refused = match rng.below(9) {
+        0 => Stmt::refused(format!("SELECT 1; {kill}"), false, 1235),
+        1 => Stmt::refused(format!("{kill}; SELECT 1"), false, 1235),
+        2 => Stmt::refused(
+            format!("SET div_precision_increment = {k}; {kill}"),
+            false,
+            1235,
+        ),
+        3 => Stmt::refused(format!("DO 1; /* x */ {kill}"), false, 1235),
+        4 => Stmt::refused(format!("EXECUTE IMMEDIATE '{kill}'"), false, 1235),
+        5 => Stmt::refused(format!("PREPARE ks FROM '{kill}'"), false, 1235),
+        6 => Stmt::refused(format!("execute immediate '/* c */ {kill}'"), false, 1235),
+        _ => Stmt::refused(kill, true, 1295),
+    };
+    let alive = "SELECT CONNECTION_ID() = {cid} AS mine, 1 AS alive";
+    let mut stmts = vec![refused, Stmt::text(alive)];
+    for o in rest {
+        stmts.push(Stmt::text(alive).by(o));
+    }
+    stmts
+}
+
+/// Locks through prepared statements: named locks taken, released and probed through the
+/// binary protocol (by the client and by others), and `LOCK TABLES` on the client's own
+/// table (text or binary) with what other clients can then read and write.
+fn lock_ps_step(rng: &mut Rng, c: usize) -> Vec<Stmt> {
+    let k = rng.below(4);
+    let n = rng.number();
+    let name = Value::Bytes(format!("{{lock}}p{}", k % 2).into_bytes());
+    let one = |sql: &str| Stmt::binary(sql, vec![name.clone()]);
+    let holder = Stmt::binary(
+        "SELECT CASE WHEN IS_USED_LOCK(?) IS NULL THEN 'free' \
+         WHEN IS_USED_LOCK(?) = @@pseudo_thread_id THEN 'mine' ELSE 'other' END AS holder",
+        vec![name.clone(), name.clone()],
+    );
+    let o = others(rng, c, 2);
+    match rng.below(10) {
+        0..=2 => {
+            let get = if rng.chance(50) {
+                one("SELECT GET_LOCK(?, 0)")
+            } else {
+                Stmt::binary("SELECT GET_LOCK(?, ?)", vec![name.clone(), Value::Int(0)])
+            };
+            let mut stmts = vec![
+                get,
+                holder.clone(),
+                one("SELECT IS_FREE_LOCK(?)").by(o[0]),
+                holder.clone().by(o[0]),
+            ];
+            if rng.chance(25) {
+                stmts.push(one("SELECT GET_LOCK(?, 0)").by(o[1]));
+                stmts.push(holder.by(o[1]));
+            }
+            stmts
+        }
+        3 => vec![
+            one("SELECT RELEASE_LOCK(?)"),
+            one("SELECT IS_FREE_LOCK(?)").by(o[0]),
+            holder.by(o[0]),
+        ],
+        4 => vec![
+            one("SELECT IS_FREE_LOCK(?)"),
+            holder,
+            Stmt::text(format!("SELECT IS_FREE_LOCK('{{lock}}p{}')", k % 2)).by(o[0]),
+        ],
+        5 => vec![
+            Stmt::binary("SELECT RELEASE_ALL_LOCKS()", vec![]),
+            one("SELECT IS_FREE_LOCK(?)").by(o[0]),
+        ],
+        _ => {
+            let lock = match rng.below(4) {
+                0 | 1 => format!("LOCK TABLES {{db_a}}.t{c} WRITE"),
+                2 => format!("LOCK TABLES {{db_a}}.t{c} READ"),
+                _ => format!("LOCK TABLES {{db_a}}.t{c} WRITE, {{db_a}}.d{c} READ"),
+            };
+            let either = |rng: &mut Rng, sql: &str| {
+                if rng.chance(50) {
+                    Stmt::binary(sql, vec![])
+                } else {
+                    Stmt::text(sql)
+                }
+            };
+            let read_other = format!(
+                "SET STATEMENT lock_wait_timeout = 0 FOR \
+                 SELECT COUNT(*), COALESCE(SUM(v), 0) FROM {{db_a}}.t{c}"
+            );
+            let mut stmts = vec![
+                either(rng, &lock),
+                Stmt::text(format!(
+                    "INSERT INTO {{db_a}}.t{c} (v, note) VALUES ({n}, 'lt')"
+                )),
+                Stmt::binary(
+                    format!("SELECT COUNT(*), COALESCE(SUM(v), 0) FROM {{db_a}}.t{c} WHERE v >= ?"),
+                    vec![Value::Int(0)],
+                ),
+                Stmt::text(read_other.clone()).by(o[0]),
+            ];
+            if rng.chance(40) {
+                stmts.push(Stmt::text(format!(
+                    "SELECT COUNT(*) FROM {{db_a}}.t{}",
+                    o[1]
+                )));
+            }
+            if rng.chance(40) {
+                stmts.push(
+                    Stmt::text(format!(
+                        "SET STATEMENT lock_wait_timeout = 0 FOR \
+                         INSERT INTO {{db_a}}.t{c} (v, note) VALUES ({k}, 'other')"
+                    ))
+                    .by(o[1]),
+                );
+            }
+            if rng.chance(70) {
+                stmts.push(either(rng, "UNLOCK TABLES"));
+                stmts.push(Stmt::text(read_other).by(o[0]));
+            }
+            stmts
+        }
+    }
 }
 
 /// A step that ends what ties a client to its connection: the transaction, autocommit off,
@@ -1649,6 +2452,146 @@ async fn run(conn: Option<&mut Conn>, sql: &str, params: Option<Vec<Value>>) -> 
         out.key.push_str("TIMEOUT");
     }
     out
+}
+
+/// `COM_STMT_PREPARE`, really sent: the driver answers a prepare of SQL it has cached from its
+/// cache, so a cached statement is closed first. The client's held statement (if any) is
+/// closed and replaced.
+async fn prepare_held(conn: Option<&mut Conn>, held: &mut Option<Statement>, sql: &str) -> Outcome {
+    let mut out = Outcome {
+        key: String::new(),
+        detail: String::new(),
+    };
+    let Some(conn) = conn else {
+        out.key.push_str("GONE");
+        return out;
+    };
+    let ran = tokio::time::timeout(STATEMENT_TIMEOUT, async {
+        if let Some(old) = held.take() {
+            conn.close(old).await?;
+        }
+        // Served from the driver's cache when it holds this SQL; closing evicts it.
+        let cached = conn.prep(sql).await?;
+        conn.close(cached).await?;
+        conn.prep(sql).await
+    })
+    .await;
+    match ran {
+        Err(_) => out.key.push_str("TIMEOUT"),
+        Ok(Err(e)) => fail(&mut out, &e),
+        Ok(Ok(stmt)) => {
+            let columns: Vec<String> = stmt
+                .columns()
+                .iter()
+                .map(|c| format!("{} {:?}", c.name_str(), c.column_type()))
+                .collect();
+            let _ = write!(
+                out.key,
+                "prepared params={} columns=[{}]",
+                stmt.num_params(),
+                columns.join(", ")
+            );
+            *held = Some(stmt);
+        }
+    }
+    out
+}
+
+/// `COM_STMT_EXECUTE` of the held statement.
+async fn exec_held(
+    conn: Option<&mut Conn>,
+    held: Option<&Statement>,
+    params: Option<Vec<Value>>,
+) -> Outcome {
+    let mut out = Outcome {
+        key: String::new(),
+        detail: String::new(),
+    };
+    let Some(conn) = conn else {
+        out.key.push_str("GONE");
+        return out;
+    };
+    let Some(stmt) = held else {
+        out.key.push_str("no held statement");
+        return out;
+    };
+    let params = match params {
+        Some(params) if !params.is_empty() => Params::Positional(params),
+        _ => Params::Empty,
+    };
+    let ran = tokio::time::timeout(STATEMENT_TIMEOUT, async {
+        match conn.exec_iter(stmt, params).await {
+            Ok(result) => drain(result, &mut out).await,
+            Err(e) => fail(&mut out, &e),
+        }
+    })
+    .await;
+    if ran.is_err() {
+        out.key.push_str("TIMEOUT");
+    }
+    out
+}
+
+/// `COM_STMT_CLOSE` of the held statement (no reply; the connection is checked with a ping).
+async fn close_held(conn: Option<&mut Conn>, held: &mut Option<Statement>) -> Outcome {
+    let mut out = Outcome {
+        key: String::new(),
+        detail: String::new(),
+    };
+    let Some(conn) = conn else {
+        out.key.push_str("GONE");
+        return out;
+    };
+    let Some(stmt) = held.take() else {
+        out.key.push_str("no held statement");
+        return out;
+    };
+    let ran = tokio::time::timeout(STATEMENT_TIMEOUT, async {
+        conn.close(stmt).await?;
+        conn.ping().await
+    })
+    .await;
+    match ran {
+        Err(_) => out.key.push_str("TIMEOUT"),
+        Ok(Err(e)) => fail(&mut out, &e),
+        Ok(Ok(())) => out.key.push_str("closed"),
+    }
+    out
+}
+
+/// A long line cut to `max` characters (history lines show whole result sets otherwise).
+fn clip(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        return text.to_string();
+    }
+    let cut: String = text.chars().take(max).collect();
+    format!("{cut}... ({} chars)", text.chars().count())
+}
+
+/// Two long answers shown around where they first differ.
+fn window(a: &str, b: &str) -> (String, String) {
+    const MAX: usize = 600;
+    if a.len() <= MAX && b.len() <= MAX {
+        return (a.to_string(), b.to_string());
+    }
+    let (a_chars, b_chars): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
+    let first = a_chars
+        .iter()
+        .zip(&b_chars)
+        .position(|(x, y)| x != y)
+        .unwrap_or(a_chars.len().min(b_chars.len()));
+    let start = first.saturating_sub(200);
+    let show = |chars: &[char]| {
+        let end = (start + MAX).min(chars.len());
+        let part: String = chars[start.min(end)..end].iter().collect();
+        format!(
+            "{}{part}{} ({} chars, first difference at {first})",
+            if start > 0 { "..." } else { "" },
+            if end < chars.len() { "..." } else { "" },
+            chars.len()
+        )
+    };
+    (show(&a_chars), show(&b_chars))
 }
 
 /// Reads every result set of a reply into `out`.
