@@ -921,9 +921,9 @@ impl Harness {
     }
 
     /// Runs a step's statements on both sides, compares each, then its effect and the
-    /// observer (of every client that acted). A statement by another client than the
-    /// stepping one is skipped on both sides when that client could not get a connection
-    /// through sluice ([`Harness::runnable`]).
+    /// observer (of every client that acted). A statement (or observer) is skipped on both
+    /// sides when its client could not get a connection through sluice
+    /// ([`Harness::runnable`]): another client of the step may have tied the last one.
     async fn run_step(
         &mut self,
         step: usize,
@@ -936,18 +936,16 @@ impl Harness {
         let mut actors = vec![client];
         for stmt in &stmts {
             let who = stmt.by.unwrap_or(client);
-            if who != client || self.models[client].dead {
-                if !self.runnable(who).await {
-                    self.remember(format!(
-                        "#{step} c{who} {:<9} {} => skipped (no connection for c{who})",
-                        family.name(),
-                        stmt.shown()
-                    ));
-                    continue;
-                }
-                if !actors.contains(&who) {
-                    actors.push(who);
-                }
+            if !self.runnable(who, who == client).await {
+                self.remember(format!(
+                    "#{step} c{who} {:<9} {} => skipped (no connection for c{who})",
+                    family.name(),
+                    stmt.shown()
+                ));
+                continue;
+            }
+            if !actors.contains(&who) {
+                actors.push(who);
             }
             match stmt.kind {
                 Kind::Refused(code) => {
@@ -1019,8 +1017,16 @@ impl Harness {
             self.models[client].dead = true;
         }
         for who in actors {
-            if !self.models[who].dead {
+            if self.models[who].dead {
+                continue;
+            }
+            if self.runnable(who, who == client).await {
                 self.observe(step, who, family).await?;
+            } else {
+                self.remember(format!(
+                    "#{step} c{who} {:<9} observer skipped (no connection for c{who})",
+                    family.name()
+                ));
             }
         }
         Ok(())
@@ -1066,11 +1072,12 @@ impl Harness {
         (s, d)
     }
 
-    /// Whether `who`, another client than the stepping one, may run a statement now: it is
-    /// connected, and through sluice it either holds a connection or one is free (the model
-    /// says so, and the pool agrees within a moment). Otherwise its statement is skipped on
-    /// both sides.
-    async fn runnable(&self, who: usize) -> bool {
+    /// Whether `who` may run a statement now: it is connected, and through sluice it either
+    /// holds a connection or one is free (the model says so, and for another client than the
+    /// stepping one the pool agrees within a moment: the stepping client may hold a
+    /// connection the model does not know of yet, as its observer has not run). Otherwise
+    /// its statement is skipped on both sides.
+    async fn runnable(&self, who: usize, stepping: bool) -> bool {
         let model = &self.models[who];
         if model.dead || self.s.conns[who].is_none() || self.d.conns[who].is_none() {
             return false;
@@ -1081,7 +1088,8 @@ impl Harness {
         if self.expected_busy() >= self.pool {
             return false;
         }
-        self.wait_busy_at_most(self.pool - 1, Duration::from_millis(300))
+        stepping
+            || self.wait_busy_at_most(self.pool - 1, Duration::from_millis(300))
             .await
             < self.pool
     }
