@@ -1089,9 +1089,10 @@ impl Harness {
             return false;
         }
         stepping
-            || self.wait_busy_at_most(self.pool - 1, Duration::from_millis(300))
-            .await
-            < self.pool
+            || self
+                .wait_busy_at_most(self.pool - 1, Duration::from_millis(300))
+                .await
+                < self.pool
     }
 
     /// The ids of the backend user's threads on MariaDB: the direct clients and sluice's
