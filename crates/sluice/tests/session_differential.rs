@@ -19,6 +19,33 @@
 //! and kill (`KILL [QUERY|CONNECTION] <own id | CONNECTION_ID() | another client's id>`);
 //! client 3 logs in with `CLIENT_FOUND_ROWS`, so affected-row counts differ per client.
 //!
+//! Some families run several statements of several clients in one step ([`Stmt::by`]; a
+//! statement of a client that could not get a connection through sluice is skipped on both
+//! sides, and every client that acted is observed):
+//! - `cursor`: procedures that open a cursor (`DECLARE ... CURSOR`, `OPEN`, `FETCH`, `CLOSE`,
+//!   `CONTINUE HANDLER FOR NOT FOUND`, some leaving it open or raising a `SIGNAL` with rows
+//!   already sent) and one with `SIGNAL`/`RESIGNAL` handlers, then results of many rows (text,
+//!   multi-statement, binary) for the same client, perhaps after `COM_RESET_CONNECTION`, and
+//!   for other clients (MariaDB flags later text results with SERVER_STATUS_CURSOR_EXISTS);
+//! - `ddl`: a statement prepared and held ([`Kind::Prepare`], always sent, not answered from
+//!   the driver's cache), executed, `ALTER TABLE d<c> ADD/DROP/MODIFY` by the client or
+//!   another, executed again, run by other clients and prepared afresh: prepare metadata
+//!   (parameter count, column names and types) and results compare;
+//! - `collation`: `SET NAMES cs COLLATE coll` in several spellings, then probes that reveal
+//!   the collation (`'a' = 'A'`, `'ä' = 'a'`, ordering, `COLLATION()`), text and binary;
+//! - `killrefused`: a `KILL` in a multi-statement query, in `EXECUTE IMMEDIATE`/`PREPARE`
+//!   text, or prepared through the binary protocol, aimed at another client (sluice or
+//!   direct id), at a thread of sluice's pool or at oneself. sluice refuses these by design
+//!   (1235, 1295) where MariaDB would run them, so they go through sluice only and compare
+//!   with the refusal ([`Kind::Refused`]); then no thread of the backend user may be gone
+//!   and every client's connection must work, on both sides;
+//! - `lockps`: `GET_LOCK(?, ?)`, `RELEASE_LOCK(?)`, `IS_FREE_LOCK(?)`, `IS_USED_LOCK(?)`,
+//!   `RELEASE_ALL_LOCKS()` through the binary protocol with other clients' view of the lock,
+//!   and `LOCK TABLES` / `UNLOCK TABLES` (text or binary) on the client's own table with
+//!   other clients reading and writing it (`SET STATEMENT lock_wait_timeout = 0 FOR ...`).
+//!   Locks pin the client in the model until it reconnects; tables are unlocked before they
+//!   are compared as root.
+//!
 //! Knobs (environment): `SLUICE_DIFF_SEED` (one seed to replay), `SLUICE_DIFF_SEEDS` (how
 //! many seeds, default 4), `SLUICE_DIFF_FIRST_SEED` (first of them, default 1),
 //! `SLUICE_DIFF_STEPS` (steps per seed, default 400), `SLUICE_DIFF_DIRECT=1` (side S connects
