@@ -141,6 +141,60 @@ fn sql_value(name: &str, value: &str) -> String {
     }
 }
 
+/// The character-set variables, in the order they must be set (the connection's character
+/// set resets its collation).
+pub const CHARSET_VARIABLES: [&str; 4] = [
+    "character_set_client",
+    "character_set_connection",
+    "character_set_results",
+    "collation_connection",
+];
+
+/// The `SET` that takes variables `names` from the values `from` gives to those `to` gives
+/// (both as SQL), or `None` when nothing differs. Character sets are set together, as
+/// `SET NAMES cs COLLATE coll` when one character set serves all three: only that form sets
+/// what MariaDB uses for parameters of prepared statements, as the client's own did.
+fn change_statement(
+    names: &std::collections::BTreeSet<&str>,
+    from: impl Fn(&str) -> String,
+    to: impl Fn(&str) -> String,
+) -> Option<String> {
+    let mut items = Vec::new();
+    let charset_changes = CHARSET_VARIABLES
+        .iter()
+        .any(|name| names.contains(name) && from(name) != to(name));
+    if charset_changes {
+        let [client, connection, results, collation] = CHARSET_VARIABLES.map(&to);
+        if client == connection && client == results && client != "DEFAULT" && client != "NULL" {
+            let charset = client.trim_matches('\'');
+            let fits = collation
+                .trim_matches('\'')
+                .strip_prefix(charset)
+                .is_some_and(|rest| rest.starts_with('_'));
+            if !fits {
+                // A collation of another character set (the login's, say) cannot go with it.
+                items.push(format!("NAMES {client}"));
+            } else {
+                items.push(format!("NAMES {client} COLLATE {collation}"));
+            }
+        } else {
+            for (name, value) in CHARSET_VARIABLES
+                .iter()
+                .zip([client, connection, results, collation])
+            {
+                items.push(format!("@@session.{name} = {value}"));
+            }
+        }
+    }
+    for name in names.iter().filter(|n| !CHARSET_VARIABLES.contains(n)) {
+        let value = to(name);
+        if from(name) != value {
+            items.push(format!("@@session.{name} = {value}"));
+        }
+    }
+    (!items.is_empty()).then(|| format!("SET {}", items.join(", ")))
+}
+
 /// Splits a text-protocol row into its values.
 fn parse_text_row(mut payload: &[u8]) -> Result<Vec<Option<String>>, ProtocolError> {
     let mut values = Vec::new();
@@ -487,6 +541,12 @@ impl BackendConn {
     ) -> Result<Result<Prepared, ErrFields>, BackendError> {
         // A statement resolves its names in the schema it was first prepared in, as on the
         // server: prepare it there, then come back to the connection's schema.
+        let (into_context, back_from_context) = self.parse_context_switch(key);
+        if !into_context.is_empty() {
+            if let Err(err) = self.execute(&into_context).await? {
+                return Ok(Err(err));
+            }
+        }
         let back_to = match (&self.schema, &key.schema) {
             (Some(Some(current)), Some(wanted)) if current != wanted => Some(current.clone()),
             _ => None,
@@ -500,6 +560,11 @@ impl BackendConn {
         if let Some(schema) = back_to {
             if let Err(err) = self.init_db(&schema).await? {
                 self.schema = None;
+                return Ok(Err(err));
+            }
+        }
+        if !back_from_context.is_empty() {
+            if let Err(err) = self.execute(&back_from_context).await? {
                 return Ok(Err(err));
             }
         }
@@ -519,6 +584,28 @@ impl BackendConn {
             self.queue_close(id);
         }
         Ok(Ok(prepared))
+    }
+
+    /// The `SET`s that put this connection under `key`'s parse variables and back, both
+    /// empty when they already match.
+    fn parse_context_switch(&self, key: &StatementKey) -> (String, String) {
+        let names: std::collections::BTreeSet<&str> =
+            crate::statements::PARSE_VARIABLES.into_iter().collect();
+        let current = |name: &str| self.value_in(&self.vars, name);
+        let wanted = |name: &str| self.value_in(&key.parse_vars, name);
+        (
+            change_statement(&names, current, wanted).unwrap_or_default(),
+            change_statement(&names, wanted, current).unwrap_or_default(),
+        )
+    }
+
+    /// A variable's value as SQL in a session whose set variables are `vars`: its own, or
+    /// the login's, or `DEFAULT`.
+    fn value_in(&self, vars: &BTreeMap<String, String>, name: &str) -> String {
+        match vars.get(name).or_else(|| self.login_vars.get(name)) {
+            Some(value) => sql_value(name, value),
+            None => "DEFAULT".to_owned(),
+        }
     }
 
     /// The id and parameter count `key` has on this connection, preparing it first when this
@@ -626,39 +713,20 @@ impl BackendConn {
         if let Err(err) = self.use_schema(target, schema).await? {
             return Ok(Err(err));
         }
-        let mut assignments = Vec::new();
-        for (name, value) in vars {
-            if self.vars.get(name) != Some(value) {
-                assignments.push(format!("{name} = {}", sql_value(name, value)));
-            }
-        }
-        for name in self.vars.keys().filter(|name| !vars.contains_key(*name)) {
-            match self.login_vars.get(name) {
-                Some(value) => assignments.push(format!("{name} = {}", sql_value(name, value))),
-                None => assignments.push(format!("{name} = DEFAULT")),
-            }
-        }
-        // Setting the connection's character set also sets its collation, to the character
-        // set's default: put back the one the client has (or its login's) after it.
-        let touches_charset = assignments
-            .iter()
-            .any(|a| a.starts_with("character_set_connection "));
-        let collation = vars
-            .get("collation_connection")
-            .or_else(|| self.login_vars.get("collation_connection"));
-        if let (true, Some(collation)) = (touches_charset, collation) {
-            assignments.retain(|a| !a.starts_with("collation_connection "));
-            assignments.push(format!(
-                "collation_connection = {}",
-                sql_value("collation_connection", collation)
-            ));
-        }
-        if assignments.is_empty() {
+        let names: std::collections::BTreeSet<&str> = vars
+            .keys()
+            .chain(self.vars.keys())
+            .map(String::as_str)
+            .collect();
+        let statement = change_statement(
+            &names,
+            |name| self.value_in(&self.vars, name),
+            |name| self.value_in(vars, name),
+        );
+        let Some(statement) = statement else {
             return Ok(Ok(OkFields::default()));
-        }
-        let reply = self
-            .execute(&format!("SET SESSION {}", assignments.join(", ")))
-            .await?;
+        };
+        let reply = self.execute(&statement).await?;
         if reply.is_ok() {
             self.vars = vars.clone();
         }

@@ -14,7 +14,7 @@ use std::num::NonZeroUsize;
 
 /// Session variables that change how a statement's text is parsed or its metadata encoded;
 /// statements prepared under different values of these are different statements.
-const PARSE_VARIABLES: [&str; 5] = [
+pub const PARSE_VARIABLES: [&str; 5] = [
     "sql_mode",
     "character_set_client",
     "character_set_connection",
@@ -31,6 +31,9 @@ pub struct StatementKey {
     pub schema: Option<String>,
     /// The connection collation and the [`PARSE_VARIABLES`] the client set.
     pub context: String,
+    /// The [`PARSE_VARIABLES`] the client had set, by name: a copy prepared on another
+    /// connection is prepared under them (literals keep the collation of prepare time).
+    pub parse_vars: BTreeMap<String, String>,
     /// The statement text.
     pub sql: Vec<u8>,
 }
@@ -46,12 +49,15 @@ impl StatementKey {
         sql: &[u8],
     ) -> StatementKey {
         let mut context = collation.to_string();
+        let mut parse_vars = BTreeMap::new();
         for name in PARSE_VARIABLES {
             if let Some(value) = vars.get(name) {
                 context.push_str(&format!(";{name}={value}"));
+                parse_vars.insert(name.to_owned(), value.clone());
             }
         }
         StatementKey {
+            parse_vars,
             user: user.to_owned(),
             schema: schema.map(str::to_owned),
             context,

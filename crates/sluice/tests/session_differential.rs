@@ -649,6 +649,13 @@ impl Stmt {
     }
 
     /// Whether sluice may pin the client for this statement (conservatively).
+    /// A text `SET` of several assignments: sluice pins a client whose such `SET` failed
+    /// (MariaDB may have applied some of them).
+    fn sets_several(&self) -> bool {
+        let upper = self.sql.to_ascii_uppercase();
+        self.params.is_none() && upper.starts_with("SET ") && upper.contains(',')
+    }
+
     fn may_pin(&self) -> bool {
         let upper = self.sql.to_ascii_uppercase();
         upper.replace("@@", "").contains('@')
@@ -1006,7 +1013,7 @@ impl Harness {
                     mariadb,
                 ));
             }
-            if stmt.may_pin() {
+            if stmt.may_pin() || (stmt.sets_several() && d.key.starts_with("ERROR")) {
                 self.models[who].pinned = true;
             }
             if stmt.sets_next_transaction() && !d.key.starts_with("ERROR") {

@@ -30,7 +30,7 @@ use super::login::{self, Authenticated, LoginFailure};
 use super::relay::{self, Pipelined, RelayError, ReplyOutcome};
 use super::statement::{self, Analysis, Kill, KillTarget, SessionFunction};
 use super::tracking::{Tracking, OWNED_VARIABLES};
-use crate::backend::{BackendError, Flavor};
+use crate::backend::{BackendError, Flavor, CHARSET_VARIABLES};
 use crate::config::PoolMode;
 use crate::pool::{Lease, SessionError, WantedSession};
 use crate::registry::Registration;
@@ -75,6 +75,8 @@ struct Session {
     next_transaction: NextTransaction,
     /// The held connection's `LAST_INSERT_ID()` may be newer than the one in `state`.
     insert_id_unsettled: bool,
+    /// A transaction was open before the text being run.
+    was_in_transaction: bool,
     /// Names this session (until it starts over) as the owner of a connection's
     /// `LAST_INSERT_ID()`; unique for the process' life.
     insert_owner: u64,
@@ -257,6 +259,7 @@ async fn run(gateway: Arc<Gateway>, socket: TcpStream, peer: SocketAddr, id: u32
         tracking,
         next_transaction: NextTransaction::None,
         insert_id_unsettled: false,
+        was_in_transaction: false,
         insert_owner: new_insert_owner(),
         failed_change_users: 0,
         statements: ClientStatements::default(),
@@ -709,6 +712,7 @@ impl Session {
             let read_back = may_set && !analysis.reads_client_file && self.pin.is_none();
             insert_id = self.insert_id_work(read_back);
         }
+        self.was_in_transaction = self.status.contains(StatusFlags::SERVER_STATUS_IN_TRANS);
         let put = insert_id.put.take();
         accounting.pipelined = Pipelined {
             before: put.as_deref(),
@@ -726,6 +730,20 @@ impl Session {
         if analysis.ddl {
             // Definitions may have changed: cached prepare answers are no longer trusted.
             self.gateway.statements.clear();
+        }
+        if status.is_none() && analysis.assignments > 1 && self.backend.is_some() {
+            // A failed SET of several variables may have applied some of them (MariaDB
+            // does), and which is not reported: the session stays where it is.
+            self.pin("failed_set");
+        }
+        if self.ended_transaction_implicitly(&analysis) {
+            // MariaDB keeps characteristics of a transaction ended by `SET autocommit = 1`
+            // (READ ONLY, a one-shot isolation level) for the next one; COMMIT clears them.
+            if let Some(lease) = self.backend.as_mut() {
+                if let Err(e) = lease.conn().execute("COMMIT").await {
+                    return Err(self.broken_after_reply(e));
+                }
+            }
         }
         if status.is_some() || self.backend.is_some() {
             self.after_query(&analysis).await?;
@@ -802,15 +820,21 @@ impl Session {
                 return Ok(());
             };
             let conn = lease.conn();
-            match conn.query_text("SELECT @@collation_connection").await {
+            // The server reports the character sets a SET NAMES changes, but not the
+            // collation, nor the character set a SET of collation_connection implies.
+            let read = conn
+                .query_text(
+                    "SELECT @@character_set_client, @@character_set_connection, \
+                     @@character_set_results, @@collation_connection",
+                )
+                .await;
+            match read {
                 Ok(Ok(rows)) => {
-                    if let Some(collation) = rows.first().and_then(|r| r.first().cloned().flatten())
-                    {
-                        conn.vars
-                            .insert("collation_connection".into(), collation.clone());
-                        self.state
-                            .vars
-                            .insert("collation_connection".into(), collation);
+                    let values = rows.into_iter().next().unwrap_or_default();
+                    for (name, value) in CHARSET_VARIABLES.iter().zip(values) {
+                        let value = value.unwrap_or_default();
+                        conn.vars.insert((*name).into(), value.clone());
+                        self.state.vars.insert((*name).into(), value);
                     }
                 }
                 Ok(Err(_)) => self.pin("charset"),
@@ -860,6 +884,13 @@ impl Session {
         warn!(%error, "database connection lost after a reply");
         drop(self.backend.take());
         End::Error(format!("database connection lost: {error}"))
+    }
+
+    /// Whether the last text ended the client's transaction without COMMIT or ROLLBACK.
+    fn ended_transaction_implicitly(&self, analysis: &Analysis) -> bool {
+        self.was_in_transaction
+            && !self.status.contains(StatusFlags::SERVER_STATUS_IN_TRANS)
+            && !analysis.ends_transaction
     }
 
     /// Whether a backslash escapes inside strings in the client's `sql_mode`.

@@ -162,14 +162,18 @@ impl Session {
             &self.state.vars,
             rewritten.as_deref().unwrap_or(sql),
         );
-        if let Some(meta) = self.gateway.statements.get(&key) {
+        // The cache answers for a client whose session adds nothing to what the server
+        // checks at prepare time; a pinned client (LOCK TABLES) or one in a transaction
+        // (READ ONLY) gets the server's own answer.
+        let cacheable = self.pin.is_none() && self.backend.is_none();
+        if let Some(meta) = self.gateway.statements.get(&key).filter(|_| cacheable) {
             return self.prepare_from_cache(reply_seq, meta).await;
         }
         if let Err(err) = self.attach_backend().await {
             return self.reply_err(reply_seq, &err).await;
         }
         // Another client may have prepared it while this one waited for a connection.
-        if let Some(meta) = self.gateway.statements.get(&key) {
+        if let Some(meta) = self.gateway.statements.get(&key).filter(|_| cacheable) {
             self.release_if_free().await;
             return self.prepare_from_cache(reply_seq, meta).await;
         }

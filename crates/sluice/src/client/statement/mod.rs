@@ -113,6 +113,11 @@ pub struct Analysis {
     pub may_set_insert_id: bool,
     /// How many statements the text holds.
     pub statements: usize,
+    /// Assignments in `SET` statements: when a `SET` of several fails, MariaDB may still
+    /// have applied some of them.
+    pub assignments: usize,
+    /// A statement ends a transaction the way its client meant to (`COMMIT`, `ROLLBACK`).
+    pub ends_transaction: bool,
     /// Some statement changes table or routine definitions (`CREATE`, `ALTER`, `DROP`,
     /// `RENAME`, `TRUNCATE`): metadata of prepared statements may be stale after it.
     pub ddl: bool,
@@ -396,6 +401,7 @@ impl Scanner<'_> {
         self.analysis.ddl |= ["CREATE", "ALTER", "DROP", "RENAME", "TRUNCATE"]
             .iter()
             .any(|k| is(k));
+        self.analysis.ends_transaction |= is("COMMIT") || is("ROLLBACK");
         self.analysis.may_set_insert_id |= ["INSERT", "REPLACE", "LOAD", "CALL", "EXECUTE"]
             .iter()
             .any(|k| is(k));
@@ -643,6 +649,7 @@ impl Scanner<'_> {
             let Some(mut target) = self.bump() else {
                 return;
             };
+            self.analysis.assignments += 1;
             for scope in ["GLOBAL", "SESSION", "LOCAL"] {
                 if target.is_word(sql, scope) {
                     global = scope == "GLOBAL";

@@ -98,6 +98,8 @@ fn known_and_unknown_statements() {
     assert_eq!(of("SELECT 1; SELECT 2;").statements, 2);
     assert!(of("SELECT 1; ALTER TABLE t ADD c INT").ddl);
     assert!(of("drop table t").ddl);
+    assert_eq!(of("SET a = 1, @@b = (1, 2), NAMES utf8").assignments, 3);
+    assert!(of("ROLLBACK").ends_transaction);
     assert!(!of("SELECT 1").ddl);
 }
 
