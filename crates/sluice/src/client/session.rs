@@ -812,51 +812,64 @@ impl Session {
             .map_err(client_end)
     }
 
-    /// What a query changed that its reply does not say: the value `LAST_INSERT_ID(expr)`
-    /// set, and the client's own tracking settings, read back from the connection.
+    /// The first row of `sql` run on the held connection (`None` without one).
+    async fn held_row(
+        &mut self,
+        sql: &str,
+    ) -> Result<Option<Result<Vec<Option<String>>, ErrFields>>, End> {
+        let Some(lease) = self.backend.as_mut() else {
+            return Ok(None);
+        };
+        match lease.conn().query_text(sql).await {
+            Ok(read) => Ok(Some(
+                read.map(|rows| rows.into_iter().next().unwrap_or_default()),
+            )),
+            Err(e) => Err(self.broken_after_reply(e)),
+        }
+    }
+
+    /// What a query changed that its reply does not say, read back from the connection:
+    /// the character sets and collation, and the client's own tracking settings.
     async fn after_query(&mut self, analysis: &Analysis) -> Result<(), End> {
         if analysis.sets_charset {
-            let Some(lease) = self.backend.as_mut() else {
-                return Ok(());
-            };
-            let conn = lease.conn();
             // The server reports the character sets a SET NAMES changes, but not the
             // collation, nor the character set a SET of collation_connection implies.
-            let read = conn
-                .query_text(
+            let read = self
+                .held_row(
                     "SELECT @@character_set_client, @@character_set_connection, \
                      @@character_set_results, @@collation_connection",
                 )
-                .await;
+                .await?;
             match read {
-                Ok(Ok(rows)) => {
-                    let values = rows.into_iter().next().unwrap_or_default();
+                Some(Ok(values)) => {
                     for (name, value) in CHARSET_VARIABLES.iter().zip(values) {
                         let value = value.unwrap_or_default();
-                        conn.vars.insert((*name).into(), value.clone());
+                        if let Some(lease) = self.backend.as_mut() {
+                            lease.conn().vars.insert((*name).into(), value.clone());
+                        }
                         self.state.vars.insert((*name).into(), value);
                     }
                 }
-                Ok(Err(_)) => self.pin("charset"),
-                Err(e) => return Err(self.broken_after_reply(e)),
+                Some(Err(_)) => self.pin("charset"),
+                None => {}
             }
         }
         if analysis.sets_tracking & 0x7f != 0 {
+            let read = self
+                .held_row(
+                    "SELECT @@session_track_schema, @@session_track_state_change, \
+                     @@session_track_system_variables",
+                )
+                .await?;
             let Some(lease) = self.backend.as_mut() else {
                 return Ok(());
             };
             let conn = lease.conn();
-            let read = conn
-                .query_text(
-                    "SELECT @@session_track_schema, @@session_track_state_change, \
-                     @@session_track_system_variables",
-                )
-                .await;
             let restored = match read {
-                Ok(Ok(rows)) => {
+                None => return Ok(()),
+                Some(Ok(values)) => {
                     // Only the settings the client assigned are its own; the others on the
                     // connection are sluice's.
-                    let values = rows.into_iter().next().unwrap_or_default();
                     if let Some(tracking) = self.tracking.as_mut() {
                         for (index, value) in values.into_iter().enumerate() {
                             if analysis.sets_tracking & (1 << index) != 0 {
@@ -866,8 +879,7 @@ impl Session {
                     }
                     conn.restore_tracking().await
                 }
-                Ok(Err(_)) => conn.restore_tracking().await,
-                Err(e) => Err(e),
+                Some(Err(_)) => conn.restore_tracking().await,
             };
             match restored {
                 Ok(Ok(_)) => {}
