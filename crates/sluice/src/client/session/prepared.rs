@@ -163,9 +163,14 @@ impl Session {
             rewritten.as_deref().unwrap_or(sql),
         );
         // The cache answers for a client whose session adds nothing to what the server
-        // checks at prepare time; a pinned client (LOCK TABLES) or one in a transaction
-        // (READ ONLY) gets the server's own answer.
-        let cacheable = self.pin.is_none() && self.backend.is_none();
+        // checks at prepare time; a pinned client (LOCK TABLES), one in a transaction or a
+        // read-only session gets the server's own answer.
+        let read_only = self
+            .state
+            .vars
+            .get("tx_read_only")
+            .is_some_and(|v| v == "1" || v.eq_ignore_ascii_case("ON"));
+        let cacheable = self.pin.is_none() && self.backend.is_none() && !read_only;
         if let Some(meta) = self.gateway.statements.get(&key).filter(|_| cacheable) {
             return self.prepare_from_cache(reply_seq, meta).await;
         }
@@ -421,7 +426,13 @@ impl Session {
 
     /// Forgets every statement: the client reset its session or changed user.
     pub(super) fn forget_statements(&mut self) {
-        self.statements = ClientStatements::default();
+        // Ids are not reused, as on the server: an id held from before a reset or change of
+        // user must get 1243, not name a statement prepared since.
+        let next_id = self.statements.next_id;
+        self.statements = ClientStatements {
+            next_id,
+            ..ClientStatements::default()
+        };
     }
 
     /// The id of `key` on the held connection, preparing it there first if needed. The
