@@ -195,6 +195,11 @@ fn change_statement(
     (!items.is_empty()).then(|| format!("SET {}", items.join(", ")))
 }
 
+/// The first value of the first row of `rows`, parsed (sluice's one-value queries).
+pub fn first_value<T: std::str::FromStr>(rows: &[Vec<Option<String>>]) -> Option<T> {
+    rows.first()?.first()?.as_deref()?.parse().ok()
+}
+
 /// Splits a text-protocol row into its values.
 fn parse_text_row(mut payload: &[u8]) -> Result<Vec<Option<String>>, ProtocolError> {
     let mut values = Vec::new();

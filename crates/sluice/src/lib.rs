@@ -86,10 +86,7 @@ impl Gateway {
             before.1
         );
         let query_id = match side.conn().query_text(&sql).await {
-            Ok(Ok(rows)) => rows
-                .first()
-                .and_then(|row| row.first().cloned().flatten())
-                .and_then(|id| id.parse::<u64>().ok()),
+            Ok(Ok(rows)) => backend::first_value::<u64>(&rows),
             Ok(Err(err)) => {
                 tracing::warn!(error = %err, "could not read the query to kill");
                 None

@@ -75,6 +75,10 @@ pub struct StatementMeta {
     pub param_defs: Vec<Vec<u8>>,
     /// Column definition packets, as the server sent them.
     pub column_defs: Vec<Vec<u8>>,
+    /// The statement reads `LAST_INSERT_ID()` (classified once, at prepare).
+    pub reads_last_insert_id: bool,
+    /// The statement may change `LAST_INSERT_ID()` (classified once, at prepare).
+    pub may_set_insert_id: bool,
 }
 
 impl StatementMeta {
@@ -244,6 +248,8 @@ mod tests {
                 key: key(sql),
                 param_defs: Vec::new(),
                 column_defs: Vec::new(),
+                reads_last_insert_id: false,
+                may_set_insert_id: false,
             }));
         }
         assert!(cache.get(&key("a")).is_none());

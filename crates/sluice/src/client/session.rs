@@ -30,7 +30,7 @@ use super::login::{self, Authenticated, LoginFailure};
 use super::relay::{self, Pipelined, RelayError, ReplyOutcome};
 use super::statement::{self, Analysis, Kill, KillTarget, SessionFunction};
 use super::tracking::{Tracking, OWNED_VARIABLES};
-use crate::backend::{BackendError, Flavor, CHARSET_VARIABLES};
+use crate::backend::{first_value, BackendError, Flavor, CHARSET_VARIABLES};
 use crate::config::PoolMode;
 use crate::pool::{Lease, SessionError, WantedSession};
 use crate::registry::Registration;
@@ -75,8 +75,6 @@ struct Session {
     next_transaction: NextTransaction,
     /// The held connection's `LAST_INSERT_ID()` may be newer than the one in `state`.
     insert_id_unsettled: bool,
-    /// A transaction was open before the text being run.
-    was_in_transaction: bool,
     /// Names this session (until it starts over) as the owner of a connection's
     /// `LAST_INSERT_ID()`; unique for the process' life.
     insert_owner: u64,
@@ -124,6 +122,16 @@ struct InsertIdWork {
     put: Option<String>,
     /// Read the value back right after the statement.
     read_back: bool,
+}
+
+impl InsertIdWork {
+    /// The statements to send with the client's.
+    fn pipelined(&self) -> Pipelined<'_> {
+        Pipelined {
+            before: self.put.as_deref(),
+            after: self.read_back.then_some(READ_INSERT_ID),
+        }
+    }
 }
 
 /// What sluice knows about a command before its reply, to account for what the reply says.
@@ -259,7 +267,6 @@ async fn run(gateway: Arc<Gateway>, socket: TcpStream, peer: SocketAddr, id: u32
         tracking,
         next_transaction: NextTransaction::None,
         insert_id_unsettled: false,
-        was_in_transaction: false,
         insert_owner: new_insert_owner(),
         failed_change_users: 0,
         statements: ClientStatements::default(),
@@ -359,13 +366,9 @@ impl Session {
         if conn.last_insert_id_of != self.insert_owner {
             return;
         }
-        match conn.query_text("SELECT LAST_INSERT_ID()").await {
+        match conn.query_text(READ_INSERT_ID).await {
             Ok(Ok(rows)) => {
-                if let Some(id) = rows
-                    .first()
-                    .and_then(|r| r.first().cloned().flatten())
-                    .and_then(|v| v.parse().ok())
-                {
+                if let Some(id) = first_value(&rows) {
                     self.state.last_insert_id = id;
                 }
             }
@@ -403,11 +406,7 @@ impl Session {
         };
         match lease.conn().read_text_rows().await {
             Ok(Ok(rows)) => {
-                if let Some(id) = rows
-                    .first()
-                    .and_then(|r| r.first().cloned().flatten())
-                    .and_then(|v| v.parse().ok())
-                {
+                if let Some(id) = first_value(&rows) {
                     self.state.last_insert_id = id;
                     self.insert_id_unsettled = false;
                 }
@@ -712,12 +711,8 @@ impl Session {
             let read_back = may_set && !analysis.reads_client_file && self.pin.is_none();
             insert_id = self.insert_id_work(read_back);
         }
-        self.was_in_transaction = self.status.contains(StatusFlags::SERVER_STATUS_IN_TRANS);
-        let put = insert_id.put.take();
-        accounting.pipelined = Pipelined {
-            before: put.as_deref(),
-            after: insert_id.read_back.then_some(READ_INSERT_ID),
-        };
+        let was_in_transaction = self.status.contains(StatusFlags::SERVER_STATUS_IN_TRANS);
+        accounting.pipelined = insert_id.pipelined();
         let status = match rewritten {
             Some(sql) => {
                 let mut payload = Vec::with_capacity(sql.len() + 1);
@@ -736,7 +731,7 @@ impl Session {
             // does), and which is not reported: the session stays where it is.
             self.pin("failed_set");
         }
-        if self.ended_transaction_implicitly(&analysis) {
+        if self.ended_transaction_implicitly(&analysis, was_in_transaction) {
             // MariaDB keeps characteristics of a transaction ended by `SET autocommit = 1`
             // (READ ONLY, a one-shot isolation level) for the next one; COMMIT clears them.
             if let Some(lease) = self.backend.as_mut() {
@@ -899,8 +894,8 @@ impl Session {
     }
 
     /// Whether the last text ended the client's transaction without COMMIT or ROLLBACK.
-    fn ended_transaction_implicitly(&self, analysis: &Analysis) -> bool {
-        self.was_in_transaction
+    fn ended_transaction_implicitly(&self, analysis: &Analysis, was_in_transaction: bool) -> bool {
+        was_in_transaction
             && !self.status.contains(StatusFlags::SERVER_STATUS_IN_TRANS)
             && !analysis.ends_transaction
     }

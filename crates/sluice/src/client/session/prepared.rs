@@ -13,10 +13,9 @@ use sluice_protocol::prepared::{self, Execute, PrepareOk, CURSOR_TYPE_READ_ONLY}
 use sluice_protocol::response::{self, ErrFields};
 use sluice_protocol::{command, StatusFlags};
 
-use super::{client_end, Accounting, End, Session, READ_INSERT_ID};
+use super::{client_end, Accounting, End, InsertIdWork, Session};
 use crate::backend::{BackendConn, BackendError, Prepared};
 use crate::client::errors;
-use crate::client::relay::Pipelined;
 use crate::client::statement;
 use crate::statements::{StatementKey, StatementMeta};
 
@@ -196,6 +195,8 @@ impl Session {
             key,
             param_defs: prepared.param_defs,
             column_defs: prepared.column_defs,
+            reads_last_insert_id: analysis.reads_last_insert_id,
+            may_set_insert_id: Accounting::of(&analysis, &[]).may_set_insert_id,
         });
         self.gateway.statements.insert(meta.clone());
         let id = self.statements.add(meta.clone());
@@ -227,18 +228,18 @@ impl Session {
         if let Err(err) = self.attach_backend().await {
             return self.reply_err(reply_seq, &err).await;
         }
-        // What the statement does to LAST_INSERT_ID(), as for a text query.
-        let analysis = statement::analyze(&meta.key.sql, true);
-        let mut accounting = Accounting::of(&analysis, &[]);
-        let work = (analysis.reads_last_insert_id || accounting.may_set_insert_id)
-            .then(|| self.insert_id_work(accounting.may_set_insert_id && self.pin.is_none()));
-        let put = work.as_ref().and_then(|w| w.put.clone());
-        accounting.pipelined = Pipelined {
-            before: put.as_deref(),
-            after: work
-                .as_ref()
-                .is_some_and(|w| w.read_back)
-                .then_some(READ_INSERT_ID),
+        // What the statement does to LAST_INSERT_ID(), as for a text query (classified
+        // when it was prepared).
+        let may_set = meta.may_set_insert_id;
+        let work = if meta.reads_last_insert_id || may_set {
+            self.insert_id_work(may_set && self.pin.is_none())
+        } else {
+            InsertIdWork::default()
+        };
+        let accounting = Accounting {
+            may_set_insert_id: may_set,
+            pipelined: work.pipelined(),
+            ..Accounting::default()
         };
         let backend_id = match self.backend_statement(&meta.key).await {
             Ok(Ok(backend_id)) => backend_id,
