@@ -13,6 +13,12 @@ use crate::ProtocolError;
 /// Output is flushed once this much is buffered, so forwarding a large reply keeps memory flat.
 pub const WRITE_HIGH_WATER: usize = 256 * 1024;
 
+/// Smallest read-buffer growth: enough for a reply of many small packets per system call.
+const READ_CHUNK_MIN: usize = 8 * 1024;
+/// Largest read-buffer growth at once: a frame header announcing 16 MiB reserves memory only
+/// as its bytes arrive, so a peer cannot make sluice allocate what it never sends.
+const READ_CHUNK_MAX: usize = 256 * 1024;
+
 /// One logical packet with continuation frames joined.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Packet {
@@ -50,13 +56,20 @@ pub struct PacketStream<S> {
 
 impl<S: AsyncRead + AsyncWrite + Unpin> PacketStream<S> {
     /// Wraps `io`; logical packets larger than `max_packet` bytes are refused on read.
+    /// Buffers start empty and grow with use, so a connection that never sends costs little.
     pub fn new(io: S, max_packet: usize) -> Self {
         PacketStream {
             io,
-            read_buf: BytesMut::with_capacity(16 * 1024),
-            write_buf: Vec::with_capacity(16 * 1024),
+            read_buf: BytesMut::new(),
+            write_buf: Vec::new(),
             max_packet,
         }
+    }
+
+    /// Changes the size limit for packets read from now on (e.g. small before a client has
+    /// authenticated, `max_allowed_packet`-sized after).
+    pub fn set_max_packet(&mut self, max_packet: usize) {
+        self.max_packet = max_packet;
     }
 
     /// The underlying stream, e.g. to read socket options.
@@ -77,7 +90,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> PacketStream<S> {
 
     async fn fill_to(&mut self, wanted: usize) -> Result<(), ProtocolError> {
         while self.read_buf.len() < wanted {
-            self.read_buf.reserve(wanted - self.read_buf.len());
+            let missing = wanted - self.read_buf.len();
+            self.read_buf
+                .reserve(missing.clamp(READ_CHUNK_MIN, READ_CHUNK_MAX));
             if self.io.read_buf(&mut self.read_buf).await? == 0 {
                 return Err(if self.read_buf.is_empty() {
                     ProtocolError::Closed
@@ -89,10 +104,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> PacketStream<S> {
         Ok(())
     }
 
-    /// Reads one frame without joining continuations, for forwarding as-is.
+    /// Reads one frame without joining continuations, for forwarding as-is. A frame whose
+    /// header announces more than the packet size limit is refused before its payload is read.
     pub async fn read_frame(&mut self) -> Result<Frame, ProtocolError> {
         self.fill_to(HEADER_LEN).await?;
         let header = FrameHeader::parse(&self.read_buf).ok_or(ProtocolError::Closed)?;
+        if header.payload_len > self.max_packet {
+            return Err(ProtocolError::TooLarge {
+                size: header.payload_len,
+                limit: self.max_packet,
+            });
+        }
         self.fill_to(header.frame_len()).await?;
         let bytes = self.read_buf.split_to(header.frame_len());
         Ok(Frame { header, bytes })
@@ -128,6 +150,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin> PacketStream<S> {
             next_seq,
             payload,
         })
+    }
+
+    /// Reads and throws away whatever the peer still sends, up to `max_bytes` or until it
+    /// closes. Used before closing on a refused oversized packet: closing a socket with
+    /// unread input makes the kernel reset the connection, and the peer would lose the error
+    /// sent to it. Callers bound the time it may take.
+    pub async fn discard_input(&mut self, max_bytes: usize) {
+        let mut discarded = self.read_buf.len();
+        self.read_buf.clear();
+        let mut scratch = [0u8; 8192];
+        while discarded < max_bytes {
+            match self.io.read(&mut scratch).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => discarded += n,
+            }
+        }
     }
 
     /// Queues `payload` as a packet starting at sequence id `*seq`, advancing `*seq`.
@@ -201,6 +239,18 @@ mod tests {
         assert!(matches!(
             stream.read_packet().await,
             Err(ProtocolError::TooLarge { .. })
+        ));
+
+        // A bare header announcing a full 16 MiB frame is refused without waiting for (or
+        // reserving room for) its payload.
+        let mut announced =
+            PacketStream::new(std::io::Cursor::new(vec![0xff, 0xff, 0xff, 0]), 1024);
+        assert!(matches!(
+            announced.read_packet().await,
+            Err(ProtocolError::TooLarge {
+                size: MAX_FRAME_PAYLOAD,
+                limit: 1024
+            })
         ));
 
         let mut truncated = PacketStream::new(std::io::Cursor::new(vec![10, 0, 0, 0, 1, 2]), 1024);

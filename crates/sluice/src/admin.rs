@@ -27,13 +27,18 @@ pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>) {
     }
 }
 
-/// Liveness plus a summary: the process is serving, and how the pool looks.
+/// Liveness plus a summary: the process is serving, and how the pool looks. While draining
+/// it answers 503, so load balancers send new clients elsewhere.
 async fn healthz(State(gateway): State<Arc<Gateway>>) -> impl IntoResponse {
     let pool = gateway.pool.stats();
+    let (code, status) = match gateway.shutdown.deadline() {
+        None => (StatusCode::OK, "ok"),
+        Some(_) => (StatusCode::SERVICE_UNAVAILABLE, "draining"),
+    };
     (
-        StatusCode::OK,
+        code,
         Json(json!({
-            "status": "ok",
+            "status": status,
             "client_connections": gateway.metrics.client_connections.get(),
             "db_connections": pool,
         })),

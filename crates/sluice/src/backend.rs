@@ -123,6 +123,18 @@ impl BackendError {
             BackendError::UnsupportedAuth(_) => false,
         }
     }
+
+    /// True when the database stopped answering (a timed-out read or write), as opposed to
+    /// a connection that broke; clients are told with a different code.
+    pub fn is_stall(&self) -> bool {
+        match self {
+            BackendError::Timeout(_) => true,
+            BackendError::Protocol(ProtocolError::Io(e)) => {
+                e.kind() == std::io::ErrorKind::TimedOut
+            }
+            _ => false,
+        }
+    }
 }
 
 /// A system variable's value as SQL: numbers as they are, anything else quoted. The server

@@ -21,8 +21,27 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Where `/healthz` and `/metrics` are served.
     pub admin_listen: SocketAddr,
-    /// Most client connections held open at once; more are refused with ERR 1040.
+    /// Most authenticated client connections at once; more are refused with ERR 1040.
     pub max_client_connections: usize,
+    /// Most sockets still logging in at once; at the cap the oldest login is dropped.
+    pub max_pending_logins: usize,
+    /// A client that has not authenticated this long after connecting is disconnected.
+    #[serde(with = "humantime_serde")]
+    pub login_timeout: Duration,
+    /// The answer to a failed login from an address and user is delayed this long, doubling
+    /// with each further failure of that pair up to `failed_login_delay_max`.
+    #[serde(with = "humantime_serde")]
+    pub failed_login_delay: Duration,
+    /// Cap on the failed-login delay; zero turns the delay off.
+    #[serde(with = "humantime_serde")]
+    pub failed_login_delay_max: Duration,
+    /// A client that takes no bytes of a reply for this long is disconnected (its
+    /// transaction rolled back, its database connection reset and returned).
+    #[serde(with = "humantime_serde")]
+    pub client_write_timeout: Duration,
+    /// On SIGTERM/SIGINT, statements and transactions in flight get this long to finish.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
     /// Largest client packet accepted, like the server's `max_allowed_packet`.
     pub max_packet_size: usize,
     /// A client idle this long outside a transaction is disconnected.
@@ -52,6 +71,12 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 6033)),
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 6080)),
             max_client_connections: 10_000,
+            max_pending_logins: 1024,
+            login_timeout: Duration::from_secs(10),
+            failed_login_delay: Duration::from_millis(100),
+            failed_login_delay_max: Duration::from_secs(5),
+            client_write_timeout: Duration::from_secs(30),
+            shutdown_timeout: Duration::from_secs(30),
             max_packet_size: 64 * 1024 * 1024,
             idle_client_timeout: Duration::from_secs(1800),
             idle_transaction_timeout: Duration::from_secs(60),
@@ -318,8 +343,20 @@ pub struct Settings {
     pub listen: SocketAddr,
     /// Admin HTTP listen address.
     pub admin_listen: SocketAddr,
-    /// Cap on concurrent client connections.
+    /// Cap on authenticated client connections.
     pub max_client_connections: usize,
+    /// Cap on sockets still logging in.
+    pub max_pending_logins: usize,
+    /// Time from accept to authenticated.
+    pub login_timeout: Duration,
+    /// First delay after a failed login.
+    pub failed_login_delay: Duration,
+    /// Cap on the failed-login delay.
+    pub failed_login_delay_max: Duration,
+    /// Time a client may take no bytes of a reply.
+    pub client_write_timeout: Duration,
+    /// Time in-flight work gets to finish on shutdown.
+    pub shutdown_timeout: Duration,
     /// Largest client packet accepted.
     pub max_packet_size: usize,
     /// Idle limit outside transactions.
@@ -456,13 +493,20 @@ impl Config {
         for (key, value) in [
             ("idle_client_timeout", self.idle_client_timeout),
             ("idle_transaction_timeout", self.idle_transaction_timeout),
+            ("login_timeout", self.login_timeout),
+            ("client_write_timeout", self.client_write_timeout),
         ] {
             if value.is_zero() {
                 issue(key, "must be greater than zero".into());
             }
         }
-        if self.max_client_connections == 0 {
-            issue("max_client_connections", "must be at least 1".into());
+        for (key, value) in [
+            ("max_client_connections", self.max_client_connections),
+            ("max_pending_logins", self.max_pending_logins),
+        ] {
+            if value == 0 {
+                issue(key, "must be at least 1".into());
+            }
         }
         if !(1024..=1 << 30).contains(&self.max_packet_size) {
             issue("max_packet_size", "must be between 1 KiB and 1 GiB".into());
@@ -584,6 +628,12 @@ impl Config {
             listen: self.listen,
             admin_listen: self.admin_listen,
             max_client_connections: self.max_client_connections,
+            max_pending_logins: self.max_pending_logins,
+            login_timeout: self.login_timeout,
+            failed_login_delay: self.failed_login_delay,
+            failed_login_delay_max: self.failed_login_delay_max,
+            client_write_timeout: self.client_write_timeout,
+            shutdown_timeout: self.shutdown_timeout,
             max_packet_size: self.max_packet_size,
             idle_client_timeout: self.idle_client_timeout,
             idle_transaction_timeout: self.idle_transaction_timeout,

@@ -4,7 +4,7 @@
 //! own user list and serves them over a small, bounded pool of real database connections.
 //!
 //! - [`config`]: the file, defaults and validation;
-//! - [`server`]: accepting clients and shutting down;
+//! - [`server`]: accepting clients; [`shutdown`]: draining them on SIGTERM;
 //! - `client`: one task per client connection (login, commands, relaying replies);
 //! - [`pool`] and [`backend`]: the database connections;
 //! - [`admin`] and [`metrics`]: health and Prometheus endpoints;
@@ -22,6 +22,7 @@ pub mod metrics;
 pub mod pool;
 pub mod registry;
 pub mod server;
+pub mod shutdown;
 pub mod statements;
 
 use std::sync::Arc;
@@ -42,6 +43,12 @@ pub struct Gateway {
     pub sessions: registry::Registry,
     /// Metadata of statements clients prepared, shared by all sessions.
     pub statements: statements::MetadataCache,
+    /// Logins in progress and seats of authenticated clients.
+    pub(crate) admission: Arc<client::Admission>,
+    /// Delays for failed logins, per address and user.
+    pub(crate) throttle: client::LoginThrottle,
+    /// Whether the gateway is draining, and until when.
+    pub shutdown: shutdown::Shutdown,
 }
 
 impl Gateway {
@@ -56,6 +63,16 @@ impl Gateway {
         );
         Arc::new(Gateway {
             statements: statements::MetadataCache::new(settings.pool.statement_cache_size),
+            admission: client::Admission::new(
+                settings.max_pending_logins,
+                settings.max_client_connections,
+                metrics.client_logins_pending.clone(),
+            ),
+            shutdown: shutdown::Shutdown::new(),
+            throttle: client::LoginThrottle::new(
+                settings.failed_login_delay,
+                settings.failed_login_delay_max,
+            ),
             settings,
             pool,
             metrics,

@@ -64,7 +64,8 @@ fn main() -> ExitCode {
                 }
             };
             match serve(settings) {
-                Ok(()) => ExitCode::SUCCESS,
+                Ok(Stop::Drained) => ExitCode::SUCCESS,
+                Ok(Stop::Forced) => ExitCode::FAILURE,
                 Err(e) => {
                     eprintln!("sluice: {e:#}");
                     ExitCode::FAILURE
@@ -74,7 +75,15 @@ fn main() -> ExitCode {
     }
 }
 
-fn serve(settings: sluice::config::Settings) -> anyhow::Result<()> {
+/// How serving ended.
+enum Stop {
+    /// The first SIGTERM/SIGINT drained the clients.
+    Drained,
+    /// A second signal cut the drain short.
+    Forced,
+}
+
+fn serve(settings: sluice::config::Settings) -> anyhow::Result<Stop> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -84,9 +93,40 @@ fn serve(settings: sluice::config::Settings) -> anyhow::Result<()> {
         let server = Server::bind(Gateway::new(settings))
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {listen} / {admin}: {e}"))?;
-        server.run(shutdown_signal()).await?;
-        Ok(())
+        let signals = count_signals()?;
+        tokio::select! {
+            served = server.run(nth_signal(signals.clone(), 1)) => served.map(|()| Stop::Drained).map_err(Into::into),
+            () = nth_signal(signals, 2) => {
+                tracing::warn!("second signal: stopping at once");
+                Ok(Stop::Forced)
+            }
+        }
     })
+}
+
+/// Counts SIGTERM and SIGINT (Ctrl-C) as they arrive: the first drains, the second stops.
+fn count_signals() -> std::io::Result<tokio::sync::watch::Receiver<u32>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let (count, counted) = tokio::sync::watch::channel(0u32);
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = term.recv() => {},
+                _ = int.recv() => {},
+            }
+            count.send_modify(|n| *n += 1);
+        }
+    });
+    Ok(counted)
+}
+
+/// Completes once `n` signals have arrived.
+async fn nth_signal(mut counted: tokio::sync::watch::Receiver<u32>, n: u32) {
+    if counted.wait_for(|count| *count >= n).await.is_err() {
+        std::future::pending::<()>().await;
+    }
 }
 
 fn bench_burst(args: cli::BurstArgs) -> anyhow::Result<()> {
@@ -112,22 +152,4 @@ fn bench_burst(args: cli::BurstArgs) -> anyhow::Result<()> {
         eprintln!("report written to {}", path.display());
     }
     Ok(())
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(term) => term,
-                Err(_) => return ctrl_c.await.unwrap_or(()),
-            };
-        tokio::select! {
-            _ = ctrl_c => {},
-            _ = term.recv() => {},
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
 }

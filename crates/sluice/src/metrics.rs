@@ -15,6 +15,10 @@ pub struct Metrics {
     pub client_connections_accepted: IntCounter,
     /// Client connections refused because `max_client_connections` was reached.
     pub client_connections_refused: IntCounter,
+    /// Sockets connected and not yet authenticated.
+    pub client_logins_pending: IntGauge,
+    /// Logins cut before authenticating, by reason (timeout, evicted, too_large).
+    pub login_aborts: IntCounterVec,
     /// Failed client logins, by reason (`unknown_user`, `bad_password`, `bad_packet`).
     pub auth_failures: IntCounterVec,
     /// Database connections by state (`busy`, `idle`); set when scraped.
@@ -125,6 +129,15 @@ impl Metrics {
             client_connections_refused: counter(
                 "client_connections_refused_total",
                 "Client connections refused at max_client_connections",
+            ),
+            client_logins_pending: gauge(
+                "client_logins_pending",
+                "Client sockets connected and not yet authenticated",
+            ),
+            login_aborts: counter_vec(
+                "login_aborts_total",
+                "Client logins cut before authenticating",
+                "reason",
             ),
             auth_failures: counter_vec("auth_failures_total", "Failed client logins", "reason"),
             db_connections,

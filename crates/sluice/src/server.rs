@@ -3,11 +3,10 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use socket2::{SockRef, TcpKeepalive};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tracing::{info, warn};
 
@@ -18,6 +17,9 @@ use crate::Gateway;
 /// starts arrives all at once; with tokio's default of 1024 the overflow waits for SYN
 /// retransmits (1 s, 3 s, ...), which shows up as multi-second connect latency.
 const LISTEN_BACKLOG: u32 = 4096;
+
+/// How long after `shutdown_timeout` a drain waits for sessions that were mid-statement.
+const DRAIN_GRACE: Duration = Duration::from_millis(500);
 
 fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
     let socket = if addr.is_ipv4() {
@@ -81,7 +83,9 @@ impl Server {
         self.gateway.clone()
     }
 
-    /// Serves until `shutdown` completes; then stops accepting.
+    /// Serves until `shutdown` completes; then drains (see [`crate::shutdown`]): stops
+    /// accepting, waits up to `shutdown_timeout` for clients to finish their transactions
+    /// and leave, and returns. Dropping the future (e.g. on a second signal) stops at once.
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) -> std::io::Result<()> {
         let Server {
             gateway,
@@ -104,7 +108,6 @@ impl Server {
             max_db_connections = gateway.settings.pool.max_db_connections,
             "sluice is ready"
         );
-        let slots = Arc::new(Semaphore::new(gateway.settings.max_client_connections));
         let next_id = AtomicU32::new(1);
         tokio::pin!(shutdown);
         loop {
@@ -127,25 +130,35 @@ impl Server {
                 .with_interval(Duration::from_secs(10));
             let _ = SockRef::from(&socket).set_tcp_keepalive(&keepalive);
             let id = next_id.fetch_add(1, Ordering::Relaxed);
-            let gateway = gateway.clone();
-            match slots.clone().try_acquire_owned() {
-                Ok(slot) => {
-                    tokio::spawn(async move {
-                        serve_client(gateway, socket, peer, id).await;
-                        drop(slot);
-                    });
-                }
-                Err(_) => {
-                    gateway.metrics.client_connections_refused.inc();
-                    tokio::spawn(crate::client::refuse_client(gateway, socket, peer));
-                }
-            }
+            // Registered here, in accept order, so the oldest login is the one dropped.
+            let pending = gateway.admission.begin_login();
+            tokio::spawn(serve_client(gateway.clone(), socket, peer, id, pending));
         }
-        admin_task.abort();
+        drop(listener);
         if let Some(task) = http_task {
             task.abort();
         }
-        info!("stopped accepting clients");
+        let timeout = gateway.settings.shutdown_timeout;
+        info!(
+            ?timeout,
+            clients = gateway.admission.occupied(),
+            "stopped accepting clients; draining"
+        );
+        gateway.shutdown.begin(timeout);
+        // Past the deadline, sessions still inside a statement get a moment to be told.
+        let give_up = Instant::now() + timeout + DRAIN_GRACE;
+        while gateway.admission.occupied() > 0 && Instant::now() < give_up {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let left = gateway.admission.occupied();
+        if left > 0 {
+            warn!(
+                clients = left,
+                "shutdown_timeout passed; closing the remaining clients"
+            );
+        }
+        admin_task.abort();
+        info!("drained; stopped");
         Ok(())
     }
 }

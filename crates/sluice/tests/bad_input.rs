@@ -181,17 +181,6 @@ async fn a_client_vanishing_mid_result_leaks_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn client_limit_is_enforced_with_1040() {
-    let gw = start_with("client_cap", |c| c.max_client_connections = 2).await;
-    let _a = logged_in(&gw).await;
-    let _b = logged_in(&gw).await;
-    let mut c = TcpStream::connect(gw.addr).await.unwrap();
-    let reply = read_reply(&mut c).await;
-    assert_eq!(err_code(&reply), Some(1040), "{reply:?}");
-    assert!(String::from_utf8_lossy(&reply).contains("max_client_connections"));
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mysql8_clients_offering_caching_sha2_are_switched_to_native_password() {
     let gw = start("auth_switch").await;
     let mut s = TcpStream::connect(gw.addr).await.unwrap();

@@ -103,7 +103,7 @@ const BORROW_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often committed table contents are compared.
 const TABLE_CHECK_EVERY: usize = 50;
 /// Error codes that mean "the connection is gone"; a kill looks different on each side.
-const GONE_CODES: [u16; 4] = [1053, 1927, 2006, 2013];
+const GONE_CODES: [u16; 5] = [1053, 1158, 1927, 2006, 2013];
 
 /// The session a client observes after each step. It changes no session state and uses no
 /// user variables or temporary tables (which would pin it through sluice).

@@ -1,8 +1,13 @@
 //! The ERR packets sluice itself sends to clients, with the codes MySQL clients expect.
+//!
+//! Every code is one a server sends (never the 2xxx client-side codes, which Connector/C
+//! reports as a malformed packet), and no message carries internal detail such as the
+//! database's address or Rust error text: that goes to the log.
 
 use sluice_protocol::command;
 use sluice_protocol::response::ErrFields;
 
+use crate::backend::BackendError;
 use crate::pool::BorrowError;
 
 /// 1045: wrong user or password.
@@ -26,12 +31,24 @@ pub fn too_many_clients(max: usize) -> ErrFields {
     )
 }
 
-/// No database connection could be had: the pool is exhausted (1040) or the database is
-/// unreachable (2003).
+/// No database connection could be had (1040, 08004: drivers treat it as "retry later"):
+/// the pool stayed exhausted, or the database cannot be reached.
 pub fn borrow_failed(err: &BorrowError) -> ErrFields {
     match err {
         BorrowError::Exhausted { .. } => ErrFields::new(1040, "08004", err.to_string()),
-        BorrowError::Unavailable(e) => ErrFields::new(2003, "HY000", format!("sluice: {e}")),
+        BorrowError::Unavailable(BackendError::Refused(refused)) => ErrFields::new(
+            1040,
+            "08004",
+            format!(
+                "Too many connections: sluice cannot open a database connection (the database refused it with error {}); try again later",
+                refused.code
+            ),
+        ),
+        BorrowError::Unavailable(_) => ErrFields::new(
+            1040,
+            "08004",
+            "Too many connections: sluice cannot reach the database right now; try again later",
+        ),
     }
 }
 
@@ -56,18 +73,59 @@ pub fn packet_too_large(limit: usize) -> ErrFields {
     )
 }
 
+/// 1153: a packet over the pre-authentication limit.
+pub fn login_packet_too_large(limit: usize) -> ErrFields {
+    ErrFields::new(
+        1153,
+        "08S01",
+        format!("Got a packet bigger than 'max_allowed_packet' bytes (sluice accepts at most {limit} bytes before a client has logged in)"),
+    )
+}
+
+/// 1159: the client did not finish logging in within `login_timeout`.
+pub fn login_timeout(limit: std::time::Duration) -> ErrFields {
+    ErrFields::new(
+        1159,
+        "08S01",
+        format!("Got timeout reading communication packets: the login did not complete within sluice's login_timeout ({limit:?})"),
+    )
+}
+
+/// 1040: the login was dropped to make room for newer ones at `max_pending_logins`.
+pub fn login_evicted(max: usize) -> ErrFields {
+    ErrFields::new(
+        1040,
+        "08004",
+        format!("Too many connections: more than {max} clients were logging in at once (sluice max_pending_logins); this one took longest and was dropped"),
+    )
+}
+
+/// 1053: sluice is shutting down; the client should reconnect (to another instance).
+pub fn shutting_down() -> ErrFields {
+    ErrFields::new(1053, "08S01", "Server shutdown in progress")
+}
+
 /// 1047: a packet that is not a valid command.
 pub fn malformed(what: &str) -> ErrFields {
     ErrFields::new(1047, "08S01", format!("sluice: malformed packet: {what}"))
 }
 
-/// 2013: the database connection broke during a command.
-pub fn lost_backend(detail: &str) -> ErrFields {
-    ErrFields::new(
-        2013,
-        "HY000",
-        format!("Lost connection to the database during query (sluice: {detail}); reconnect to get a new session"),
-    )
+/// The database connection broke during a command (1158, 08S01: a communication failure;
+/// 1159 when it stopped answering): the session is gone with it.
+pub fn lost_backend(err: &BackendError) -> ErrFields {
+    if err.is_stall() {
+        ErrFields::new(
+            1159,
+            "08S01",
+            "Got timeout reading communication packets: the database stopped answering; sluice closed the connection, reconnect to get a new session",
+        )
+    } else {
+        ErrFields::new(
+            1158,
+            "08S01",
+            "Got an error reading communication packets: the database connection was lost during the command; reconnect to get a new session",
+        )
+    }
 }
 
 /// 4031: the client idled past `idle_client_timeout` (MySQL 8 uses this code for the same).

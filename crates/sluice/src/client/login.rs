@@ -1,6 +1,6 @@
 //! The connection phase toward a client: greeting, login, authentication.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use sluice_protocol::auth::{self, Credential, NATIVE_PASSWORD, SALT_LEN};
 use sluice_protocol::handshake::{self, Greeting, Login};
@@ -53,6 +53,11 @@ pub struct Authenticated {
     pub next_seq: u8,
 }
 
+/// Largest packet a client may send before it has authenticated: a login with its connection
+/// attributes is a few hundred bytes, and an unauthenticated peer must not make sluice
+/// buffer `max_packet_size`.
+pub const MAX_LOGIN_PACKET: usize = 64 * 1024;
+
 /// Why a login ended without a session.
 pub enum LoginFailure {
     /// The client went away or sent garbage; nothing more to say to it.
@@ -91,7 +96,20 @@ pub async fn authenticate(
     let mut seq = 0;
     stream.write_packet(&mut seq, &greeting.encode()).await?;
 
-    let packet = stream.read_packet().await?;
+    let packet = match stream.read_packet().await {
+        Ok(packet) => packet,
+        Err(ProtocolError::TooLarge { .. }) => {
+            gateway
+                .metrics
+                .login_aborts
+                .with_label_values(&["too_large"])
+                .inc();
+            let err = errors::login_packet_too_large(MAX_LOGIN_PACKET);
+            super::refuse_oversized(stream, 2, &err).await;
+            return Err(LoginFailure::Refused);
+        }
+        Err(e) => return Err(e.into()),
+    };
     let mut seq = packet.next_seq;
     let login = match Login::parse(&packet.payload) {
         Ok(login) => login,
@@ -109,7 +127,6 @@ pub async fn authenticate(
         Err(e) => return Err(e.into()),
     };
     let capabilities = login.capabilities & offered;
-    let host = peer.ip().to_string();
 
     let proof = native_proof(
         stream,
@@ -120,11 +137,12 @@ pub async fn authenticate(
     )
     .await?;
 
-    if !check_user(gateway, &login.user, &salt, &proof) {
+    if !check_user(gateway, peer.ip(), &login.user, &salt, &proof).await {
         stream
             .write_packet(
                 &mut seq,
-                &errors::access_denied(&login.user, &host, !proof.is_empty()).encode(),
+                &errors::access_denied(&login.user, &peer.ip().to_string(), !proof.is_empty())
+                    .encode(),
             )
             .await?;
         return Err(LoginFailure::Refused);
@@ -158,26 +176,35 @@ pub async fn native_proof(
     Ok(answer.payload)
 }
 
-/// Checks a `mysql_native_password` proof for `user`, counting failures by reason.
-pub fn check_user(gateway: &Gateway, user: &str, salt: &[u8], proof: &[u8]) -> bool {
-    let credential: Option<Credential> = gateway.settings.users.get(user).map(|u| u.credential);
-    match credential {
-        Some(credential) if credential.verify(salt, proof) => true,
-        Some(_) => {
-            gateway
-                .metrics
-                .auth_failures
-                .with_label_values(&["bad_password"])
-                .inc();
-            false
-        }
-        None => {
-            gateway
-                .metrics
-                .auth_failures
-                .with_label_values(&["unknown_user"])
-                .inc();
-            false
-        }
+/// Checks a `mysql_native_password` proof for `user` logging in from `peer`. After recent
+/// failures of the same address and user the check waits first (see `LoginThrottle`);
+/// failures are counted by reason and logged with user and peer.
+pub async fn check_user(
+    gateway: &Gateway,
+    peer: IpAddr,
+    user: &str,
+    salt: &[u8],
+    proof: &[u8],
+) -> bool {
+    let delay = gateway.throttle.delay(peer, user);
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
     }
+    let credential: Option<Credential> = gateway.settings.users.get(user).map(|u| u.credential);
+    let reason = match credential {
+        Some(credential) if credential.verify(salt, proof) => {
+            gateway.throttle.succeeded(peer, user);
+            return true;
+        }
+        Some(_) => "bad_password",
+        None => "unknown_user",
+    };
+    gateway
+        .metrics
+        .auth_failures
+        .with_label_values(&[reason])
+        .inc();
+    gateway.throttle.failed(peer, user);
+    tracing::warn!(%user, %peer, reason, ?delay, "login failed");
+    false
 }

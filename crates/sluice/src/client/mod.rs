@@ -1,9 +1,11 @@
 //! Client sessions: one task per MySQL-protocol client connection.
 //!
+//! `admission` bounds sockets that are still logging in and seats authenticated clients;
 //! `login` authenticates a client against sluice's own user list; `session` runs its command
 //! loop; `relay` forwards one command and its reply between the client and a database
 //! connection without decoding rows.
 
+mod admission;
 mod errors;
 mod login;
 mod relay;
@@ -11,21 +13,28 @@ mod session;
 mod statement;
 mod tracking;
 
+pub use admission::{Admission, LoginThrottle};
 pub use session::serve_client;
 
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::time::Duration;
 
+use sluice_protocol::response::ErrFields;
 use sluice_protocol::stream::PacketStream;
 use tokio::net::TcpStream;
 
-use crate::Gateway;
+/// How long a refused oversized packet's remaining bytes are read and dropped before the
+/// socket closes, and how many at most.
+const DISCARD_TIME: Duration = Duration::from_secs(1);
+const DISCARD_BYTES: usize = 64 << 20;
 
-/// Tells a client over `max_client_connections` why it is refused (ERR 1040), then closes.
-pub async fn refuse_client(gateway: Arc<Gateway>, socket: TcpStream, peer: SocketAddr) {
-    tracing::warn!(%peer, "refusing client: max_client_connections reached");
-    let mut stream = PacketStream::new(socket, 1024);
-    let mut seq = 0;
-    let err = errors::too_many_clients(gateway.settings.max_client_connections);
-    let _ = stream.write_packet(&mut seq, &err.encode()).await;
+/// Answers a packet over the size limit with `err` (sequence id `seq`) without buffering
+/// it, then reads and drops what the client is still sending for a bounded time, so the
+/// error reaches it instead of a connection reset. The caller closes the connection.
+async fn refuse_oversized(stream: &mut PacketStream<TcpStream>, mut seq: u8, err: &ErrFields) {
+    let _ = tokio::time::timeout(DISCARD_TIME, async {
+        if stream.write_packet(&mut seq, &err.encode()).await.is_ok() {
+            stream.discard_input(DISCARD_BYTES).await;
+        }
+    })
+    .await;
 }

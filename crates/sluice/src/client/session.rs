@@ -11,6 +11,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use sluice_protocol::auth::NATIVE_PASSWORD;
 use sluice_protocol::handshake::ChangeUser;
@@ -25,6 +26,7 @@ use tracing::{debug, info, warn, Instrument};
 mod prepared;
 
 use self::prepared::ClientStatements;
+use super::admission::{PendingLogin, Seat};
 use super::errors;
 use super::login::{self, Authenticated, LoginFailure};
 use super::relay::{self, Pipelined, RelayError, ReplyOutcome};
@@ -46,6 +48,7 @@ const MAX_FAILED_CHANGE_USERS: u32 = 3;
 /// How a session ended, for the closing log line.
 enum End {
     Quit,
+    Shutdown,
     Disconnected,
     Refused,
     Error(String),
@@ -168,20 +171,27 @@ impl<'a> Accounting<'a> {
     }
 }
 
-/// Counts a client in `sluice_client_connections` while it lives; a guard, so no way out of
-/// a session (an error, even a panic) can leave the gauge up.
-struct ClientGauge(Arc<Gateway>);
+/// Holds an authenticated client's seat under `max_client_connections` and counts it in
+/// `sluice_client_connections` while it lives; a guard, so no way out of a session (an
+/// error, even a panic) can leave the gauge up or the seat taken.
+struct ClientGauge {
+    gateway: Arc<Gateway>,
+    _seat: Seat,
+}
 
 impl ClientGauge {
-    fn new(gateway: Arc<Gateway>) -> ClientGauge {
+    fn new(gateway: Arc<Gateway>, seat: Seat) -> ClientGauge {
         gateway.metrics.client_connections.inc();
-        ClientGauge(gateway)
+        ClientGauge {
+            gateway,
+            _seat: seat,
+        }
     }
 }
 
 impl Drop for ClientGauge {
     fn drop(&mut self) {
-        self.0.metrics.client_connections.dec();
+        self.gateway.metrics.client_connections.dec();
     }
 }
 
@@ -195,16 +205,22 @@ struct SessionState {
     found_rows: u64,
 }
 
-/// Serves one client connection from greeting to close. Never panics on client input.
-pub async fn serve_client(gateway: Arc<Gateway>, socket: TcpStream, peer: SocketAddr, id: u32) {
+/// Serves one client connection from greeting to close; `pending` is its place among the
+/// logins in progress until it authenticates. Never panics on client input.
+pub async fn serve_client(
+    gateway: Arc<Gateway>,
+    socket: TcpStream,
+    peer: SocketAddr,
+    id: u32,
+    pending: PendingLogin,
+) {
     let span = tracing::info_span!("client", id, %peer);
     async move {
         info!("client connected");
-        let gauge = ClientGauge::new(gateway.clone());
-        let end = run(gateway, socket, peer, id).await;
-        drop(gauge);
+        let end = run(gateway, socket, peer, id, pending).await;
         match end {
             End::Quit => info!("client closed (quit)"),
+            End::Shutdown => info!("client closed (shutdown)"),
             End::Disconnected => info!("client closed (disconnected)"),
             End::Refused => info!("client closed (refused at login)"),
             End::Error(reason) => info!(%reason, "client closed (error)"),
@@ -214,8 +230,14 @@ pub async fn serve_client(gateway: Arc<Gateway>, socket: TcpStream, peer: Socket
     .await
 }
 
-async fn run(gateway: Arc<Gateway>, socket: TcpStream, peer: SocketAddr, id: u32) -> End {
-    let mut stream = PacketStream::new(socket, gateway.settings.max_packet_size);
+async fn run(
+    gateway: Arc<Gateway>,
+    socket: TcpStream,
+    peer: SocketAddr,
+    id: u32,
+    pending: PendingLogin,
+) -> End {
+    let mut stream = PacketStream::new(socket, login::MAX_LOGIN_PACKET);
     let server = match gateway.pool.server_info().await {
         Ok(server) => server,
         Err(e) => {
@@ -227,12 +249,52 @@ async fn run(gateway: Arc<Gateway>, socket: TcpStream, peer: SocketAddr, id: u32
             return End::Refused;
         }
     };
-    let auth = match login::authenticate(&gateway, &mut stream, &server, id, peer).await {
-        Ok(auth) => auth,
-        Err(LoginFailure::Refused) => return End::Refused,
-        Err(LoginFailure::Protocol(e)) if e.is_disconnect() => return End::Disconnected,
-        Err(LoginFailure::Protocol(e)) => return End::Error(e.to_string()),
+    let settings = &gateway.settings;
+    let login = tokio::time::timeout(
+        settings.login_timeout,
+        login::authenticate(&gateway, &mut stream, &server, id, peer),
+    );
+    let outcome = tokio::select! {
+        auth = login => auth.map_err(|_| "timeout"),
+        () = pending.evicted() => Err("evicted"),
     };
+    let auth = match outcome {
+        Ok(Ok(auth)) => auth,
+        Ok(Err(LoginFailure::Refused)) => return End::Refused,
+        Ok(Err(LoginFailure::Protocol(e))) if e.is_disconnect() => return End::Disconnected,
+        Ok(Err(LoginFailure::Protocol(e))) => return End::Error(e.to_string()),
+        Err(reason) => {
+            gateway
+                .metrics
+                .login_aborts
+                .with_label_values(&[reason])
+                .inc();
+            let err = if reason == "timeout" {
+                errors::login_timeout(settings.login_timeout)
+            } else {
+                errors::login_evicted(settings.max_pending_logins)
+            };
+            // Best effort: the peer may not be reading, and must not hold us up.
+            let mut seq = 2;
+            let _ = tokio::time::timeout(
+                Duration::from_secs(1),
+                stream.write_packet(&mut seq, &err.encode()),
+            )
+            .await;
+            return End::Error(format!("login {reason}"));
+        }
+    };
+    drop(pending);
+    let Some(seat) = gateway.admission.seat() else {
+        gateway.metrics.client_connections_refused.inc();
+        warn!(user = %auth.user, "refusing client: max_client_connections reached");
+        let mut seq = auth.next_seq;
+        let err = errors::too_many_clients(settings.max_client_connections);
+        let _ = stream.write_packet(&mut seq, &err.encode()).await;
+        return End::Refused;
+    };
+    let _gauge = ClientGauge::new(gateway.clone(), seat);
+    stream.set_max_packet(settings.max_packet_size);
     let Authenticated {
         capabilities,
         user,
@@ -332,7 +394,10 @@ impl Session {
                 Err(errors::borrow_failed(&e))
             }
             Err(SessionError::Refused(err)) => Err(err),
-            Err(SessionError::Lost(e)) => Err(errors::lost_backend(&e.to_string())),
+            Err(SessionError::Lost(e)) => {
+                warn!(error = %e, "pooled database connections kept failing");
+                Err(errors::lost_backend(&e))
+            }
         }
     }
 
@@ -500,6 +565,19 @@ impl Session {
         }
     }
 
+    /// Ends the session because sluice is shutting down: a transaction still open at the
+    /// drain's deadline is rolled back (the reset on give-back does it), and the client gets
+    /// the server's shutdown error, which its next command reads as the answer.
+    async fn shut_down(&mut self, in_transaction: bool) -> End {
+        if in_transaction {
+            warn!("transaction still open at the end of shutdown_timeout; rolling it back");
+        }
+        self.detach_backend().await;
+        let mut seq = 1;
+        let _ = self.send_err(&mut seq, &errors::shutting_down()).await;
+        End::Shutdown
+    }
+
     /// Returns the database connection, reset, to the pool.
     async fn detach_backend(&mut self) {
         self.registration.handle.backend.set(0);
@@ -535,6 +613,7 @@ impl Session {
             settings.idle_transaction_timeout,
         );
         let mut transaction_expired = false;
+        let mut shutdown = self.gateway.shutdown.watch();
         loop {
             // An open cursor, or characteristics set for the next transaction, hold a
             // connection just as an open transaction does.
@@ -542,11 +621,19 @@ impl Session {
                 || self.statements.open_cursors() > 0
                 || self.next_transaction != NextTransaction::None)
                 && !transaction_expired;
-            let limit = if in_transaction {
+            let mut limit = if in_transaction {
                 transaction_limit
             } else {
                 client_limit
             };
+            let draining = *shutdown.borrow_and_update();
+            if let Some(deadline) = draining {
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                if !in_transaction || left.is_zero() {
+                    return self.shut_down(in_transaction).await;
+                }
+                limit = limit.min(left);
+            }
             let kill = self.registration.handle.kill.clone();
             let next = tokio::select! {
                 next = tokio::time::timeout(limit, self.stream.read_packet()) => next,
@@ -555,9 +642,12 @@ impl Session {
                     let _ = self.send_err(&mut seq, &ErrFields::new(1927, "70100", "Connection was killed")).await;
                     return End::Error("killed".into());
                 }
+                Ok(()) = shutdown.changed() => continue,
             };
             let read = match next {
                 Ok(read) => read,
+                // The drain's deadline, not the client's idle limit: handled above.
+                Err(_) if draining.is_some() => continue,
                 Err(_) if in_transaction => {
                     // A frozen or dead function holding locks: roll back now (the reset on
                     // give-back does it), keep the socket so the client learns why if it returns.
@@ -601,10 +691,8 @@ impl Session {
                 Ok(packet) => packet,
                 Err(e) if e.is_disconnect() => return End::Disconnected,
                 Err(ProtocolError::TooLarge { limit, .. }) => {
-                    let mut seq = 1;
-                    let _ = self
-                        .send_err(&mut seq, &errors::packet_too_large(limit))
-                        .await;
+                    let err = errors::packet_too_large(limit);
+                    super::refuse_oversized(&mut self.stream, 1, &err).await;
                     return End::Error("packet too large".into());
                 }
                 Err(e) => return End::Error(e.to_string()),
@@ -1095,9 +1183,7 @@ impl Session {
     async fn lose_backend(&mut self, mut seq: u8, error: BackendError) -> End {
         warn!(%error, "database connection lost");
         drop(self.backend.take());
-        let _ = self
-            .send_err(&mut seq, &errors::lost_backend(&error.to_string()))
-            .await;
+        let _ = self.send_err(&mut seq, &errors::lost_backend(&error)).await;
         End::Error(format!("database connection lost: {error}"))
     }
 
@@ -1120,23 +1206,28 @@ impl Session {
             // The client's proof will answer a switch request: give it a fresh salt.
             self.salt = sluice_protocol::auth::new_salt();
         }
-        let proof = login::native_proof(
-            &mut self.stream,
-            &mut seq,
-            request.auth_plugin.as_deref(),
-            &request.auth_response,
-            &self.salt,
+        // A client that goes quiet in the middle of an authentication exchange gets no
+        // longer than at login.
+        let proof = tokio::time::timeout(
+            self.gateway.settings.login_timeout,
+            login::native_proof(
+                &mut self.stream,
+                &mut seq,
+                request.auth_plugin.as_deref(),
+                &request.auth_response,
+                &self.salt,
+            ),
         )
         .await
+        .map_err(|_| End::Error("COM_CHANGE_USER exchange timed out".into()))?
         .map_err(client_end)?;
-        if !login::check_user(&self.gateway, &request.user, &self.salt, &proof) {
-            let host = self
-                .stream
-                .get_ref()
-                .peer_addr()
-                .map(|a| a.ip().to_string())
-                .unwrap_or_default();
-            let err = errors::access_denied(&request.user, &host, !proof.is_empty());
+        let peer = self
+            .stream
+            .get_ref()
+            .peer_addr()
+            .map_or(std::net::Ipv4Addr::UNSPECIFIED.into(), |a| a.ip());
+        if !login::check_user(&self.gateway, peer, &request.user, &self.salt, &proof).await {
+            let err = errors::access_denied(&request.user, &peer.to_string(), !proof.is_empty());
             // Like MariaDB, the session stays as it was and the client may try again, but
             // not forever: guessing passwords on one socket ends after a few tries.
             self.failed_change_users += 1;

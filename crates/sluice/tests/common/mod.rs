@@ -55,7 +55,7 @@ pub async fn direct() -> mysql_async::Conn {
 
 /// Creates (or recreates) a backend user for one test, with a password, so sluice's own
 /// authentication toward the database is exercised and its connections can be counted.
-async fn create_backend_user(test: &str) -> String {
+pub async fn create_backend_user(test: &str) -> String {
     let name = format!("sl_{test}");
     let mut conn = direct().await;
     conn.query_drop(format!(
