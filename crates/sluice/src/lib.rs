@@ -3,7 +3,8 @@
 //! Clients connect with their ordinary MySQL driver; sluice authenticates them against its
 //! own user list and serves them over a small, bounded pool of real database connections.
 //!
-//! - [`config`]: the file, defaults and validation;
+//! - [`config`]: the file, defaults and validation; [`fd_budget`]: caps that fit the
+//!   descriptor limit;
 //! - [`server`]: accepting clients; [`shutdown`]: draining them on SIGTERM;
 //! - `client`: one task per client connection (login, commands, relaying replies);
 //! - [`pool`] and [`backend`]: the database connections;
@@ -17,6 +18,7 @@ pub mod backend;
 pub mod bench;
 mod client;
 pub mod config;
+pub mod fd_budget;
 pub mod http;
 pub mod metrics;
 pub mod pool;

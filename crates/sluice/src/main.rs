@@ -83,7 +83,8 @@ enum Stop {
     Forced,
 }
 
-fn serve(settings: sluice::config::Settings) -> anyhow::Result<Stop> {
+fn serve(mut settings: sluice::config::Settings) -> anyhow::Result<Stop> {
+    sluice::fd_budget::raise_and_fit(&mut settings);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

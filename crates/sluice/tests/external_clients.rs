@@ -5,6 +5,7 @@ mod common;
 
 use std::path::PathBuf;
 use std::process::Output;
+use std::time::Duration;
 
 use common::*;
 use mysql_async::prelude::*;
@@ -248,4 +249,46 @@ async fn sysbench_with_and_without_prepared_statements_runs_without_errors() {
     // and each of the 8 connections prepares its own copy once.
     assert!(metric_value(&metrics, "sluice_statement_cache_hits_total") > 0.0);
     assert!(metric_value(&metrics, "sluice_statements_prepared_total") > 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mariadb_cli_shows_sluices_own_errors_with_their_codes() {
+    // Connector/C shows an ERR packet with a client-side code (2xxx) as "2027 Received
+    // malformed packet"; every error sluice makes up itself must read as the server's.
+    let down = start_with("cli_down", |c| {
+        c.backend.url = "mysql://root@127.0.0.1:1".into();
+        c.pool.borrow_timeout = Duration::from_millis(300);
+    })
+    .await;
+    let out = run(
+        "mariadb",
+        &mariadb_args(&down, "app", "secret", &[]),
+        Some("SELECT 1;"),
+    )
+    .await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(
+            "ERROR 1040 (08004): Too many connections: sluice cannot reach the database right now"
+        ),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("127.0.0.1:1"), "no address: {stderr}");
+
+    let full = start_with("cli_full", |c| c.max_client_connections = 1).await;
+    let holder = full.connect().await;
+    let out = run(
+        "mariadb",
+        &mariadb_args(&full, "app", "secret", &[]),
+        Some("SELECT 1;"),
+    )
+    .await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(
+            "ERROR 1040 (08004): Too many connections: sluice is at max_client_connections (1)"
+        ),
+        "{stderr}"
+    );
+    holder.disconnect().await.unwrap();
 }
