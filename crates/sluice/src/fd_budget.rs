@@ -92,9 +92,11 @@ mod tests {
     use super::*;
 
     fn settings(clients: usize, pending: usize, db: usize) -> Settings {
-        let mut config = crate::config::Config::default();
-        config.max_client_connections = clients;
-        config.max_pending_logins = pending;
+        let mut config = crate::config::Config {
+            max_client_connections: clients,
+            max_pending_logins: pending,
+            ..Default::default()
+        };
         config.pool.max_db_connections = db;
         config.validate("test").unwrap()
     }
