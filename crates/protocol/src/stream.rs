@@ -14,7 +14,7 @@ use crate::ProtocolError;
 pub const WRITE_HIGH_WATER: usize = 256 * 1024;
 
 /// Smallest read-buffer growth: enough for a reply of many small packets per system call.
-const READ_CHUNK_MIN: usize = 8 * 1024;
+const READ_CHUNK_MIN: usize = 1024;
 /// Largest read-buffer growth at once: a frame header announcing 16 MiB reserves memory only
 /// as its bytes arrive, so a peer cannot make sluice allocate what it never sends.
 const READ_CHUNK_MAX: usize = 256 * 1024;
@@ -158,14 +158,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> PacketStream<S> {
     /// sent to it. Callers bound the time it may take.
     pub async fn discard_input(&mut self, max_bytes: usize) {
         let mut discarded = self.read_buf.len();
-        self.read_buf.clear();
-        let mut scratch = [0u8; 8192];
         while discarded < max_bytes {
-            match self.io.read(&mut scratch).await {
-                Ok(0) | Err(_) => return,
+            // The read buffer, not a stack array: that would be part of every future that
+            // may call this, in memory, for the life of each connection.
+            self.read_buf.clear();
+            self.read_buf.reserve(READ_CHUNK_MAX);
+            match self.io.read_buf(&mut self.read_buf).await {
+                Ok(0) | Err(_) => break,
                 Ok(n) => discarded += n,
             }
         }
+        self.read_buf = BytesMut::new();
     }
 
     /// Queues `payload` as a packet starting at sequence id `*seq`, advancing `*seq`.

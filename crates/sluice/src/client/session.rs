@@ -293,8 +293,23 @@ async fn run(
         let _ = stream.write_packet(&mut seq, &err.encode()).await;
         return End::Refused;
     };
-    let _gauge = ClientGauge::new(gateway.clone(), seat);
+    let gauge = ClientGauge::new(gateway.clone(), seat);
     stream.set_max_packet(settings.max_packet_size);
+    // Boxed: the session's (large) state exists only once a client has logged in, so a
+    // socket that never does costs little memory.
+    let end = Box::pin(serve_authenticated(gateway, stream, &server, auth, id)).await;
+    drop(gauge);
+    end
+}
+
+/// Runs an authenticated client's session until it ends.
+async fn serve_authenticated(
+    gateway: Arc<Gateway>,
+    stream: PacketStream<TcpStream>,
+    server: &crate::backend::ServerInfo,
+    auth: Authenticated,
+    id: u32,
+) -> End {
     let Authenticated {
         capabilities,
         user,
