@@ -323,7 +323,7 @@ async fn serve_authenticated(
     let registration = gateway.sessions.register(id, &user);
     let tracking = capabilities
         .contains(CapabilityFlags::CLIENT_SESSION_TRACK)
-        .then(|| tracking_defaults(&server));
+        .then(|| tracking_defaults(server));
     let mut session = Session {
         gateway,
         id,
