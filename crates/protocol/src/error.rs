@@ -39,4 +39,10 @@ impl ProtocolError {
             _ => false,
         }
     }
+
+    /// True when the stream made no progress for its limit (see [`crate::stall`]): the peer
+    /// is stalled rather than gone.
+    pub fn is_stall(&self) -> bool {
+        matches!(self, ProtocolError::Io(e) if e.kind() == io::ErrorKind::TimedOut)
+    }
 }

@@ -16,6 +16,7 @@ pub mod prepared;
 pub mod reply;
 pub mod response;
 pub mod session_state;
+pub mod stall;
 pub mod stream;
 
 pub use error::ProtocolError;

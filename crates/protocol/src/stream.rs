@@ -52,6 +52,10 @@ pub struct PacketStream<S> {
     read_buf: BytesMut,
     write_buf: Vec<u8>,
     max_packet: usize,
+    /// A flush began and has not finished: the peer may have part of a packet.
+    mid_write: bool,
+    /// A read or write failed, or the peer closed.
+    failed: bool,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> PacketStream<S> {
@@ -63,6 +67,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> PacketStream<S> {
             read_buf: BytesMut::new(),
             write_buf: Vec::new(),
             max_packet,
+            mid_write: false,
+            failed: false,
         }
     }
 
@@ -75,6 +81,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin> PacketStream<S> {
     /// The underlying stream, e.g. to read socket options.
     pub fn get_ref(&self) -> &S {
         &self.io
+    }
+
+    /// True when a read or write failed or the peer closed: the connection is broken.
+    pub fn failed(&self) -> bool {
+        self.failed
+    }
+
+    /// True when the peer is at a packet boundary of what was sent: no flush stopped
+    /// midway and nothing failed, so a last packet (a goodbye) would be read as one.
+    pub fn at_packet_boundary(&self) -> bool {
+        !self.mid_write && !self.failed
+    }
+
+    /// The underlying stream, mutably, e.g. to change its time limits.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.io
     }
 
     /// Bytes read from the peer and not yet consumed.
@@ -93,7 +115,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> PacketStream<S> {
             let missing = wanted - self.read_buf.len();
             self.read_buf
                 .reserve(missing.clamp(READ_CHUNK_MIN, READ_CHUNK_MAX));
-            if self.io.read_buf(&mut self.read_buf).await? == 0 {
+            let read = self.io.read_buf(&mut self.read_buf).await;
+            self.failed |= !matches!(read, Ok(n) if n > 0);
+            if read? == 0 {
                 return Err(if self.read_buf.is_empty() {
                     ProtocolError::Closed
                 } else {
@@ -189,7 +213,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> PacketStream<S> {
     /// Sends everything queued.
     pub async fn flush(&mut self) -> Result<(), ProtocolError> {
         if !self.write_buf.is_empty() {
-            self.io.write_all(&self.write_buf).await?;
+            self.mid_write = true;
+            if let Err(e) = self.io.write_all(&self.write_buf).await {
+                self.failed = true;
+                return Err(e.into());
+            }
+            self.mid_write = false;
             self.write_buf.clear();
             if self.write_buf.capacity() > 4 * WRITE_HIGH_WATER {
                 self.write_buf.shrink_to(16 * 1024);
