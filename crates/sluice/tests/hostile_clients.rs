@@ -240,3 +240,54 @@ async fn failed_logins_are_delayed_per_address_and_user() {
         "{metrics}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_stop_reading_lose_their_database_connections() {
+    let gw = start_with("slow_readers", |c| {
+        c.pool.max_db_connections = 3;
+        c.pool.borrow_timeout = Duration::from_secs(20);
+        c.client_write_timeout = Duration::from_secs(1);
+    })
+    .await;
+    // As many clients as the pool has connections ask for ~50 MB each and never read it.
+    let mut stalled = Vec::new();
+    for _ in 0..3 {
+        let mut conn = raw_client(&gw).await;
+        let mut seq = 0;
+        conn.stream
+            .write_packet(
+                &mut seq,
+                b"\x03SELECT REPEAT('x', 1000) FROM sluice_test.seq_1_to_50000",
+            )
+            .await
+            .unwrap();
+        stalled.push(conn);
+    }
+    // Wait until they hold every connection.
+    for _ in 0..200 {
+        if gw.gateway.pool.stats().busy == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(gw.gateway.pool.stats().busy, 3);
+    // A normal client is served once client_write_timeout cuts the stalled ones, well
+    // before borrow_timeout would have failed it.
+    let took = legitimate_query(&gw).await;
+    assert!(took < Duration::from_secs(10), "waited {took:?}");
+    gw.wait_idle().await;
+    let metrics = gw.metrics().await;
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "sluice_db_connections_closed_total{reason=\"discarded\"}"
+        ),
+        3.0,
+        "the half-sent replies' connections were closed, not reused: {metrics}"
+    );
+    assert_eq!(
+        db_connections_of(&gw.backend_user).await,
+        gw.gateway.pool.stats().total
+    );
+    drop(stalled);
+}

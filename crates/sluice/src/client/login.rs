@@ -4,11 +4,10 @@ use std::net::{IpAddr, SocketAddr};
 
 use sluice_protocol::auth::{self, Credential, NATIVE_PASSWORD, SALT_LEN};
 use sluice_protocol::handshake::{self, Greeting, Login};
-use sluice_protocol::stream::PacketStream;
 use sluice_protocol::{CapabilityFlags, ProtocolError};
-use tokio::net::TcpStream;
 
 use super::errors;
+use super::ClientStream;
 use crate::backend::ServerInfo;
 use crate::Gateway;
 
@@ -76,7 +75,7 @@ impl From<ProtocolError> for LoginFailure {
 /// offers another plugin, e.g. MySQL 8's `caching_sha2_password`, to `mysql_native_password`).
 pub async fn authenticate(
     gateway: &Gateway,
-    stream: &mut PacketStream<TcpStream>,
+    stream: &mut ClientStream,
     server: &ServerInfo,
     connection_id: u32,
     peer: SocketAddr,
@@ -160,7 +159,7 @@ pub async fn authenticate(
 /// The client's `mysql_native_password` proof: the auth data it sent when it used that
 /// plugin, otherwise its answer to an AuthSwitchRequest carrying `salt`.
 pub async fn native_proof(
-    stream: &mut PacketStream<TcpStream>,
+    stream: &mut ClientStream,
     seq: &mut u8,
     plugin: Option<&str>,
     auth_response: &[u8],

@@ -19,8 +19,13 @@ pub use session::serve_client;
 use std::time::Duration;
 
 use sluice_protocol::response::ErrFields;
+use sluice_protocol::stall::Stall;
 use sluice_protocol::stream::PacketStream;
 use tokio::net::TcpStream;
+
+/// A client connection: packets over a socket whose writes time out when the client stops
+/// reading (`client_write_timeout`).
+pub type ClientStream = PacketStream<Stall<TcpStream>>;
 
 /// How long a refused oversized packet's remaining bytes are read and dropped before the
 /// socket closes, and how many at most.
@@ -30,7 +35,7 @@ const DISCARD_BYTES: usize = 64 << 20;
 /// Answers a packet over the size limit with `err` (sequence id `seq`) without buffering
 /// it, then reads and drops what the client is still sending for a bounded time, so the
 /// error reaches it instead of a connection reset. The caller closes the connection.
-async fn refuse_oversized(stream: &mut PacketStream<TcpStream>, mut seq: u8, err: &ErrFields) {
+async fn refuse_oversized(stream: &mut ClientStream, mut seq: u8, err: &ErrFields) {
     let _ = tokio::time::timeout(DISCARD_TIME, async {
         if stream.write_packet(&mut seq, &err.encode()).await.is_ok() {
             stream.discard_input(DISCARD_BYTES).await;

@@ -8,11 +8,11 @@
 use sluice_protocol::reply::{ReplyShape, ReplyTracker, Step};
 use sluice_protocol::response::{self, OkFields};
 use sluice_protocol::session_state::{self, StateChanges};
-use sluice_protocol::stream::{PacketStream, WRITE_HIGH_WATER};
+use sluice_protocol::stream::WRITE_HIGH_WATER;
 use sluice_protocol::{ProtocolError, StatusFlags};
-use tokio::net::TcpStream;
 
 use super::tracking::Tracking;
+use super::ClientStream;
 use crate::backend::{BackendConn, BackendError};
 
 /// How forwarding a command failed, and so which side is unusable now.
@@ -62,7 +62,7 @@ pub struct Pipelined<'a> {
 /// CLIENT_SESSION_TRACK, which gets none), less the variables in `hidden` (changes the
 /// server reports only because sluice rewrote how they were set).
 pub async fn forward(
-    client: &mut PacketStream<TcpStream>,
+    client: &mut ClientStream,
     tracking: Option<&Tracking>,
     hidden: &[&[u8]],
     backend: &mut BackendConn,
@@ -178,12 +178,12 @@ pub async fn forward(
 
 /// Resolves once the client has closed its socket with nothing unread left; never while it
 /// is open (or has sent more, e.g. a pipelined command, which is read later).
-async fn client_gone(client: &PacketStream<TcpStream>) {
+async fn client_gone(client: &ClientStream) {
     if client.buffered_len() > 0 {
         return std::future::pending().await;
     }
     let mut byte = [0u8; 1];
-    match client.get_ref().peek(&mut byte).await {
+    match client.get_ref().get_ref().peek(&mut byte).await {
         Ok(0) | Err(_) => {}
         Ok(_) => std::future::pending().await,
     }
@@ -192,7 +192,7 @@ async fn client_gone(client: &PacketStream<TcpStream>) {
 /// Copies the client's `LOAD DATA LOCAL INFILE` data frames to the database, through the
 /// empty frame that ends them. Returns the sequence id the server's answer will carry.
 async fn relay_local_file(
-    client: &mut PacketStream<TcpStream>,
+    client: &mut ClientStream,
     backend: &mut BackendConn,
 ) -> Result<u8, RelayError> {
     loop {

@@ -18,6 +18,7 @@ use sluice_protocol::handshake::ChangeUser;
 use sluice_protocol::packet::MAX_FRAME_PAYLOAD;
 use sluice_protocol::response::{self, ErrFields, OkFields};
 use sluice_protocol::session_state;
+use sluice_protocol::stall::Stall;
 use sluice_protocol::stream::PacketStream;
 use sluice_protocol::{command, CapabilityFlags, ProtocolError, StatusFlags};
 use tokio::net::TcpStream;
@@ -32,6 +33,7 @@ use super::login::{self, Authenticated, LoginFailure};
 use super::relay::{self, Pipelined, RelayError, ReplyOutcome};
 use super::statement::{self, Analysis, Kill, KillTarget, SessionFunction};
 use super::tracking::{Tracking, OWNED_VARIABLES};
+use super::ClientStream;
 use crate::backend::{first_value, BackendError, Flavor, CHARSET_VARIABLES};
 use crate::config::PoolMode;
 use crate::pool::{Lease, SessionError, WantedSession};
@@ -58,7 +60,7 @@ enum End {
 struct Session {
     gateway: Arc<Gateway>,
     id: u32,
-    stream: PacketStream<TcpStream>,
+    stream: ClientStream,
     capabilities: CapabilityFlags,
     user: String,
     mode: PoolMode,
@@ -237,6 +239,9 @@ async fn run(
     id: u32,
     pending: PendingLogin,
 ) -> End {
+    // Writes that make no progress for client_write_timeout fail: a client that stops
+    // reading cannot hold its database connection (or sluice's buffers) indefinitely.
+    let socket = Stall::new(socket, None, Some(gateway.settings.client_write_timeout));
     let mut stream = PacketStream::new(socket, login::MAX_LOGIN_PACKET);
     let server = match gateway.pool.server_info().await {
         Ok(server) => server,
@@ -305,7 +310,7 @@ async fn run(
 /// Runs an authenticated client's session until it ends.
 async fn serve_authenticated(
     gateway: Arc<Gateway>,
-    stream: PacketStream<TcpStream>,
+    stream: ClientStream,
     server: &crate::backend::ServerInfo,
     auth: Authenticated,
     id: u32,
@@ -1238,6 +1243,7 @@ impl Session {
         .map_err(client_end)?;
         let peer = self
             .stream
+            .get_ref()
             .get_ref()
             .peer_addr()
             .map_or(std::net::Ipv4Addr::UNSPECIFIED.into(), |a| a.ip());
