@@ -114,6 +114,27 @@ pub struct HttpConfig {
     /// A transaction is rolled back once this old, however busy.
     #[serde(with = "humantime_serde")]
     pub transaction_max_lifetime: Duration,
+    /// A client must send a request's headers within this long: from accept for its first
+    /// request, from its first byte for later ones. Also bounds the TLS handshake.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// A request body must arrive whole within this long (408 beyond, and the connection is
+    /// closed).
+    #[serde(with = "humantime_serde")]
+    pub body_read_timeout: Duration,
+    /// A keep-alive connection idle this long between requests is closed.
+    #[serde(with = "humantime_serde")]
+    pub keepalive_timeout: Duration,
+    /// A response the client accepts no byte of for this long is cut, and its request
+    /// (with the database connection it holds) is abandoned.
+    #[serde(with = "humantime_serde")]
+    pub write_timeout: Duration,
+    /// Most HTTP connections held at once; sockets beyond are answered 503 and closed at
+    /// once, so they cannot use up the file descriptors the other listeners need.
+    pub max_connections: usize,
+    /// Most requests in progress at once (a streamed response counts until its last byte);
+    /// more get 503 with `Retry-After`.
+    pub max_concurrent_requests: usize,
     /// The bearer keys: each maps to a user in `[[users]]`.
     pub api_keys: Vec<ApiKeyConfig>,
 }
@@ -129,6 +150,12 @@ impl Default for HttpConfig {
             statement_timeout: Duration::from_secs(30),
             transaction_idle_timeout: Duration::from_secs(180),
             transaction_max_lifetime: Duration::from_secs(900),
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(30),
+            keepalive_timeout: Duration::from_secs(60),
+            write_timeout: Duration::from_secs(30),
+            max_connections: 4096,
+            max_concurrent_requests: 256,
             api_keys: Vec::new(),
         }
     }
@@ -416,6 +443,18 @@ pub struct HttpSettings {
     pub transaction_idle_timeout: Duration,
     /// Age limit of a Data API transaction.
     pub transaction_max_lifetime: Duration,
+    /// Time allowed for a request's headers (and the TLS handshake).
+    pub header_read_timeout: Duration,
+    /// Time allowed for a request's body.
+    pub body_read_timeout: Duration,
+    /// Idle limit between requests on a keep-alive connection.
+    pub keepalive_timeout: Duration,
+    /// Longest a response may wait for the client to accept more of it.
+    pub write_timeout: Duration,
+    /// Cap on HTTP connections held at once.
+    pub max_connections: usize,
+    /// Cap on requests in progress at once.
+    pub max_concurrent_requests: usize,
     /// User name by SHA-256 of the bearer key.
     pub api_keys: HashMap<[u8; 32], String>,
 }
@@ -676,6 +715,8 @@ impl HttpConfig {
             ("http.max_body_size", self.max_body_size),
             ("http.max_result_size", self.max_result_size),
             ("http.max_rows", self.max_rows),
+            ("http.max_connections", self.max_connections),
+            ("http.max_concurrent_requests", self.max_concurrent_requests),
         ] {
             if value == 0 {
                 issue(key, "must be at least 1".into());
@@ -691,6 +732,10 @@ impl HttpConfig {
                 "http.transaction_max_lifetime",
                 self.transaction_max_lifetime,
             ),
+            ("http.header_read_timeout", self.header_read_timeout),
+            ("http.body_read_timeout", self.body_read_timeout),
+            ("http.keepalive_timeout", self.keepalive_timeout),
+            ("http.write_timeout", self.write_timeout),
         ] {
             if value.is_zero() {
                 issue(key, "must be greater than zero".into());
@@ -729,6 +774,12 @@ impl HttpConfig {
             statement_timeout: self.statement_timeout,
             transaction_idle_timeout: self.transaction_idle_timeout,
             transaction_max_lifetime: self.transaction_max_lifetime,
+            header_read_timeout: self.header_read_timeout,
+            body_read_timeout: self.body_read_timeout,
+            keepalive_timeout: self.keepalive_timeout,
+            write_timeout: self.write_timeout,
+            max_connections: self.max_connections,
+            max_concurrent_requests: self.max_concurrent_requests,
             api_keys,
         }
     }
@@ -852,6 +903,8 @@ mod tests {
             [http]
             tls_cert = "/nonexistent/cert.pem"
             max_rows = 0
+            max_concurrent_requests = 0
+            keepalive_timeout = "0s"
             [[http.api_keys]]
             user = "fn"
             key_sha256 = "{}"
@@ -873,6 +926,8 @@ mod tests {
             vec![
                 "http.tls_cert",
                 "http.max_rows",
+                "http.max_concurrent_requests",
+                "http.keepalive_timeout",
                 "http.api_keys[1].user",
                 "http.api_keys[1].key_sha256"
             ]
@@ -880,6 +935,8 @@ mod tests {
         let mut config: Config = toml::from_str(&text).unwrap();
         config.http.tls_cert = None;
         config.http.max_rows = 10;
+        config.http.max_concurrent_requests = 10;
+        config.http.keepalive_timeout = Duration::from_secs(5);
         config.http.api_keys.pop();
         let settings = config.validate("sluice.toml").unwrap();
         let digest = parse_sha256_hex(&api_key_sha256("k")).unwrap();

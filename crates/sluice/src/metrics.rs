@@ -54,6 +54,10 @@ pub struct Metrics {
     pub http_latency: HistogramVec,
     /// Data API transactions open now (each holds a database connection).
     pub http_open_transactions: IntGauge,
+    /// Data API connections and requests cut off by a limit, by `reason`
+    /// (`max_connections`, `max_concurrent_requests`, `header_read_timeout`,
+    /// `body_read_timeout`, `keepalive_timeout`, `write_timeout`).
+    pub http_rejections: IntCounterVec,
 }
 
 impl Metrics {
@@ -120,6 +124,11 @@ impl Metrics {
             http_open_transactions: gauge(
                 "http_open_transactions",
                 "Data API transactions open now, each holding a database connection",
+            ),
+            http_rejections: counter_vec(
+                "http_rejections_total",
+                "Data API connections and requests cut off by a limit or timeout",
+                "reason",
             ),
             client_connections: gauge("client_connections", "Client connections open now"),
             client_connections_accepted: counter(

@@ -6,31 +6,11 @@ mod common;
 
 use std::time::Duration;
 
+use common::data_api::*;
 use common::*;
 use mysql_async::prelude::*;
 use serde_json::{json, Value};
-use sluice::config::{api_key_sha256, ApiKeyConfig, Config};
-
-/// The key of user `app` (may use only the test database).
-const APP_KEY: &str = "app-key";
-/// The key of user `empty` (any database).
-const OTHER_KEY: &str = "other-key";
-
-/// Turns the Data API on with both keys.
-fn data_api(c: &mut Config) {
-    c.http_listen = Some("127.0.0.1:0".parse().unwrap());
-    c.http.api_keys = vec![
-        ApiKeyConfig {
-            user: "app".into(),
-            key_sha256: api_key_sha256(APP_KEY),
-        },
-        ApiKeyConfig {
-            user: "empty".into(),
-            key_sha256: api_key_sha256(OTHER_KEY),
-        },
-    ];
-    c.users[0].databases = Some(vec![TEST_DB.into()]);
-}
+use sluice::config::Config;
 
 struct Client {
     gw: TestGateway,
@@ -868,12 +848,6 @@ async fn serves_https_with_the_configured_certificate() {
         plain.is_err(),
         "plain HTTP is not served on the TLS listener"
     );
-}
-
-/// An HTTP client; reqwest is built without a default TLS provider, so name ring.
-fn plain_client() -> reqwest::Client {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::new()
 }
 
 fn tls_client_trusting(pem: &[u8]) -> rustls::ClientConfig {

@@ -1,5 +1,5 @@
-//! The JSON body extractor: enforces `http.max_body_size` and answers malformed JSON with
-//! the envelope (axum's own rejections are plain text).
+//! The JSON body extractor: enforces `http.max_body_size` and `http.body_read_timeout`, and
+//! answers malformed JSON with the envelope (axum's own rejections are plain text).
 
 use std::sync::Arc;
 
@@ -7,6 +7,7 @@ use axum::extract::{FromRequest, Request};
 use http_body_util::LengthLimitError;
 use serde::de::DeserializeOwned;
 
+use super::admission::Rejection;
 use super::envelope::{ApiError, Status};
 use super::Api;
 
@@ -17,9 +18,23 @@ impl<T: DeserializeOwned> FromRequest<Arc<Api>> for Body<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, api: &Arc<Api>) -> Result<Body<T>, ApiError> {
-        let limit = api.gateway.settings.http.max_body_size;
-        let bytes = axum::body::to_bytes(req.into_body(), limit)
+        let http = &api.gateway.settings.http;
+        let limit = http.max_body_size;
+        let timeout = http.body_read_timeout;
+        let read = tokio::time::timeout(timeout, axum::body::to_bytes(req.into_body(), limit));
+        let bytes = read
             .await
+            .map_err(|_| {
+                Rejection::BodyReadTimeout
+                    .counter(&api.gateway.metrics)
+                    .inc();
+                ApiError::new(
+                    Status::RequestTimeout,
+                    format!(
+                        "the request body did not arrive within http.body_read_timeout ({timeout:?})"
+                    ),
+                )
+            })?
             .map_err(|e| {
                 let inner = e.into_inner();
                 if inner.downcast_ref::<LengthLimitError>().is_some() {

@@ -4,7 +4,8 @@
 //! `message` is for people and says what to do. Database errors keep the server's own code,
 //! SQLSTATE and message in `data`, so existing error handling by MySQL code still works.
 
-use axum::http::StatusCode;
+use axum::http::header::CONNECTION;
+use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
@@ -26,6 +27,8 @@ pub enum Status {
     Unauthorized,
     /// 404: no such endpoint, or no such transaction for this user.
     NotFound,
+    /// 408: the request body did not arrive within `http.body_read_timeout`.
+    RequestTimeout,
     /// 409: a deadlock, lock wait timeout or duplicate key: retrying may succeed.
     Conflict,
     /// 410: the transaction existed but was rolled back for idling or age.
@@ -34,7 +37,8 @@ pub enum Status {
     PayloadTooLarge,
     /// 422: the database refused the statement (syntax, unknown table, constraint...).
     SqlError,
-    /// 503: no database connection within `pool.borrow_timeout`, or the database is down.
+    /// 503: no database connection within `pool.borrow_timeout`, the database is down, or
+    /// the Data API is at `http.max_connections` or `http.max_concurrent_requests`.
     Unavailable,
     /// 502: the database connection broke during the request.
     BadGateway,
@@ -53,6 +57,7 @@ impl Status {
             Status::NotAuthenticated => StatusCode::UNAUTHORIZED,
             Status::Unauthorized => StatusCode::FORBIDDEN,
             Status::NotFound => StatusCode::NOT_FOUND,
+            Status::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Status::Conflict => StatusCode::CONFLICT,
             Status::Expired => StatusCode::GONE,
             Status::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -72,6 +77,7 @@ impl Status {
             Status::NotAuthenticated => "notAuthenticated",
             Status::Unauthorized => "unauthorized",
             Status::NotFound => "notFound",
+            Status::RequestTimeout => "requestTimeout",
             Status::Conflict => "conflict",
             Status::Expired => "expired",
             Status::PayloadTooLarge => "payloadTooLarge",
@@ -90,11 +96,12 @@ pub fn success(message: &str, data: Value) -> Response {
 }
 
 fn envelope(status: Status, message: &str, data: Value) -> Response {
-    (
-        status.code(),
-        Json(json!({"status": status.word(), "message": message, "data": data})),
-    )
-        .into_response()
+    (status.code(), Json(document(status, message, data))).into_response()
+}
+
+/// The envelope as JSON.
+pub fn document(status: Status, message: &str, data: Value) -> Value {
+    json!({"status": status.word(), "message": message, "data": data})
 }
 
 /// A failed request: what to tell the client, and any details for `data`.
@@ -179,7 +186,16 @@ impl From<BorrowError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        envelope(self.status, &self.message, self.data)
+        let closes = self.status == Status::RequestTimeout;
+        let mut response = envelope(self.status, &self.message, self.data);
+        if closes {
+            // The rest of the body may still be on its way: the connection cannot carry
+            // another request.
+            response
+                .headers_mut()
+                .insert(CONNECTION, HeaderValue::from_static("close"));
+        }
+        response
     }
 }
 

@@ -12,8 +12,9 @@ use super::auth::Caller;
 use super::body::Body;
 use super::connection::{After, Held};
 use super::envelope::{success, ApiError};
+use super::output::{self, Output};
 use super::params;
-use super::statement::{self, Budget, RunError, Shape, Statements};
+use super::statement::{self, Outcome, Results, RunError, Shape, Statements};
 use super::Api;
 use crate::backend::BackendConn;
 
@@ -68,30 +69,40 @@ pub struct ExecuteRequest {
     common: Common,
 }
 
-/// Runs one statement.
+/// Runs one statement; its result is streamed (see `output`).
 pub async fn execute(
     State(api): State<Arc<Api>>,
     caller: Caller,
     Body(req): Body<ExecuteRequest>,
-) -> Result<Response, ApiError> {
+) -> Response {
+    output::respond("statement executed", move |out| {
+        Box::pin(async move { run_execute(&api, &caller, &req, out).await })
+    })
+    .await
+}
+
+async fn run_execute(
+    api: &Api,
+    caller: &Caller,
+    req: &ExecuteRequest,
+    out: &mut Output,
+) -> Result<(), ApiError> {
     let params = params::to_values(&req.params).map_err(ApiError::bad_request)?;
     let common = &req.common;
-    let mut held = common.acquire(&api, &caller).await?;
-    let mut budget = api.budget();
-    let statements = api.statements(&caller);
+    let mut held = common.acquire(api, caller).await?;
+    let mut results = Results::new(out, common.shape(), api.budget());
     let result = statement::run(
         held.conn(),
-        &statements,
+        &api.statements(caller),
         &req.sql,
         &[params],
-        common.shape(),
-        &mut budget,
+        &mut results,
     )
     .await
     .map(|mut outcomes| outcomes.remove(0))
     .map_err(|(_, e)| e);
-    held.finish(&api, After::of(&result)).await;
-    Ok(success("statement executed", result?.to_json()))
+    held.finish(api, After::of(&result)).await;
+    result.map(drop).map_err(ApiError::from)
 }
 
 /// One statement of a `statements` batch.
@@ -190,76 +201,73 @@ async fn control(conn: &mut BackendConn, sql: &str) -> Result<(), RunError> {
 }
 
 /// Runs many statements atomically: all take effect, or (on the first error, reported with
-/// its index) none do.
+/// its index) none do. Results are streamed (see `output`).
 pub async fn batch(
     State(api): State<Arc<Api>>,
     caller: Caller,
     Body(req): Body<BatchRequest>,
-) -> Result<Response, ApiError> {
+) -> Response {
+    output::respond("batch committed", move |out| {
+        Box::pin(async move { run_batch_request(&api, &caller, &req, out).await })
+    })
+    .await
+}
+
+async fn run_batch_request(
+    api: &Api,
+    caller: &Caller,
+    req: &BatchRequest,
+    out: &mut Output,
+) -> Result<(), ApiError> {
     let groups = req.groups()?;
     let common = &req.common;
     let atomic = match common.transaction_id {
         Some(_) => SAVEPOINT,
         None => OWN_TRANSACTION,
     };
-    let mut held = common.acquire(&api, &caller).await?;
-    let statements = api.statements(&caller);
-    let result = run_batch(
-        held.conn(),
-        &statements,
-        &atomic,
-        &groups,
-        common.shape(),
-        api.budget(),
-    )
-    .await;
+    let mut held = common.acquire(api, caller).await?;
+    out.write(b"{\"results\":[").await;
+    let mut results = Results::new(out, common.shape(), api.budget());
+    let statements = api.statements(caller);
+    let result = run_batch(held.conn(), &statements, &atomic, &groups, &mut results).await;
     let after = match &result {
-        Ok((_, session_changed)) if !session_changed => After::Clean,
+        Ok(session_changed) if !session_changed => After::Clean,
         Err(RunError::Broken(_)) => After::Broken,
         _ => After::Dirty,
     };
-    held.finish(&api, after).await;
-    let (results, _) = result?;
-    Ok(success("batch committed", json!({ "results": results })))
+    held.finish(api, after).await;
+    result?;
+    out.write(b"]}").await;
+    Ok(())
 }
 
-/// The batch proper; returns each statement's `data` and whether any changed the session.
+/// The batch proper, writing each statement's `data` to `results`; returns whether any
+/// statement changed the session.
 async fn run_batch(
     conn: &mut BackendConn,
     statements: &Statements<'_>,
     atomic: &Atomic,
     groups: &[Group<'_>],
-    shape: Shape,
-    mut budget: Budget,
-) -> Result<(Vec<Json>, bool), RunError> {
+    results: &mut Results<'_>,
+) -> Result<bool, RunError> {
     control(conn, atomic.begin).await?;
-    let mut results = Vec::new();
     let mut session_changed = false;
     for group in groups {
-        let ran = statement::run(
-            conn,
-            statements,
-            group.sql,
-            &group.param_sets,
-            shape,
-            &mut budget,
-        );
+        let before = results.written;
+        let ran = statement::run(conn, statements, group.sql, &group.param_sets, results);
         match ran.await {
             Ok(outcomes) => {
-                for outcome in outcomes {
-                    session_changed |= outcome.changed_session();
-                    results.push(outcome.to_json());
-                }
+                session_changed |= outcomes.iter().any(Outcome::changed_session);
             }
             Err((i, RunError::Refused(err))) => {
                 control(conn, atomic.undo).await?;
-                return Err(RunError::Refused(err.at_index(results.len() + i)));
+                return Err(RunError::Refused(err.at_index(before + i)));
             }
             Err((_, broken)) => return Err(broken),
         }
     }
     control(conn, atomic.keep).await?;
-    Ok((results, session_changed))
+    Ok(session_changed)
 }
 
 /// Isolation levels a transaction may ask for.

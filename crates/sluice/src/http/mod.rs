@@ -5,21 +5,28 @@
 //! one statement or one batch) except for transactions, which hold a connection by id
 //! between requests until they end or expire.
 //!
-//! - `auth`: bearer API keys; `body`: the JSON body extractor with its size limit;
+//! - `admission`: the connection and request caps, and the count of what they refuse;
+//! - `socket` and `clock`: the timeouts of a connection (headers, keep-alive, stalled writes);
+//! - `auth`: bearer API keys; `body`: the JSON body extractor with its size and time limits;
 //! - `envelope`: the `{status, message, data}` response and error statuses;
+//! - `output`: responses streamed while they are produced, bounded in memory;
 //! - `params` and `values`: JSON to binary-protocol values and back, without loss;
 //! - `statement`: one statement over the binary protocol, results within limits;
 //! - `connection`: which connection a request uses and how it goes back;
 //! - `transactions`: the open transactions and their reaper;
 //! - `handlers`: the endpoints; `openapi`: their description; `tls`: optional HTTPS.
 
+mod admission;
 mod auth;
 mod body;
+mod clock;
 mod connection;
 mod envelope;
 mod handlers;
 mod openapi;
+mod output;
 mod params;
+mod socket;
 mod statement;
 pub mod tls;
 mod transactions;
@@ -37,13 +44,17 @@ use axum::Router;
 use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tracing::debug;
 
 use crate::Gateway;
+use admission::Rejection;
 use auth::Caller;
+use clock::HeadClock;
 use envelope::{ApiError, Status};
+use socket::{Arrivals, Watched};
 use statement::{Budget, Statements};
 use transactions::Transactions;
 
@@ -51,6 +62,8 @@ use transactions::Transactions;
 pub struct Api {
     gateway: Arc<Gateway>,
     transactions: Arc<Transactions>,
+    /// One permit per request in progress (`http.max_concurrent_requests`).
+    requests: Arc<Semaphore>,
     vars_mariadb: BTreeMap<String, String>,
     vars_mysql: BTreeMap<String, String>,
 }
@@ -76,6 +89,7 @@ impl Api {
                 timeout.as_millis().to_string(),
             )]),
             transactions,
+            requests: Arc::new(Semaphore::new(http.max_concurrent_requests)),
             gateway,
         })
     }
@@ -108,6 +122,10 @@ pub fn router(api: Arc<Api>) -> Router {
         .route("/v1/transactions/{id}/commit", post(handlers::commit))
         .route("/v1/transactions/{id}/rollback", post(handlers::rollback))
         .route("/v1/openapi.json", get(openapi::document))
+        .route_layer(middleware::from_fn_with_state(
+            api.clone(),
+            admission::limit_requests,
+        ))
         .route_layer(middleware::from_fn_with_state(api.clone(), observe))
         .fallback(not_found)
         .method_not_allowed_fallback(not_found)
@@ -143,9 +161,18 @@ async fn observe(
     response
 }
 
-/// Serves the Data API on `listener` (HTTPS when `tls` is set) until the task is aborted.
+/// Largest read or write buffer hyper keeps per connection; a request head must fit in it.
+/// hyper's default (about 400 KiB) would let each streaming response park that much.
+const MAX_BUF: usize = 64 * 1024;
+
+/// Serves the Data API on `listener` (HTTPS when `tls` is set) until the task is aborted,
+/// holding at most `http.max_connections` connections.
 pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>, tls: Option<TlsAcceptor>) {
-    let app = router(Api::new(gateway));
+    let settings = &gateway.settings.http;
+    let slots = Arc::new(Semaphore::new(settings.max_connections));
+    let answer = admission::full_answer(settings.max_connections);
+    let refused = Rejection::MaxConnections.counter(&gateway.metrics);
+    let app = router(Api::new(gateway.clone()));
     loop {
         let (socket, peer) = match listener.accept().await {
             Ok(pair) => pair,
@@ -155,31 +182,67 @@ pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>, tls: Option<Tls
                 continue;
             }
         };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            refused.inc();
+            admission::turn_away(socket, tls.is_none().then_some(answer.as_slice()));
+            continue;
+        };
         let _ = socket.set_nodelay(true);
         let app = app.clone();
         let tls = tls.clone();
+        let gateway = gateway.clone();
         tokio::spawn(async move {
-            match tls {
-                None => serve_connection(socket, app).await,
-                Some(acceptor) => match tls::handshake(&acceptor, socket).await {
-                    Ok(stream) => serve_connection(stream, app).await,
-                    Err(e) => debug!(%peer, error = %e, "Data API TLS handshake failed"),
-                },
-            }
+            serve_socket(socket, &gateway, app, tls).await;
+            debug!(%peer, "Data API connection closed");
+            drop(slot);
         });
     }
 }
 
-/// HTTP/1.1 with keep-alive on one accepted connection.
-async fn serve_connection<I>(io: I, app: Router)
+/// One accepted socket, watched (see `socket` and `clock`), with TLS when configured.
+async fn serve_socket(socket: TcpStream, gateway: &Gateway, app: Router, tls: Option<TlsAcceptor>) {
+    let http = &gateway.settings.http;
+    let metrics = &gateway.metrics;
+    let arrivals = Arrivals::default();
+    let clock = HeadClock::new(
+        arrivals.clone(),
+        http.header_read_timeout,
+        http.keepalive_timeout,
+        Rejection::HeaderReadTimeout.counter(metrics),
+        Rejection::KeepaliveTimeout.counter(metrics),
+    );
+    let socket = Watched::new(
+        socket,
+        arrivals,
+        http.write_timeout,
+        Rejection::WriteTimeout.counter(metrics),
+    );
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(clock)
+        .header_read_timeout(http.header_read_timeout)
+        .max_buf_size(MAX_BUF);
+    match tls {
+        None => serve_connection(&builder, socket, app).await,
+        Some(acceptor) => match tls::handshake(&acceptor, socket, http.header_read_timeout).await {
+            Ok(stream) => serve_connection(&builder, stream, app).await,
+            Err(e) => {
+                if e.kind() == std::io::ErrorKind::TimedOut {
+                    Rejection::HeaderReadTimeout.counter(metrics).inc();
+                }
+                debug!(error = %e, "Data API TLS handshake failed");
+            }
+        },
+    }
+}
+
+/// HTTP/1.1 with keep-alive on one connection.
+async fn serve_connection<I>(builder: &hyper::server::conn::http1::Builder, io: I, app: Router)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let service = TowerToHyperService::new(app);
-    if let Err(e) = hyper::server::conn::http1::Builder::new()
-        .serve_connection(TokioIo::new(io), service)
-        .await
-    {
+    if let Err(e) = builder.serve_connection(TokioIo::new(io), service).await {
         debug!(error = %e, "Data API connection ended with an error");
     }
 }

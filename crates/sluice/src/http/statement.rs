@@ -1,5 +1,5 @@
-//! Running one statement with bound parameters over the binary protocol, and reading its
-//! results into JSON within the request's limits.
+//! Running one statement with bound parameters over the binary protocol, and writing its
+//! results as JSON while they arrive, within the request's limits.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -15,6 +15,7 @@ use sluice_protocol::response::{self, ErrFields};
 use sluice_protocol::{ProtocolError, StatusFlags};
 
 use super::envelope::{ApiError, Status};
+use super::output::Output;
 use super::values;
 use crate::backend::{BackendConn, BackendError};
 use crate::statements::StatementKey;
@@ -40,34 +41,31 @@ pub struct Budget {
     pub max_bytes: usize,
 }
 
-/// One result: a row set, or the counts of a statement that returned none.
-#[derive(Debug, Default)]
-pub struct ResultSet {
-    columns: Vec<Json>,
-    rows: Vec<Json>,
-    rows_affected: u64,
-    last_insert_id: u64,
-    warnings: u16,
+/// A request's results as they are written: its `data` (one statement), or the entries
+/// of a batch's `results`, within the request's allowance.
+pub struct Results<'o> {
+    out: &'o mut Output,
+    shape: Shape,
+    budget: Budget,
+    /// Statement outcomes written so far; a batch reports a failure's index from it.
+    pub written: usize,
 }
 
-impl ResultSet {
-    /// The `data` object clients see.
-    pub fn to_json(&self) -> Json {
-        serde_json::json!({
-            "columns": self.columns,
-            "rows": self.rows,
-            "rows_affected": self.rows_affected,
-            "last_insert_id": self.last_insert_id,
-            "warnings": self.warnings,
-        })
+impl<'o> Results<'o> {
+    /// Results written to `out`, shaped by `shape`, within `budget`.
+    pub fn new(out: &'o mut Output, shape: Shape, budget: Budget) -> Results<'o> {
+        Results {
+            out,
+            shape,
+            budget,
+            written: 0,
+        }
     }
 }
 
-/// A statement's results and what it did to the connection.
+/// What a statement did to the connection (its results went to [`Results`]).
 #[derive(Debug)]
 pub struct Outcome {
-    /// One per result the statement produced (a `CALL` may produce several).
-    pub results: Vec<ResultSet>,
     /// The server's status after the last result.
     pub status: StatusFlags,
 }
@@ -83,17 +81,6 @@ impl Outcome {
     pub fn changed_session(&self) -> bool {
         self.status
             .contains(StatusFlags::SERVER_SESSION_STATE_CHANGED)
-    }
-
-    /// `data` for a single statement: its first result, later ones under `more_results`.
-    pub fn to_json(&self) -> Json {
-        let mut results = self.results.iter().map(ResultSet::to_json);
-        let mut data = results.next().unwrap_or(Json::Null);
-        let more: Vec<Json> = results.collect();
-        if let (false, Json::Object(map)) = (more.is_empty(), &mut data) {
-            map.insert("more_results".into(), Json::Array(more));
-        }
-        data
     }
 }
 
@@ -147,15 +134,14 @@ pub struct Statements<'a> {
 }
 
 /// Executes `sql` with each parameter set in turn, prepared once per connection and kept
-/// there for later requests. Stops at the first failure, returned with the index of its
-/// parameter set.
+/// there for later requests, writing each execute's `data` to `results`. Stops at the
+/// first failure, returned with the index of its parameter set.
 pub async fn run(
     conn: &mut BackendConn,
     statements: &Statements<'_>,
     sql: &str,
     param_sets: &[Vec<Value>],
-    shape: Shape,
-    budget: &mut Budget,
+    results: &mut Results<'_>,
 ) -> Result<Vec<Outcome>, (usize, RunError)> {
     let schema = conn.schema.clone().flatten();
     let key = Arc::new(StatementKey::new(
@@ -174,7 +160,7 @@ pub async fn run(
     };
     let mut outcomes = Vec::with_capacity(param_sets.len());
     for (i, params) in param_sets.iter().enumerate() {
-        let result = execute(conn, id, placeholders, params, shape, budget).await;
+        let result = execute(conn, id, placeholders, params, results).await;
         // Every execute binds its own types; MySQL-protocol clients that bind none must
         // have theirs bound again on this connection.
         if let Some(statement) = conn.statements.get_mut(&key) {
@@ -195,8 +181,7 @@ async fn execute(
     id: u32,
     placeholders: u16,
     params: &[Value],
-    shape: Shape,
-    budget: &mut Budget,
+    results: &mut Results<'_>,
 ) -> Result<Outcome, RunError> {
     let (execute, as_long_data) = ComStmtExecuteRequestBuilder::new(id).build(params);
     if usize::from(placeholders) != params.len() {
@@ -212,7 +197,7 @@ async fn execute(
         )));
     }
     send(conn, &[&execute]).await?;
-    read_results(conn, shape, budget).await
+    read_results(conn, results).await
 }
 
 /// Queues each command as its own packet (sequence id 0) and sends them together.
@@ -231,55 +216,74 @@ async fn send(
     Ok(())
 }
 
-/// Reads every result of an executed statement. Rows past a limit are read and dropped, so
-/// the connection (and any transaction on it) stays usable, and the request fails with 507.
+/// Reads every result of an executed statement and writes them as one `data` object: the
+/// first result, later ones (of a `CALL`) under `more_results`. Rows past a limit are read
+/// and dropped, so the connection (and any transaction on it) stays usable, and the request
+/// fails with 507.
 async fn read_results(
     conn: &mut BackendConn,
-    shape: Shape,
-    budget: &mut Budget,
+    results: &mut Results<'_>,
 ) -> Result<Outcome, RunError> {
-    let mut results = Vec::new();
+    if results.written > 0 {
+        results.out.write(b",").await;
+    }
     let mut overflow: Option<String> = None;
+    let mut index = 0;
     loop {
         let packet = conn.stream.read_packet().await?;
-        let status = match packet.payload.first() {
-            Some(&response::ERR_HEADER) => return Err(server_error(&packet.payload)?),
-            Some(&response::OK_HEADER) => {
-                let ok = response::parse_ok(&packet.payload)?;
-                results.push(ResultSet {
-                    rows_affected: ok.affected_rows,
-                    last_insert_id: ok.last_insert_id,
-                    warnings: ok.warnings,
-                    ..ResultSet::default()
-                });
-                ok.status
-            }
-            _ => {
-                let (result, status) =
-                    read_row_set(conn, &packet.payload, shape, budget, &mut overflow).await?;
-                results.push(result);
-                status
-            }
+        if packet.payload.first() == Some(&response::ERR_HEADER) {
+            return Err(server_error(&packet.payload)?);
+        }
+        // The first result's keys come first; each later one is a whole object in
+        // `more_results`, which the first result's object closes around.
+        results
+            .out
+            .write(match index {
+                0 => b"{".as_slice(),
+                1 => b",\"more_results\":[{",
+                _ => b",{",
+            })
+            .await;
+        let status = if packet.payload.first() == Some(&response::OK_HEADER) {
+            let ok = response::parse_ok(&packet.payload)?;
+            let fields = format!(
+                "\"columns\":[],\"last_insert_id\":{},\"rows\":[],\"rows_affected\":{},\"warnings\":{}",
+                ok.last_insert_id, ok.affected_rows, ok.warnings
+            );
+            results.out.write(fields.as_bytes()).await;
+            ok.status
+        } else {
+            read_row_set(conn, &packet.payload, results, &mut overflow).await?
         };
+        if index > 0 {
+            results.out.write(b"}").await;
+        }
         if !status.contains(StatusFlags::SERVER_MORE_RESULTS_EXISTS) {
+            results
+                .out
+                .write(if index > 0 { b"]}".as_slice() } else { b"}" })
+                .await;
+            results.written += 1;
             return match overflow {
                 Some(message) => Err(RunError::Refused(ApiError::new(
                     Status::ResultTooLarge,
                     message,
                 ))),
-                None => Ok(Outcome { results, status }),
+                None => Ok(Outcome { status }),
             };
         }
+        index += 1;
     }
 }
 
+/// Reads one row set and writes its keys (`columns` to `warnings`); returns the status its
+/// end carried.
 async fn read_row_set(
     conn: &mut BackendConn,
     count_packet: &[u8],
-    shape: Shape,
-    budget: &mut Budget,
+    results: &mut Results<'_>,
     overflow: &mut Option<String>,
-) -> Result<(ResultSet, StatusFlags), RunError> {
+) -> Result<StatusFlags, RunError> {
     let (count, _) = sluice_protocol::lenenc::read_int(count_packet)?;
     let mut columns = Vec::new();
     for _ in 0..count {
@@ -294,13 +298,17 @@ async fn read_row_set(
     }
     let columns: Arc<[Column]> = columns.into();
     let names: Vec<String> = columns.iter().map(|c| c.name_str().into_owned()).collect();
-    let mut result = ResultSet {
-        columns: columns
-            .iter()
-            .map(|c| values::describe(c, shape.metadata))
-            .collect(),
-        ..ResultSet::default()
-    };
+    let shape = results.shape;
+    let described: Vec<Json> = columns
+        .iter()
+        .map(|c| values::describe(c, shape.metadata))
+        .collect();
+    let out = &mut *results.out;
+    out.write(b"\"columns\":").await;
+    out.json(&described).await;
+    out.write(b",\"last_insert_id\":0,\"rows\":[").await;
+    let budget = &mut results.budget;
+    let mut rows = 0;
     loop {
         let packet = conn.stream.read_packet().await?;
         let payload = &packet.payload;
@@ -310,15 +318,19 @@ async fn read_row_set(
         if response::is_eof(payload) {
             let status = response::terminator_status(payload)
                 .ok_or_else(|| malformed("bad end of result set"))?;
-            if payload.len() > 5 {
-                result.warnings = response::parse_ok(payload)?.warnings;
-            }
-            return Ok((result, status));
+            let warnings = if payload.len() > 5 {
+                response::parse_ok(payload)?.warnings
+            } else {
+                0
+            };
+            let end = format!("],\"rows_affected\":0,\"warnings\":{warnings}");
+            out.write(end.as_bytes()).await;
+            return Ok(status);
         }
         if overflow.is_some() {
             continue;
         }
-        if result.rows.len() == budget.max_rows {
+        if rows == budget.max_rows {
             *overflow = Some(format!(
                 "the result has more than {} rows (http.max_rows); add a LIMIT or raise http.max_rows",
                 budget.max_rows
@@ -348,10 +360,15 @@ async fn read_row_set(
             .into_iter()
             .zip(columns.iter())
             .map(|(value, column)| values::to_json(value, column));
-        result.rows.push(if shape.objects {
+        let row = if shape.objects {
             Json::Object(names.iter().cloned().zip(cells).collect::<Map<_, _>>())
         } else {
             Json::Array(cells.collect())
-        });
+        };
+        if rows > 0 {
+            out.write(b",").await;
+        }
+        out.json(&row).await;
+        rows += 1;
     }
 }

@@ -4,15 +4,12 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::rustls::{self, ServerConfig};
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
-
-/// A client gets this long to finish its TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Loads a PEM certificate chain and private key into an acceptor; errors name the file.
 pub fn acceptor(cert: &Path, key: &Path) -> std::io::Result<TlsAcceptor> {
@@ -34,12 +31,17 @@ pub fn acceptor(cert: &Path, key: &Path) -> std::io::Result<TlsAcceptor> {
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
-/// Runs the server side of a TLS handshake, within [`HANDSHAKE_TIMEOUT`].
-pub async fn handshake(
+/// Runs the server side of a TLS handshake, within `timeout` (`http.header_read_timeout`:
+/// a client that connects and stays silent is closed as soon as on a plain listener).
+pub async fn handshake<I>(
     acceptor: &TlsAcceptor,
-    socket: TcpStream,
-) -> std::io::Result<TlsStream<TcpStream>> {
-    tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(socket))
+    socket: I,
+    timeout: Duration,
+) -> std::io::Result<TlsStream<I>>
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+{
+    tokio::time::timeout(timeout, acceptor.accept(socket))
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timed out"))?
 }
