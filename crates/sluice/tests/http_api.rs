@@ -1,5 +1,6 @@
 //! The Data API over real HTTP against the real MariaDB: every endpoint, every value type,
-//! errors, limits, transactions and their expiry, TLS. Every response any test receives is
+//! errors, limits, transactions and their expiry, TLS, streamed results, and hostile or slow
+//! clients against the connection and request caps and timeouts. Every response any test receives is
 //! checked against the schema the OpenAPI document gives for its path and status.
 
 mod common;
@@ -11,6 +12,7 @@ use common::*;
 use mysql_async::prelude::*;
 use serde_json::{json, Value};
 use sluice::config::Config;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 struct Client {
     gw: TestGateway,
@@ -31,8 +33,10 @@ impl Client {
     }
 
     async fn over(gw: TestGateway, base: String, http: reqwest::Client) -> Client {
+        // Not kept alive: tests count the connections the server holds.
         let openapi = http
             .get(format!("{base}/v1/openapi.json"))
+            .header("connection", "close")
             .send()
             .await
             .unwrap()
@@ -821,9 +825,18 @@ async fn serves_https_with_the_configured_certificate() {
         data_api(c);
         c.http.tls_cert = Some(cert.clone());
         c.http.tls_key = Some(key.clone());
+        c.http.header_read_timeout = Duration::from_secs(1);
     })
     .await;
     let port = gw.http.unwrap().port();
+    // A socket that never starts its handshake is closed after header_read_timeout.
+    let mut silent = tokio::net::TcpStream::connect(gw.http.unwrap())
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(10), silent.read_to_end(&mut got));
+    assert!(closed.await.is_ok(), "a silent TLS socket is closed");
+    assert!(got.is_empty());
     let pem = std::fs::read(&cert).unwrap();
     let client = reqwest::Client::builder()
         .use_preconfigured_tls(tls_client_trusting(&pem))
@@ -847,6 +860,14 @@ async fn serves_https_with_the_configured_certificate() {
     assert!(
         plain.is_err(),
         "plain HTTP is not served on the TLS listener"
+    );
+    let metrics = api.metrics().await;
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "sluice_http_rejections_total{reason=\"header_read_timeout\"}"
+        ),
+        1.0
     );
 }
 
@@ -912,4 +933,335 @@ async fn database_trouble_is_503_or_502_never_a_panic() {
     let data = api.sql("SELECT 2", json!([])).await;
     assert_eq!(data["rows"], json!([[2]]));
     direct.disconnect().await.unwrap();
+}
+
+/// Rows of about 180 bytes with characters JSON must escape, and a DECIMAL.
+const WIDE_ROWS: &str =
+    r#"SELECT seq, REPEAT(CONCAT('é"\\', seq), 20) AS filler, seq / 7 AS ratio FROM seq_1_to_"#;
+
+#[tokio::test]
+async fn large_results_stream_as_the_same_document() {
+    let api = Client::start("http_stream", |_| {}).await;
+    let run = |sql: String| {
+        api.http
+            .post(format!("{}/v1/execute", api.base))
+            .bearer_auth(APP_KEY)
+            .json(&json!({"sql": sql, "database": TEST_DB}))
+            .send()
+    };
+    // One row is answered whole, with a length.
+    let small = run(format!("{WIDE_ROWS}1")).await.unwrap();
+    assert!(small.headers().contains_key("content-length"));
+    let small: Value = small.json().await.unwrap();
+    // 20,000 rows (about 4 MB) are streamed, and are the document a buffered reply was:
+    // serde_json's rendering of the same value, byte for byte.
+    let sql = format!("{WIDE_ROWS}20000");
+    let response = run(sql.clone()).await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["transfer-encoding"], "chunked");
+    assert!(!response.headers().contains_key("content-length"));
+    let text = response.text().await.unwrap();
+    let rows: Vec<(u64, String, String)> = direct().await.query(&sql).await.unwrap();
+    let expected = json!({
+        "status": "success",
+        "message": "statement executed",
+        "data": {
+            "columns": small["data"]["columns"],
+            "rows": rows.iter().map(|(seq, filler, ratio)| json!([seq, filler, ratio])).collect::<Vec<_>>(),
+            "rows_affected": 0,
+            "last_insert_id": 0,
+            "warnings": 0,
+        }
+    });
+    assert!(text.len() > 3_000_000, "{} bytes", text.len());
+    assert!(
+        text == serde_json::to_string(&expected).unwrap(),
+        "the streamed document differs from the buffered one"
+    );
+    api.check_schema("/v1/execute", 200, &serde_json::from_str(&text).unwrap());
+
+    // A batch streams too; rows as objects.
+    let (status, body) = api
+        .post(
+            Some(APP_KEY),
+            "/v1/batch",
+            json!({"database": TEST_DB, "rows_as": "objects", "statements": [
+                {"sql": format!("{WIDE_ROWS}3000")},
+                {"sql": "SELECT 1 AS one"}
+            ]}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let results = body["data"]["results"].as_array().unwrap();
+    assert_eq!(results[0]["rows"].as_array().unwrap().len(), 3000);
+    assert_eq!(results[0]["rows"][2999]["seq"], 3000);
+    assert_eq!(results[1]["rows"], json!([{"one": 1}]));
+}
+
+#[tokio::test]
+async fn a_failure_after_the_response_started_cannot_pass_for_success() {
+    let api = Client::start("http_stream_fail", |c| {
+        c.http.max_rows = 5000;
+        c.pool.max_db_connections = 1;
+    })
+    .await;
+    let before = api.sql("SELECT CONNECTION_ID()", json!([])).await;
+    // The first 5,000 rows are more than the part kept back: the reply is streaming when
+    // row 5,001 goes past http.max_rows.
+    let mut response = api
+        .http
+        .post(format!("{}/v1/execute", api.base))
+        .bearer_auth(APP_KEY)
+        .json(&json!({"sql": format!("{WIDE_ROWS}8000"), "database": TEST_DB}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "the reply had started");
+    let mut received = Vec::new();
+    let ended = loop {
+        match response.chunk().await {
+            Ok(Some(chunk)) => received.extend_from_slice(&chunk),
+            Ok(None) => break Ok(()),
+            Err(e) => break Err(e),
+        }
+    };
+    assert!(ended.is_err(), "the response is cut, not completed");
+    assert!(serde_json::from_slice::<Value>(&received).is_err());
+    let text = String::from_utf8(received).unwrap();
+    let last_line = text.trim_end().rsplit('\n').next().unwrap();
+    let tail: Value = serde_json::from_str(last_line).unwrap();
+    assert_eq!(tail["status"], "resultTooLarge", "{tail}");
+    assert!(tail["message"].as_str().unwrap().contains("http.max_rows"));
+    api.check_schema("/v1/execute", 507, &tail);
+    // The rows past the limit were drained: the one connection carries on.
+    let after = api.sql("SELECT CONNECTION_ID()", json!([])).await;
+    assert_eq!(before["rows"], after["rows"]);
+}
+
+#[tokio::test]
+async fn requests_beyond_the_cap_get_503_until_a_streamed_reply_ends() {
+    let api = Client::start("http_request_cap", |c| {
+        c.http.max_concurrent_requests = 1;
+    })
+    .await;
+    let execute = |sql: String| {
+        api.http
+            .post(format!("{}/v1/execute", api.base))
+            .bearer_auth(APP_KEY)
+            .json(&json!({"sql": sql, "database": TEST_DB}))
+            .send()
+    };
+    // A streamed reply whose body is not read yet is still in progress.
+    let streaming = execute(format!("{WIDE_ROWS}20000")).await.unwrap();
+    assert_eq!(streaming.status(), 200);
+    let refused = execute("SELECT 1".into()).await.unwrap();
+    assert_eq!(refused.status(), 503);
+    assert_eq!(refused.headers()["retry-after"], "1");
+    let body: Value = refused.json().await.unwrap();
+    api.check_schema("/v1/execute", 503, &body);
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("http.max_concurrent_requests"),
+        "{body}"
+    );
+    let whole: Value = streaming.json().await.unwrap();
+    assert_eq!(whole["data"]["rows"].as_array().unwrap().len(), 20000);
+    // Its last byte is sent: the place is free again.
+    let data = api.sql("SELECT 2", json!([])).await;
+    assert_eq!(data["rows"], json!([[2]]));
+    let metrics = api.metrics().await;
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "sluice_http_rejections_total{reason=\"max_concurrent_requests\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "sluice_http_requests_total{endpoint=\"/v1/execute\",status=\"503\"}"
+        ),
+        1.0
+    );
+}
+
+/// How a hostile socket behaves.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Attack {
+    /// Connects and sends nothing.
+    Silent,
+    /// Sends half its headers.
+    HalfHeaders,
+    /// Sends its headers, then a byte of its body every 100 ms.
+    SlowBody,
+}
+
+/// Opens one hostile socket; the task ends with what the server sent once it closes it.
+async fn attack(addr: std::net::SocketAddr, how: Attack) -> tokio::task::JoinHandle<Vec<u8>> {
+    let socket = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut reader, mut writer) = socket.into_split();
+    match how {
+        Attack::Silent => {}
+        Attack::HalfHeaders => writer
+            .write_all(b"POST /v1/execute HTTP/1.1\r\nHost: sluice\r\n")
+            .await
+            .unwrap(),
+        Attack::SlowBody => {
+            let head = format!(
+                "POST /v1/execute HTTP/1.1\r\nHost: sluice\r\nAuthorization: Bearer {APP_KEY}\r\n\
+                 Content-Length: 1000\r\n\r\n{{\"sql\": "
+            );
+            writer.write_all(head.as_bytes()).await.unwrap();
+            tokio::spawn(async move {
+                while writer.write_all(b" ").await.is_ok() {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            });
+            return tokio::spawn(async move {
+                let mut out = Vec::new();
+                let _ = reader.read_to_end(&mut out).await;
+                out
+            });
+        }
+    }
+    tokio::spawn(async move {
+        let _keep_open = writer;
+        let mut out = Vec::new();
+        let _ = reader.read_to_end(&mut out).await;
+        out
+    })
+}
+
+#[tokio::test]
+async fn hostile_sockets_cannot_lock_clients_out() {
+    const CAP: usize = 20;
+    const ATTACKERS: usize = 60;
+    let api = Client::start("http_hostile", |c| {
+        c.http.max_connections = CAP;
+        c.http.header_read_timeout = Duration::from_secs(1);
+        c.http.body_read_timeout = Duration::from_secs(1);
+    })
+    .await;
+    let addr = api.gw.http.unwrap();
+    let kinds = [Attack::Silent, Attack::HalfHeaders, Attack::SlowBody];
+    let mut attackers = Vec::new();
+    for i in 0..ATTACKERS {
+        let how = kinds[i % kinds.len()];
+        attackers.push((how, attack(addr, how).await));
+    }
+    // The admin listener answers all along.
+    assert!(api.metrics().await.contains("sluice_http_rejections_total"));
+
+    // A legitimate client gets through once the sockets holding the slots time out.
+    let started = std::time::Instant::now();
+    let mut refused = 0;
+    loop {
+        match exchange(addr, &execute_request("SELECT 'through'")).await {
+            Some((200, body)) => {
+                assert_eq!(body["data"]["rows"], json!([["through"]]));
+                break;
+            }
+            other => {
+                assert!(
+                    matches!(other, None | Some((503, _))),
+                    "a refused client gets 503 or a closed socket: {other:?}"
+                );
+                refused += 1;
+            }
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "still locked out after {:?}",
+            started.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!(
+        "legitimate request served {:?} into an attack of {ATTACKERS} sockets on {CAP} slots \
+         ({refused} refusals first)",
+        started.elapsed()
+    );
+
+    // Every attacker was closed: slot holders after their timeout (a slow body with 408),
+    // the rest at once.
+    for (i, (how, task)) in attackers.into_iter().enumerate() {
+        let sent = tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .unwrap_or_else(|_| panic!("attacker {i} ({how:?}) is still connected"))
+            .unwrap();
+        let response = String::from_utf8_lossy(&sent);
+        if i >= CAP {
+            assert!(
+                sent.is_empty() || response.starts_with("HTTP/1.1 503"),
+                "{response}"
+            );
+        } else if how == Attack::SlowBody {
+            assert!(response.starts_with("HTTP/1.1 408"), "{response}");
+            assert!(response.to_ascii_lowercase().contains("connection: close"));
+            let (status, body) = parse_response(&sent).unwrap();
+            assert_eq!(body["status"], "requestTimeout");
+            api.check_schema("/v1/execute", status, &body);
+        } else {
+            assert!(sent.is_empty(), "attacker {i} ({how:?}) got {response}");
+        }
+    }
+    let metrics = api.metrics().await;
+    let rejected = |reason: &str| {
+        metric_value(
+            &metrics,
+            &format!("sluice_http_rejections_total{{reason=\"{reason}\"}}"),
+        )
+    };
+    assert_eq!(
+        rejected("max_connections"),
+        (ATTACKERS - CAP + refused) as f64
+    );
+    assert_eq!(rejected("header_read_timeout"), 14.0);
+    assert_eq!(rejected("body_read_timeout"), 6.0);
+}
+
+#[tokio::test]
+async fn keep_alive_outlasts_the_header_timeout_then_closes() {
+    let api = Client::start("http_keepalive", |c| {
+        c.http.header_read_timeout = Duration::from_secs(1);
+        c.http.keepalive_timeout = Duration::from_secs(4);
+    })
+    .await;
+    let addr = api.gw.http.unwrap();
+    let request = execute_request("SELECT 1");
+    let mut socket = tokio::net::TcpStream::connect(addr).await.unwrap();
+    socket.write_all(request.as_bytes()).await.unwrap();
+    assert_eq!(read_response(&mut socket).await.unwrap().0, 200);
+    // Idle for twice the header timeout: the keep-alive connection still serves.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    socket.write_all(request.as_bytes()).await.unwrap();
+    assert_eq!(read_response(&mut socket).await.unwrap().0, 200);
+    // Idle past keepalive_timeout: closed.
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(15), socket.read_to_end(&mut rest));
+    assert!(
+        closed.await.is_ok(),
+        "an idle keep-alive connection is closed"
+    );
+    assert!(rest.is_empty());
+
+    // Once a later request's first byte arrives, its headers get header_read_timeout.
+    let mut socket = tokio::net::TcpStream::connect(addr).await.unwrap();
+    socket.write_all(request.as_bytes()).await.unwrap();
+    assert_eq!(read_response(&mut socket).await.unwrap().0, 200);
+    socket.write_all(&request.as_bytes()[..20]).await.unwrap();
+    let closed = tokio::time::timeout(Duration::from_secs(15), socket.read_to_end(&mut rest));
+    assert!(closed.await.is_ok(), "a half-sent request is closed");
+    let metrics = api.metrics().await;
+    let rejected = |reason: &str| {
+        metric_value(
+            &metrics,
+            &format!("sluice_http_rejections_total{{reason=\"{reason}\"}}"),
+        )
+    };
+    assert_eq!(rejected("keepalive_timeout"), 1.0);
+    assert_eq!(rejected("header_read_timeout"), 1.0);
 }

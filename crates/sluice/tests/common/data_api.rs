@@ -46,17 +46,12 @@ pub fn execute_request(sql: &str) -> String {
     )
 }
 
-/// Sends `request` on a fresh connection and reads until the server closes it; returns
-/// everything received (empty when the connection was refused or reset).
-pub async fn exchange(addr: SocketAddr, request: &str) -> Vec<u8> {
-    let mut out = Vec::new();
-    let Ok(mut socket) = TcpStream::connect(addr).await else {
-        return out;
-    };
-    if socket.write_all(request.as_bytes()).await.is_ok() {
-        let _ = socket.read_to_end(&mut out).await;
-    }
-    out
+/// Sends `request` on a fresh connection and reads its response; `None` when the
+/// connection is refused, reset or closed first.
+pub async fn exchange(addr: SocketAddr, request: &str) -> Option<(u16, Value)> {
+    let mut socket = TcpStream::connect(addr).await.ok()?;
+    socket.write_all(request.as_bytes()).await.ok()?;
+    read_response(&mut socket).await
 }
 
 /// The status code and JSON body of a raw HTTP/1.1 response with a `Content-Length`.
@@ -65,4 +60,28 @@ pub fn parse_response(raw: &[u8]) -> Option<(u16, Value)> {
     let (head, body) = text.split_once("\r\n\r\n")?;
     let status = head.split(' ').nth(1)?.parse().ok()?;
     Some((status, serde_json::from_str(body).ok()?))
+}
+
+/// Reads one response with a `Content-Length` from a connection that stays open; `None`
+/// when the connection ends first.
+pub async fn read_response(socket: &mut TcpStream) -> Option<(u16, Value)> {
+    let mut raw = Vec::new();
+    let mut byte = [0; 1];
+    while !raw.ends_with(b"\r\n\r\n") {
+        if socket.read(&mut byte).await.ok()? == 0 {
+            return None;
+        }
+        raw.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&raw).to_ascii_lowercase();
+    let length: usize = head
+        .lines()
+        .find_map(|line| line.strip_prefix("content-length:"))?
+        .trim()
+        .parse()
+        .ok()?;
+    let mut body = vec![0; length];
+    socket.read_exact(&mut body).await.ok()?;
+    raw.extend_from_slice(&body);
+    parse_response(&raw)
 }
