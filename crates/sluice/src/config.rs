@@ -686,6 +686,14 @@ impl Config {
     }
 }
 
+/// Most Data API connections or requests that may be allowed at once: far beyond what a
+/// process can serve, well within what a semaphore counts.
+const MAX_HTTP_SLOTS: usize = 1_000_000;
+
+/// Longest Data API connection timeout: deadlines are computed from now, and a day is more
+/// than any client should hold a socket idle.
+const MAX_HTTP_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+
 impl HttpConfig {
     /// Checks the `[http]` section against the final user list.
     fn validate(
@@ -715,11 +723,17 @@ impl HttpConfig {
             ("http.max_body_size", self.max_body_size),
             ("http.max_result_size", self.max_result_size),
             ("http.max_rows", self.max_rows),
-            ("http.max_connections", self.max_connections),
-            ("http.max_concurrent_requests", self.max_concurrent_requests),
         ] {
             if value == 0 {
                 issue(key, "must be at least 1".into());
+            }
+        }
+        for (key, value) in [
+            ("http.max_connections", self.max_connections),
+            ("http.max_concurrent_requests", self.max_concurrent_requests),
+        ] {
+            if !(1..=MAX_HTTP_SLOTS).contains(&value) {
+                issue(key, format!("must be between 1 and {MAX_HTTP_SLOTS}"));
             }
         }
         for (key, value) in [
@@ -732,13 +746,19 @@ impl HttpConfig {
                 "http.transaction_max_lifetime",
                 self.transaction_max_lifetime,
             ),
+        ] {
+            if value.is_zero() {
+                issue(key, "must be greater than zero".into());
+            }
+        }
+        for (key, value) in [
             ("http.header_read_timeout", self.header_read_timeout),
             ("http.body_read_timeout", self.body_read_timeout),
             ("http.keepalive_timeout", self.keepalive_timeout),
             ("http.write_timeout", self.write_timeout),
         ] {
-            if value.is_zero() {
-                issue(key, "must be greater than zero".into());
+            if value.is_zero() || value > MAX_HTTP_TIMEOUT {
+                issue(key, "must be greater than zero and at most a day".into());
             }
         }
         let mut api_keys = HashMap::new();
@@ -904,7 +924,7 @@ mod tests {
             tls_cert = "/nonexistent/cert.pem"
             max_rows = 0
             max_concurrent_requests = 0
-            keepalive_timeout = "0s"
+            keepalive_timeout = "400days"
             [[http.api_keys]]
             user = "fn"
             key_sha256 = "{}"

@@ -952,6 +952,7 @@ async fn large_results_stream_as_the_same_document() {
     // One row is answered whole, with a length.
     let small = run(format!("{WIDE_ROWS}1")).await.unwrap();
     assert!(small.headers().contains_key("content-length"));
+    assert_eq!(small.headers()["content-type"], "application/json");
     let small: Value = small.json().await.unwrap();
     // 20,000 rows (about 4 MB) are streamed, and are the document a buffered reply was:
     // serde_json's rendering of the same value, byte for byte.
@@ -959,6 +960,7 @@ async fn large_results_stream_as_the_same_document() {
     let response = run(sql.clone()).await.unwrap();
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["transfer-encoding"], "chunked");
+    assert_eq!(response.headers()["content-type"], "application/json");
     assert!(!response.headers().contains_key("content-length"));
     let text = response.text().await.unwrap();
     let rows: Vec<(u64, String, String)> = direct().await.query(&sql).await.unwrap();

@@ -81,7 +81,7 @@ impl Output {
         let limit = if self.streaming { CHUNK } else { FIRST_PART };
         if self.buf.len() >= limit {
             self.streaming = true;
-            let piece = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK * 2));
+            let piece = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK + CHUNK / 4));
             self.send(Piece::Chunk(piece.into())).await;
         }
     }
