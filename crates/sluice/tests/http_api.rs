@@ -1154,8 +1154,12 @@ async fn hostile_sockets_cannot_lock_clients_out() {
         let how = kinds[i % kinds.len()];
         attackers.push((how, attack(addr, how).await));
     }
-    // The admin listener answers all along.
+    // The admin listener and the MySQL port answer all along.
     assert!(api.metrics().await.contains("sluice_http_rejections_total"));
+    let mut mysql = api.gw.connect().await;
+    let one: Option<u8> = mysql.query_first("SELECT 1").await.unwrap();
+    assert_eq!(one, Some(1));
+    mysql.disconnect().await.unwrap();
 
     // A legitimate client gets through once the sockets holding the slots time out.
     let started = std::time::Instant::now();
