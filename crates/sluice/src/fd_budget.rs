@@ -22,40 +22,65 @@ pub struct Shrunk {
     pub max_client_connections: usize,
     /// `max_pending_logins` now.
     pub max_pending_logins: usize,
+    /// `http.max_connections` now, when the Data API is on.
+    pub http_max_connections: Option<usize>,
+}
+
+/// The caps on sockets clients open: MySQL clients, logins in progress, and Data API
+/// connections when the Data API is on (0 otherwise).
+fn client_caps(settings: &Settings) -> [usize; 3] {
+    let http = match settings.http_listen {
+        Some(_) => settings.http.max_connections,
+        None => 0,
+    };
+    [
+        settings.max_client_connections,
+        settings.max_pending_logins,
+        http,
+    ]
 }
 
 /// Descriptors the caps in `settings` can hold at once, the reserve included.
 pub fn needed(settings: &Settings) -> u64 {
-    [
-        settings.max_client_connections,
-        settings.max_pending_logins,
-        settings.pool.max_db_connections,
-    ]
-    .iter()
-    .map(|&n| n as u64)
-    .sum::<u64>()
+    client_caps(settings)
+        .iter()
+        .chain([&settings.pool.max_db_connections])
+        .map(|&n| n as u64)
+        .sum::<u64>()
         + RESERVE
 }
 
 /// Lowers the client caps of `settings` so everything fits in `limit` descriptors, keeping
-/// their proportion; `None` when they fit already.
+/// their proportion (each keeps at least one); `None` when they fit already.
 pub fn fit(settings: &mut Settings, limit: u64) -> Option<Shrunk> {
     let needed = needed(settings);
     if needed <= limit {
         return None;
     }
+    let caps = client_caps(settings).map(|n| n as u64);
     let fixed = settings.pool.max_db_connections as u64 + RESERVE;
-    let room = limit.saturating_sub(fixed).max(2);
-    let clients = settings.max_client_connections as u64;
-    let pending = settings.max_pending_logins as u64;
-    let new_clients = (room * clients / (clients + pending)).clamp(1, room - 1);
-    settings.max_client_connections = new_clients as usize;
-    settings.max_pending_logins = (room - new_clients) as usize;
+    let in_use = caps.iter().filter(|&&n| n > 0).count() as u64;
+    let room = limit.saturating_sub(fixed).max(in_use);
+    let total: u64 = caps.iter().sum();
+    let mut shares = caps.map(|n| match n {
+        0 => 0,
+        n => (room * n / total).max(1),
+    });
+    // Rounding down leaves a few descriptors over; the MySQL clients get them.
+    shares[0] += room.saturating_sub(shares.iter().sum());
+    let [clients, pending, http] = shares.map(|n| n as usize);
+    settings.max_client_connections = clients;
+    settings.max_pending_logins = pending;
+    let http_max_connections = settings.http_listen.map(|_| {
+        settings.http.max_connections = http;
+        http
+    });
     Some(Shrunk {
         limit,
         needed,
-        max_client_connections: settings.max_client_connections,
-        max_pending_logins: settings.max_pending_logins,
+        max_client_connections: clients,
+        max_pending_logins: pending,
+        http_max_connections,
     })
 }
 
@@ -80,9 +105,11 @@ pub fn raise_and_fit(settings: &mut Settings) {
             needed = shrunk.needed,
             max_client_connections = shrunk.max_client_connections,
             max_pending_logins = shrunk.max_pending_logins,
+            http_max_connections = ?shrunk.http_max_connections,
             "RLIMIT_NOFILE is too low for max_client_connections + max_pending_logins + \
-             pool.max_db_connections + {RESERVE} reserved; lowered the client caps to fit \
-             (raise the hard limit, e.g. LimitNOFILE= in systemd or ulimit -Hn, to keep them)"
+             http.max_connections (with the Data API on) + pool.max_db_connections + \
+             {RESERVE} reserved; lowered the client caps to fit (raise the hard limit, e.g. \
+             LimitNOFILE= in systemd or ulimit -Hn, to keep them)"
         ),
     }
 }
@@ -118,6 +145,25 @@ mod tests {
         assert_eq!(total, 1024);
         assert!(s.max_client_connections > 8 * s.max_pending_logins);
         assert!(s.max_pending_logins >= 1);
+    }
+
+    #[test]
+    fn the_data_api_cap_counts_and_shrinks_with_the_others_when_it_is_on() {
+        let mut s = settings(10_000, 1024, 20);
+        s.http.max_connections = 4096;
+        assert_eq!(needed(&s), 10_000 + 1024 + 20 + RESERVE, "off: not counted");
+        s.http_listen = Some("127.0.0.1:0".parse().unwrap());
+        assert_eq!(needed(&s), 10_000 + 1024 + 4096 + 20 + RESERVE);
+        let shrunk = fit(&mut s, 2048).unwrap();
+        assert_eq!(shrunk.http_max_connections, Some(s.http.max_connections));
+        let total = s.max_client_connections
+            + s.max_pending_logins
+            + s.http.max_connections
+            + 20
+            + RESERVE as usize;
+        assert_eq!(total, 2048);
+        assert!(s.http.max_connections > 3 * s.max_pending_logins);
+        assert!(s.max_client_connections > 2 * s.http.max_connections);
     }
 
     #[test]
