@@ -6,7 +6,7 @@
 //! between requests until they end or expire.
 //!
 //! - `admission`: the connection and request caps, and the count of what they refuse;
-//! - `socket` and `clock`: the timeouts of a connection (headers, keep-alive, stalled writes);
+//! - `clock` (with `socket`): the header and keep-alive timeouts of a connection;
 //! - `auth`: bearer API keys; `body`: the JSON body extractor with its size and time limits;
 //! - `envelope`: the `{status, message, data}` response and error statuses;
 //! - `output`: responses streamed while they are produced, bounded in memory;
@@ -43,6 +43,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
+use sluice_protocol::stall::Stall;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
@@ -54,7 +55,7 @@ use admission::Rejection;
 use auth::Caller;
 use clock::HeadClock;
 use envelope::{ApiError, Status};
-use socket::{Arrivals, Watched};
+use socket::{Arrivals, Counted};
 use statement::{Budget, Statements};
 use transactions::Transactions;
 
@@ -199,7 +200,9 @@ pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>, tls: Option<Tls
     }
 }
 
-/// One accepted socket, watched (see `socket` and `clock`), with TLS when configured.
+/// One accepted socket with its timeouts: headers and keep-alive (`clock`), writes that
+/// stall past `http.write_timeout` (sluice-protocol's `Stall`: the connection ends, and
+/// with it the request and the database connection it holds), TLS when configured.
 async fn serve_socket(socket: TcpStream, gateway: &Gateway, app: Router, tls: Option<TlsAcceptor>) {
     let http = &gateway.settings.http;
     let metrics = &gateway.metrics;
@@ -211,18 +214,17 @@ async fn serve_socket(socket: TcpStream, gateway: &Gateway, app: Router, tls: Op
         Rejection::HeaderReadTimeout.counter(metrics),
         Rejection::KeepaliveTimeout.counter(metrics),
     );
-    let socket = Watched::new(
-        socket,
-        arrivals,
-        http.write_timeout,
-        Rejection::WriteTimeout.counter(metrics),
+    let socket = Stall::new(
+        Counted::new(socket, arrivals),
+        None,
+        Some(http.write_timeout),
     );
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(clock)
         .header_read_timeout(http.header_read_timeout)
         .max_buf_size(MAX_BUF);
-    match tls {
+    let served = match tls {
         None => serve_connection(&builder, socket, app).await,
         Some(acceptor) => match tls::handshake(&acceptor, socket, http.header_read_timeout).await {
             Ok(stream) => serve_connection(&builder, stream, app).await,
@@ -231,18 +233,40 @@ async fn serve_socket(socket: TcpStream, gateway: &Gateway, app: Router, tls: Op
                     Rejection::HeaderReadTimeout.counter(metrics).inc();
                 }
                 debug!(error = %e, "Data API TLS handshake failed");
+                return;
             }
         },
+    };
+    if let Err(e) = served {
+        if write_stalled(&e) {
+            Rejection::WriteTimeout.counter(metrics).inc();
+        }
+        debug!(error = %e, "Data API connection ended with an error");
     }
 }
 
 /// HTTP/1.1 with keep-alive on one connection.
-async fn serve_connection<I>(builder: &hyper::server::conn::http1::Builder, io: I, app: Router)
+async fn serve_connection<I>(
+    builder: &hyper::server::conn::http1::Builder,
+    io: I,
+    app: Router,
+) -> Result<(), hyper::Error>
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let service = TowerToHyperService::new(app);
-    if let Err(e) = builder.serve_connection(TokioIo::new(io), service).await {
-        debug!(error = %e, "Data API connection ended with an error");
+    builder.serve_connection(TokioIo::new(io), service).await
+}
+
+/// Whether hyper gave up on a connection because a write timed out (the socket's only
+/// time limit that surfaces as an I/O error; hyper's own header timeout is not one).
+fn write_stalled(e: &hyper::Error) -> bool {
+    let mut source = std::error::Error::source(e);
+    while let Some(err) = source {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            return io.kind() == std::io::ErrorKind::TimedOut;
+        }
+        source = err.source();
     }
+    false
 }

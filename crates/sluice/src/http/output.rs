@@ -110,6 +110,12 @@ impl Output {
                 }
             }
             Err(err) if self.streaming => {
+                // Counted as a 200 by the request metrics: the log is where it shows.
+                tracing::info!(
+                    status = err.status.word(),
+                    message = %err.message,
+                    "Data API reply failed after it had started; cut short"
+                );
                 self.buf.push(b'\n');
                 let envelope = document(err.status, &err.message, err.data);
                 let _ = serde_json::to_writer(&mut self.buf, &envelope);
