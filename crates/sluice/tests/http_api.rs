@@ -982,6 +982,26 @@ async fn large_results_stream_as_the_same_document() {
     );
     api.check_schema("/v1/execute", 200, &serde_json::from_str(&text).unwrap());
 
+    // A CALL's later results follow the first under `more_results`, streamed or not.
+    api.sql(
+        &format!(
+            "CREATE OR REPLACE PROCEDURE http_stream_two() BEGIN SELECT 'first' AS a; {WIDE_ROWS}2000; END"
+        ),
+        json!([]),
+    )
+    .await;
+    let data = api.sql("CALL http_stream_two()", json!([])).await;
+    assert_eq!(data["rows"], json!([["first"]]));
+    let more = data["more_results"].as_array().unwrap();
+    assert_eq!(
+        more.len(),
+        2,
+        "the second row set and the CALL's own result"
+    );
+    assert_eq!(more[0]["rows"].as_array().unwrap().len(), 2000);
+    assert_eq!(more[0]["rows"][1999][0], 2000);
+    assert_eq!(more[1]["rows"], json!([]));
+
     // A batch streams too; rows as objects.
     let (status, body) = api
         .post(
