@@ -14,8 +14,10 @@ use sluice_protocol::packet::{FrameHeader, MAX_FRAME_PAYLOAD};
 use sluice_protocol::prepared::{self, PrepareOk};
 use sluice_protocol::reply::{ReplyShape, ReplyTracker, Step};
 use sluice_protocol::response::{self, ErrFields, OkFields};
+use sluice_protocol::stall::Stall;
 use sluice_protocol::stream::PacketStream;
 use sluice_protocol::{command, lenenc, CapabilityFlags, ProtocolError};
+use socket2::{SockRef, TcpKeepalive};
 use tokio::net::TcpStream;
 
 use crate::config::BackendTarget;
@@ -37,6 +39,18 @@ const BASE_CAPABILITIES: CapabilityFlags = CapabilityFlags::from_bits_truncate(
         | CapabilityFlags::CLIENT_CONNECT_WITH_DB.bits()
         | CapabilityFlags::CLIENT_SESSION_TRACK.bits(),
 );
+
+/// TCP keepalive on database sockets: an idle pooled connection whose database vanished
+/// without a word (a host gone, a NAT entry expired) is found dead within about a minute
+/// and a half instead of at its next use.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
+/// Between keepalive probes, and how many unanswered ones close the socket.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+const KEEPALIVE_RETRIES: u32 = 3;
+
+/// COM_QUIT as a whole packet (length 1, sequence id 0): the goodbye that lets the server
+/// close the session cleanly instead of logging an aborted connection.
+const QUIT_PACKET: [u8; 5] = [1, 0, 0, 0, command::QUIT];
 
 /// Turns on the session-state tracking sluice relies on to carry a client's session from
 /// one connection to another: every system variable, the schema, and any other change.
@@ -100,9 +114,13 @@ pub enum BackendError {
     /// The database answered too slowly.
     #[error("the database at {0} did not answer within the connect timeout")]
     Timeout(String),
+    /// An open connection moved no byte for `backend.stall_timeout` while sluice waited on
+    /// it. The message names no address: it may be shown to clients.
+    #[error("the database connection stalled: no data moved for backend.stall_timeout")]
+    Stalled,
     /// The connection broke or the database sent something unexpected.
     #[error("database connection failed: {0}")]
-    Protocol(#[from] ProtocolError),
+    Protocol(ProtocolError),
     /// The database refused sluice's credentials or a command with an ERR packet.
     #[error("the database refused: {0}")]
     Refused(ErrFields),
@@ -111,12 +129,22 @@ pub enum BackendError {
     UnsupportedAuth(String),
 }
 
+impl From<ProtocolError> for BackendError {
+    fn from(error: ProtocolError) -> Self {
+        if error.is_stall() {
+            BackendError::Stalled
+        } else {
+            BackendError::Protocol(error)
+        }
+    }
+}
+
 impl BackendError {
     /// True when retrying later may succeed (the database is down or restarting), false
     /// when the database actively refused (bad credentials, unknown database).
     pub fn is_transient(&self) -> bool {
         match self {
-            BackendError::Connect { .. } | BackendError::Timeout(_) => true,
+            BackendError::Connect { .. } | BackendError::Timeout(_) | BackendError::Stalled => true,
             BackendError::Protocol(_) => true,
             // 1040 too many connections, 1053 server shutdown, 1129/1130 host blocked.
             BackendError::Refused(err) => matches!(err.code, 1040 | 1053 | 1203),
@@ -258,8 +286,9 @@ const LOGIN_VARIABLES: [&str; 4] = [
 
 /// An open, authenticated database connection.
 pub struct BackendConn {
-    /// The packet stream; sessions forward client commands through it.
-    pub stream: PacketStream<TcpStream>,
+    /// The packet stream; sessions forward client commands through it. Its reads and
+    /// writes fail once they wait `backend.stall_timeout` without progress.
+    pub stream: PacketStream<Stall<TcpStream>>,
     /// The client-visible choices this connection was opened with.
     pub flavor: Flavor,
     /// The database's id for this connection (its `CONNECTION_ID()`).
@@ -322,7 +351,14 @@ impl BackendConn {
             .await
             .map_err(|source| BackendError::Connect { addr, source })?;
         socket.set_nodelay(true).map_err(ProtocolError::Io)?;
-        let mut stream = PacketStream::new(socket, 1 << 30);
+        let keepalive = TcpKeepalive::new()
+            .with_time(KEEPALIVE_IDLE)
+            .with_interval(KEEPALIVE_INTERVAL)
+            .with_retries(KEEPALIVE_RETRIES);
+        SockRef::from(&socket)
+            .set_tcp_keepalive(&keepalive)
+            .map_err(ProtocolError::Io)?;
+        let mut stream = PacketStream::new(Stall::new(socket, None, None), 1 << 30);
         let greeting_packet = stream.read_packet().await?;
         if greeting_packet.payload.first() == Some(&response::ERR_HEADER) {
             return Err(BackendError::Refused(ErrFields::parse(
@@ -859,5 +895,40 @@ impl BackendConn {
     /// Records that the connection was just used (called when a borrower returns it).
     pub fn touch(&mut self) {
         self.last_used = Instant::now();
+    }
+}
+
+impl BackendConn {
+    /// Fails reads and writes on this connection that wait `limit` without progress (off
+    /// with `None`). Set once the login is done, which has its own connect timeout.
+    pub fn set_stall_timeout(&mut self, limit: Option<Duration>) {
+        self.stream.get_mut().set_limits(limit, limit);
+    }
+
+    /// True when an idle connection is known dead without a round trip: the database
+    /// closed it (a restart, `KILL CONNECTION`, `wait_timeout`) or sent something nobody
+    /// asked for (the ERR it sends a connection it kills). One non-blocking peek.
+    pub fn closed_by_peer(&self) -> bool {
+        if self.stream.buffered_len() > 0 || self.stream.failed() {
+            return true;
+        }
+        let mut byte = [std::mem::MaybeUninit::<u8>::uninit()];
+        match SockRef::from(self.stream.get_ref().get_ref()).peek(&mut byte) {
+            Ok(_) => true,
+            Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+        }
+    }
+}
+
+impl Drop for BackendConn {
+    /// Says goodbye (COM_QUIT) before the socket closes, so the server ends the session
+    /// cleanly instead of counting and logging an aborted connection. Sent only at a packet
+    /// boundary of what sluice wrote (a half-sent packet would swallow it as data), and
+    /// without waiting: a full socket buffer or a dead peer just gets no goodbye. A server
+    /// still busy with a reply reads it after that reply, and closes.
+    fn drop(&mut self) {
+        if self.stream.at_packet_boundary() {
+            let _ = SockRef::from(self.stream.get_ref().get_ref()).send(&QUIT_PACKET);
+        }
     }
 }

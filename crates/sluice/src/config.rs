@@ -13,6 +13,8 @@ use std::time::Duration;
 use serde::Deserialize;
 use sluice_protocol::auth::Credential;
 
+use crate::pool::BackendTimeouts;
+
 /// The configuration file as written by the operator.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -184,6 +186,15 @@ pub struct BackendConfig {
     /// How long one connection attempt (TCP and login) may take.
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
+    /// A read or write on an open database connection that moves no byte for this long
+    /// fails it. Generous: a statement that legitimately runs long (`SELECT SLEEP(n)`, a
+    /// lock wait, a big sort) sends nothing until it is done.
+    #[serde(with = "humantime_serde")]
+    pub stall_timeout: Duration,
+    /// A client command whose reply has not finished after this long has its statement
+    /// killed (`KILL QUERY`); off when unset.
+    #[serde(with = "humantime_serde")]
+    pub query_timeout: Option<Duration>,
 }
 
 impl Default for BackendConfig {
@@ -193,6 +204,8 @@ impl Default for BackendConfig {
             password_file: None,
             password_env: None,
             connect_timeout: Duration::from_secs(5),
+            stall_timeout: Duration::from_secs(600),
+            query_timeout: None,
         }
     }
 }
@@ -392,8 +405,10 @@ pub struct Settings {
     pub idle_transaction_timeout: Duration,
     /// The database.
     pub backend: BackendTarget,
-    /// Connect timeout toward the database.
-    pub connect_timeout: Duration,
+    /// Time limits toward the database: connect and stall.
+    pub backend_timeouts: BackendTimeouts,
+    /// A client statement still running after this long is killed; off when `None`.
+    pub query_timeout: Option<Duration>,
     /// Pool limits.
     pub pool: PoolConfig,
     /// Client users by name.
@@ -523,11 +538,17 @@ impl Config {
                 "must be greater than zero and at most pool.reconnect_backoff_max".into(),
             );
         }
-        if self.backend.connect_timeout.is_zero() {
-            issue(
+        for (key, value) in [
+            (
                 "backend.connect_timeout",
-                "must be greater than zero".into(),
-            );
+                Some(self.backend.connect_timeout),
+            ),
+            ("backend.stall_timeout", Some(self.backend.stall_timeout)),
+            ("backend.query_timeout", self.backend.query_timeout),
+        ] {
+            if value.is_some_and(|v| v.is_zero()) {
+                issue(key, "must be greater than zero".into());
+            }
         }
         for (key, value) in [
             ("idle_client_timeout", self.idle_client_timeout),
@@ -677,7 +698,11 @@ impl Config {
             idle_client_timeout: self.idle_client_timeout,
             idle_transaction_timeout: self.idle_transaction_timeout,
             backend,
-            connect_timeout: self.backend.connect_timeout,
+            backend_timeouts: BackendTimeouts {
+                connect: self.backend.connect_timeout,
+                stall: self.backend.stall_timeout,
+            },
+            query_timeout: self.backend.query_timeout,
             pool: self.pool.clone(),
             users,
             http_listen: self.http_listen,

@@ -60,7 +60,7 @@ impl Gateway {
         let pool = Pool::new(
             settings.backend.clone(),
             settings.pool.clone(),
-            settings.connect_timeout,
+            settings.backend_timeouts,
             metrics.clone(),
         );
         Arc::new(Gateway {

@@ -31,6 +31,8 @@ pub struct Metrics {
     pub db_connect_errors: IntCounter,
     /// Borrowers that gave up waiting for a database connection.
     pub borrow_timeouts: IntCounter,
+    /// Client statements killed at `backend.query_timeout`.
+    pub query_timeouts: IntCounter,
     /// Client commands forwarded, by command name.
     pub commands: IntCounterVec,
     /// Clients cut for idling, by `kind` (`client`, `transaction`).
@@ -166,6 +168,10 @@ impl Metrics {
             borrow_timeouts: counter(
                 "borrow_timeouts_total",
                 "Clients that waited pool.borrow_timeout for a database connection and gave up",
+            ),
+            query_timeouts: counter(
+                "query_timeouts_total",
+                "Client statements killed because their reply was not done within backend.query_timeout",
             ),
             commands: counter_vec("commands_total", "Client commands by type", "command"),
             pins: counter_vec(

@@ -1,9 +1,20 @@
 //! The bounded pool of database connections.
 //!
 //! At most `max_db_connections` connections exist at once, counting idle ones, busy ones and
-//! ones being opened. Borrowers queue on a fair (FIFO) semaphore with one permit per
-//! connection, so the first to wait is the first served, and give up after `borrow_timeout`.
-//! A background task trims idle connections and retires old ones.
+//! ones being opened: each holds a *slot* (a permit of a semaphore the size of the cap) from
+//! before it is opened until it is closed, so the count can neither pass the cap nor drift.
+//! Borrowers queue on a second fair (FIFO) semaphore with one permit per connection, so the
+//! first to wait is the first served, and give up after `borrow_timeout`. Every connection
+//! lent out or being opened holds one of these permits (maintenance's openings too), so a
+//! borrower that finds no idle connection of its flavor and no free slot always finds an
+//! idle one to evict.
+//!
+//! Every connection comes in through one path (`Pool::open`) and leaves through another
+//! (`Inner::close`), which counts why. Idle connections are vetted before they are lent:
+//! retired past `max_lifetime`, dropped when the database closed them, pinged after
+//! `ping_after_idle` or when they sat idle across a breakage the pool saw on another
+//! connection (a database restart breaks them all). A background task trims idle
+//! connections, retires old ones and keeps `min_idle` open.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
@@ -71,19 +82,46 @@ pub struct PoolStats {
     pub max: usize,
 }
 
+/// A connection and its slot under the cap. Dropping it closes the connection (with
+/// COM_QUIT, see `BackendConn`'s `Drop`) and frees the slot, so no path can leak a slot or
+/// free one twice.
+struct Pooled {
+    /// Boxed: connections move in and out of the idle list, and a connection is large.
+    conn: Box<BackendConn>,
+    slot: OwnedSemaphorePermit,
+}
+
 struct State {
-    idle: Vec<BackendConn>,
-    total: usize,
+    idle: Vec<Pooled>,
     last_flavor: Option<Flavor>,
+    /// Set by [`Pool::close_idle`]: connections given back are closed, none are opened
+    /// to keep `min_idle`.
+    draining: bool,
+}
+
+/// What a borrower found under the lock.
+enum Taken {
+    /// An idle connection of its flavor, to vet before lending.
+    Idle(Pooled),
+    /// Room for a new connection.
+    Slot(OwnedSemaphorePermit),
+    /// Neither: every slot is held by a connection on its way in or out of the idle list.
+    Nothing,
 }
 
 struct Inner {
     target: BackendTarget,
     config: PoolConfig,
-    connect_timeout: Duration,
+    timeouts: BackendTimeouts,
+    /// One per connection lent out or being opened; borrowers wait here in FIFO order.
     permits: Arc<Semaphore>,
+    /// One per connection that exists (idle, lent or being opened): the hard cap.
+    slots: Arc<Semaphore>,
     state: Mutex<State>,
     server: RwLock<Option<ServerInfo>>,
+    /// When a connection was last found broken: idle connections last used before then
+    /// are pinged before they are lent, whatever `ping_after_idle` says.
+    broken_at: Mutex<Option<Instant>>,
     metrics: Metrics,
 }
 
@@ -95,23 +133,84 @@ impl Inner {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn forget(&self, reason: &str) {
-        self.state().total -= 1;
+    fn broken_at(&self) -> MutexGuard<'_, Option<Instant>> {
+        self.broken_at
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Records that a connection turned out broken: the database may have restarted or
+    /// the network failed, so the idle ones are suspect too.
+    fn note_broken(&self) {
+        *self.broken_at() = Some(Instant::now());
+    }
+
+    /// Whether `conn` sat idle across a breakage seen since.
+    fn suspect(&self, conn: &BackendConn) -> bool {
+        self.broken_at().is_some_and(|at| conn.last_used() <= at)
+    }
+
+    /// Closes a connection, counting why; one whose socket failed tells the pool.
+    fn close(&self, pooled: Pooled, reason: &str) {
+        if pooled.conn.stream.failed() {
+            self.note_broken();
+        }
         self.metrics
             .db_connections_closed
             .with_label_values(&[reason])
             .inc();
+        drop(pooled);
     }
 
     fn expired(&self, conn: &BackendConn) -> bool {
         conn.created().elapsed() >= self.config.max_lifetime
     }
+
+    /// Takes an idle connection of `flavor` (preferring one on `schema`), or else a slot
+    /// for a new one, evicting the least recently used idle connection of another flavor
+    /// when the cap is reached.
+    fn take(&self, flavor: Flavor, schema: Option<&str>) -> Taken {
+        let mut state = self.state();
+        state.last_flavor = Some(flavor);
+        let on_schema = |c: &BackendConn| c.schema.as_ref().is_some_and(|s| s.as_deref() == schema);
+        let found = state
+            .idle
+            .iter()
+            .rposition(|p| p.conn.flavor == flavor && on_schema(&p.conn))
+            .or_else(|| state.idle.iter().rposition(|p| p.conn.flavor == flavor));
+        if let Some(i) = found {
+            return Taken::Idle(state.idle.remove(i));
+        }
+        if let Ok(slot) = self.slots.clone().try_acquire_owned() {
+            return Taken::Slot(slot);
+        }
+        if state.idle.is_empty() {
+            return Taken::Nothing;
+        }
+        let Pooled { conn, slot } = state.idle.remove(0);
+        drop(state);
+        self.metrics
+            .db_connections_closed
+            .with_label_values(&["evicted"])
+            .inc();
+        drop(conn);
+        Taken::Slot(slot)
+    }
+}
+
+/// The time limits of database connections, from `[backend]`.
+#[derive(Debug, Clone, Copy)]
+pub struct BackendTimeouts {
+    /// One connection attempt, TCP and login.
+    pub connect: Duration,
+    /// A read or write on an open connection that moves no byte for this long fails it.
+    pub stall: Duration,
 }
 
 /// A borrowed connection. Give it back with [`Pool::give_back`]; dropping it closes the
 /// connection instead (the right thing when its state is unknown, e.g. mid-reply).
 pub struct Lease {
-    conn: Option<BackendConn>,
+    conn: Option<Pooled>,
     permit: Option<OwnedSemaphorePermit>,
     pool: Arc<Inner>,
 }
@@ -120,17 +219,20 @@ impl Lease {
     /// The connection.
     pub fn conn(&mut self) -> &mut BackendConn {
         // `conn` is only taken by give_back, which consumes the lease.
-        self.conn
+        &mut self
+            .conn
             .as_mut()
             .expect("lease holds a connection until consumed")
+            .conn
     }
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        if self.conn.take().is_some() {
-            self.pool.forget("discarded");
+        if let Some(pooled) = self.conn.take() {
+            self.pool.close(pooled, "discarded");
         }
+        // The slot went first, so the next borrower finds room.
         drop(self.permit.take());
     }
 }
@@ -146,21 +248,23 @@ impl Pool {
     pub fn new(
         target: BackendTarget,
         config: PoolConfig,
-        connect_timeout: Duration,
+        timeouts: BackendTimeouts,
         metrics: Metrics,
     ) -> Pool {
         Pool {
             inner: Arc::new(Inner {
                 permits: Arc::new(Semaphore::new(config.max_db_connections)),
+                slots: Arc::new(Semaphore::new(config.max_db_connections)),
                 state: Mutex::new(State {
                     idle: Vec::new(),
-                    total: 0,
                     last_flavor: None,
+                    draining: false,
                 }),
                 server: RwLock::new(None),
+                broken_at: Mutex::new(None),
                 target,
                 config,
-                connect_timeout,
+                timeouts,
                 metrics,
             }),
         }
@@ -173,13 +277,15 @@ impl Pool {
 
     /// Current counts.
     pub fn stats(&self) -> PoolStats {
-        let state = self.inner.state();
-        let idle = state.idle.len();
+        let inner = &self.inner;
+        let idle = inner.state().idle.len();
+        let max = inner.config.max_db_connections;
+        let total = max.saturating_sub(inner.slots.available_permits());
         PoolStats {
-            busy: state.total - idle,
+            busy: total.saturating_sub(idle),
             idle,
-            total: state.total,
-            max: self.inner.config.max_db_connections,
+            total,
+            max,
         }
     }
 
@@ -188,12 +294,10 @@ impl Pool {
         if let Some(info) = self.known_server_info() {
             return Ok(info);
         }
-        let lease = self.borrow(Flavor::INTERNAL, None).await?;
+        let mut lease = self.borrow(Flavor::INTERNAL, None).await?;
+        let info = lease.conn().server.clone();
         self.put_idle(lease);
-        self.known_server_info()
-            .ok_or(BorrowError::Unavailable(BackendError::Timeout(
-                self.inner.target.address(),
-            )))
+        Ok(info)
     }
 
     fn known_server_info(&self) -> Option<ServerInfo> {
@@ -206,108 +310,108 @@ impl Pool {
         let inner = &self.inner;
         let started = Instant::now();
         let deadline = started + inner.config.borrow_timeout;
-        let mut permit =
-            match tokio::time::timeout_at(deadline.into(), inner.permits.clone().acquire_owned())
-                .await
-            {
-                Ok(Ok(permit)) => permit,
-                _ => {
-                    inner.metrics.borrow_timeouts.inc();
-                    return Err(BorrowError::Exhausted {
-                        max: inner.config.max_db_connections,
-                        waited: started.elapsed(),
-                    });
-                }
-            };
+        let exhausted = || {
+            inner.metrics.borrow_timeouts.inc();
+            BorrowError::Exhausted {
+                max: inner.config.max_db_connections,
+                waited: started.elapsed(),
+            }
+        };
+        let Ok(Ok(permit)) =
+            tokio::time::timeout_at(deadline.into(), inner.permits.clone().acquire_owned()).await
+        else {
+            return Err(exhausted());
+        };
+        let mut lease = Lease {
+            conn: None,
+            permit: Some(permit),
+            pool: inner.clone(),
+        };
         loop {
-            let reused = {
-                let mut state = inner.state();
-                state.last_flavor = Some(flavor);
-                let on_schema =
-                    |c: &BackendConn| c.schema.as_ref().is_some_and(|s| s.as_deref() == schema);
-                let found = state
-                    .idle
-                    .iter()
-                    .rposition(|c| c.flavor == flavor && on_schema(c))
-                    .or_else(|| state.idle.iter().rposition(|c| c.flavor == flavor));
-                match found {
-                    Some(i) => Some(state.idle.remove(i)),
-                    None => {
-                        if state.total >= inner.config.max_db_connections && !state.idle.is_empty()
-                        {
-                            // Make room: close the least recently used idle connection.
-                            drop(state.idle.remove(0));
-                            state.total -= 1;
-                            inner
-                                .metrics
-                                .db_connections_closed
-                                .with_label_values(&["evicted"])
-                                .inc();
-                        }
-                        state.total += 1;
-                        None
-                    }
-                }
-            };
-            let mut lease = Lease {
-                conn: reused,
-                permit: Some(permit),
-                pool: inner.clone(),
-            };
-            match lease.conn.as_mut() {
-                Some(conn) if inner.expired(conn) => {
-                    debug!(
-                        thread_id = conn.thread_id,
-                        "retiring database connection past max_lifetime"
-                    );
-                    lease.conn = None;
-                    inner.forget("max_lifetime");
-                }
-                Some(conn) if conn.last_used().elapsed() >= inner.config.ping_after_idle => {
-                    if let Err(e) = conn.ping().await {
-                        warn!(thread_id = conn.thread_id, error = %e, "idle database connection failed its ping; replacing it");
-                        lease.conn = None;
-                        inner.forget("failed_ping");
-                    } else {
+            let slot = match inner.take(flavor, schema) {
+                Taken::Idle(pooled) => match self.vet(pooled).await {
+                    Some(pooled) => {
+                        lease.conn = Some(pooled);
                         return Ok(lease);
                     }
-                }
-                Some(_) => return Ok(lease),
-                None => {
-                    // We reserved a slot in `total`; fill it or release it.
-                    match self.open(flavor, deadline).await {
-                        Ok(conn) => {
-                            lease.conn = Some(conn);
-                            return Ok(lease);
-                        }
-                        Err(e) => {
-                            inner.state().total -= 1;
-                            return Err(BorrowError::Unavailable(e));
-                        }
-                    }
-                }
-            }
-            permit = lease
-                .permit
-                .take()
-                .expect("permit present until the lease is dropped");
+                    None => continue,
+                },
+                Taken::Slot(slot) => slot,
+                // A connection is being closed this instant; its slot is ours next.
+                Taken::Nothing => match tokio::time::timeout_at(
+                    deadline.into(),
+                    inner.slots.clone().acquire_owned(),
+                )
+                .await
+                {
+                    Ok(Ok(slot)) => slot,
+                    _ => return Err(exhausted()),
+                },
+            };
+            lease.conn = Some(self.open(flavor, slot, deadline).await?);
+            return Ok(lease);
         }
     }
 
-    /// Opens a connection, retrying with jittered exponential backoff until `deadline`
-    /// while the failure looks transient (database down or restarting).
-    async fn open(&self, flavor: Flavor, deadline: Instant) -> Result<BackendConn, BackendError> {
+    /// Checks an idle connection before it is lent: too old, closed by the database, or
+    /// (idle past `ping_after_idle`, or across a breakage) not answering a ping, it is
+    /// closed and `None` returned.
+    async fn vet(&self, mut pooled: Pooled) -> Option<Pooled> {
+        let inner = &self.inner;
+        let conn = &mut pooled.conn;
+        if inner.expired(conn) {
+            debug!(
+                thread_id = conn.thread_id,
+                "retiring database connection past max_lifetime"
+            );
+            inner.close(pooled, "max_lifetime");
+            return None;
+        }
+        if conn.closed_by_peer() {
+            warn!(
+                thread_id = conn.thread_id,
+                "the database closed an idle connection; replacing it"
+            );
+            inner.note_broken();
+            inner.close(pooled, "closed_by_server");
+            return None;
+        }
+        if conn.last_used().elapsed() >= inner.config.ping_after_idle || inner.suspect(conn) {
+            if let Err(e) = conn.ping().await {
+                warn!(thread_id = conn.thread_id, error = %e, "idle database connection failed its ping; replacing it");
+                inner.note_broken();
+                inner.close(pooled, "failed_ping");
+                return None;
+            }
+        }
+        Some(pooled)
+    }
+
+    /// Opens a connection into `slot`, retrying with jittered exponential backoff until
+    /// `deadline` while the failure looks transient (database down or restarting). The one
+    /// way connections come into the pool (borrowers and maintenance alike): it records the
+    /// server's greeting and sets the stall timeout.
+    async fn open(
+        &self,
+        flavor: Flavor,
+        slot: OwnedSemaphorePermit,
+        deadline: Instant,
+    ) -> Result<Pooled, BackendError> {
         let inner = &self.inner;
         let mut delay = inner.config.reconnect_backoff_initial;
         loop {
-            match BackendConn::connect(&inner.target, flavor, inner.connect_timeout).await {
-                Ok(conn) => {
+            match BackendConn::connect(&inner.target, flavor, inner.timeouts.connect).await {
+                Ok(mut conn) => {
                     inner.metrics.db_connections_opened.inc();
+                    conn.set_stall_timeout(Some(inner.timeouts.stall));
                     if let Ok(mut server) = inner.server.write() {
                         *server = Some(conn.server.clone());
                     }
                     debug!(thread_id = conn.thread_id, "opened database connection");
-                    return Ok(conn);
+                    return Ok(Pooled {
+                        conn: Box::new(conn),
+                        slot,
+                    });
                 }
                 Err(e) => {
                     inner.metrics.db_connect_errors.inc();
@@ -385,71 +489,93 @@ impl Pool {
         self.put_idle(lease);
     }
 
-    /// Puts a connection whose session is known to be clean back in the idle list.
+    /// Puts a connection whose session is known to be clean back in the idle list (or
+    /// closes it: past `max_lifetime`, or the pool is draining).
     fn put_idle(&self, mut lease: Lease) {
         let inner = &self.inner;
-        if let Some(mut conn) = lease.conn.take() {
-            if inner.expired(&conn) {
-                inner.forget("max_lifetime");
+        if let Some(mut pooled) = lease.conn.take() {
+            if inner.expired(&pooled.conn) {
+                inner.close(pooled, "max_lifetime");
+                return;
+            }
+            pooled.conn.touch();
+            let mut state = inner.state();
+            if state.draining {
+                drop(state);
+                inner.close(pooled, "shutdown");
             } else {
-                conn.touch();
-                inner.state().idle.push(conn);
+                state.idle.push(pooled);
             }
         }
         // Dropping the lease now releases its permit, after the connection is idle.
     }
 
+    /// Closes every idle connection now, each with COM_QUIT, and from then on closes
+    /// connections as they are given back and opens none for `min_idle`: the last step of
+    /// a graceful shutdown, so the database logs no aborted connection. Borrowing still
+    /// works (a transaction finishing during the drain may need a connection). Returns how
+    /// many were closed.
+    pub fn close_idle(&self) -> usize {
+        let inner = &self.inner;
+        let idle = {
+            let mut state = inner.state();
+            state.draining = true;
+            std::mem::take(&mut state.idle)
+        };
+        let closed = idle.len();
+        for pooled in idle {
+            inner.close(pooled, "shutdown");
+        }
+        closed
+    }
+
     /// Closes idle connections past `idle_timeout` (above `min_idle`) or `max_lifetime`, and
-    /// opens connections up to `min_idle`. Called periodically by [`Pool::run_maintenance`].
+    /// opens connections up to `min_idle`. Called periodically by [`Pool::spawn_maintenance`].
     pub async fn maintain(&self) {
         let inner = &self.inner;
-        let (closed, missing, flavor) = {
+        let min_idle = inner.config.min_idle;
+        let (closed, flavor) = {
             let mut state = inner.state();
-            let min_idle = inner.config.min_idle;
             let mut keep = Vec::with_capacity(state.idle.len());
             let mut closed = Vec::new();
             // Newest last: keep the most recently used ones when trimming.
-            for conn in state.idle.drain(..).rev() {
-                let idle_too_long = conn.last_used().elapsed() >= inner.config.idle_timeout
+            for pooled in state.idle.drain(..).rev() {
+                let idle_too_long = pooled.conn.last_used().elapsed() >= inner.config.idle_timeout
                     && keep.len() >= min_idle;
-                if idle_too_long || inner.expired(&conn) {
-                    closed.push(if idle_too_long {
-                        "idle_timeout"
-                    } else {
-                        "max_lifetime"
-                    });
+                if idle_too_long {
+                    closed.push((pooled, "idle_timeout"));
+                } else if inner.expired(&pooled.conn) {
+                    closed.push((pooled, "max_lifetime"));
                 } else {
-                    keep.push(conn);
+                    keep.push(pooled);
                 }
             }
             keep.reverse();
             state.idle = keep;
-            state.total -= closed.len();
-            let room = inner.config.max_db_connections - state.total;
-            let missing = min_idle.saturating_sub(state.idle.len()).min(room);
-            state.total += missing;
-            (closed, missing, state.last_flavor)
+            let flavor = (!state.draining).then(|| state.last_flavor.unwrap_or(Flavor::INTERNAL));
+            (closed, flavor)
         };
-        for reason in closed {
-            inner
-                .metrics
-                .db_connections_closed
-                .with_label_values(&[reason])
-                .inc();
+        for (pooled, reason) in closed {
+            inner.close(pooled, reason);
         }
-        let flavor = flavor.unwrap_or(Flavor::INTERNAL);
-        for _ in 0..missing {
-            match BackendConn::connect(&inner.target, flavor, inner.connect_timeout).await {
-                Ok(conn) => {
-                    inner.metrics.db_connections_opened.inc();
-                    inner.state().idle.push(conn);
-                }
+        let Some(flavor) = flavor else { return };
+        while inner.state().idle.len() < min_idle {
+            // Like a borrower, an opening holds a lending permit and a slot, but only spare
+            // ones: a waiting borrower goes first, and the cap holds.
+            let Ok(permit) = inner.permits.clone().try_acquire_owned() else {
+                break;
+            };
+            let Ok(slot) = inner.slots.clone().try_acquire_owned() else {
+                break;
+            };
+            match self.open(flavor, slot, Instant::now()).await {
+                Ok(pooled) => inner.state().idle.push(pooled),
                 Err(e) => {
-                    inner.metrics.db_connect_errors.inc();
-                    inner.state().total -= 1;
                     debug!(error = %e, "could not open a min_idle connection");
+                    break;
                 }
             }
+            drop(permit);
         }
     }
 

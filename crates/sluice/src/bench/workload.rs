@@ -118,7 +118,7 @@ async fn connect(target: &BackendTarget) -> Result<BackendConn, BackendError> {
 fn error_label(error: &BackendError) -> String {
     match error {
         BackendError::Refused(err) => err.code.to_string(),
-        BackendError::Timeout(_) => "timeout".into(),
+        BackendError::Timeout(_) | BackendError::Stalled => "timeout".into(),
         BackendError::Connect { .. } => "connect".into(),
         BackendError::Protocol(_) => "io".into(),
         BackendError::UnsupportedAuth(_) => "auth".into(),

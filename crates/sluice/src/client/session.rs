@@ -1153,7 +1153,7 @@ impl Session {
         let Some(lease) = self.backend.as_mut() else {
             return Err(End::Error("no database connection".into()));
         };
-        match relay::forward(
+        let relay = relay::forward(
             &mut self.stream,
             self.tracking.as_ref(),
             accounting.hidden,
@@ -1161,9 +1161,14 @@ impl Session {
             seq,
             payload,
             accounting.pipelined,
-        )
-        .await
-        {
+        );
+        let relayed = match self.gateway.settings.query_timeout {
+            Some(limit) => {
+                within_query_timeout(relay, limit, &self.gateway, &self.registration.handle).await
+            }
+            None => relay.await,
+        };
+        match relayed {
             Ok(outcome) => {
                 self.absorb(&outcome, accounting);
                 if accounting.pipelined.after.is_some() {
@@ -1278,6 +1283,34 @@ impl Session {
             }
         }
     }
+}
+
+/// Runs `relay` (one client command and its reply) to its end. If the reply is unfinished
+/// after `limit` (`backend.query_timeout`), the statement is killed as a `KILL QUERY` of
+/// the client would kill it, on a side connection and by query id: the client gets the
+/// server's own interruption error (1317) and keeps its session, and the database
+/// connection stays usable.
+async fn within_query_timeout<T>(
+    relay: impl std::future::Future<Output = T>,
+    limit: std::time::Duration,
+    gateway: &Gateway,
+    handle: &crate::registry::SessionHandle,
+) -> T {
+    tokio::pin!(relay);
+    tokio::select! {
+        done = &mut relay => return done,
+        () = tokio::time::sleep(limit) => {}
+    }
+    warn!(
+        ?limit,
+        "statement still running at query_timeout; killing it"
+    );
+    gateway.metrics.query_timeouts.inc();
+    tokio::select! {
+        done = &mut relay => return done,
+        () = gateway.kill_query(handle) => {}
+    }
+    relay.await
 }
 
 /// The pool mode configured for a (validated) user.

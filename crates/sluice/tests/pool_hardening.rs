@@ -1,0 +1,143 @@
+//! The pool under conditions that used to break it: `min_idle` connections opened by
+//! maintenance, a burst while maintenance opens them, and pooled connections the database
+//! dropped (a restart) while they sat idle.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use mysql_async::prelude::*;
+
+/// Waits until the pool holds `idle` idle connections.
+async fn wait_for_idle(gw: &TestGateway, idle: usize) {
+    for _ in 0..250 {
+        if gw.gateway.pool.stats().idle >= idle {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!(
+        "pool never reached {idle} idle: {:?}",
+        gw.gateway.pool.stats()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn min_idle_connections_serve_clients() {
+    let gw = start_with("min_idle", |c| {
+        c.pool.max_db_connections = 6;
+        c.pool.min_idle = 5;
+    })
+    .await;
+    // Maintenance opens them before any client asked for one.
+    wait_for_idle(&gw, 5).await;
+    assert_eq!(db_connections_of(&gw.backend_user).await, 5);
+    for i in 0..10 {
+        let mut conn = gw.connect().await;
+        let n: Option<u32> = conn.query_first(format!("SELECT {i}")).await.unwrap();
+        assert_eq!(n, Some(i));
+        conn.disconnect().await.unwrap();
+    }
+    gw.wait_idle().await;
+    assert!(gw.gateway.pool.stats().total <= 6);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_while_maintenance_opens_min_idle_never_passes_the_cap() {
+    const POOL: usize = 3;
+    const CLIENTS: usize = 40;
+    let gw = start_with("min_idle_burst", |c| {
+        c.pool.max_db_connections = POOL;
+        c.pool.min_idle = POOL;
+        c.pool.borrow_timeout = Duration::from_secs(60);
+    })
+    .await;
+    let watcher = PeakWatcher::start(&gw.backend_user);
+    // At once, while maintenance is opening its connections.
+    let mut clients = tokio::task::JoinSet::new();
+    for i in 0..CLIENTS {
+        let opts = gw.opts("app", "secret", Some(TEST_DB));
+        clients.spawn(async move {
+            let mut conn = mysql_async::Conn::new(opts).await?;
+            for _ in 0..3 {
+                conn.query_drop("BEGIN").await?;
+                let n: Option<usize> = conn.query_first(format!("SELECT {i}")).await?;
+                assert_eq!(n, Some(i));
+                conn.query_drop("COMMIT").await?;
+            }
+            conn.disconnect().await
+        });
+    }
+    while let Some(joined) = clients.join_next().await {
+        joined.unwrap().unwrap();
+    }
+    let peak = watcher.stop().await;
+    assert!(
+        peak <= POOL,
+        "the database saw {peak} connections, the cap is {POOL}"
+    );
+    let stats = gw.gateway.pool.stats();
+    assert!(stats.total <= POOL, "{stats:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_killed_while_idle_are_never_lent() {
+    const POOL: usize = 3;
+    let gw = start_with("restarted", |c| {
+        c.pool.max_db_connections = POOL;
+        // Used a moment ago: age alone would lend them without a ping.
+        c.pool.ping_after_idle = Duration::from_secs(3600);
+    })
+    .await;
+    let mut clients = Vec::new();
+    for _ in 0..POOL {
+        let mut conn = gw.connect().await;
+        conn.query_drop("BEGIN").await.unwrap();
+        clients.push(conn);
+    }
+    for mut conn in clients {
+        conn.query_drop("COMMIT").await.unwrap();
+        conn.disconnect().await.unwrap();
+    }
+    gw.wait_idle().await;
+    assert_eq!(gw.gateway.pool.stats().idle, POOL);
+    // What a database restart does to them: every one closed from the server's side.
+    let mut admin = direct().await;
+    let ids: Vec<u64> = admin
+        .exec(
+            "SELECT ID FROM information_schema.PROCESSLIST WHERE USER = ?",
+            (&gw.backend_user,),
+        )
+        .await
+        .unwrap();
+    assert_eq!(ids.len(), POOL);
+    for id in ids {
+        admin
+            .query_drop(format!("KILL CONNECTION {id}"))
+            .await
+            .unwrap();
+    }
+    admin.disconnect().await.unwrap();
+    for _ in 0..100 {
+        if db_connections_of(&gw.backend_user).await == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Each of the next clients gets a good answer, none a dead connection.
+    for i in 0..POOL as u32 {
+        let mut conn = gw.connect().await;
+        let n: Option<u32> = conn.query_first(format!("SELECT {i}")).await.unwrap();
+        assert_eq!(n, Some(i));
+        conn.disconnect().await.unwrap();
+    }
+    let metrics = gw.metrics().await;
+    assert!(
+        metric_value(
+            &metrics,
+            "sluice_db_connections_closed_total{reason=\"closed_by_server\"}"
+        ) >= 1.0,
+        "{metrics}"
+    );
+}
