@@ -37,6 +37,7 @@ const BASE_CAPABILITIES: CapabilityFlags = CapabilityFlags::from_bits_truncate(
         | CapabilityFlags::CLIENT_PLUGIN_AUTH_LENENC_CLIENT_DATA.bits()
         | CapabilityFlags::CLIENT_CONNECT_ATTRS.bits()
         | CapabilityFlags::CLIENT_CONNECT_WITH_DB.bits()
+        | CapabilityFlags::CLIENT_LOCAL_FILES.bits()
         | CapabilityFlags::CLIENT_SESSION_TRACK.bits(),
 );
 
@@ -57,23 +58,31 @@ const QUIT_PACKET: [u8; 5] = [1, 0, 0, 0, command::QUIT];
 const ENABLE_TRACKING: &str = "SET SESSION session_track_system_variables = '*', \
      session_track_schema = ON, session_track_state_change = ON";
 
-/// Client capabilities that change what the server sends or accepts. A backend connection
-/// is opened with the same choice of these as the client it serves, so replies can be
-/// forwarded byte for byte.
+/// Client capabilities that change what the server sends and cannot change after login, so
+/// a backend connection must be opened with the same choice of them as the client it
+/// serves (they key the pool): `CLIENT_DEPRECATE_EOF` changes how replies are framed,
+/// `CLIENT_FOUND_ROWS` what `UPDATE` reports as affected rows, `CLIENT_IGNORE_SPACE` how
+/// the server parses function names (its `sql_mode` flag, which a login sets and a `SET`
+/// could undo, so it is kept apart rather than carried). Everything else a client's login
+/// chooses is carried as session state: its collation by `SET NAMES` (see
+/// [`BackendConn::adopt_session`]), multi-statements by `COM_SET_OPTION`; and
+/// `CLIENT_LOCAL_FILES` is always asked of the database, sluice refusing `LOCAL INFILE`
+/// itself for clients that did not offer it.
 pub const FLAVOR_CAPABILITIES: CapabilityFlags = CapabilityFlags::from_bits_truncate(
     CapabilityFlags::CLIENT_FOUND_ROWS.bits()
         | CapabilityFlags::CLIENT_IGNORE_SPACE.bits()
-        | CapabilityFlags::CLIENT_LOCAL_FILES.bits()
-        | CapabilityFlags::CLIENT_MULTI_STATEMENTS.bits()
         | CapabilityFlags::CLIENT_DEPRECATE_EOF.bits(),
 );
 
-/// The per-client choices a backend connection must share with the client it serves.
+/// How a client logged in, as far as its database connection is concerned: the
+/// capabilities that key the pool, and the login collation its session starts from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Flavor {
-    /// The client's capabilities, masked to [`FLAVOR_CAPABILITIES`].
+    /// The client's capabilities, masked to [`FLAVOR_CAPABILITIES`] (for sluice's own
+    /// client connections, any capabilities to ask for besides sluice's base ones).
     pub capabilities: CapabilityFlags,
-    /// The connection collation id from the client's login.
+    /// The connection collation id from the client's login. On a pooled connection: that
+    /// of the client it serves now (or served last), whose session it was adopted to.
     pub collation: u8,
 }
 
@@ -91,6 +100,12 @@ impl Flavor {
             capabilities: capabilities & FLAVOR_CAPABILITIES,
             collation,
         }
+    }
+
+    /// Whether a connection of this flavor can serve a client of flavor `other`: the same
+    /// capabilities (the collation is carried).
+    pub fn serves(&self, other: &Flavor) -> bool {
+        self.capabilities & FLAVOR_CAPABILITIES == other.capabilities & FLAVOR_CAPABILITIES
     }
 
     /// Whether replies end result sets with OK instead of EOF packets.
@@ -235,6 +250,19 @@ fn change_statement(
     (!items.is_empty()).then(|| format!("SET {}", items.join(", ")))
 }
 
+/// A variable's value as SQL in a session whose set variables are `vars` and whose login
+/// gave `login`: its own, or the login's, or `DEFAULT`.
+fn value_in(
+    vars: &BTreeMap<String, String>,
+    login: &BTreeMap<String, String>,
+    name: &str,
+) -> String {
+    match vars.get(name).or_else(|| login.get(name)) {
+        Some(value) => sql_value(name, value),
+        None => "DEFAULT".to_owned(),
+    }
+}
+
 /// The first value of the first row of `rows`, parsed (sluice's one-value queries).
 pub fn first_value<T: std::str::FromStr>(rows: &[Vec<Option<String>>]) -> Option<T> {
     rows.first()?.first()?.as_deref()?.parse().ok()
@@ -254,6 +282,17 @@ fn parse_text_row(mut payload: &[u8]) -> Result<Vec<Option<String>>, ProtocolErr
         }
     }
     Ok(values)
+}
+
+/// What a login with one collation gives a session: its character-set variables
+/// (`character_set_client`, `_connection`, `_results`, `collation_connection`), as the
+/// server set them. A variable a client never set has its login's value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoginCharset {
+    /// The login's collation id.
+    pub collation: u8,
+    /// The variables it set, by name.
+    pub vars: BTreeMap<String, String>,
 }
 
 /// What the server said about itself when sluice connected.
@@ -299,9 +338,13 @@ pub struct BackendConn {
     pub schema: Option<Option<String>>,
     /// System variables set on this connection (by any client), as the server reported them.
     pub vars: BTreeMap<String, String>,
-    /// The character-set variables as the login left them: what a variable some client set
-    /// returns to for a client that never set it (not the server's global default).
+    /// The character-set variables the login of the client it serves (`flavor.collation`)
+    /// gives: what a variable some client set returns to for a client that never set it
+    /// (not the server's global default).
     pub login_vars: BTreeMap<String, String>,
+    /// What COM_RESET_CONNECTION returns the character sets to: the server's own login
+    /// state of this connection (its handshake or last COM_CHANGE_USER).
+    reset_login: LoginCharset,
     /// Statements prepared on this connection, by what they are.
     pub statements: BackendStatements,
     /// Whether `;`-separated statements are accepted now (`COM_SET_OPTION` changes it), when
@@ -381,6 +424,10 @@ impl BackendConn {
             schema: Some(target.database.clone()),
             vars: BTreeMap::new(),
             login_vars: BTreeMap::new(),
+            reset_login: LoginCharset {
+                collation: flavor.collation,
+                vars: BTreeMap::new(),
+            },
             statements: BackendStatements::default(),
             multi_statements: Some(
                 flavor
@@ -406,6 +453,7 @@ impl BackendConn {
         conn.finish_auth(target).await?;
         conn.read_login_state().await?;
         conn.enable_tracking().await?;
+        conn.reset_login = conn.login();
         Ok(conn)
     }
 
@@ -644,21 +692,12 @@ impl BackendConn {
     fn parse_context_switch(&self, key: &StatementKey) -> (String, String) {
         let names: std::collections::BTreeSet<&str> =
             crate::statements::PARSE_VARIABLES.into_iter().collect();
-        let current = |name: &str| self.value_in(&self.vars, name);
-        let wanted = |name: &str| self.value_in(&key.parse_vars, name);
+        let current = |name: &str| value_in(&self.vars, &self.login_vars, name);
+        let wanted = |name: &str| value_in(&key.parse_vars, &self.login_vars, name);
         (
             change_statement(&names, current, wanted).unwrap_or_default(),
             change_statement(&names, wanted, current).unwrap_or_default(),
         )
-    }
-
-    /// A variable's value as SQL in a session whose set variables are `vars`: its own, or
-    /// the login's, or `DEFAULT`.
-    fn value_in(&self, vars: &BTreeMap<String, String>, name: &str) -> String {
-        match vars.get(name).or_else(|| self.login_vars.get(name)) {
-            Some(value) => sql_value(name, value),
-            None => "DEFAULT".to_owned(),
-        }
     }
 
     /// The id and parameter count `key` has on this connection, preparing it first when this
@@ -753,37 +792,82 @@ impl BackendConn {
         Ok(())
     }
 
-    /// Brings this connection to a client's session: its schema and the system variables it
-    /// set, changing only what differs. A variable this connection has from an earlier client
-    /// and this client never set goes back to what the login set (the character sets) or to
-    /// its default. The server's ERR is returned inside.
+    /// Brings this connection to a client's session: its schema, the system variables it
+    /// set, and the character sets its `login` gave (a `SET NAMES`, when another client's
+    /// login left others), changing only what differs. A variable this connection has from
+    /// an earlier client and this client never set goes back to what its login set (the
+    /// character sets) or to its default. Each round trip this adds is counted in
+    /// `sluice_session_adoptions_total` by kind. The server's ERR is returned inside.
     pub async fn adopt_session(
         &mut self,
         target: &BackendTarget,
         schema: Option<&str>,
         vars: &BTreeMap<String, String>,
+        login: &LoginCharset,
+        metrics: &Metrics,
     ) -> Result<SimpleReply, BackendError> {
+        let wanted = schema.or(target.database.as_deref());
+        if self.schema.as_ref().is_none_or(|s| s.as_deref() != wanted) {
+            let kind = if wanted.is_some() {
+                "schema"
+            } else {
+                "change_user"
+            };
+            metrics.session_adoptions.with_label_values(&[kind]).inc();
+        }
         if let Err(err) = self.use_schema(target, schema).await? {
             return Ok(Err(err));
         }
-        let names: std::collections::BTreeSet<&str> = vars
+        let mut names: std::collections::BTreeSet<&str> = vars
             .keys()
             .chain(self.vars.keys())
             .map(String::as_str)
             .collect();
+        if login.vars != self.login_vars {
+            names.extend(CHARSET_VARIABLES);
+        }
         let statement = change_statement(
             &names,
-            |name| self.value_in(&self.vars, name),
-            |name| self.value_in(vars, name),
+            |name| value_in(&self.vars, &self.login_vars, name),
+            |name| value_in(vars, &login.vars, name),
         );
-        let Some(statement) = statement else {
-            return Ok(Ok(OkFields::default()));
-        };
-        let reply = self.execute(&statement).await?;
-        if reply.is_ok() {
-            self.vars = vars.clone();
+        if let Some(statement) = statement {
+            metrics
+                .session_adoptions
+                .with_label_values(&["variables"])
+                .inc();
+            let reply = self.execute(&statement).await?;
+            if reply.is_err() {
+                return Ok(reply);
+            }
         }
-        Ok(reply)
+        self.vars = vars.clone();
+        self.login_vars = login.vars.clone();
+        self.flavor.collation = login.collation;
+        Ok(Ok(OkFields::default()))
+    }
+
+    /// The login state of the client this connection serves (see [`LoginCharset`]).
+    pub fn login(&self) -> LoginCharset {
+        LoginCharset {
+            collation: self.flavor.collation,
+            vars: self.login_vars.clone(),
+        }
+    }
+
+    /// Logs in again (COM_CHANGE_USER) with collation `collation` and reads what that login
+    /// gave: how sluice learns what a client's login collation means, exactly as the server
+    /// applies it (an unknown id gets the server's defaults). Clears the session, as a reset.
+    pub async fn relogin(
+        &mut self,
+        target: &BackendTarget,
+        collation: u8,
+    ) -> Result<(), BackendError> {
+        self.flavor.collation = collation;
+        self.change_user(target).await?;
+        self.read_login_state().await?;
+        self.reset_login = self.login();
+        Ok(())
     }
 
     /// Turns `;`-separated statements on or off (COM_SET_OPTION), to match the session of
@@ -833,6 +917,9 @@ impl BackendConn {
         self.schema = None;
         self.statements.clear();
         self.multi_statements = None;
+        // The server returns the character sets to its own login state of the connection.
+        self.flavor.collation = self.reset_login.collation;
+        self.login_vars = self.reset_login.vars.clone();
         self.enable_tracking().await
     }
 
@@ -856,6 +943,7 @@ impl BackendConn {
         let mut seq = 0;
         self.stream.write_packet(&mut seq, &payload).await?;
         self.finish_auth(target).await?;
+        self.reset_login = self.login();
         self.statements.clear();
         self.multi_statements = None;
         self.schema = Some(target.database.clone());

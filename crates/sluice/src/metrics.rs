@@ -42,6 +42,9 @@ pub struct Metrics {
     /// Database connections lent to clients (once per transaction or statement in
     /// transaction pooling).
     pub borrows: IntCounter,
+    /// Round trips added to bring a lent connection to its client's session, by `kind`
+    /// (`schema`, `change_user`, `variables`, `multi_statements`, `login`).
+    pub session_adoptions: IntCounterVec,
     /// Statements prepared on database connections (prepare cache misses and re-prepares).
     pub statements_prepared: IntCounter,
     /// Client prepares answered from sluice's metadata cache.
@@ -180,6 +183,11 @@ impl Metrics {
                 "reason",
             ),
             borrows: counter("borrows_total", "Database connections lent to clients"),
+            session_adoptions: counter_vec(
+                "session_adoptions_total",
+                "Round trips added to bring a lent database connection to its client's session",
+                "kind",
+            ),
             statements_prepared: counter(
                 "statements_prepared_total",
                 "Statements prepared on database connections",

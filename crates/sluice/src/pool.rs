@@ -16,14 +16,14 @@
 //! connection (a database restart breaks them all). A background task trims idle
 //! connections, retires old ones and keeps `min_idle` open.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, warn};
 
-use crate::backend::{BackendConn, BackendError, Flavor, ServerInfo};
+use crate::backend::{BackendConn, BackendError, Flavor, LoginCharset, ServerInfo};
 use crate::config::{BackendTarget, PoolConfig};
 use crate::metrics::Metrics;
 use sluice_protocol::response::ErrFields;
@@ -119,6 +119,8 @@ struct Inner {
     slots: Arc<Semaphore>,
     state: Mutex<State>,
     server: RwLock<Option<ServerInfo>>,
+    /// What a login with each collation gives (learned from real logins).
+    logins: Mutex<HashMap<u8, LoginCharset>>,
     /// When a connection was last found broken: idle connections last used before then
     /// are pinged before they are lent, whatever `ping_after_idle` says.
     broken_at: Mutex<Option<Instant>>,
@@ -129,6 +131,12 @@ impl Inner {
     fn state(&self) -> MutexGuard<'_, State> {
         // A panic while holding this lock would be a bug; keep serving with the data as is.
         self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn logins(&self) -> MutexGuard<'_, HashMap<u8, LoginCharset>> {
+        self.logins
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
@@ -166,18 +174,29 @@ impl Inner {
         conn.created().elapsed() >= self.config.max_lifetime
     }
 
-    /// Takes an idle connection of `flavor` (preferring one on `schema`), or else a slot
+    /// Takes an idle connection that serves `flavor` (preferring one on `schema`), or else a slot
     /// for a new one, evicting the least recently used idle connection of another flavor
     /// when the cap is reached.
     fn take(&self, flavor: Flavor, schema: Option<&str>) -> Taken {
         let mut state = self.state();
         state.last_flavor = Some(flavor);
         let on_schema = |c: &BackendConn| c.schema.as_ref().is_some_and(|s| s.as_deref() == schema);
+        // The most recently used of those on the schema and login collation wanted, else
+        // on the schema, else any.
         let found = state
             .idle
             .iter()
-            .rposition(|p| p.conn.flavor == flavor && on_schema(&p.conn))
-            .or_else(|| state.idle.iter().rposition(|p| p.conn.flavor == flavor));
+            .enumerate()
+            .filter(|(_, p)| p.conn.flavor.serves(&flavor))
+            .max_by_key(|(i, p)| {
+                let conn = &p.conn;
+                (
+                    on_schema(conn),
+                    conn.flavor.collation == flavor.collation,
+                    *i,
+                )
+            })
+            .map(|(i, _)| i);
         if let Some(i) = found {
             return Taken::Idle(state.idle.remove(i));
         }
@@ -261,6 +280,7 @@ impl Pool {
                     draining: false,
                 }),
                 server: RwLock::new(None),
+                logins: Mutex::default(),
                 broken_at: Mutex::new(None),
                 target,
                 config,
@@ -407,6 +427,10 @@ impl Pool {
                     if let Ok(mut server) = inner.server.write() {
                         *server = Some(conn.server.clone());
                     }
+                    inner
+                        .logins()
+                        .entry(conn.flavor.collation)
+                        .or_insert_with(|| conn.login());
                     debug!(thread_id = conn.thread_id, "opened database connection");
                     return Ok(Pooled {
                         conn: Box::new(conn),
@@ -427,9 +451,10 @@ impl Pool {
         }
     }
 
-    /// Lends a connection of `flavor` already on `session`, changing only what differs.
-    /// Pooled connections that turn out dead (e.g. after a database restart) are replaced a
-    /// few times before the borrower is told. Counted in `sluice_borrows_total`.
+    /// Lends a connection that serves `flavor`, already on `session` and on the character
+    /// sets of the client's login, changing only what differs. Pooled connections that turn
+    /// out dead (e.g. after a database restart) are replaced a few times before the borrower
+    /// is told. Counted in `sluice_borrows_total`.
     pub async fn borrow_for(
         &self,
         flavor: Flavor,
@@ -437,6 +462,7 @@ impl Pool {
     ) -> Result<Lease, SessionError> {
         const ATTEMPTS: usize = 3;
         let target = self.target();
+        let metrics = &self.inner.metrics;
         let hint = session.schema.or(target.database.as_deref());
         let mut last_error = None;
         for _ in 0..ATTEMPTS {
@@ -444,13 +470,29 @@ impl Pool {
                 .borrow(flavor, hint)
                 .await
                 .map_err(SessionError::Borrow)?;
-            self.inner.metrics.borrows.inc();
+            metrics.borrows.inc();
+            let login = match self.login_charset(&mut lease, flavor.collation).await {
+                Ok(Ok(login)) => login,
+                Ok(Err(refused)) => {
+                    // A failed COM_CHANGE_USER leaves the session unknown: the lease goes.
+                    return Err(SessionError::Refused(refused));
+                }
+                Err(e) => {
+                    debug!(error = %e, "pooled database connection is dead; trying another");
+                    last_error = Some(e);
+                    continue;
+                }
+            };
             let conn = lease.conn();
             let mut adopted = conn
-                .adopt_session(target, session.schema, session.vars)
+                .adopt_session(target, session.schema, session.vars, &login, metrics)
                 .await;
             if let (Ok(Ok(_)), Some(on)) = (&adopted, session.multi_statements) {
                 if conn.multi_statements != Some(on) {
+                    metrics
+                        .session_adoptions
+                        .with_label_values(&["multi_statements"])
+                        .inc();
                     adopted = conn.set_multi_statements(on).await;
                 }
             }
@@ -470,6 +512,39 @@ impl Pool {
         Err(SessionError::Lost(
             last_error.unwrap_or_else(|| BackendError::Timeout(target.address())),
         ))
+    }
+
+    /// What a login with `collation` gives a session. Learned from every connection opened
+    /// and, the first time a client's collation is one no connection logged in with, by
+    /// logging `lease`'s connection in again with it (counted as a `login` adoption): the
+    /// server's own answer, including its defaults for ids it does not know. A refusal (a
+    /// character set the server does not accept from clients, such as `ucs2`) comes back
+    /// inside, as the server would refuse such a login.
+    async fn login_charset(
+        &self,
+        lease: &mut Lease,
+        collation: u8,
+    ) -> Result<Result<LoginCharset, ErrFields>, BackendError> {
+        let inner = &self.inner;
+        if let Some(known) = inner.logins().get(&collation) {
+            return Ok(Ok(known.clone()));
+        }
+        let conn = lease.conn();
+        if conn.flavor.collation != collation {
+            inner
+                .metrics
+                .session_adoptions
+                .with_label_values(&["login"])
+                .inc();
+            match conn.relogin(&inner.target, collation).await {
+                Ok(()) => {}
+                Err(BackendError::Refused(refused)) => return Ok(Err(refused)),
+                Err(e) => return Err(e),
+            }
+        }
+        let login = conn.login();
+        inner.logins().insert(collation, login.clone());
+        Ok(Ok(login))
     }
 
     /// Returns a connection after a client is done with it: its session is reset first, so

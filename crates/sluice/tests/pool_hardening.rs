@@ -141,3 +141,92 @@ async fn connections_killed_while_idle_are_never_lent() {
         "{metrics}"
     );
 }
+
+/// The login collation and first character set a session reports.
+async fn raw_charset(conn: &mut sluice::backend::BackendConn) -> (String, String) {
+    let rows = conn
+        .query_text("SELECT @@collation_connection, @@character_set_client")
+        .await
+        .unwrap()
+        .unwrap();
+    let mut values = rows[0].iter().map(|v| v.clone().unwrap_or_default());
+    (values.next().unwrap(), values.next().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_driver_flavours_share_a_pool_of_two_without_evictions() {
+    use sluice::backend::Flavor;
+    use sluice_protocol::CapabilityFlags;
+    const ROUNDS: usize = 20;
+    let gw = start_with("flavours", |c| c.pool.max_db_connections = 2).await;
+    // What mysql_async's login gives directly.
+    let mut admin = direct().await;
+    let native: (String, String) = admin
+        .query_first("SELECT @@collation_connection, @@character_set_client")
+        .await
+        .unwrap()
+        .unwrap();
+    admin.disconnect().await.unwrap();
+    // Two raw clients: other login collations, with and without multi-statements.
+    let unicode = Flavor {
+        capabilities: CapabilityFlags::CLIENT_DEPRECATE_EOF
+            | CapabilityFlags::CLIENT_MULTI_STATEMENTS,
+        collation: 224,
+    };
+    let latin1 = Flavor {
+        capabilities: CapabilityFlags::CLIENT_DEPRECATE_EOF,
+        collation: 8,
+    };
+    for round in 0..ROUNDS {
+        // The three at once, each a fresh login.
+        let gw = &gw;
+        let (native_seen, unicode_seen, latin1_seen) = tokio::join!(
+            async {
+                let mut conn = gw.connect().await;
+                let seen: (String, String) = conn
+                    .query_first("SELECT @@collation_connection, @@character_set_client")
+                    .await
+                    .unwrap()
+                    .unwrap();
+                conn.disconnect().await.unwrap();
+                seen
+            },
+            async { raw_charset(&mut raw_client_with(gw, unicode).await).await },
+            async { raw_charset(&mut raw_client_with(gw, latin1).await).await },
+        );
+        assert_eq!(native_seen, native, "round {round}");
+        assert_eq!(
+            unicode_seen,
+            ("utf8mb4_unicode_ci".into(), "utf8mb4".into()),
+            "round {round}"
+        );
+        assert_eq!(
+            latin1_seen,
+            ("latin1_swedish_ci".into(), "latin1".into()),
+            "round {round}"
+        );
+    }
+    let metrics = gw.metrics().await;
+    let evicted = metric_value(
+        &metrics,
+        "sluice_db_connections_closed_total{reason=\"evicted\"}",
+    );
+    let adoption = |kind: &str| {
+        metric_value(
+            &metrics,
+            &format!("sluice_session_adoptions_total{{kind=\"{kind}\"}}"),
+        )
+    };
+    println!(
+        "{} logins over a pool of 2: {evicted} evictions; adoptions: variables {}, login {}, \
+         multi_statements {}, schema {}",
+        3 * ROUNDS,
+        adoption("variables"),
+        adoption("login"),
+        adoption("multi_statements"),
+        adoption("schema"),
+    );
+    assert!(evicted <= 2.0, "{evicted} evictions");
+    // Each login collation was learned once at most.
+    assert!(adoption("login") <= 3.0);
+}

@@ -777,6 +777,16 @@ impl Session {
         if let Some(kill) = analysis.kill {
             return self.kill(seq.wrapping_add(1), kill).await;
         }
+        if analysis.local_infile
+            && !self
+                .capabilities
+                .contains(CapabilityFlags::CLIENT_LOCAL_FILES)
+        {
+            // Database connections always offer LOCAL INFILE; this client did not.
+            return self
+                .reply_err(seq.wrapping_add(1), &local_infile_refused())
+                .await;
+        }
         if let Some(reason) = analysis.pin {
             self.pin(reason);
         }
@@ -1283,6 +1293,17 @@ impl Session {
             }
         }
     }
+}
+
+/// 4166: `LOAD DATA LOCAL INFILE` from a client that did not offer CLIENT_LOCAL_FILES, as
+/// the server answers it.
+fn local_infile_refused() -> ErrFields {
+    ErrFields::new(
+        4166,
+        "HY000",
+        "The used command is not allowed because the MariaDB server or client has disabled \
+         the local infile capability",
+    )
 }
 
 /// Runs `relay` (one client command and its reply) to its end. If the reply is unfinished

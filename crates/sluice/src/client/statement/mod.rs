@@ -108,6 +108,10 @@ pub struct Analysis {
     /// `LOAD DATA LOCAL INFILE`: the server will ask the client for a file mid-reply, so
     /// nothing of sluice's may follow the statement in the same write.
     pub reads_client_file: bool,
+    /// Precisely `LOCAL INFILE` (`LOAD DATA|XML ... LOCAL INFILE`): a client that did not
+    /// offer CLIENT_LOCAL_FILES is refused as the server would refuse it, since sluice's
+    /// database connections always offer it.
+    pub local_infile: bool,
     /// Some statement may change `LAST_INSERT_ID()`: it inserts (`INSERT`, `REPLACE`,
     /// `LOAD`), sets it (`LAST_INSERT_ID(expr)`), or runs code sluice cannot see.
     pub may_set_insert_id: bool,
@@ -310,6 +314,7 @@ impl Scanner<'_> {
             Kind::Word => {
                 if token.is_word(sql, "INFILE") {
                     self.analysis.reads_client_file = true;
+                    self.analysis.local_infile |= self.word_is(self.prev, "LOCAL");
                 } else if token.is_word(sql, "SQL_CALC_FOUND_ROWS") {
                     self.analysis.pin("found_rows");
                 } else if token.is_word(sql, "TEMPORARY") && self.word_is(self.first_word, "CREATE")

@@ -332,3 +332,22 @@ fn any_bytes_are_analysed_without_panicking() {
         }
     }
 }
+
+#[test]
+fn local_infile_is_told_from_a_server_side_file() {
+    for sql in [
+        "LOAD DATA LOCAL INFILE '/tmp/x' INTO TABLE t",
+        "load data low_priority local /* the client's */ infile 'x' into table t",
+        "LOAD XML LOCAL INFILE 'x.xml' INTO TABLE t",
+        "SELECT 1; LOAD DATA /*!LOCAL*/ INFILE 'x' INTO TABLE t",
+    ] {
+        assert!(of(sql).local_infile, "{sql}");
+    }
+    for sql in [
+        "LOAD DATA INFILE '/tmp/x' INTO TABLE t",
+        "SELECT 'LOCAL INFILE'",
+        "SELECT infile FROM local_files",
+    ] {
+        assert!(!of(sql).local_infile, "{sql}");
+    }
+}
