@@ -230,3 +230,44 @@ async fn three_driver_flavours_share_a_pool_of_two_without_evictions() {
     // Each login collation was learned once at most.
     assert!(adoption("login") <= 3.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_infile_is_refused_to_a_client_that_did_not_offer_it() {
+    let gw = start("no_local_infile").await;
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("rows.csv");
+    std::fs::write(&csv, "1\n2\n").unwrap();
+    let script = format!(
+        "CREATE TEMPORARY TABLE nli (id INT);\n\
+         LOAD DATA LOCAL INFILE '{}' INTO TABLE nli;\n",
+        csv.display()
+    );
+    // The same script, with and without the client offering CLIENT_LOCAL_FILES; database
+    // connections offer it either way.
+    let run = |local_infile: &str| {
+        let args = [
+            "--protocol=tcp".to_owned(),
+            "-h127.0.0.1".to_owned(),
+            format!("-P{}", gw.addr.port()),
+            "-uapp".to_owned(),
+            "-psecret".to_owned(),
+            "--batch".to_owned(),
+            "--skip-ssl".to_owned(),
+            format!("--local-infile={local_infile}"),
+            TEST_DB.to_owned(),
+            "-e".to_owned(),
+            format!("{script} SELECT COUNT(*) AS n FROM nli"),
+        ];
+        tokio::process::Command::new("mariadb").args(args).output()
+    };
+    let refused = run("0").await.expect("mariadb client installed");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("ERROR 4166 (HY000)"), "{stderr}");
+    let allowed = run("1").await.unwrap();
+    let stdout = String::from_utf8_lossy(&allowed.stdout);
+    assert!(
+        stdout.contains("n\n2\n"),
+        "{stdout}{}",
+        String::from_utf8_lossy(&allowed.stderr)
+    );
+}

@@ -438,7 +438,7 @@ async fn a_client_that_hangs_up_mid_statement_ends_it() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(seen, 1, "the update waits for the lock");
-    drop(waiter);
+    vanish(waiter);
     let started = std::time::Instant::now();
     while admin.query_first::<u64, _>(waiting).await.unwrap() != Some(0) {
         assert!(

@@ -226,6 +226,14 @@ pub async fn raw_client_with(gw: &TestGateway, flavor: Flavor) -> BackendConn {
         .expect("log in through sluice")
 }
 
+/// Closes a raw client's socket without the COM_QUIT its drop would send, as a client that
+/// vanishes (a frozen or killed function) does.
+pub fn vanish(conn: BackendConn) {
+    let socket = socket2::SockRef::from(conn.stream.get_ref().get_ref());
+    let _ = socket.shutdown(std::net::Shutdown::Both);
+    drop(conn);
+}
+
 /// Sends one command packet and returns the first packet of the reply.
 pub async fn request(conn: &mut BackendConn, payload: &[u8]) -> Vec<u8> {
     let mut seq = 0;
