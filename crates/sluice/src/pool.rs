@@ -246,6 +246,15 @@ impl Lease {
     }
 }
 
+impl Lease {
+    /// Closes the connection now, counting `reason`.
+    fn close(mut self, reason: &str) {
+        if let Some(pooled) = self.conn.take() {
+            self.pool.close(pooled, reason);
+        }
+    }
+}
+
 impl Drop for Lease {
     fn drop(&mut self) {
         if let Some(pooled) = self.conn.take() {
@@ -554,7 +563,10 @@ impl Pool {
         let reset = lease.conn().reset().await;
         match reset {
             Ok(()) => self.put_idle(lease),
-            Err(e) => debug!(error = %e, "closing database connection that failed its reset"),
+            Err(e) => {
+                debug!(error = %e, "closing database connection that failed its reset");
+                lease.close("failed_reset");
+            }
         }
     }
 
