@@ -170,13 +170,7 @@ impl BackendError {
     /// True when the database stopped answering (a timed-out read or write), as opposed to
     /// a connection that broke; clients are told with a different code.
     pub fn is_stall(&self) -> bool {
-        match self {
-            BackendError::Timeout(_) => true,
-            BackendError::Protocol(ProtocolError::Io(e)) => {
-                e.kind() == std::io::ErrorKind::TimedOut
-            }
-            _ => false,
-        }
+        matches!(self, BackendError::Timeout(_) | BackendError::Stalled)
     }
 }
 

@@ -92,6 +92,10 @@ pub async fn forward(
                 tracing::warn!(error = %err, "sluice's statement before a command failed")
             }
             Err(BackendError::Protocol(e)) => return Err(backend_err(e, next_seq)),
+            Err(BackendError::Stalled) => {
+                let stalled = std::io::Error::from(std::io::ErrorKind::TimedOut);
+                return Err(backend_err(ProtocolError::Io(stalled), next_seq));
+            }
             Err(_) => {
                 let error = ProtocolError::Malformed("unexpected reply to sluice's statement");
                 return Err(backend_err(error, next_seq));
