@@ -119,24 +119,27 @@ async fn closing_database_connections_aborts_none() {
          Aborted_connects {connects_before} -> {connects_after}"
     );
     match (log_before, aborted_in_log(&gw.backend_user).await) {
+        // Exact, and blind to whatever else runs against this server meanwhile.
         (Some(before), Some(after)) => assert_eq!(
             after - before,
             0,
             "the server logged aborted connections of {}",
             gw.backend_user
         ),
-        _ => println!("the server's error log is not readable here; global counters only"),
+        // Global counters only: other programs may abort connections meanwhile, so the
+        // bound is the old behaviour, one abort per connection sluice closed.
+        _ => {
+            println!("the server's error log is not readable here; global counters only");
+            assert!(
+                ((clients_after - clients_before) as f64) < closed,
+                "Aborted_clients grew by {} for {closed} closed connections",
+                clients_after - clients_before
+            );
+            assert!(
+                ((connects_after - connects_before) as f64) < closed,
+                "Aborted_connects grew by {}",
+                connects_after - connects_before
+            );
+        }
     }
-    // Other test programs on this machine may abort connections meanwhile; one abort per
-    // connection sluice closed is what the old behaviour gave.
-    assert!(
-        ((clients_after - clients_before) as f64) < closed,
-        "Aborted_clients grew by {} for {closed} closed connections",
-        clients_after - clients_before
-    );
-    assert!(
-        ((connects_after - connects_before) as f64) < closed,
-        "Aborted_connects grew by {}",
-        connects_after - connects_before
-    );
 }
