@@ -97,9 +97,12 @@ impl Server {
         let admin_addr = admin.local_addr()?;
         let admin_task = tokio::spawn(crate::admin::serve(admin, gateway.clone()));
         let http_addr = http.as_ref().and_then(|(l, _)| l.local_addr().ok());
-        let http_task = http.map(|(listener, tls)| {
-            tokio::spawn(crate::http::serve(listener, gateway.clone(), tls))
-        });
+        let api = http
+            .as_ref()
+            .map(|_| crate::http::Api::new(gateway.clone()));
+        let http_task = http
+            .zip(api.clone())
+            .map(|((listener, tls), api)| tokio::spawn(crate::http::serve(listener, api, tls)));
         info!(
             listen = %listener.local_addr()?,
             admin = %admin_addr,
@@ -147,10 +150,14 @@ impl Server {
         gateway.shutdown.begin(timeout);
         // Past the deadline, sessions still inside a statement get a moment to be told.
         let give_up = Instant::now() + timeout + DRAIN_GRACE;
-        while gateway.admission.occupied() > 0 && Instant::now() < give_up {
+        let busy = || gateway.admission.occupied() + api.as_ref().map_or(0, |api| api.in_flight());
+        while busy() > 0 && Instant::now() < give_up {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let left = gateway.admission.occupied();
+        if let Some(api) = &api {
+            api.shut_down().await;
+        }
+        let left = busy();
         if left > 0 {
             warn!(
                 clients = left,

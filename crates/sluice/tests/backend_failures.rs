@@ -210,18 +210,7 @@ async fn idle_connections_are_pinged_after_the_pool_sees_one_broken() {
     })
     .await;
     // Every connection used a moment ago.
-    let mut clients = Vec::new();
-    for _ in 0..POOL {
-        let mut conn = gw.connect().await;
-        conn.query_drop("BEGIN").await.unwrap();
-        clients.push(conn);
-    }
-    for mut conn in clients {
-        conn.query_drop("COMMIT").await.unwrap();
-        conn.disconnect().await.unwrap();
-    }
-    gw.wait_idle().await;
-    assert_eq!(gw.gateway.pool.stats().idle, POOL);
+    gw.use_connections(POOL).await;
     // The database side of all of them goes away without sluice's side noticing.
     forwarder.set(None, Mode::Severed);
     // The first client to get one finds out: nothing could have told sluice before.

@@ -28,21 +28,6 @@ async fn aborted_counters() -> (u64, u64) {
     (get("Aborted_clients"), get("Aborted_connects"))
 }
 
-/// Lines of the server's error log saying a connection of `user` was aborted, when the log
-/// is a file this test can read (`None` otherwise).
-async fn aborted_in_log(user: &str) -> Option<usize> {
-    let mut admin = direct().await;
-    let path: Option<String> = admin.query_first("SELECT @@log_error").await.unwrap();
-    admin.disconnect().await.unwrap();
-    let text = std::fs::read_to_string(path.filter(|p| p.starts_with('/'))?).ok()?;
-    let needle = format!("user: '{user}'");
-    Some(
-        text.lines()
-            .filter(|line| line.contains("Aborted connection") && line.contains(&needle))
-            .count(),
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn closing_database_connections_aborts_none() {
     let (clients_before, connects_before) = aborted_counters().await;

@@ -90,18 +90,7 @@ async fn connections_killed_while_idle_are_never_lent() {
         c.pool.ping_after_idle = Duration::from_secs(3600);
     })
     .await;
-    let mut clients = Vec::new();
-    for _ in 0..POOL {
-        let mut conn = gw.connect().await;
-        conn.query_drop("BEGIN").await.unwrap();
-        clients.push(conn);
-    }
-    for mut conn in clients {
-        conn.query_drop("COMMIT").await.unwrap();
-        conn.disconnect().await.unwrap();
-    }
-    gw.wait_idle().await;
-    assert_eq!(gw.gateway.pool.stats().idle, POOL);
+    gw.use_connections(POOL).await;
     // What a database restart does to them: every one closed from the server's side.
     let mut admin = direct().await;
     let ids: Vec<u64> = admin

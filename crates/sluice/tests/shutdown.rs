@@ -25,6 +25,7 @@ struct Binary {
     child: Child,
     port: u16,
     admin: u16,
+    backend_user: String,
 }
 
 impl Binary {
@@ -51,7 +52,12 @@ impl Binary {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let binary = Binary { child, port, admin };
+        let binary = Binary {
+            child,
+            port,
+            admin,
+            backend_user,
+        };
         for _ in 0..200 {
             if tokio::net::TcpStream::connect(("127.0.0.1", admin))
                 .await
@@ -120,6 +126,7 @@ impl Drop for Binary {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_a_transaction_commit_tells_idle_clients_and_exits_0() {
     let mut sluice = Binary::start("sigterm", "20s").await;
+    let aborted_before = aborted_in_log(&sluice.backend_user).await;
     let mut setup = direct().await;
     setup
         .query_drop("CREATE OR REPLACE TABLE drained (id INT PRIMARY KEY)")
@@ -169,6 +176,12 @@ async fn sigterm_lets_a_transaction_commit_tells_idle_clients_and_exits_0() {
         .await
         .unwrap();
     assert_eq!(rows, [1, 2], "the transaction committed");
+    // Every database connection was closed with a goodbye: the server logged no aborted one.
+    assert_eq!(
+        aborted_in_log(&sluice.backend_user).await,
+        aborted_before,
+        "database connections closed without COM_QUIT"
+    );
     setup.query_drop("DROP TABLE drained").await.unwrap();
 }
 

@@ -656,13 +656,16 @@ impl Session {
             }
             let kill = self.registration.handle.kill.clone();
             let next = tokio::select! {
-                next = tokio::time::timeout(limit, self.stream.read_packet()) => next,
+                // A kill that arrived before the client's next command wins over it, as on
+                // the server: the client is told instead of being served.
+                biased;
                 () = kill.notified() => {
                     let mut seq = 1;
                     let _ = self.send_err(&mut seq, &ErrFields::new(1927, "70100", "Connection was killed")).await;
                     return End::Error("killed".into());
                 }
                 Ok(()) = shutdown.changed() => continue,
+                next = tokio::time::timeout(limit, self.stream.read_packet()) => next,
             };
             let read = match next {
                 Ok(read) => read,

@@ -156,11 +156,15 @@ impl ApiError {
     }
 
     /// The database connection failed mid-request.
+    /// The cause is logged, not sent: it is sluice's business, not the caller's.
     pub fn broken(err: &BackendError) -> ApiError {
-        ApiError::new(
-            Status::BadGateway,
-            format!("the database connection failed during the request: {err}"),
-        )
+        tracing::warn!(error = %err, "Data API: database connection failed during a request");
+        let what = if err.is_stall() {
+            "the database stopped answering during the request"
+        } else {
+            "the database connection failed during the request"
+        };
+        ApiError::new(Status::BadGateway, what)
     }
 
     /// Adds `"index": i` to the details (which statement of a batch failed).
@@ -180,7 +184,17 @@ impl From<BorrowError> for ApiError {
     /// No connection: the pool stayed busy or the database cannot be reached. Either way
     /// the request did nothing and may be retried later.
     fn from(err: BorrowError) -> ApiError {
-        ApiError::new(Status::Unavailable, err.to_string())
+        match err {
+            BorrowError::Exhausted { .. } => ApiError::new(Status::Unavailable, err.to_string()),
+            // Where the database is and why it cannot be reached go to the log only.
+            BorrowError::Unavailable(cause) => {
+                tracing::warn!(error = %cause, "Data API: no database connection");
+                ApiError::new(
+                    Status::Unavailable,
+                    "sluice cannot reach the database right now; try again later",
+                )
+            }
+        }
     }
 }
 

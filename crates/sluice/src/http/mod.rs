@@ -95,6 +95,17 @@ impl Api {
         })
     }
 
+    /// Requests being served and transactions open: what a shutdown drain waits for.
+    pub fn in_flight(&self) -> usize {
+        let max = self.gateway.settings.http.max_concurrent_requests;
+        max - self.requests.available_permits() + self.transactions.count()
+    }
+
+    /// Rolls back the transactions still open when a drain ends.
+    pub async fn shut_down(&self) {
+        self.transactions.roll_back_all(&self.gateway.pool).await;
+    }
+
     /// A fresh result allowance for one request.
     fn budget(&self) -> Budget {
         let http = &self.gateway.settings.http;
@@ -168,12 +179,13 @@ const MAX_BUF: usize = 64 * 1024;
 
 /// Serves the Data API on `listener` (HTTPS when `tls` is set) until the task is aborted,
 /// holding at most `http.max_connections` connections.
-pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>, tls: Option<TlsAcceptor>) {
+pub async fn serve(listener: TcpListener, api: Arc<Api>, tls: Option<TlsAcceptor>) {
+    let gateway = api.gateway.clone();
     let settings = &gateway.settings.http;
     let slots = Arc::new(Semaphore::new(settings.max_connections));
     let answer = admission::full_answer(settings.max_connections);
     let refused = Rejection::MaxConnections.counter(&gateway.metrics);
-    let app = router(Api::new(gateway.clone()));
+    let app = router(api);
     loop {
         let (socket, peer) = match listener.accept().await {
             Ok(pair) => pair,

@@ -116,21 +116,52 @@ impl Transactions {
     /// timeout).
     pub async fn reap(&self, pool: &Pool) {
         let now = Instant::now();
+        self.roll_back_where(pool, |id, t| {
+            if now.duration_since(t.created) >= self.max_lifetime {
+                Some(format!(
+                    "transaction {id} was rolled back: it reached http.transaction_max_lifetime ({:?})",
+                    self.max_lifetime
+                ))
+            } else if now.duration_since(*lock(&t.last_used)) >= self.idle_timeout {
+                Some(format!(
+                    "transaction {id} was rolled back after idling for http.transaction_idle_timeout ({:?})",
+                    self.idle_timeout
+                ))
+            } else {
+                None
+            }
+        })
+        .await;
+    }
+
+    /// Rolls back every transaction not in use right now, at the end of a shutdown drain.
+    pub async fn roll_back_all(&self, pool: &Pool) {
+        self.roll_back_where(pool, |id, _| {
+            Some(format!(
+                "transaction {id} was rolled back: sluice shut down"
+            ))
+        })
+        .await;
+    }
+
+    /// Transactions open now.
+    pub fn count(&self) -> usize {
+        lock(&self.open).len()
+    }
+
+    /// Rolls back and frees the transactions for which `reason` gives a reason (remembered
+    /// for a later use of their id); one in use right now is left alone.
+    async fn roll_back_where(
+        &self,
+        pool: &Pool,
+        reason: impl Fn(&str, &Transaction) -> Option<String>,
+    ) {
+        let now = Instant::now();
         let mut expired = Vec::new();
         {
             let mut open = lock(&self.open);
             open.retain(|id, t| {
-                let reason = if now.duration_since(t.created) >= self.max_lifetime {
-                    format!(
-                        "transaction {id} was rolled back: it reached http.transaction_max_lifetime ({:?})",
-                        self.max_lifetime
-                    )
-                } else if now.duration_since(*lock(&t.last_used)) >= self.idle_timeout {
-                    format!(
-                        "transaction {id} was rolled back after idling for http.transaction_idle_timeout ({:?})",
-                        self.idle_timeout
-                    )
-                } else {
+                let Some(reason) = reason(id, t) else {
                     return true;
                 };
                 match t.lease.clone().try_lock_owned() {

@@ -72,6 +72,21 @@ pub async fn create_backend_user(test: &str) -> String {
     name
 }
 
+/// Lines of the server's error log saying a connection of `user` was aborted, when the log
+/// is a file this test can read (`None` otherwise).
+pub async fn aborted_in_log(user: &str) -> Option<usize> {
+    let mut admin = direct().await;
+    let path: Option<String> = admin.query_first("SELECT @@log_error").await.unwrap();
+    admin.disconnect().await.unwrap();
+    let text = std::fs::read_to_string(path.filter(|p| p.starts_with('/'))?).ok()?;
+    let needle = format!("user: '{user}'");
+    Some(
+        text.lines()
+            .filter(|line| line.contains("Aborted connection") && line.contains(&needle))
+            .count(),
+    )
+}
+
 /// Counts the database connections of `user` right now.
 pub async fn db_connections_of(user: &str) -> usize {
     let mut conn = direct().await;
@@ -162,6 +177,23 @@ impl TestGateway {
     /// Fetches `/metrics`.
     pub async fn metrics(&self) -> String {
         http_get(self.admin, "/metrics").await
+    }
+
+    /// Opens `n` database connections (clients each holding a transaction at once), then
+    /// gives them all back: the pool ends with `n` idle connections, each used a moment ago.
+    pub async fn use_connections(&self, n: usize) {
+        let mut clients = Vec::new();
+        for _ in 0..n {
+            let mut conn = self.connect().await;
+            conn.query_drop("BEGIN").await.unwrap();
+            clients.push(conn);
+        }
+        for mut conn in clients {
+            conn.query_drop("COMMIT").await.unwrap();
+            conn.disconnect().await.unwrap();
+        }
+        self.wait_idle().await;
+        assert_eq!(self.gateway.pool.stats().idle, n);
     }
 
     /// Waits until the pool has no busy connection (give-back runs after a client leaves).
