@@ -84,25 +84,65 @@ impl Credential {
 
     /// Checks a client's `mysql_native_password` proof against `salt`, in constant time.
     pub fn verify(&self, salt: &[u8], proof: &[u8]) -> bool {
+        self.prove(salt, proof).is_some()
+    }
+
+    /// Checks a proof like [`Credential::verify`] and, when it is good, returns what it
+    /// proved: the empty password, or `SHA1(password)`, which the proof carries masked by
+    /// the stored hash. That is what logging in to the database as the same user needs (see
+    /// [`scramble_with_sha1`]), so sluice never sees or keeps the password itself.
+    pub fn prove(&self, salt: &[u8], proof: &[u8]) -> Option<Proven> {
         let NativeHash(stored) = match self {
-            Credential::Empty => return proof.is_empty(),
+            Credential::Empty => return proof.is_empty().then_some(Proven::Empty),
             Credential::Hash(hash) => *hash,
         };
-        if proof.len() != 20 {
-            return false;
-        }
-        let mut hasher = Sha1::new();
-        hasher.update(salt);
-        hasher.update(stored);
-        let mask: [u8; 20] = hasher.finalize().into();
-        let stage1: Vec<u8> = proof.iter().zip(mask).map(|(p, m)| p ^ m).collect();
-        let candidate: [u8; 20] = Sha1::digest(&stage1).into();
-        candidate
+        let proof: &[u8; 20] = proof.try_into().ok()?;
+        let mask = sha1_of(&[salt, &stored]);
+        let stage1: [u8; 20] = std::array::from_fn(|i| proof[i] ^ mask[i]);
+        let candidate = sha1_of(&[&stage1]);
+        let differs = candidate
             .iter()
             .zip(stored)
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b));
+        (differs == 0).then_some(Proven::PasswordSha1(PasswordSha1(stage1)))
     }
+}
+
+/// What a good `mysql_native_password` proof showed about the password.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Proven {
+    /// The password is empty.
+    Empty,
+    /// `SHA1(password)`.
+    PasswordSha1(PasswordSha1),
+}
+
+/// `SHA1(password)`: enough to log in with `mysql_native_password` (it is a password
+/// equivalent for that plugin, so it is kept in memory only, never logged or written).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct PasswordSha1(pub [u8; 20]);
+
+impl std::fmt::Debug for PasswordSha1 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PasswordSha1(..)")
+    }
+}
+
+/// SHA-1 of the concatenated `parts`.
+fn sha1_of(parts: &[&[u8]]) -> [u8; 20] {
+    let mut hasher = Sha1::new();
+    for part in parts {
+        hasher.update(part);
+    }
+    hasher.finalize().into()
+}
+
+/// The `mysql_native_password` answer to `nonce` from `SHA1(password)` alone: the same
+/// bytes [`scramble_native`] computes from the password.
+pub fn scramble_with_sha1(nonce: &[u8], PasswordSha1(stage1): &PasswordSha1) -> [u8; 20] {
+    let stage2 = sha1_of(&[stage1]);
+    let mask = sha1_of(&[nonce, &stage2]);
+    std::array::from_fn(|i| stage1[i] ^ mask[i])
 }
 
 #[cfg(test)]
@@ -136,5 +176,24 @@ mod tests {
         assert!(by_hash.verify(&salt, &proof));
         assert!(Credential::Empty.verify(&salt, &[]));
         assert!(!Credential::Empty.verify(&salt, &proof));
+    }
+
+    #[test]
+    fn a_good_proof_yields_what_logs_in_as_the_same_user() {
+        let salt = new_salt();
+        let credential = Credential::from_plain_or_hash("secret");
+        let proof = scramble_native(&salt, b"secret").unwrap();
+        let Some(Proven::PasswordSha1(sha1)) = credential.prove(&salt, &proof) else {
+            panic!("a good proof proves the password");
+        };
+        // The answer to another nonce, computed without the password, is the client's.
+        let nonce = new_salt();
+        assert_eq!(
+            scramble_with_sha1(&nonce, &sha1),
+            scramble_native(&nonce, b"secret").unwrap()
+        );
+        let wrong = scramble_native(&salt, b"other").unwrap();
+        assert_eq!(credential.prove(&salt, &wrong), None);
+        assert_eq!(Credential::Empty.prove(&salt, &[]), Some(Proven::Empty));
     }
 }

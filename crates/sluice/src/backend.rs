@@ -20,7 +20,7 @@ use sluice_protocol::{command, lenenc, CapabilityFlags, ProtocolError};
 use socket2::{SockRef, TcpKeepalive};
 use tokio::net::TcpStream;
 
-use crate::config::BackendTarget;
+use crate::config::{BackendSecret, BackendTarget};
 use crate::metrics::Metrics;
 use crate::statements::{BackendStatements, StatementKey};
 
@@ -458,26 +458,35 @@ impl BackendConn {
         plugin: &'p str,
         nonce: &[u8],
     ) -> Result<(&'p str, Vec<u8>), BackendError> {
-        let password = target.password.as_bytes();
-        match plugin {
-            NATIVE_PASSWORD => Ok((
+        match (plugin, &target.secret) {
+            (NATIVE_PASSWORD, BackendSecret::Password(password)) => Ok((
                 plugin,
-                auth::scramble_native(nonce, password)
+                auth::scramble_native(nonce, password.as_bytes())
                     .map(Vec::from)
                     .unwrap_or_default(),
             )),
-            CACHING_SHA2_PASSWORD => {
+            (NATIVE_PASSWORD, BackendSecret::PasswordSha1(sha1)) => Ok((
+                plugin,
+                auth::scramble_with_sha1(nonce, sha1).to_vec(),
+            )),
+            (CACHING_SHA2_PASSWORD, BackendSecret::Password(password)) => {
                 let nonce: &[u8; 20] = nonce.get(..20).and_then(|n| n.try_into().ok()).ok_or(
                     ProtocolError::Malformed("short caching_sha2_password nonce"),
                 )?;
                 Ok((
                     plugin,
-                    auth::scramble_sha256(nonce, password)
+                    auth::scramble_sha256(nonce, password.as_bytes())
                         .map(Vec::from)
                         .unwrap_or_default(),
                 ))
             }
-            other => Err(BackendError::UnsupportedAuth(other.to_owned())),
+            (CACHING_SHA2_PASSWORD, BackendSecret::PasswordSha1(_)) => {
+                Err(BackendError::UnsupportedAuth(format!(
+                    "{plugin} for user {} (sluice knows only the mysql_native_password hash of its password)",
+                    target.user
+                )))
+            }
+            (other, _) => Err(BackendError::UnsupportedAuth(other.to_owned())),
         }
     }
 

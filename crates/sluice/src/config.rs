@@ -353,10 +353,30 @@ pub struct BackendTarget {
     pub port: u16,
     /// Backend user.
     pub user: String,
-    /// Backend password (empty for none).
-    pub password: String,
+    /// What proves it is that user.
+    pub secret: BackendSecret,
     /// Default schema for clients that name none.
     pub database: Option<String>,
+}
+
+/// What sluice proves a database login with.
+#[derive(Clone, PartialEq, Eq)]
+pub enum BackendSecret {
+    /// The password (empty for none).
+    Password(String),
+    /// `SHA1(password)`, learned from a client's login (see `identity`): enough for
+    /// `mysql_native_password`, not for `caching_sha2_password`.
+    PasswordSha1(sluice_protocol::auth::PasswordSha1),
+}
+
+impl std::fmt::Debug for BackendSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            BackendSecret::Password(p) if p.is_empty() => "Password(none)",
+            BackendSecret::Password(_) => "Password(..)",
+            BackendSecret::PasswordSha1(_) => "PasswordSha1(..)",
+        })
+    }
 }
 
 impl std::fmt::Debug for BackendTarget {
@@ -658,11 +678,14 @@ impl Config {
             return Err(ConfigError(issues));
         };
         if let Some(password) = password {
-            backend.password = password;
+            backend.secret = BackendSecret::Password(password);
         }
         if users.is_empty() {
             // Out of the box, clients log in with the backend's own credentials.
-            let credential = Credential::from_plain_or_hash(&backend.password);
+            let BackendSecret::Password(password) = &backend.secret else {
+                unreachable!("the configured backend secret is a password");
+            };
+            let credential = Credential::from_plain_or_hash(password);
             users.insert(
                 backend.user.clone(),
                 User {
@@ -863,7 +886,7 @@ pub fn parse_backend_url(text: &str) -> Result<BackendTarget, String> {
         host,
         port: url.port().unwrap_or(3306),
         user,
-        password: url.password().map(decode).unwrap_or_default(),
+        secret: BackendSecret::Password(url.password().map(decode).unwrap_or_default()),
         database: (!database.is_empty()).then(|| decode(database)),
     })
 }
@@ -888,7 +911,7 @@ mod tests {
             (t.host.as_str(), t.port, t.user.as_str()),
             ("db.local", 3307, "app")
         );
-        assert_eq!(t.password, "p@ss");
+        assert_eq!(t.secret, BackendSecret::Password("p@ss".into()));
         assert_eq!(t.database.as_deref(), Some("shop"));
         assert!(parse_backend_url("postgres://a@b").is_err());
         assert!(parse_backend_url("mysql://b:3306").is_err());
@@ -1002,7 +1025,10 @@ mod tests {
         std::fs::write(&path, "s3cret\n").unwrap();
         let mut config = Config::default();
         config.backend.password_file = Some(path);
-        assert_eq!(config.validate("t").unwrap().backend.password, "s3cret");
+        assert_eq!(
+            config.validate("t").unwrap().backend.secret,
+            BackendSecret::Password("s3cret".into())
+        );
         config.backend.password_file = Some(dir.path().join("missing"));
         assert!(config.validate("t").is_err());
     }

@@ -7,6 +7,7 @@
 //!   descriptor limit;
 //! - [`server`]: accepting clients; [`shutdown`]: draining them on SIGTERM;
 //! - `client`: one task per client connection (login, commands, relaying replies);
+//! - [`identity`]: who a client is, and as whom its database connections log in;
 //! - [`pool`] and [`backend`]: the database connections;
 //! - [`admin`] and [`metrics`]: health and Prometheus endpoints;
 //! - [`http`]: the SQL-over-HTTP Data API, sharing the pool;
@@ -20,6 +21,7 @@ mod client;
 pub mod config;
 pub mod fd_budget;
 pub mod http;
+pub mod identity;
 pub mod metrics;
 pub mod pool;
 pub mod registry;
@@ -51,6 +53,8 @@ pub struct Gateway {
     pub(crate) throttle: client::LoginThrottle,
     /// Whether the gateway is draining, and until when.
     pub shutdown: shutdown::Shutdown,
+    /// Who clients are, and as whom sluice logs in to the database for them.
+    pub identities: identity::Identities,
 }
 
 impl Gateway {
@@ -71,6 +75,7 @@ impl Gateway {
                 metrics.client_logins_pending.clone(),
             ),
             shutdown: shutdown::Shutdown::new(),
+            identities: identity::Identities::new(&settings),
             throttle: client::LoginThrottle::new(
                 settings.failed_login_delay,
                 settings.failed_login_delay_max,

@@ -1,14 +1,16 @@
 //! The connection phase toward a client: greeting, login, authentication.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
-use sluice_protocol::auth::{self, Credential, NATIVE_PASSWORD, SALT_LEN};
+use sluice_protocol::auth::{self, NATIVE_PASSWORD, SALT_LEN};
 use sluice_protocol::handshake::{self, Greeting, Login};
 use sluice_protocol::{CapabilityFlags, ProtocolError};
 
 use super::errors;
 use super::ClientStream;
 use crate::backend::ServerInfo;
+use crate::identity::Identity;
 use crate::Gateway;
 
 /// Capabilities sluice can honour toward clients (further limited by the database's).
@@ -42,6 +44,8 @@ pub struct Authenticated {
     pub capabilities: CapabilityFlags,
     /// The sluice user.
     pub user: String,
+    /// Who it proved to be, and as whom its database connections log in.
+    pub identity: Arc<Identity>,
     /// Collation id from the login packet.
     pub collation: u8,
     /// Schema requested at login.
@@ -136,7 +140,7 @@ pub async fn authenticate(
     )
     .await?;
 
-    if !check_user(gateway, peer.ip(), &login.user, &salt, &proof).await {
+    let Some(identity) = check_user(gateway, peer.ip(), &login.user, &salt, &proof).await else {
         stream
             .write_packet(
                 &mut seq,
@@ -145,10 +149,11 @@ pub async fn authenticate(
             )
             .await?;
         return Err(LoginFailure::Refused);
-    }
+    };
     Ok(Authenticated {
         capabilities,
         user: login.user,
+        identity,
         collation: login.collation,
         database: login.database,
         salt,
@@ -184,19 +189,17 @@ pub async fn check_user(
     user: &str,
     salt: &[u8],
     proof: &[u8],
-) -> bool {
+) -> Option<Arc<Identity>> {
     let delay = gateway.throttle.delay(peer, user);
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
-    let credential: Option<Credential> = gateway.settings.users.get(user).map(|u| u.credential);
-    let reason = match credential {
-        Some(credential) if credential.verify(salt, proof) => {
+    let reason = match gateway.identities.verify(user, salt, proof).await {
+        Ok(identity) => {
             gateway.throttle.succeeded(peer, user);
-            return true;
+            return Some(identity);
         }
-        Some(_) => "bad_password",
-        None => "unknown_user",
+        Err(denied) => denied.reason(),
     };
     gateway
         .metrics
@@ -205,5 +208,5 @@ pub async fn check_user(
         .inc();
     gateway.throttle.failed(peer, user);
     tracing::warn!(%user, %peer, reason, ?delay, "login failed");
-    false
+    None
 }

@@ -36,6 +36,7 @@ use super::tracking::{Tracking, OWNED_VARIABLES};
 use super::ClientStream;
 use crate::backend::{first_value, BackendError, Flavor, CHARSET_VARIABLES};
 use crate::config::PoolMode;
+use crate::identity::Identity;
 use crate::pool::{Lease, SessionError, WantedSession};
 use crate::registry::Registration;
 use crate::Gateway;
@@ -62,8 +63,8 @@ struct Session {
     id: u32,
     stream: ClientStream,
     capabilities: CapabilityFlags,
-    user: String,
-    mode: PoolMode,
+    /// Who the client is, and as whom its database connections log in.
+    identity: Arc<Identity>,
     salt: [u8; 20],
     collation: u8,
     backend: Option<Lease>,
@@ -318,13 +319,13 @@ async fn serve_authenticated(
     let Authenticated {
         capabilities,
         user,
+        identity,
         collation,
         database,
         salt,
         next_seq,
     } = auth;
-    debug!(%user, "client authenticated");
-    let mode = pool_mode_of(&gateway, &user);
+    debug!(%user, backend_user = %identity.backend.user, "client authenticated");
     let registration = gateway.sessions.register(id, &user);
     let tracking = capabilities
         .contains(CapabilityFlags::CLIENT_SESSION_TRACK)
@@ -334,8 +335,7 @@ async fn serve_authenticated(
         id,
         stream,
         capabilities,
-        user,
-        mode,
+        identity,
         salt,
         collation,
         backend: None,
@@ -424,7 +424,7 @@ impl Session {
     /// In transaction pooling, gives the connection back when nothing ties the client to it:
     /// no open transaction and no pin. Its session state is tracked, so no reset is needed.
     async fn release_if_free(&mut self) {
-        let tied = self.mode == PoolMode::Session
+        let tied = self.identity.pool_mode == PoolMode::Session
             || self.pin.is_some()
             || self.next_transaction != NextTransaction::None
             || self.statements.open_cursors() > 0
@@ -507,7 +507,7 @@ impl Session {
 
     /// Ties the client to its connection for good, counting the reason once.
     fn pin(&mut self, reason: &'static str) {
-        if self.pin.is_none() && self.mode == PoolMode::Transaction {
+        if self.pin.is_none() && self.identity.pool_mode == PoolMode::Transaction {
             self.count_pin(reason);
             self.pin = Some(reason);
         }
@@ -515,7 +515,7 @@ impl Session {
 
     /// Counts a reason the client keeps its connection (for good, or while a cursor is open).
     fn count_pin(&self, reason: &'static str) {
-        if self.mode == PoolMode::Transaction {
+        if self.identity.pool_mode == PoolMode::Transaction {
             debug!(reason, "client pinned to its database connection");
             self.gateway.metrics.pins.with_label_values(&[reason]).inc();
         }
@@ -1042,7 +1042,7 @@ impl Session {
                 return self.reply_err(seq, &errors::unknown_query_id(id)).await;
             }
             KillTarget::User(ref user) => {
-                if *user != self.user {
+                if *user != self.identity.user {
                     return self.reply_err(seq, &errors::not_owner(user)).await;
                 }
                 for target in gateway.sessions.of_user(user, self.id) {
@@ -1069,7 +1069,7 @@ impl Session {
             };
         }
         if let KillTarget::Id(id) = kill.target {
-            match gateway.sessions.target(&self.user, id) {
+            match gateway.sessions.target(&self.identity.user, id) {
                 Ok(target) if kill.query_only => gateway.kill_query(&target).await,
                 Ok(target) => gateway.kill_session(&target).await,
                 Err(err) => return self.reply_err(seq, &err).await,
@@ -1124,7 +1124,7 @@ impl Session {
     async fn reset_connection(&mut self, mut seq: u8) -> Result<(), End> {
         let schema = self.state.schema.take();
         self.start_over(schema).await;
-        if self.mode == PoolMode::Session {
+        if self.identity.pool_mode == PoolMode::Session {
             if let Err(err) = self.attach_backend().await {
                 return self.reply_err(seq, &err).await;
             }
@@ -1265,7 +1265,9 @@ impl Session {
             .get_ref()
             .peer_addr()
             .map_or(std::net::Ipv4Addr::UNSPECIFIED.into(), |a| a.ip());
-        if !login::check_user(&self.gateway, peer, &request.user, &self.salt, &proof).await {
+        let Some(identity) =
+            login::check_user(&self.gateway, peer, &request.user, &self.salt, &proof).await
+        else {
             let err = errors::access_denied(&request.user, &peer.to_string(), !proof.is_empty());
             // Like MariaDB, the session stays as it was and the client may try again, but
             // not forever: guessing passwords on one socket ends after a few tries.
@@ -1276,15 +1278,14 @@ impl Session {
             } else {
                 Ok(())
             };
+        };
+        if identity.user != self.identity.user {
+            self.registration = self.gateway.sessions.register(self.id, &identity.user);
         }
-        if request.user != self.user {
-            self.registration = self.gateway.sessions.register(self.id, &request.user);
-        }
-        self.user = request.user;
+        self.identity = identity;
         if let Some(collation) = request.collation {
             self.collation = collation;
         }
-        self.mode = pool_mode_of(&self.gateway, &self.user);
         self.start_over(request.database.clone()).await;
         let attached = self.attach_backend().await;
         self.release_if_free().await;
@@ -1317,7 +1318,7 @@ fn local_infile_refused() -> ErrFields {
 async fn within_query_timeout<T>(
     relay: impl std::future::Future<Output = T>,
     limit: std::time::Duration,
-    gateway: &Gateway,
+    gateway: &Arc<Gateway>,
     handle: &crate::registry::SessionHandle,
 ) -> T {
     tokio::pin!(relay);
@@ -1330,21 +1331,11 @@ async fn within_query_timeout<T>(
         "statement still running at query_timeout; killing it"
     );
     gateway.metrics.query_timeouts.inc();
-    tokio::select! {
-        done = &mut relay => return done,
-        () = gateway.kill_query(handle) => {}
-    }
+    // A task of its own: the reply may end (interrupted) before the kill's own answer has
+    // arrived, and a kill dropped mid-command would cost its side connection.
+    let (gateway, handle) = (gateway.clone(), handle.clone());
+    tokio::spawn(async move { gateway.kill_query(&handle).await });
     relay.await
-}
-
-/// The pool mode configured for a (validated) user.
-fn pool_mode_of(gateway: &Gateway, user: &str) -> PoolMode {
-    gateway
-        .settings
-        .users
-        .get(user)
-        .map(|u| u.pool_mode)
-        .unwrap_or_default()
 }
 
 impl From<ProtocolError> for End {

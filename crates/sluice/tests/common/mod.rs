@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use mysql_async::prelude::*;
 use sluice::backend::{BackendConn, Flavor};
-use sluice::config::{BackendTarget, Config, UserConfig};
+use sluice::config::{BackendSecret, BackendTarget, Config, UserConfig};
 use sluice::server::Server;
 use sluice::Gateway;
 use sluice_protocol::response::ErrFields;
@@ -250,7 +250,7 @@ pub async fn raw_client_with(gw: &TestGateway, flavor: Flavor) -> BackendConn {
         host: gw.addr.ip().to_string(),
         port: gw.addr.port(),
         user: "app".into(),
-        password: "secret".into(),
+        secret: BackendSecret::Password("secret".into()),
         database: Some(TEST_DB.into()),
     };
     BackendConn::connect(&target, flavor, Duration::from_secs(5))

@@ -155,7 +155,7 @@ impl Session {
         }
         let rewritten = statement::rewrite(sql, &analysis, |_| None);
         let key = StatementKey::new(
-            &self.user,
+            &self.identity.user,
             self.state.schema.as_deref(),
             self.collation,
             &self.state.vars,
