@@ -333,6 +333,12 @@ impl Pool {
         self.inner.server.read().ok().and_then(|info| info.clone())
     }
 
+    /// Lends a connection of sluice's own login (the `[backend]` account) for sluice's own
+    /// statements (auth queries, kills, probes), waiting in line like any borrower.
+    pub async fn borrow_internal(&self) -> Result<Lease, BorrowError> {
+        self.borrow(Flavor::INTERNAL, None).await
+    }
+
     /// Lends a connection of `flavor`, waiting in line up to `borrow_timeout`. Among idle
     /// connections it prefers one already on `schema`, sparing a `COM_INIT_DB`.
     pub async fn borrow(&self, flavor: Flavor, schema: Option<&str>) -> Result<Lease, BorrowError> {
