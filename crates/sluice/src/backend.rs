@@ -324,6 +324,8 @@ pub struct BackendConn {
     pub stream: PacketStream<Stall<TcpStream>>,
     /// The client-visible choices this connection was opened with.
     pub flavor: Flavor,
+    /// The database user it is logged in as: it serves only clients of that identity.
+    pub user: String,
     /// The database's id for this connection (its `CONNECTION_ID()`).
     pub thread_id: u32,
     /// Greeting facts, shared with the pool so clients see the real server version.
@@ -415,6 +417,7 @@ impl BackendConn {
                 collation: greeting.collation,
                 tracking_defaults: Default::default(),
             },
+            user: target.user.clone(),
             schema: Some(target.database.clone()),
             vars: BTreeMap::new(),
             login_vars: BTreeMap::new(),

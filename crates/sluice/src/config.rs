@@ -450,17 +450,6 @@ pub struct User {
     pub databases: Option<Vec<String>>,
 }
 
-impl User {
-    /// Whether this user may work in `database` (`None`: the backend's default schema).
-    pub fn may_use(&self, database: Option<&str>) -> bool {
-        match (&self.databases, database) {
-            (None, _) => true,
-            (Some(allowed), Some(name)) => allowed.iter().any(|a| a == name),
-            (Some(_), None) => false,
-        }
-    }
-}
-
 /// Validated `[http]` settings.
 #[derive(Debug, Clone)]
 pub struct HttpSettings {
@@ -1012,10 +1001,7 @@ mod tests {
             settings.http.api_keys.get(&digest).map(String::as_str),
             Some("fn")
         );
-        let user = &settings.users["fn"];
-        assert!(user.may_use(Some("app")));
-        assert!(!user.may_use(Some("other")));
-        assert!(!user.may_use(None));
+        assert_eq!(settings.users["fn"].databases, Some(vec!["app".to_owned()]));
     }
 
     #[test]

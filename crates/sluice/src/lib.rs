@@ -98,7 +98,12 @@ impl Gateway {
         if before.1 == 0 {
             return; // not holding a connection: nothing runs
         }
-        let mut side = match self.pool.borrow_internal().await {
+        let login = &target.identity.backend;
+        let mut side = match self
+            .pool
+            .borrow(login, backend::Flavor::INTERNAL, None)
+            .await
+        {
             Ok(side) => side,
             Err(e) => {
                 tracing::warn!(error = %e, "no connection to kill a query with");

@@ -174,10 +174,11 @@ impl Inner {
         conn.created().elapsed() >= self.config.max_lifetime
     }
 
-    /// Takes an idle connection that serves `flavor` (preferring one on `schema`), or else a slot
-    /// for a new one, evicting the least recently used idle connection of another flavor
-    /// when the cap is reached.
-    fn take(&self, flavor: Flavor, schema: Option<&str>) -> Taken {
+    /// Takes an idle connection of `user` that serves `flavor` (preferring one on `schema`),
+    /// or else a slot for a new one, evicting the least recently used idle connection (of
+    /// any user or flavor) when the cap is reached: every database user draws on the one
+    /// budget.
+    fn take(&self, user: &str, flavor: Flavor, schema: Option<&str>) -> Taken {
         let mut state = self.state();
         state.last_flavor = Some(flavor);
         let on_schema = |c: &BackendConn| c.schema.as_ref().is_some_and(|s| s.as_deref() == schema);
@@ -187,7 +188,7 @@ impl Inner {
             .idle
             .iter()
             .enumerate()
-            .filter(|(_, p)| p.conn.flavor.serves(&flavor))
+            .filter(|(_, p)| p.conn.user == user && p.conn.flavor.serves(&flavor))
             .max_by_key(|(i, p)| {
                 let conn = &p.conn;
                 (
@@ -323,7 +324,7 @@ impl Pool {
         if let Some(info) = self.known_server_info() {
             return Ok(info);
         }
-        let mut lease = self.borrow(Flavor::INTERNAL, None).await?;
+        let mut lease = self.borrow_internal().await?;
         let info = lease.conn().server.clone();
         self.put_idle(lease);
         Ok(info)
@@ -336,12 +337,19 @@ impl Pool {
     /// Lends a connection of sluice's own login (the `[backend]` account) for sluice's own
     /// statements (auth queries, kills, probes), waiting in line like any borrower.
     pub async fn borrow_internal(&self) -> Result<Lease, BorrowError> {
-        self.borrow(Flavor::INTERNAL, None).await
+        let own = self.inner.target.clone();
+        self.borrow(&own, Flavor::INTERNAL, None).await
     }
 
-    /// Lends a connection of `flavor`, waiting in line up to `borrow_timeout`. Among idle
-    /// connections it prefers one already on `schema`, sparing a `COM_INIT_DB`.
-    pub async fn borrow(&self, flavor: Flavor, schema: Option<&str>) -> Result<Lease, BorrowError> {
+    /// Lends a connection logged in as `login` with `flavor`, waiting in line up to
+    /// `borrow_timeout`. Among idle connections it prefers one already on `schema`, sparing
+    /// a `COM_INIT_DB`.
+    pub async fn borrow(
+        &self,
+        login: &BackendTarget,
+        flavor: Flavor,
+        schema: Option<&str>,
+    ) -> Result<Lease, BorrowError> {
         let inner = &self.inner;
         let started = Instant::now();
         let deadline = started + inner.config.borrow_timeout;
@@ -363,7 +371,7 @@ impl Pool {
             pool: inner.clone(),
         };
         loop {
-            let slot = match inner.take(flavor, schema) {
+            let slot = match inner.take(&login.user, flavor, schema) {
                 Taken::Idle(pooled) => match self.vet(pooled).await {
                     Some(pooled) => {
                         lease.conn = Some(pooled);
@@ -383,7 +391,7 @@ impl Pool {
                     _ => return Err(exhausted()),
                 },
             };
-            lease.conn = Some(self.open(flavor, slot, deadline).await?);
+            lease.conn = Some(self.open(login, flavor, slot, deadline).await?);
             return Ok(lease);
         }
     }
@@ -428,6 +436,7 @@ impl Pool {
     /// server's greeting and sets the stall timeout.
     async fn open(
         &self,
+        login: &BackendTarget,
         flavor: Flavor,
         slot: OwnedSemaphorePermit,
         deadline: Instant,
@@ -435,7 +444,7 @@ impl Pool {
         let inner = &self.inner;
         let mut delay = inner.config.reconnect_backoff_initial;
         loop {
-            match BackendConn::connect(&inner.target, flavor, inner.timeouts.connect).await {
+            match BackendConn::connect(login, flavor, inner.timeouts.connect).await {
                 Ok(mut conn) => {
                     inner.metrics.db_connections_opened.inc();
                     conn.set_stall_timeout(Some(inner.timeouts.stall));
@@ -466,27 +475,31 @@ impl Pool {
         }
     }
 
-    /// Lends a connection that serves `flavor`, already on `session` and on the character
-    /// sets of the client's login, changing only what differs. Pooled connections that turn
-    /// out dead (e.g. after a database restart) are replaced a few times before the borrower
-    /// is told. Counted in `sluice_borrows_total`.
+    /// Lends a connection logged in as `login` that serves `flavor`, already on `session`
+    /// and on the character sets of the client's login, changing only what differs. Pooled
+    /// connections that turn out dead (e.g. after a database restart) are replaced a few
+    /// times before the borrower is told. Counted in `sluice_borrows_total`.
     pub async fn borrow_for(
         &self,
+        login: &BackendTarget,
         flavor: Flavor,
         session: &WantedSession<'_>,
     ) -> Result<Lease, SessionError> {
         const ATTEMPTS: usize = 3;
-        let target = self.target();
+        let target = login;
         let metrics = &self.inner.metrics;
         let hint = session.schema.or(target.database.as_deref());
         let mut last_error = None;
         for _ in 0..ATTEMPTS {
             let mut lease = self
-                .borrow(flavor, hint)
+                .borrow(login, flavor, hint)
                 .await
                 .map_err(SessionError::Borrow)?;
             metrics.borrows.inc();
-            let login = match self.login_charset(&mut lease, flavor.collation).await {
+            let charset = match self
+                .login_charset(&mut lease, login, flavor.collation)
+                .await
+            {
                 Ok(Ok(login)) => login,
                 Ok(Err(refused)) => {
                     // A failed COM_CHANGE_USER leaves the session unknown: the lease goes.
@@ -500,7 +513,7 @@ impl Pool {
             };
             let conn = lease.conn();
             let mut adopted = conn
-                .adopt_session(target, session.schema, session.vars, &login, metrics)
+                .adopt_session(target, session.schema, session.vars, &charset, metrics)
                 .await;
             if let (Ok(Ok(_)), Some(on)) = (&adopted, session.multi_statements) {
                 if conn.multi_statements != Some(on) {
@@ -538,6 +551,7 @@ impl Pool {
     async fn login_charset(
         &self,
         lease: &mut Lease,
+        login: &BackendTarget,
         collation: u8,
     ) -> Result<Result<LoginCharset, ErrFields>, BackendError> {
         let inner = &self.inner;
@@ -551,7 +565,7 @@ impl Pool {
                 .session_adoptions
                 .with_label_values(&["login"])
                 .inc();
-            match conn.relogin(&inner.target, collation).await {
+            match conn.relogin(login, collation).await {
                 Ok(()) => {}
                 Err(BackendError::Refused(refused)) => return Ok(Err(refused)),
                 Err(e) => return Err(e),
@@ -661,7 +675,8 @@ impl Pool {
             let Ok(slot) = inner.slots.clone().try_acquire_owned() else {
                 break;
             };
-            match self.open(flavor, slot, Instant::now()).await {
+            // min_idle connections are of sluice's own login (per-user ones: the budget issue).
+            match self.open(&inner.target, flavor, slot, Instant::now()).await {
                 Ok(pooled) => inner.state().idle.push(pooled),
                 Err(e) => {
                     debug!(error = %e, "could not open a min_idle connection");

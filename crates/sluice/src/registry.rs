@@ -15,6 +15,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use sluice_protocol::response::ErrFields;
 use tokio::sync::Notify;
 
+use crate::identity::Identity;
+
 /// Which database thread serves a client now, and in which borrow of it.
 #[derive(Debug, Default)]
 pub struct BackendStamp(AtomicU64);
@@ -37,8 +39,9 @@ impl BackendStamp {
 /// What other sessions may do to one client.
 #[derive(Debug, Clone)]
 pub struct SessionHandle {
-    /// The sluice user it logged in as (only that user may kill it).
-    pub user: String,
+    /// Who it logged in as: only that user may kill it, and the kill of its statement runs
+    /// on a connection of its database login (which may kill its own threads).
+    pub identity: Arc<Identity>,
     /// The database thread serving it now.
     pub backend: Arc<BackendStamp>,
     /// Signalled to end the session (`KILL CONNECTION`).
@@ -76,9 +79,9 @@ impl Drop for Registration {
 
 impl Registry {
     /// Adds a session (or replaces its entry, after COM_CHANGE_USER) and returns its entry.
-    pub fn register(&self, id: u32, user: &str) -> Registration {
+    pub fn register(&self, id: u32, identity: &Arc<Identity>) -> Registration {
         let handle = SessionHandle {
-            user: user.to_owned(),
+            identity: identity.clone(),
             backend: Arc::new(BackendStamp::default()),
             kill: Arc::new(Notify::new()),
         };
@@ -107,7 +110,7 @@ impl Registry {
         let id = u32::try_from(id).map_err(|_| unknown())?;
         let sessions = self.lock();
         let handle = sessions.get(&id).ok_or_else(unknown)?;
-        if handle.user != user {
+        if handle.identity.user != user {
             return Err(ErrFields::new(
                 1095,
                 "HY000",
@@ -121,7 +124,7 @@ impl Registry {
     pub fn of_user(&self, user: &str, except: u32) -> Vec<SessionHandle> {
         self.lock()
             .iter()
-            .filter(|(id, h)| h.user == user && **id != except)
+            .filter(|(id, h)| h.identity.user == user && **id != except)
             .map(|(_, h)| h.clone())
             .collect()
     }
@@ -150,11 +153,21 @@ mod tests {
         assert_ne!(stamp.get(), first, "same thread, another borrow");
     }
 
+    fn identity(user: &str) -> Arc<Identity> {
+        let settings = crate::config::Config::default().validate("test").unwrap();
+        Arc::new(Identity {
+            user: user.to_owned(),
+            backend: Arc::new(settings.backend),
+            pool_mode: Default::default(),
+            databases: None,
+        })
+    }
+
     #[test]
     fn entries_leave_when_dropped_and_kills_respect_users() {
         let registry = Registry::default();
-        let a = registry.register(1, "app");
-        let b = registry.register(2, "other");
+        let a = registry.register(1, &identity("app"));
+        let b = registry.register(2, &identity("other"));
         assert_eq!(registry.len(), 2);
         assert!(registry.target("app", 1).is_ok());
         assert_eq!(registry.target("app", 2).unwrap_err().code, 1095);
@@ -162,7 +175,7 @@ mod tests {
         assert_eq!(registry.target("app", u64::MAX).unwrap_err().code, 1094);
         assert_eq!(registry.of_user("app", 0).len(), 1);
         assert!(registry.of_user("app", 1).is_empty());
-        let again = registry.register(1, "other");
+        let again = registry.register(1, &identity("other"));
         drop(a);
         assert_eq!(
             registry.target("other", 1).map(|_| ()),

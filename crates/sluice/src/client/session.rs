@@ -326,7 +326,7 @@ async fn serve_authenticated(
         next_seq,
     } = auth;
     debug!(%user, backend_user = %identity.backend.user, "client authenticated");
-    let registration = gateway.sessions.register(id, &user);
+    let registration = gateway.sessions.register(id, &identity);
     let tracking = capabilities
         .contains(CapabilityFlags::CLIENT_SESSION_TRACK)
         .then(|| tracking_defaults(server));
@@ -402,7 +402,12 @@ impl Session {
             vars: &self.state.vars,
             multi_statements: Some(self.multi_statements),
         };
-        match self.gateway.pool.borrow_for(self.flavor(), &wanted).await {
+        match self
+            .gateway
+            .pool
+            .borrow_for(&self.identity.backend, self.flavor(), &wanted)
+            .await
+        {
             Ok(mut lease) => {
                 let thread_id = lease.conn().thread_id;
                 self.registration.handle.backend.set(thread_id);
@@ -1279,9 +1284,8 @@ impl Session {
                 Ok(())
             };
         };
-        if identity.user != self.identity.user {
-            self.registration = self.gateway.sessions.register(self.id, &identity.user);
-        }
+        // A new entry: kills aimed at the old user's session do not reach the new one.
+        self.registration = self.gateway.sessions.register(self.id, &identity);
         self.identity = identity;
         if let Some(collation) = request.collation {
             self.collation = collation;

@@ -12,20 +12,20 @@ use sha2::Digest;
 
 use super::envelope::{ApiError, Status};
 use super::Api;
-use crate::config::User;
+use crate::identity::Identity;
 
 /// The sluice user a request acts as.
 pub struct Caller {
     /// The user's name.
     pub name: String,
-    /// The user's settings (which databases it may use).
-    pub user: User,
+    /// Who it acts as: the databases it may use and its database login.
+    pub identity: Arc<Identity>,
 }
 
 impl Caller {
     /// 403 unless this user may work in `database`.
     pub fn check_database(&self, database: Option<&str>) -> Result<(), ApiError> {
-        if self.user.may_use(database) {
+        if self.identity.may_use(database) {
             return Ok(());
         }
         Err(ApiError::new(
@@ -59,15 +59,16 @@ impl FromRequestParts<Arc<Api>> for Caller {
             .map(str::trim)
             .ok_or_else(missing)?;
         let digest: [u8; 32] = sha2::Sha256::digest(key.as_bytes()).into();
-        let settings = &api.gateway.settings;
-        let user = settings
+        let gateway = &api.gateway;
+        let user = gateway
+            .settings
             .http
             .api_keys
             .get(&digest)
-            .and_then(|name| Some((name, settings.users.get(name)?)))
-            .map(|(name, user)| Caller {
+            .and_then(|name| Some((name, gateway.identities.of_configured(name)?)))
+            .map(|(name, identity)| Caller {
                 name: name.clone(),
-                user: user.clone(),
+                identity,
             });
         user.ok_or_else(|| ApiError::new(Status::NotAuthenticated, "unknown API key"))
     }

@@ -142,7 +142,10 @@ impl Api {
             vars: self.session_vars(&server),
             multi_statements: None,
         };
-        match pool.borrow_for(Flavor::INTERNAL, &wanted).await {
+        match pool
+            .borrow_for(&caller.identity.backend, Flavor::INTERNAL, &wanted)
+            .await
+        {
             Ok(lease) => Ok(lease),
             Err(SessionError::Borrow(e)) => Err(e.into()),
             Err(SessionError::Refused(err)) => Err(ApiError::database(&err)),

@@ -27,6 +27,18 @@ pub struct Identity {
     pub databases: Option<Vec<String>>,
 }
 
+impl Identity {
+    /// Whether this identity may work in `database` through the Data API (`None`: the
+    /// backend's default schema).
+    pub fn may_use(&self, database: Option<&str>) -> bool {
+        match (&self.databases, database) {
+            (None, _) => true,
+            (Some(allowed), Some(name)) => allowed.iter().any(|a| a == name),
+            (Some(_), None) => false,
+        }
+    }
+}
+
 /// Why a login was refused, for the metric and the log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Denied {

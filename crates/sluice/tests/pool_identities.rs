@@ -1,0 +1,106 @@
+//! One pool, several database users: a connection serves only borrowers of the database
+//! user it is logged in as, every user draws on the one `max_db_connections` budget, and an
+//! idle connection of one user is closed (least recently used first) when another needs
+//! the slot.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use sluice::backend::{first_value, Flavor};
+use sluice::config::{BackendSecret, BackendTarget, PoolConfig};
+use sluice::metrics::Metrics;
+use sluice::pool::{BackendTimeouts, Pool};
+
+fn login(user: &str) -> BackendTarget {
+    BackendTarget {
+        host: DB_HOST.into(),
+        port: DB_PORT,
+        user: user.into(),
+        secret: BackendSecret::Password("backend-pw".into()),
+        database: Some(TEST_DB.into()),
+    }
+}
+
+async fn current_user(pool: &Pool, login: &BackendTarget) -> String {
+    let mut lease = pool.borrow(login, Flavor::INTERNAL, None).await.unwrap();
+    let rows = lease
+        .conn()
+        .query_text("SELECT SUBSTRING_INDEX(CURRENT_USER(), '@', 1)")
+        .await
+        .unwrap()
+        .unwrap();
+    pool.release(lease);
+    first_value::<String>(&rows).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_database_user_gets_its_own_connections_under_one_budget() {
+    let users = [
+        create_backend_user("ident_a").await,
+        create_backend_user("ident_b").await,
+        create_backend_user("ident_c").await,
+    ];
+    let logins: Vec<BackendTarget> = users.iter().map(|u| login(u)).collect();
+    let config = PoolConfig {
+        max_db_connections: 2,
+        borrow_timeout: Duration::from_secs(10),
+        ..PoolConfig::default()
+    };
+    let timeouts = BackendTimeouts {
+        connect: Duration::from_secs(5),
+        stall: Duration::from_secs(60),
+    };
+    let metrics = Metrics::new();
+    let pool = Pool::new(logins[0].clone(), config, timeouts, metrics.clone());
+
+    // Each borrower runs as its own database user, never on another's connection.
+    for (login, user) in logins.iter().zip(&users).take(2) {
+        assert_eq!(&current_user(&pool, login).await, user);
+    }
+    assert_eq!(pool.stats().idle, 2);
+    assert_eq!(current_user(&pool, &logins[0]).await, users[0], "reused");
+    // A third user at the cap: the least recently used idle connection (b's) makes room.
+    assert_eq!(current_user(&pool, &logins[2]).await, users[2]);
+    assert_eq!(pool.stats().total, 2);
+    let counts = [
+        db_connections_of(&users[0]).await,
+        db_connections_of(&users[1]).await,
+        db_connections_of(&users[2]).await,
+    ];
+    assert_eq!(counts, [1, 0, 1], "b's idle connection was closed for c");
+    let rendered = metrics.render();
+    assert_eq!(
+        metric_value(
+            &rendered,
+            "sluice_db_connections_closed_total{reason=\"evicted\"}"
+        ),
+        1.0
+    );
+
+    // Borrowers of different users share the cap: a third waits for one of two to return.
+    let pool = Arc::new(pool);
+    let mut held_a = pool
+        .borrow(&logins[0], Flavor::INTERNAL, None)
+        .await
+        .unwrap();
+    let held_c = pool
+        .borrow(&logins[2], Flavor::INTERNAL, None)
+        .await
+        .unwrap();
+    let waiting = {
+        let (pool, login) = (pool.clone(), logins[1].clone());
+        tokio::spawn(async move { current_user(&pool, &login).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiting.is_finished(), "the cap of 2 holds across users");
+    let _ = held_a.conn().query_text("DO 1").await.unwrap();
+    pool.release(held_a);
+    assert_eq!(waiting.await.unwrap(), users[1]);
+    pool.release(held_c);
+    for user in &users {
+        assert!(db_connections_of(user).await <= 1);
+    }
+}
