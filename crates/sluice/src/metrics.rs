@@ -1,14 +1,87 @@
 //! Prometheus metrics, one registry per running gateway (so tests can run several).
 
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
 };
 
+/// Distinct users that get series of their own in the per-user metrics; later ones share
+/// the `other` series, so made-up or numerous user names cannot grow the scrape unbounded.
+pub const MAX_USER_LABELS: usize = 100;
+
+/// The per-user metrics, labelled by database identity (`user`).
+#[derive(Clone)]
+pub struct UserMetrics {
+    /// Authenticated client connections open now.
+    pub client_connections: IntGaugeVec,
+    /// Database connections open now (idle or lent).
+    pub db_connections: IntGaugeVec,
+    /// Database connections lent.
+    pub borrows: IntCounterVec,
+    /// Failed logins of users that exist (made-up names count as `unknown`).
+    pub auth_failures: IntCounterVec,
+    labels: Arc<Mutex<HashSet<String>>>,
+}
+
+impl UserMetrics {
+    /// The `user` label for `user`: its name while fewer than [`MAX_USER_LABELS`] names
+    /// have been seen, else `other`.
+    pub fn label(&self, user: &str) -> String {
+        let mut seen = self.labels.lock().unwrap_or_else(|e| e.into_inner());
+        if seen.contains(user) {
+            return user.to_owned();
+        }
+        if seen.len() < MAX_USER_LABELS {
+            seen.insert(user.to_owned());
+            return user.to_owned();
+        }
+        "other".to_owned()
+    }
+}
+
+/// Counts one thing in a gauge while it lives: no way out (an error, a panic) leaves the
+/// gauge up.
+#[derive(Debug)]
+pub struct Held(IntGauge);
+
+impl Held {
+    /// Counts one more in `gauge` until dropped.
+    pub fn new(gauge: IntGauge) -> Held {
+        gauge.inc();
+        Held(gauge)
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+impl UserMetrics {
+    /// Counts a client of `user` until the result is dropped.
+    pub fn client(&self, user: &str) -> Held {
+        Held::new(
+            self.client_connections
+                .with_label_values(&[&self.label(user)]),
+        )
+    }
+
+    /// Counts a database connection of `user` until the result is dropped.
+    pub fn db_connection(&self, user: &str) -> Held {
+        Held::new(self.db_connections.with_label_values(&[&self.label(user)]))
+    }
+}
+
 /// Every metric sluice exports.
 #[derive(Clone)]
 pub struct Metrics {
     registry: Registry,
+    /// Per database user, with bounded cardinality.
+    pub users: UserMetrics,
     /// Client connections open now.
     pub client_connections: IntGauge,
     /// Client connections accepted since start.
@@ -123,7 +196,36 @@ impl Metrics {
         registry
             .register(Box::new(http_latency.clone()))
             .expect("unique metric");
+        let user_gauge = |name: &str, help: &str| {
+            let g = IntGaugeVec::new(Opts::new(name, help), &["user"]).expect("valid metric");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("unique metric");
+            g
+        };
+        let users = UserMetrics {
+            client_connections: user_gauge(
+                "user_client_connections",
+                "Authenticated client connections open now, by database user",
+            ),
+            db_connections: user_gauge(
+                "user_db_connections",
+                "Database connections open now (idle or lent), by database user",
+            ),
+            borrows: counter_vec(
+                "user_borrows_total",
+                "Database connections lent, by database user",
+                "user",
+            ),
+            auth_failures: counter_vec(
+                "user_auth_failures_total",
+                "Failed logins by user (unknown for names no source knows)",
+                "user",
+            ),
+            labels: Arc::default(),
+        };
         Metrics {
+            users,
             http_requests,
             http_latency,
             http_open_transactions: gauge(

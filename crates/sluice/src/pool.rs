@@ -25,7 +25,7 @@ use tracing::{debug, warn};
 
 use crate::backend::{BackendConn, BackendError, Flavor, LoginCharset, ServerInfo};
 use crate::config::{BackendTarget, PoolConfig};
-use crate::metrics::Metrics;
+use crate::metrics::{Held, Metrics};
 use sluice_protocol::response::ErrFields;
 
 /// Why a borrower got no connection.
@@ -89,6 +89,8 @@ struct Pooled {
     /// Boxed: connections move in and out of the idle list, and a connection is large.
     conn: Box<BackendConn>,
     slot: OwnedSemaphorePermit,
+    /// Counts it in `sluice_user_db_connections` while it exists.
+    counted: Held,
 }
 
 struct State {
@@ -207,13 +209,18 @@ impl Inner {
         if state.idle.is_empty() {
             return Taken::Nothing;
         }
-        let Pooled { conn, slot } = state.idle.remove(0);
+        let Pooled {
+            conn,
+            slot,
+            counted,
+        } = state.idle.remove(0);
         drop(state);
         self.metrics
             .db_connections_closed
             .with_label_values(&["evicted"])
             .inc();
         drop(conn);
+        drop(counted);
         Taken::Slot(slot)
     }
 }
@@ -457,6 +464,7 @@ impl Pool {
                         .or_insert_with(|| conn.login());
                     debug!(thread_id = conn.thread_id, "opened database connection");
                     return Ok(Pooled {
+                        counted: inner.metrics.users.db_connection(&conn.user),
                         conn: Box::new(conn),
                         slot,
                     });
@@ -496,6 +504,11 @@ impl Pool {
                 .await
                 .map_err(SessionError::Borrow)?;
             metrics.borrows.inc();
+            metrics
+                .users
+                .borrows
+                .with_label_values(&[&metrics.users.label(&login.user)])
+                .inc();
             let charset = match self
                 .login_charset(&mut lease, login, flavor.collation)
                 .await

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
+use mysql_async::prelude::*;
 use sluice::backend::{first_value, Flavor};
 use sluice::config::{BackendSecret, BackendTarget, PoolConfig};
 use sluice::metrics::Metrics;
@@ -72,6 +73,10 @@ async fn each_database_user_gets_its_own_connections_under_one_budget() {
     ];
     assert_eq!(counts, [1, 0, 1], "b's idle connection was closed for c");
     let rendered = metrics.render();
+    for (user, count) in users.iter().zip(counts) {
+        let sample = format!("sluice_user_db_connections{{user=\"{user}\"}}");
+        assert_eq!(metric_value(&rendered, &sample), count as f64, "{rendered}");
+    }
     assert_eq!(
         metric_value(
             &rendered,
@@ -103,4 +108,30 @@ async fn each_database_user_gets_its_own_connections_under_one_budget() {
     for user in &users {
         assert!(db_connections_of(user).await <= 1);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_user_metrics_follow_logins_and_cap_made_up_names() {
+    let gw = start("user_metrics").await;
+    let mut app = gw.connect().await;
+    app.query_drop("DO 1").await.unwrap();
+    for name in ["app", "nobody_1", "nobody_2"] {
+        let err = mysql_async::Conn::new(gw.opts(name, "wrong", None))
+            .await
+            .unwrap_err();
+        assert_eq!(server_code(&err), Some(1045));
+    }
+    let metrics = gw.metrics().await;
+    let value = |sample: &str| metric_value(&metrics, sample);
+    assert_eq!(value("sluice_user_client_connections{user=\"app\"}"), 1.0);
+    let borrows = format!("sluice_user_borrows_total{{user=\"{}\"}}", gw.backend_user);
+    assert!(value(&borrows) >= 2.0, "login and DO 1: {metrics}");
+    assert_eq!(value("sluice_user_auth_failures_total{user=\"app\"}"), 1.0);
+    // Names no source knows are not labels: a flood of them cannot grow the scrape.
+    assert_eq!(
+        value("sluice_user_auth_failures_total{user=\"unknown\"}"),
+        2.0
+    );
+    assert!(!metrics.contains("nobody_1"), "{metrics}");
+    app.disconnect().await.unwrap();
 }

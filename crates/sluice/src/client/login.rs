@@ -10,7 +10,7 @@ use sluice_protocol::{CapabilityFlags, ProtocolError};
 use super::errors;
 use super::ClientStream;
 use crate::backend::ServerInfo;
-use crate::identity::Identity;
+use crate::identity::{Denied, Identity};
 use crate::Gateway;
 
 /// Capabilities sluice can honour toward clients (further limited by the database's).
@@ -199,7 +199,15 @@ pub async fn check_user(
             gateway.throttle.succeeded(peer, user);
             return Some(identity);
         }
-        Err(denied) => denied.reason(),
+        Err(denied) => {
+            let users = &gateway.metrics.users;
+            let label = match denied {
+                Denied::UnknownUser => "unknown".to_owned(),
+                Denied::BadPassword => users.label(user),
+            };
+            users.auth_failures.with_label_values(&[&label]).inc();
+            denied.reason()
+        }
     };
     gateway
         .metrics

@@ -37,7 +37,8 @@ use super::ClientStream;
 use crate::backend::{first_value, BackendError, Flavor, CHARSET_VARIABLES};
 use crate::config::PoolMode;
 use crate::identity::Identity;
-use crate::pool::{Lease, SessionError, WantedSession};
+use crate::metrics::Held;
+use crate::pool::{BorrowError, Lease, SessionError, WantedSession};
 use crate::registry::Registration;
 use crate::Gateway;
 
@@ -65,6 +66,8 @@ struct Session {
     capabilities: CapabilityFlags,
     /// Who the client is, and as whom its database connections log in.
     identity: Arc<Identity>,
+    /// Counts the client under its database user in `sluice_user_client_connections`.
+    counted: Held,
     salt: [u8; 20],
     collation: u8,
     backend: Option<Lease>,
@@ -327,6 +330,7 @@ async fn serve_authenticated(
     } = auth;
     debug!(%user, backend_user = %identity.backend.user, "client authenticated");
     let registration = gateway.sessions.register(id, &identity);
+    let counted = gateway.metrics.users.client(&identity.user);
     let tracking = capabilities
         .contains(CapabilityFlags::CLIENT_SESSION_TRACK)
         .then(|| tracking_defaults(server));
@@ -335,6 +339,7 @@ async fn serve_authenticated(
         id,
         stream,
         capabilities,
+        counted,
         identity,
         salt,
         collation,
@@ -413,6 +418,17 @@ impl Session {
                 self.registration.handle.backend.set(thread_id);
                 self.backend = Some(lease);
                 Ok(())
+            }
+            // The database refused the client's own login (its grants, host rules, a
+            // password changed meanwhile): the database's answer is the client's.
+            Err(SessionError::Borrow(BorrowError::Unavailable(BackendError::Refused(err))))
+                if !Arc::ptr_eq(&self.identity.backend, self.gateway.identities.shared()) =>
+            {
+                warn!(
+                    code = err.code,
+                    "the database refused the client's own login"
+                );
+                Err(err)
             }
             Err(SessionError::Borrow(e)) => {
                 warn!(error = %e, "no database connection for client");
@@ -1286,6 +1302,7 @@ impl Session {
         };
         // A new entry: kills aimed at the old user's session do not reach the new one.
         self.registration = self.gateway.sessions.register(self.id, &identity);
+        self.counted = self.gateway.metrics.users.client(&identity.user);
         self.identity = identity;
         if let Some(collation) = request.collation {
             self.collation = collation;
