@@ -262,6 +262,46 @@ pub fn first_value<T: std::str::FromStr>(rows: &[Vec<Option<String>>]) -> Option
     rows.first()?.first()?.as_deref()?.parse().ok()
 }
 
+/// How a result set's rows are encoded.
+#[derive(Debug, Clone, Copy)]
+enum RowFormat {
+    /// `COM_QUERY`: every value as length-encoded text.
+    Text,
+    /// `COM_STMT_EXECUTE`: a NULL bitmap, then values encoded by their column types.
+    Binary,
+}
+
+/// Reads a column definition packet.
+fn parse_column(payload: &[u8]) -> Result<mysql_common::packets::Column, ProtocolError> {
+    use mysql_common::proto::MyDeserialize;
+    mysql_common::packets::Column::deserialize((), &mut mysql_common::io::ParseBuf(payload))
+        .map_err(|_| ProtocolError::Malformed("bad column definition"))
+}
+
+/// Splits a binary-protocol row into its values, as text.
+fn parse_binary_row(
+    columns: &Arc<[mysql_common::packets::Column]>,
+    payload: &[u8],
+) -> Result<Vec<Option<String>>, ProtocolError> {
+    use mysql_common::proto::MyDeserialize;
+    use mysql_common::Value;
+    let row = mysql_common::row::RowDeserializer::<
+        mysql_common::value::ServerSide,
+        mysql_common::proto::Binary,
+    >::deserialize(columns.clone(), &mut mysql_common::io::ParseBuf(payload))
+    .map_err(|_| ProtocolError::Malformed("bad binary row"))?;
+    Ok(row
+        .into_inner()
+        .unwrap_raw()
+        .into_iter()
+        .map(|value| match value {
+            None | Some(Value::NULL) => None,
+            Some(Value::Bytes(bytes)) => Some(String::from_utf8_lossy(&bytes).into_owned()),
+            Some(other) => Some(other.as_sql(true)),
+        })
+        .collect())
+}
+
 /// Splits a text-protocol row into its values.
 fn parse_text_row(mut payload: &[u8]) -> Result<Vec<Option<String>>, ProtocolError> {
     let mut values = Vec::new();
@@ -581,10 +621,44 @@ impl BackendConn {
     pub async fn read_text_rows(
         &mut self,
     ) -> Result<Result<Vec<Vec<Option<String>>>, ErrFields>, BackendError> {
+        self.read_rows(RowFormat::Text).await
+    }
+
+    /// Executes prepared statement `id` with `params` (bound by the server, never spliced
+    /// into SQL) and returns its rows as strings (`None` for NULL, other values in SQL
+    /// literal form), for sluice's own statements (the auth query). A server error comes
+    /// back inside.
+    pub async fn execute_rows(
+        &mut self,
+        id: u32,
+        params: &[mysql_common::Value],
+    ) -> Result<Result<Vec<Vec<Option<String>>>, ErrFields>, BackendError> {
+        use mysql_common::proto::MySerialize;
+        let (execute, as_long_data) =
+            mysql_common::packets::ComStmtExecuteRequestBuilder::new(id).build(params);
+        if as_long_data {
+            return Err(ProtocolError::Malformed("parameters too large for one execute").into());
+        }
+        let mut payload = Vec::new();
+        execute.serialize(&mut payload);
+        let mut seq = 0;
+        self.stream.write_packet(&mut seq, &payload).await?;
+        self.read_rows(RowFormat::Binary).await
+    }
+
+    /// Reads a reply of one result set in `format`, as rows of strings.
+    async fn read_rows(
+        &mut self,
+        format: RowFormat,
+    ) -> Result<Result<Vec<Vec<Option<String>>>, ErrFields>, BackendError> {
         let mut tracker = ReplyTracker::new(ReplyShape::Results, self.flavor.deprecate_eof());
         let mut rows = Vec::new();
         // Packets before the rows: the column count, the definitions, and a classic EOF.
         let mut metadata_left: Option<u64> = None;
+        // Binary rows are decoded by their columns' types.
+        let mut columns = Vec::new();
+        let mut column_count = 0;
+        let mut row_columns: Option<Arc<[mysql_common::packets::Column]>> = None;
         loop {
             let packet = self.stream.read_packet().await?;
             let header = FrameHeader {
@@ -601,11 +675,25 @@ impl BackendConn {
                     return Err(ProtocolError::Malformed("unexpected LOCAL INFILE request").into())
                 }
                 (Step::More, None) => {
-                    let (columns, _) = lenenc::read_int(&packet.payload)?;
-                    metadata_left = Some(columns + u64::from(!self.flavor.deprecate_eof()));
+                    let (count, _) = lenenc::read_int(&packet.payload)?;
+                    column_count = count;
+                    metadata_left = Some(count + u64::from(!self.flavor.deprecate_eof()));
                 }
-                (Step::More, Some(0)) => rows.push(parse_text_row(&packet.payload)?),
-                (Step::More, Some(left)) => metadata_left = Some(left - 1),
+                (Step::More, Some(0)) => rows.push(match format {
+                    RowFormat::Text => parse_text_row(&packet.payload)?,
+                    RowFormat::Binary => {
+                        let columns =
+                            row_columns.get_or_insert_with(|| std::mem::take(&mut columns).into());
+                        parse_binary_row(columns, &packet.payload)?
+                    }
+                }),
+                (Step::More, Some(left)) => {
+                    if matches!(format, RowFormat::Binary) && (columns.len() as u64) < column_count
+                    {
+                        columns.push(parse_column(&packet.payload)?);
+                    }
+                    metadata_left = Some(left - 1);
+                }
             }
         }
         self.last_used = Instant::now();

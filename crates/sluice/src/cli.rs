@@ -6,7 +6,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
-use sluice::config::{ApiKeyConfig, Config, ConfigError, ConfigIssue, Settings, UserConfig};
+use sluice::config::{
+    ApiKeyConfig, Config, ConfigError, ConfigIssue, Settings, SharedBackend, UserConfig,
+};
 
 /// sluice: a MySQL/MariaDB connection gateway for serverless and other high-churn clients.
 #[derive(Debug, Parser)]
@@ -74,7 +76,8 @@ pub struct ConfigArgs {
     /// The database: mysql://USER[:PASS]@HOST[:PORT][/DB] [default: mysql://root@127.0.0.1:3306].
     #[arg(long, env = "SLUICE_BACKEND")]
     pub backend: Option<String>,
-    /// A client login NAME:PASSWORD (PASSWORD may be a *HEX native hash); repeatable.
+    /// A client login NAME:PASSWORD (PASSWORD may be a *HEX native hash) that runs as the
+    /// --backend account; repeatable. Database users need none: see [auth] sources.
     #[arg(long = "user", env = "SLUICE_USERS", value_delimiter = ',')]
     pub users: Vec<String>,
     /// Cap on database connections [default: 20].
@@ -153,8 +156,8 @@ impl ConfigArgs {
                 name: name.to_owned(),
                 password: (!is_hash).then(|| password.to_owned()),
                 password_hash: is_hash.then(|| password.to_owned()),
-                pool_mode: None,
-                databases: None,
+                backend: Some(SharedBackend::Shared),
+                ..UserConfig::default()
             });
         }
         config.validate(&source)

@@ -59,8 +59,11 @@ pub struct Config {
     pub pool: PoolConfig,
     /// Default pool mode for users that do not set their own.
     pub pool_mode: PoolMode,
-    /// The users clients may log in as.
+    /// Users sluice knows itself, each with its database login (checked before, or after,
+    /// the database's own users: see `[auth]`).
     pub users: Vec<UserConfig>,
+    /// `[auth]`: where identities come from, and the auth query's cache.
+    pub auth: AuthConfig,
     /// Where the SQL-over-HTTP Data API listens; off when unset.
     pub http_listen: Option<SocketAddr>,
     /// `[http]`: the Data API's keys, limits and TLS.
@@ -86,6 +89,7 @@ impl Default for Config {
             pool: PoolConfig::default(),
             pool_mode: PoolMode::default(),
             users: Vec::new(),
+            auth: AuthConfig::default(),
             http_listen: None,
             http: HttpConfig::default(),
         }
@@ -273,8 +277,76 @@ pub enum PoolMode {
     Session,
 }
 
-/// `[[users]]`: one client login.
+/// `[auth]`: the sources of identities, tried in order until one knows the user name.
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Which sources are on, in the order they are asked; the first that knows a user
+    /// decides (a wrong password there is not retried against the next).
+    pub sources: Vec<AuthSource>,
+    /// Reads a user's accounts through the `[backend]` login: one `?` (the user name),
+    /// one row per `user@host` account with its host, authentication plugin and stored
+    /// password hash, in that order.
+    pub query: String,
+    /// How long a user's accounts read by the query are trusted; a proof that fails against
+    /// them reads them again at once. Zero reads them for every login.
+    #[serde(with = "humantime_serde")]
+    pub cache_ttl: Duration,
+    /// How long a user name the query did not find is refused without asking again, so a
+    /// flood of made-up names costs the database one query per name and period.
+    #[serde(with = "humantime_serde")]
+    pub unknown_user_ttl: Duration,
+    /// Most user names (found or not) kept; the least recently used is forgotten first.
+    pub cache_size: usize,
+}
+
+/// The MariaDB (10.4 and later) auth query: `mysql.user` is a view over `mysql.global_priv`,
+/// which keeps each account's plugin and hash in JSON.
+pub const MARIADB_AUTH_QUERY: &str = "SELECT Host, JSON_VALUE(Priv, '$.plugin'), \
+     JSON_VALUE(Priv, '$.authentication_string') FROM mysql.global_priv WHERE User = ?";
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            sources: vec![AuthSource::Users, AuthSource::AuthQuery],
+            query: MARIADB_AUTH_QUERY.to_owned(),
+            cache_ttl: Duration::from_secs(60),
+            unknown_user_ttl: Duration::from_secs(5),
+            cache_size: 10_000,
+        }
+    }
+}
+
+/// One source of identities.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthSource {
+    /// The `[[users]]` of the configuration.
+    Users,
+    /// The database's own accounts, read with `auth.query`.
+    AuthQuery,
+}
+
+impl AuthSource {
+    /// Its name in the configuration and in logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            AuthSource::Users => "users",
+            AuthSource::AuthQuery => "auth_query",
+        }
+    }
+}
+
+/// `backend = "shared"` on a `[[users]]` entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SharedBackend {
+    /// The user's clients run as the `[backend]` account.
+    Shared,
+}
+
+/// `[[users]]`: one client login.
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UserConfig {
     /// Login name.
@@ -291,6 +363,23 @@ pub struct UserConfig {
     /// Databases this user may name in Data API requests; any when unset.
     #[serde(default)]
     pub databases: Option<Vec<String>>,
+    /// `"shared"`: its clients run as the `[backend]` account. Otherwise the user names its
+    /// own database login with `backend_user` and a `backend_password*`; one of the two is
+    /// required.
+    #[serde(default)]
+    pub backend: Option<SharedBackend>,
+    /// The database user its clients run as (default: `name`).
+    #[serde(default)]
+    pub backend_user: Option<String>,
+    /// The password of `backend_user` (empty for none).
+    #[serde(default)]
+    pub backend_password: Option<String>,
+    /// An environment variable holding the password of `backend_user`.
+    #[serde(default)]
+    pub backend_password_env: Option<String>,
+    /// A file whose first line is the password of `backend_user`.
+    #[serde(default)]
+    pub backend_password_file: Option<PathBuf>,
 }
 
 /// One problem found in the configuration, with where it is.
@@ -433,6 +522,10 @@ pub struct Settings {
     pub pool: PoolConfig,
     /// Client users by name.
     pub users: HashMap<String, User>,
+    /// The pool mode of users no entry configures (those the auth query finds).
+    pub pool_mode: PoolMode,
+    /// The sources of identities and the auth query's cache.
+    pub auth: AuthConfig,
     /// Data API listen address, when it is on.
     pub http_listen: Option<SocketAddr>,
     /// Data API settings.
@@ -448,6 +541,22 @@ pub struct User {
     pub pool_mode: PoolMode,
     /// Databases the Data API lets this user name; `None` allows any.
     pub databases: Option<Vec<String>>,
+    /// The database login its clients run as.
+    pub backend: UserBackend,
+}
+
+/// The database login of a configured user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UserBackend {
+    /// The `[backend]` account, shared with sluice's own statements.
+    Shared,
+    /// Its own database user and password.
+    Own {
+        /// The database user.
+        user: String,
+        /// Its password.
+        secret: BackendSecret,
+    },
 }
 
 /// Validated `[http]` settings.
@@ -587,36 +696,20 @@ impl Config {
                 None
             }
         };
-        let password = match (&self.backend.password_file, &self.backend.password_env) {
-            (Some(_), Some(_)) => {
-                issue(
+        let password = one_password(
+            [
+                (
                     "backend.password_file",
-                    "set either password_file or password_env, not both".into(),
-                );
-                None
-            }
-            (Some(path), None) => match std::fs::read_to_string(path) {
-                Ok(text) => Some(text.lines().next().unwrap_or("").to_owned()),
-                Err(e) => {
-                    issue(
-                        "backend.password_file",
-                        format!("cannot read {}: {e}", path.display()),
-                    );
-                    None
-                }
-            },
-            (None, Some(var)) => match std::env::var(var) {
-                Ok(value) => Some(value),
-                Err(_) => {
-                    issue(
-                        "backend.password_env",
-                        format!("environment variable {var} is not set"),
-                    );
-                    None
-                }
-            },
-            (None, None) => None,
-        };
+                    self.backend.password_file.as_deref().map(Password::File),
+                ),
+                (
+                    "backend.password_env",
+                    self.backend.password_env.as_deref().map(Password::Env),
+                ),
+            ],
+            &mut issue,
+        )
+        .unwrap_or_default();
         let mut users = HashMap::new();
         for (i, user) in self.users.iter().enumerate() {
             let key = format!("users[{i}]");
@@ -648,10 +741,14 @@ impl Config {
                 },
                 (None, None) => Credential::Empty,
             };
+            let Some(backend) = user.backend_login(&key, &mut issue) else {
+                continue;
+            };
             let entry = User {
                 credential,
                 pool_mode: user.pool_mode.unwrap_or(self.pool_mode),
                 databases: user.databases.clone(),
+                backend,
             };
             if users.insert(user.name.clone(), entry).is_some() {
                 issue(
@@ -660,6 +757,7 @@ impl Config {
                 );
             }
         }
+        self.auth.check(!self.users.is_empty(), &mut issue);
         if !issues.is_empty() {
             return Err(ConfigError(issues));
         }
@@ -681,6 +779,7 @@ impl Config {
                     credential,
                     pool_mode: self.pool_mode,
                     databases: None,
+                    backend: UserBackend::Shared,
                 },
             );
         }
@@ -717,11 +816,167 @@ impl Config {
             query_timeout: self.backend.query_timeout,
             pool: self.pool.clone(),
             users,
+            pool_mode: self.pool_mode,
+            auth: self.auth.clone(),
             http_listen: self.http_listen,
             http,
         })
     }
 }
+
+/// Where a password is read from.
+#[derive(Debug, Clone, Copy)]
+enum Password<'a> {
+    /// Written in the file itself.
+    Inline(&'a str),
+    /// An environment variable's value.
+    Env(&'a str),
+    /// A file's first line.
+    File(&'a Path),
+}
+
+/// Reads the password given under one of `keys` (`Ok(None)` when none is): a password
+/// may be written in one place only. An unset variable, an unreadable file or a second
+/// place is reported under its key, and is `Err`.
+fn one_password<const N: usize>(
+    keys: [(&str, Option<Password<'_>>); N],
+    issue: &mut impl FnMut(&str, String),
+) -> Result<Option<String>, ()> {
+    let given: Vec<_> = keys
+        .iter()
+        .filter_map(|(key, source)| Some((*key, (*source)?)))
+        .collect();
+    let (key, source) = match given.as_slice() {
+        [] => return Ok(None),
+        [one] => *one,
+        [(first, _), ..] => {
+            let names: Vec<_> = given.iter().map(|(key, _)| *key).collect();
+            issue(first, format!("set only one of {}", names.join(", ")));
+            return Err(());
+        }
+    };
+    let password = match source {
+        Password::Inline(text) => text.to_owned(),
+        Password::Env(var) => std::env::var(var).map_err(|_| {
+            issue(key, format!("environment variable {var} is not set"));
+        })?,
+        Password::File(path) => match std::fs::read_to_string(path) {
+            Ok(text) => text.lines().next().unwrap_or("").to_owned(),
+            Err(e) => {
+                issue(key, format!("cannot read {}: {e}", path.display()));
+                return Err(());
+            }
+        },
+    };
+    Ok(Some(password))
+}
+
+impl UserConfig {
+    /// The database login this entry names, or `None` after reporting under `key` why it
+    /// names none, or names it twice.
+    fn backend_login(
+        &self,
+        key: &str,
+        issue: &mut impl FnMut(&str, String),
+    ) -> Option<UserBackend> {
+        let password = one_password(
+            [
+                (
+                    &format!("{key}.backend_password") as &str,
+                    self.backend_password.as_deref().map(Password::Inline),
+                ),
+                (
+                    &format!("{key}.backend_password_env"),
+                    self.backend_password_env.as_deref().map(Password::Env),
+                ),
+                (
+                    &format!("{key}.backend_password_file"),
+                    self.backend_password_file.as_deref().map(Password::File),
+                ),
+            ],
+            issue,
+        )
+        .ok()?;
+        let own = self.backend_user.is_some() || password.is_some();
+        match (self.backend, own) {
+            (Some(SharedBackend::Shared), false) => Some(UserBackend::Shared),
+            (Some(SharedBackend::Shared), true) => {
+                issue(
+                    &format!("{key}.backend"),
+                    "backend = \"shared\" runs as the [backend] account: drop backend_user and backend_password*".into(),
+                );
+                None
+            }
+            (None, false) => {
+                issue(
+                    key,
+                    format!(
+                        "say which database login user {:?} runs as: backend = \"shared\" (the [backend] account), or backend_user and a backend_password* (its own)",
+                        self.name
+                    ),
+                );
+                None
+            }
+            (None, true) => {
+                let user = self.backend_user.as_ref().unwrap_or(&self.name);
+                if user.is_empty() || user.len() > 80 {
+                    issue(
+                        &format!("{key}.backend_user"),
+                        "must be 1 to 80 characters".into(),
+                    );
+                    return None;
+                }
+                Some(UserBackend::Own {
+                    user: user.clone(),
+                    secret: BackendSecret::Password(password.unwrap_or_default()),
+                })
+            }
+        }
+    }
+}
+
+impl AuthConfig {
+    /// Reports what is wrong with `[auth]`; `users_configured` says whether `[[users]]`
+    /// has entries (which are then useless unless `users` is a source).
+    fn check(&self, users_configured: bool, issue: &mut impl FnMut(&str, String)) {
+        if self.sources.is_empty() {
+            issue(
+                "auth.sources",
+                "name at least one source: \"users\" and/or \"auth_query\"".into(),
+            );
+        }
+        for (i, source) in self.sources.iter().enumerate() {
+            if self.sources[..i].contains(source) {
+                issue(
+                    "auth.sources",
+                    format!("{:?} is listed twice", source.name()),
+                );
+            }
+        }
+        if users_configured && !self.sources.contains(&AuthSource::Users) {
+            issue(
+                "auth.sources",
+                "[[users]] are configured but \"users\" is not a source: add it, or remove them"
+                    .into(),
+            );
+        }
+        if !self.query.contains('?') {
+            issue(
+                "auth.query",
+                "must take the user name as a ? placeholder".into(),
+            );
+        }
+        if !(1..=MAX_AUTH_CACHE).contains(&self.cache_size) {
+            issue(
+                "auth.cache_size",
+                format!("must be between 1 and {MAX_AUTH_CACHE}"),
+            );
+        }
+    }
+}
+
+/// Most user names the auth cache may be asked to keep: each costs a few hundred bytes.
+const MAX_AUTH_CACHE: usize = 10_000_000;
 
 /// Most Data API connections or requests that may be allowed at once: far beyond what a
 /// process can serve, well within what a semaphore counts.
@@ -922,6 +1177,7 @@ mod tests {
             [[users]]
             name = "app"
             password = "x"
+            backend = "shared"
         "#;
         let config: Config = toml::from_str(text).unwrap();
         let err = config.validate("sluice.toml").unwrap_err();
@@ -972,6 +1228,7 @@ mod tests {
             name = "fn"
             password = "x"
             databases = ["app"]
+            backend = "shared"
         "#,
             api_key_sha256("k")
         );
@@ -1017,5 +1274,134 @@ mod tests {
         );
         config.backend.password_file = Some(dir.path().join("missing"));
         assert!(config.validate("t").is_err());
+    }
+
+    #[test]
+    fn users_name_their_database_login() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pw");
+        std::fs::write(&path, "from-file\n").unwrap();
+        std::env::set_var("SLUICE_TEST_USER_PW", "from-env");
+        let text = format!(
+            r#"
+            [[users]]
+            name = "shared"
+            backend = "shared"
+            [[users]]
+            name = "own"
+            password = "x"
+            backend_user = "report_ro"
+            backend_password = "inline"
+            [[users]]
+            name = "env"
+            backend_password_env = "SLUICE_TEST_USER_PW"
+            [[users]]
+            name = "file"
+            backend_user = "loader"
+            backend_password_file = "{}"
+        "#,
+            path.display()
+        );
+        let config: Config = toml::from_str(&text).unwrap();
+        let settings = config.validate("sluice.toml").unwrap();
+        let own = |user: &str, password: &str| UserBackend::Own {
+            user: user.into(),
+            secret: BackendSecret::Password(password.into()),
+        };
+        assert_eq!(settings.users["shared"].backend, UserBackend::Shared);
+        assert_eq!(settings.users["own"].backend, own("report_ro", "inline"));
+        assert_eq!(settings.users["env"].backend, own("env", "from-env"));
+        assert_eq!(settings.users["file"].backend, own("loader", "from-file"));
+    }
+
+    #[test]
+    fn user_login_mistakes_name_their_key() {
+        let text = r#"
+            [[users]]
+            name = "nothing"
+            [[users]]
+            name = "both"
+            backend = "shared"
+            backend_user = "x"
+            [[users]]
+            name = "twice"
+            backend_password = "a"
+            backend_password_env = "SLUICE_TEST_SURELY_UNSET"
+            [[users]]
+            name = "unset"
+            backend_password_env = "SLUICE_TEST_SURELY_UNSET"
+            [[users]]
+            name = "long"
+            backend_user = ""
+        "#;
+        let config: Config = toml::from_str(text).unwrap();
+        let err = config.validate("sluice.toml").unwrap_err();
+        let keys: Vec<_> = err.0.iter().map(|i| i.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            vec![
+                "users[0]",
+                "users[1].backend",
+                "users[2].backend_password",
+                "users[3].backend_password_env",
+                "users[4].backend_user",
+            ]
+        );
+        let text = err.to_string();
+        assert!(
+            text.contains(
+                "sluice.toml: users[0]: say which database login user \"nothing\" runs as"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "set only one of users[2].backend_password, users[2].backend_password_env"
+            ),
+            "{text}"
+        );
+        let bad_value: Result<Config, _> =
+            toml::from_str("[[users]]\nname = \"a\"\nbackend = \"own\"\n");
+        assert!(bad_value.is_err());
+    }
+
+    #[test]
+    fn auth_section_defaults_and_mistakes() {
+        let settings = Config::default().validate("defaults").unwrap();
+        assert_eq!(
+            settings.auth.sources,
+            vec![AuthSource::Users, AuthSource::AuthQuery]
+        );
+        assert_eq!(settings.auth.query, MARIADB_AUTH_QUERY);
+        assert_eq!(settings.auth.cache_ttl, Duration::from_secs(60));
+        let text = r#"
+            [auth]
+            sources = ["auth_query", "auth_query"]
+            query = "SELECT 1"
+            cache_size = 0
+            [[users]]
+            name = "fn"
+            backend = "shared"
+        "#;
+        let config: Config = toml::from_str(text).unwrap();
+        let err = config.validate("sluice.toml").unwrap_err();
+        let keys: Vec<_> = err.0.iter().map(|i| i.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            vec![
+                "auth.sources",
+                "auth.sources",
+                "auth.query",
+                "auth.cache_size"
+            ]
+        );
+        let empty: Config = toml::from_str("[auth]\nsources = []\n").unwrap();
+        assert!(empty.validate("t").is_err());
+        let unknown: Result<Config, _> = toml::from_str("[auth]\nsources = [\"ldap\"]\n");
+        assert!(unknown.is_err());
+        let only_query: Config =
+            toml::from_str("[auth]\nsources = [\"auth_query\"]\ncache_ttl = \"0s\"\n").unwrap();
+        let settings = only_query.validate("t").unwrap();
+        assert_eq!(settings.auth.cache_ttl, Duration::ZERO);
     }
 }

@@ -75,7 +75,7 @@ impl Gateway {
                 metrics.client_logins_pending.clone(),
             ),
             shutdown: shutdown::Shutdown::new(),
-            identities: identity::Identities::new(&settings),
+            identities: identity::Identities::new(&settings, &pool, &metrics),
             throttle: client::LoginThrottle::new(
                 settings.failed_login_delay,
                 settings.failed_login_delay_max,

@@ -92,8 +92,12 @@ pub struct Metrics {
     pub client_logins_pending: IntGauge,
     /// Logins cut before authenticating, by reason (timeout, evicted, too_large).
     pub login_aborts: IntCounterVec,
-    /// Failed client logins, by reason (`unknown_user`, `bad_password`, `bad_packet`).
+    /// Failed client logins, by reason (`unknown_user`, `bad_password`, `bad_packet`,
+    /// `unsupported_plugin`, `auth_query_failed`).
     pub auth_failures: IntCounterVec,
+    /// Auth query lookups, by `result`: `hit` and `unknown_hit` (answered from the cache),
+    /// `read` (the query ran), `reread` (it ran again after a refused proof), `failed`.
+    pub auth_query_lookups: IntCounterVec,
     /// Database connections by state (`busy`, `idle`); set when scraped.
     pub db_connections: IntGaugeVec,
     /// Database connections opened since start.
@@ -256,6 +260,11 @@ impl Metrics {
                 "reason",
             ),
             auth_failures: counter_vec("auth_failures_total", "Failed client logins", "reason"),
+            auth_query_lookups: counter_vec(
+                "auth_query_lookups_total",
+                "User names looked up for the auth query, by whether the database was asked",
+                "result",
+            ),
             db_connections,
             db_connections_opened: counter(
                 "db_connections_opened_total",

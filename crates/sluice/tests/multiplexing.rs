@@ -286,7 +286,8 @@ async fn session_mode_users_keep_their_connection() {
             password: Some("pw".into()),
             password_hash: None,
             pool_mode: Some(sluice::config::PoolMode::Session),
-            databases: None,
+            backend: Some(sluice::config::SharedBackend::Shared),
+            ..Default::default()
         });
     })
     .await;

@@ -164,8 +164,8 @@ async fn authentication_failures_and_unknown_database() {
             name: "hashed".into(),
             password: None,
             password_hash: Some("*14E65567ABDB5135D0CFD9A70B3032C179A49EE7".into()),
-            pool_mode: None,
-            databases: None,
+            backend: Some(sluice::config::SharedBackend::Shared),
+            ..Default::default()
         }];
     })
     .await;

@@ -22,6 +22,16 @@ pub fn access_denied(user: &str, host: &str, used_password: bool) -> ErrFields {
     )
 }
 
+/// 1040 (08004, "retry later"): the auth query could not check the password (the database
+/// is unreachable, or the auth account lacks its grant; the cause is in sluice's log).
+pub fn auth_unavailable() -> ErrFields {
+    ErrFields::new(
+        1040,
+        "08004",
+        "Too many connections: sluice cannot check passwords against the database right now; try again later",
+    )
+}
+
 /// 1040: the client limit is reached.
 pub fn too_many_clients(max: usize) -> ErrFields {
     ErrFields::new(

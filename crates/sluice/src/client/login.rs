@@ -140,15 +140,16 @@ pub async fn authenticate(
     )
     .await?;
 
-    let Some(identity) = check_user(gateway, peer.ip(), &login.user, &salt, &proof).await else {
-        stream
-            .write_packet(
-                &mut seq,
-                &errors::access_denied(&login.user, &peer.ip().to_string(), !proof.is_empty())
-                    .encode(),
-            )
-            .await?;
-        return Err(LoginFailure::Refused);
+    let identity = match verify_user(gateway, peer.ip(), &login.user, &salt, &proof).await {
+        Ok(identity) => identity,
+        Err(denied) => {
+            let err = match denied {
+                Denied::Unavailable => errors::auth_unavailable(),
+                _ => errors::access_denied(&login.user, &peer.ip().to_string(), !proof.is_empty()),
+            };
+            stream.write_packet(&mut seq, &err.encode()).await?;
+            return Err(LoginFailure::Refused);
+        }
     };
     Ok(Authenticated {
         capabilities,
@@ -180,9 +181,8 @@ pub async fn native_proof(
     Ok(answer.payload)
 }
 
-/// Checks a `mysql_native_password` proof for `user` logging in from `peer`. After recent
-/// failures of the same address and user the check waits first (see `LoginThrottle`);
-/// failures are counted by reason and logged with user and peer.
+/// Checks a `mysql_native_password` proof for `user` logging in from `peer`, like
+/// [`verify_user`], for callers that answer every refusal with access denied.
 pub async fn check_user(
     gateway: &Gateway,
     peer: IpAddr,
@@ -190,31 +190,47 @@ pub async fn check_user(
     salt: &[u8],
     proof: &[u8],
 ) -> Option<Arc<Identity>> {
+    verify_user(gateway, peer, user, salt, proof).await.ok()
+}
+
+/// Checks a `mysql_native_password` proof for `user` logging in from `peer`. After recent
+/// failures of the same address and user the check waits first (see `LoginThrottle`);
+/// failures are counted by reason and logged with user and peer. A check the auth query
+/// could not make is no failure of the client's and does not lengthen its wait.
+pub async fn verify_user(
+    gateway: &Gateway,
+    peer: IpAddr,
+    user: &str,
+    salt: &[u8],
+    proof: &[u8],
+) -> Result<Arc<Identity>, Denied> {
     let delay = gateway.throttle.delay(peer, user);
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
-    let reason = match gateway.identities.verify(user, salt, proof).await {
+    let denied = match gateway.identities.verify(user, salt, proof).await {
         Ok(identity) => {
             gateway.throttle.succeeded(peer, user);
-            return Some(identity);
+            return Ok(identity);
         }
-        Err(denied) => {
-            let users = &gateway.metrics.users;
-            let label = match denied {
-                Denied::UnknownUser => "unknown".to_owned(),
-                Denied::BadPassword => users.label(user),
-            };
-            users.auth_failures.with_label_values(&[&label]).inc();
-            denied.reason()
-        }
+        Err(denied) => denied,
     };
+    let users = &gateway.metrics.users;
+    let label = match denied {
+        // Names no source knows (or none could check) are not labelled: anyone can make them up.
+        Denied::UnknownUser | Denied::Unavailable => "unknown".to_owned(),
+        Denied::BadPassword | Denied::UnsupportedPlugin => users.label(user),
+    };
+    users.auth_failures.with_label_values(&[&label]).inc();
+    let reason = denied.reason();
     gateway
         .metrics
         .auth_failures
         .with_label_values(&[reason])
         .inc();
-    gateway.throttle.failed(peer, user);
+    if denied != Denied::Unavailable {
+        gateway.throttle.failed(peer, user);
+    }
     tracing::warn!(%user, %peer, reason, ?delay, "login failed");
-    None
+    Err(denied)
 }

@@ -4,15 +4,30 @@
 //! the database login its connections use ([`BackendTarget`]). Pools, statement caches and
 //! session adoption are keyed by that login, so nothing crosses database users.
 //!
-//! Sources: the `[[users]]` of the configuration, each mapped to the shared account of
-//! `[backend]`.
+//! Sources, asked in the order of `auth.sources` until one knows the name:
+//! - `users` ([`configured`]): the `[[users]]` of the configuration, each with its own
+//!   database login or mapped to the shared `[backend]` account;
+//! - `auth_query` ([`auth_query`], [`cache`]): the database's own accounts, read through the
+//!   `[backend]` account; the client runs as that database user, logged in with the
+//!   `SHA1(password)` its proof showed ([`accounts`]).
 
-use std::collections::HashMap;
+mod accounts;
+mod auth_query;
+mod cache;
+mod configured;
+
+use std::num::NonZeroUsize;
 use std::sync::Arc;
 
-use sluice_protocol::auth::Credential;
+use sluice_protocol::auth::Proven;
+use tracing::warn;
 
-use crate::config::{BackendTarget, PoolMode, Settings};
+use crate::config::{AuthSource, BackendSecret, BackendTarget, PoolMode, Settings};
+use crate::metrics::Metrics;
+use crate::pool::Pool;
+use auth_query::AuthQuery;
+use cache::{AccountCache, Limits, LookupFailed};
+use configured::ConfiguredUsers;
 
 /// A client that proved who it is, and what follows from that.
 #[derive(Debug)]
@@ -46,6 +61,13 @@ pub enum Denied {
     UnknownUser,
     /// The proof does not match the password.
     BadPassword,
+    /// The database account uses a plugin other than `mysql_native_password`, so sluice
+    /// cannot check the proof (the plugin is logged; the client sees access denied, as for
+    /// any refusal, so the answer does not reveal that the account exists).
+    UnsupportedPlugin,
+    /// The auth query could not be run (database unreachable, the auth account lacks its
+    /// grant): nothing is known about the password, so the client should retry later.
+    Unavailable,
 }
 
 impl Denied {
@@ -54,46 +76,68 @@ impl Denied {
         match self {
             Denied::UnknownUser => "unknown_user",
             Denied::BadPassword => "bad_password",
+            Denied::UnsupportedPlugin => "unsupported_plugin",
+            Denied::Unavailable => "auth_query_failed",
         }
     }
 }
 
-/// A configured user: its credential and identity.
-struct Configured {
-    credential: Credential,
-    identity: Arc<Identity>,
+/// One source of identities, in the configured order.
+enum Source {
+    /// `[[users]]`.
+    Users,
+    /// The database's accounts (boxed: the cache is large, and there is one).
+    AuthQuery(Box<AccountCache<AuthQuery>>),
 }
 
 /// The sources of identities.
 pub struct Identities {
-    configured: HashMap<String, Configured>,
+    sources: Vec<Source>,
+    configured: ConfiguredUsers,
     shared: Arc<BackendTarget>,
+    /// The pool mode of database users found by the auth query.
+    pool_mode: PoolMode,
 }
 
 impl Identities {
-    /// The identities `settings` define.
-    pub fn new(settings: &Settings) -> Identities {
+    /// The sources `settings` turn on; the auth query runs on `pool`'s own login.
+    pub fn new(settings: &Settings, pool: &Pool, metrics: &Metrics) -> Identities {
         let shared = Arc::new(settings.backend.clone());
-        let configured = settings
-            .users
+        let auth = &settings.auth;
+        let sources = auth
+            .sources
             .iter()
-            .map(|(name, user)| {
-                let identity = Arc::new(Identity {
-                    user: name.clone(),
-                    backend: shared.clone(),
-                    pool_mode: user.pool_mode,
-                    databases: user.databases.clone(),
-                });
-                (
-                    name.clone(),
-                    Configured {
-                        credential: user.credential,
-                        identity,
-                    },
-                )
+            .map(|source| match source {
+                AuthSource::Users => Source::Users,
+                AuthSource::AuthQuery => {
+                    let query = AuthQuery::new(
+                        pool.clone(),
+                        &auth.query,
+                        settings.pool.max_prepared_statements,
+                        metrics.clone(),
+                    );
+                    let limits = Limits {
+                        ttl: auth.cache_ttl,
+                        unknown_ttl: auth.unknown_user_ttl,
+                        capacity: NonZeroUsize::new(auth.cache_size).unwrap_or(NonZeroUsize::MIN),
+                        // A flood of logins of unknown names keeps most of the pool for
+                        // clients.
+                        concurrent_reads: settings.pool.max_db_connections / 4,
+                    };
+                    Source::AuthQuery(Box::new(AccountCache::new(
+                        query,
+                        limits,
+                        metrics.auth_query_lookups.clone(),
+                    )))
+                }
             })
             .collect();
-        Identities { configured, shared }
+        Identities {
+            sources,
+            configured: ConfiguredUsers::new(settings, &shared),
+            shared,
+            pool_mode: settings.pool_mode,
+        }
     }
 
     /// The login of sluice's own connections (probes, the Data API's shared account).
@@ -101,23 +145,67 @@ impl Identities {
         &self.shared
     }
 
-    /// Checks `user`'s `mysql_native_password` proof against `salt`.
+    /// Checks `user`'s `mysql_native_password` proof against `salt`, asking the sources in
+    /// order: the first that knows the name decides.
     pub async fn verify(
         &self,
         user: &str,
         salt: &[u8],
         proof: &[u8],
     ) -> Result<Arc<Identity>, Denied> {
-        let configured = self.configured.get(user).ok_or(Denied::UnknownUser)?;
-        configured
-            .credential
-            .prove(salt, proof)
-            .map(|_| configured.identity.clone())
-            .ok_or(Denied::BadPassword)
+        for source in &self.sources {
+            let outcome = match source {
+                Source::Users => self.configured.verify(user, salt, proof),
+                Source::AuthQuery(cache) => self.database_user(cache, user, salt, proof).await,
+            };
+            if !matches!(outcome, Err(Denied::UnknownUser)) {
+                return outcome;
+            }
+        }
+        Err(Denied::UnknownUser)
+    }
+
+    /// Checks a proof against the database's accounts of `user`; the identity runs as that
+    /// database user, logged in with what the proof showed.
+    async fn database_user(
+        &self,
+        cache: &AccountCache<AuthQuery>,
+        user: &str,
+        salt: &[u8],
+        proof: &[u8],
+    ) -> Result<Arc<Identity>, Denied> {
+        let verdict = cache
+            .verify(user, |found| accounts::check(found, salt, proof))
+            .await
+            .map_err(|LookupFailed| Denied::Unavailable)?;
+        let secret = match verdict.result {
+            Ok(Proven::Empty) => BackendSecret::Password(String::new()),
+            Ok(Proven::PasswordSha1(sha1)) => BackendSecret::PasswordSha1(sha1),
+            Err(Denied::UnsupportedPlugin) => {
+                warn!(
+                    %user,
+                    plugins = ?accounts::other_plugins(&verdict.accounts),
+                    "the database account uses an authentication plugin sluice cannot check; only mysql_native_password accounts log in through the auth query"
+                );
+                return Err(Denied::UnsupportedPlugin);
+            }
+            Err(denied) => return Err(denied),
+        };
+        let backend = BackendTarget {
+            user: user.to_owned(),
+            secret,
+            ..BackendTarget::clone(&self.shared)
+        };
+        Ok(Arc::new(Identity {
+            user: user.to_owned(),
+            backend: Arc::new(backend),
+            pool_mode: self.pool_mode,
+            databases: None,
+        }))
     }
 
     /// The identity a Data API key acts as (its user must be configured).
     pub fn of_configured(&self, user: &str) -> Option<Arc<Identity>> {
-        self.configured.get(user).map(|c| c.identity.clone())
+        self.configured.get(user)
     }
 }

@@ -118,15 +118,15 @@ pub async fn start_with(test: &str, tweak: impl FnOnce(&mut Config)) -> TestGate
             name: "app".into(),
             password: Some("secret".into()),
             password_hash: None,
-            pool_mode: None,
-            databases: None,
+            backend: Some(sluice::config::SharedBackend::Shared),
+            ..Default::default()
         },
         UserConfig {
             name: "empty".into(),
             password: None,
             password_hash: None,
-            pool_mode: None,
-            databases: None,
+            backend: Some(sluice::config::SharedBackend::Shared),
+            ..Default::default()
         },
     ];
     tweak(&mut config);

@@ -1,0 +1,68 @@
+//! The `[[users]]` of the configuration: a password sluice checks itself, and the database
+//! login each user's clients run as (the shared `[backend]` account, or its own).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use sluice_protocol::auth::Credential;
+
+use super::{Denied, Identity};
+use crate::config::{BackendTarget, Settings, UserBackend};
+
+/// A configured user: its credential and identity.
+struct Configured {
+    credential: Credential,
+    identity: Arc<Identity>,
+}
+
+/// The configured users by name.
+pub struct ConfiguredUsers {
+    users: HashMap<String, Configured>,
+}
+
+impl ConfiguredUsers {
+    /// The users of `settings`, their logins next to `shared` (the `[backend]` account).
+    pub fn new(settings: &Settings, shared: &Arc<BackendTarget>) -> ConfiguredUsers {
+        let users = settings
+            .users
+            .iter()
+            .map(|(name, user)| {
+                let backend = match &user.backend {
+                    UserBackend::Shared => shared.clone(),
+                    UserBackend::Own { user, secret } => Arc::new(BackendTarget {
+                        user: user.clone(),
+                        secret: secret.clone(),
+                        ..BackendTarget::clone(shared)
+                    }),
+                };
+                let identity = Arc::new(Identity {
+                    user: name.clone(),
+                    backend,
+                    pool_mode: user.pool_mode,
+                    databases: user.databases.clone(),
+                });
+                let configured = Configured {
+                    credential: user.credential,
+                    identity,
+                };
+                (name.clone(), configured)
+            })
+            .collect();
+        ConfiguredUsers { users }
+    }
+
+    /// Checks `user`'s `mysql_native_password` proof against `salt`.
+    pub fn verify(&self, user: &str, salt: &[u8], proof: &[u8]) -> Result<Arc<Identity>, Denied> {
+        let configured = self.users.get(user).ok_or(Denied::UnknownUser)?;
+        configured
+            .credential
+            .prove(salt, proof)
+            .map(|_| configured.identity.clone())
+            .ok_or(Denied::BadPassword)
+    }
+
+    /// The identity of a configured user, without a proof (a Data API key names it).
+    pub fn get(&self, user: &str) -> Option<Arc<Identity>> {
+        self.users.get(user).map(|c| c.identity.clone())
+    }
+}
