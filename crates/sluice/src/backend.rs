@@ -366,6 +366,10 @@ pub struct BackendConn {
     pub flavor: Flavor,
     /// The database user it is logged in as: it serves only clients of that identity.
     pub user: String,
+    /// What it logged in with: it serves only clients that proved the same, so a client
+    /// whose password the database would refuse (another `user@host` account's, an old
+    /// one) cannot borrow a connection another client's login opened.
+    pub secret: BackendSecret,
     /// The database's id for this connection (its `CONNECTION_ID()`).
     pub thread_id: u32,
     /// Greeting facts, shared with the pool so clients see the real server version.
@@ -458,6 +462,7 @@ impl BackendConn {
                 tracking_defaults: Default::default(),
             },
             user: target.user.clone(),
+            secret: target.secret.clone(),
             schema: Some(target.database.clone()),
             vars: BTreeMap::new(),
             login_vars: BTreeMap::new(),

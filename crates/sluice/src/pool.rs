@@ -176,11 +176,11 @@ impl Inner {
         conn.created().elapsed() >= self.config.max_lifetime
     }
 
-    /// Takes an idle connection of `user` that serves `flavor` (preferring one on `schema`),
-    /// or else a slot for a new one, evicting the least recently used idle connection (of
-    /// any user or flavor) when the cap is reached: every database user draws on the one
-    /// budget.
-    fn take(&self, user: &str, flavor: Flavor, schema: Option<&str>) -> Taken {
+    /// Takes an idle connection of `login` (its user and secret) that serves `flavor`
+    /// (preferring one on `schema`), or else a slot for a new one, evicting the least
+    /// recently used idle connection (of any user or flavor) when the cap is reached: every
+    /// database user draws on the one budget.
+    fn take(&self, login: &BackendTarget, flavor: Flavor, schema: Option<&str>) -> Taken {
         let mut state = self.state();
         state.last_flavor = Some(flavor);
         let on_schema = |c: &BackendConn| c.schema.as_ref().is_some_and(|s| s.as_deref() == schema);
@@ -190,7 +190,12 @@ impl Inner {
             .idle
             .iter()
             .enumerate()
-            .filter(|(_, p)| p.conn.user == user && p.conn.flavor.serves(&flavor))
+            .filter(|(_, p)| {
+                let conn = &p.conn;
+                conn.user == login.user
+                    && conn.secret == login.secret
+                    && conn.flavor.serves(&flavor)
+            })
             .max_by_key(|(i, p)| {
                 let conn = &p.conn;
                 (
@@ -378,7 +383,7 @@ impl Pool {
             pool: inner.clone(),
         };
         loop {
-            let slot = match inner.take(&login.user, flavor, schema) {
+            let slot = match inner.take(login, flavor, schema) {
                 Taken::Idle(pooled) => match self.vet(pooled).await {
                     Some(pooled) => {
                         lease.conn = Some(pooled);
