@@ -213,6 +213,32 @@ async fn accounts_of_another_plugin_are_refused_clearly() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_locked_account_is_shut_out_pooled_connections_included() {
+    let auth = "sl_id_lock_auth";
+    create_auth_account(auth).await;
+    let gw = start_with("id_lock", |config| {
+        config.backend.url = format!("mysql://{auth}:{AUTH_PW}@{DB_HOST}:{DB_PORT}");
+        config.users.clear();
+        config.auth.cache_ttl = std::time::Duration::ZERO;
+    })
+    .await;
+    let hana = "sl_id_hana";
+    create_user(hana, "hana-pw", &[]).await;
+    let mut h = login(&gw, hana, "hana-pw", None).await.unwrap();
+    assert_eq!(current_user(&mut h).await, format!("{hana}@%"));
+    h.disconnect().await.unwrap();
+    gw.wait_idle().await;
+    let mut root = direct().await;
+    root.query_drop(format!("ALTER USER '{hana}'@'%' ACCOUNT LOCK"))
+        .await
+        .unwrap();
+    root.disconnect().await.unwrap();
+    // Her idle connection is still logged in, but no login gets to it.
+    assert_eq!(db_connections_of(hana).await, 1);
+    assert_eq!(code(login(&gw, hana, "hana-pw", None).await), Some(1045));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_auth_account_without_its_grant_is_a_clear_error() {
     let bare = "sl_id_no_grant_auth";
     create_user(bare, AUTH_PW, &[]).await;
