@@ -2,12 +2,19 @@
 //!
 //! The pool owns these; a client session borrows one and forwards its commands through
 //! [`BackendConn::stream`]. The methods here are the few commands sluice sends on its own
-//! behalf: ping, reset, change of schema, and re-authentication to wipe a session clean.
+//! behalf: ping, reset, change of schema, re-authentication to wipe a session clean, and its
+//! own queries (text, or prepared with bound values for the auth query).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use mysql_common::io::ParseBuf;
+use mysql_common::packets::{Column, ComStmtExecuteRequestBuilder};
+use mysql_common::proto::{Binary, MyDeserialize, MySerialize};
+use mysql_common::row::RowDeserializer;
+use mysql_common::value::ServerSide;
+use mysql_common::Value;
 use sluice_protocol::auth::{self, CACHING_SHA2_PASSWORD, NATIVE_PASSWORD};
 use sluice_protocol::handshake::{self, Greeting};
 use sluice_protocol::packet::{FrameHeader, MAX_FRAME_PAYLOAD};
@@ -272,24 +279,19 @@ enum RowFormat {
 }
 
 /// Reads a column definition packet.
-fn parse_column(payload: &[u8]) -> Result<mysql_common::packets::Column, ProtocolError> {
-    use mysql_common::proto::MyDeserialize;
-    mysql_common::packets::Column::deserialize((), &mut mysql_common::io::ParseBuf(payload))
+fn parse_column(payload: &[u8]) -> Result<Column, ProtocolError> {
+    Column::deserialize((), &mut ParseBuf(payload))
         .map_err(|_| ProtocolError::Malformed("bad column definition"))
 }
 
 /// Splits a binary-protocol row into its values, as text.
 fn parse_binary_row(
-    columns: &Arc<[mysql_common::packets::Column]>,
+    columns: &Arc<[Column]>,
     payload: &[u8],
 ) -> Result<Vec<Option<String>>, ProtocolError> {
-    use mysql_common::proto::MyDeserialize;
-    use mysql_common::Value;
-    let row = mysql_common::row::RowDeserializer::<
-        mysql_common::value::ServerSide,
-        mysql_common::proto::Binary,
-    >::deserialize(columns.clone(), &mut mysql_common::io::ParseBuf(payload))
-    .map_err(|_| ProtocolError::Malformed("bad binary row"))?;
+    let row =
+        RowDeserializer::<ServerSide, Binary>::deserialize(columns.clone(), &mut ParseBuf(payload))
+            .map_err(|_| ProtocolError::Malformed("bad binary row"))?;
     Ok(row
         .into_inner()
         .unwrap_raw()
@@ -636,11 +638,9 @@ impl BackendConn {
     pub async fn execute_rows(
         &mut self,
         id: u32,
-        params: &[mysql_common::Value],
+        params: &[Value],
     ) -> Result<Result<Vec<Vec<Option<String>>>, ErrFields>, BackendError> {
-        use mysql_common::proto::MySerialize;
-        let (execute, as_long_data) =
-            mysql_common::packets::ComStmtExecuteRequestBuilder::new(id).build(params);
+        let (execute, as_long_data) = ComStmtExecuteRequestBuilder::new(id).build(params);
         if as_long_data {
             return Err(ProtocolError::Malformed("parameters too large for one execute").into());
         }
@@ -663,7 +663,7 @@ impl BackendConn {
         // Binary rows are decoded by their columns' types.
         let mut columns = Vec::new();
         let mut column_count = 0;
-        let mut row_columns: Option<Arc<[mysql_common::packets::Column]>> = None;
+        let mut row_columns: Option<Arc<[Column]>> = None;
         loop {
             let packet = self.stream.read_packet().await?;
             let header = FrameHeader {

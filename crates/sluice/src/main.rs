@@ -26,12 +26,19 @@ fn main() -> ExitCode {
         cli::Command::Check(args) => match args.settings() {
             Ok(settings) => {
                 println!(
-                    "configuration is valid: listen {}, admin {}, backend {:?}, max_db_connections {}, {} user(s), Data API {}",
+                    "configuration is valid: listen {}, admin {}, backend {:?}, max_db_connections {}, {} user(s), identity sources {}, Data API {}",
                     settings.listen,
                     settings.admin_listen,
                     settings.backend,
                     settings.pool.max_db_connections,
                     settings.users.len(),
+                    settings
+                        .auth
+                        .sources
+                        .iter()
+                        .map(|s| s.name())
+                        .collect::<Vec<_>>()
+                        .join(", "),
                     match settings.http_listen {
                         Some(addr) => format!(
                             "on {addr}{} with {} key(s)",

@@ -167,7 +167,7 @@ async fn a_changed_password_takes_effect_at_once() {
     assert_eq!(code(login(&gw, dora, "dora-1", None).await), Some(1045));
 
     // emil's is changed by an administrator, directly on the database.
-    let mut e = login(&gw, emil, "emil-1", None).await.unwrap();
+    let e = login(&gw, emil, "emil-1", None).await.unwrap();
     e.disconnect().await.unwrap();
     let mut root = direct().await;
     root.query_drop(format!("ALTER USER '{emil}'@'%' IDENTIFIED BY 'emil-2'"))

@@ -5,11 +5,11 @@
 //! session adoption are keyed by that login, so nothing crosses database users.
 //!
 //! Sources, asked in the order of `auth.sources` until one knows the name:
-//! - `users` ([`configured`]): the `[[users]]` of the configuration, each with its own
+//! - `users` (`configured`): the `[[users]]` of the configuration, each with its own
 //!   database login or mapped to the shared `[backend]` account;
-//! - `auth_query` ([`auth_query`], [`cache`]): the database's own accounts, read through the
+//! - `auth_query` (`auth_query`, `cache`): the database's own accounts, read through the
 //!   `[backend]` account; the client runs as that database user, logged in with the
-//!   `SHA1(password)` its proof showed ([`accounts`]).
+//!   `SHA1(password)` its proof showed (`accounts`).
 
 mod accounts;
 mod auth_query;
