@@ -33,6 +33,7 @@ borrow_timeout = "30s"
 [[users]]
 name = "fn"
 password_hash = "*14E65567ABDB5135D0CFD9A70B3032C179A49EE7"
+backend = "shared"
 "#,
     )
     .unwrap();
@@ -40,6 +41,10 @@ password_hash = "*14E65567ABDB5135D0CFD9A70B3032C179A49EE7"
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.contains("max_db_connections 8"), "{stdout}");
     assert!(stdout.contains("1 user(s)"), "{stdout}");
+    assert!(
+        stdout.contains("identity sources users, auth_query"),
+        "{stdout}"
+    );
 
     let bad = dir.path().join("bad.toml");
     std::fs::write(&bad, "[pool]\nmax_db_connections = 2\nmin_idle = 3\n[[users]]\nname = \"x\"\npassword_hash = \"nope\"\n").unwrap();

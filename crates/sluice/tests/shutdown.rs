@@ -38,7 +38,7 @@ impl Binary {
             format!(
                 "shutdown_timeout = \"{shutdown_timeout}\"\n\
                  [backend]\nurl = \"mysql://{backend_user}:backend-pw@{DB_HOST}:{DB_PORT}/{TEST_DB}\"\n\
-                 [[users]]\nname = \"app\"\npassword = \"secret\"\n"
+                 [[users]]\nname = \"app\"\npassword = \"secret\"\nbackend = \"shared\"\n"
             ),
         )
         .unwrap();
