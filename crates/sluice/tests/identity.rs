@@ -340,3 +340,186 @@ async fn several_accounts_of_one_name() {
         .unwrap();
     root.disconnect().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn change_user_moves_a_client_to_the_new_users_identity_and_defaults() {
+    let gw = start_with_auth_account("chuser").await;
+    create_user("sl_chuser_a", "pw-a", &[]).await;
+    create_user(
+        "sl_chuser_b",
+        "pw-b",
+        &[&format!("GRANT SELECT ON {TEST_DB}.* TO {{user}}")],
+    )
+    .await;
+    // mysql_async: the new identity, and nothing of the old session.
+    let mut conn = login(&gw, "sl_chuser_a", "pw-a", None).await.unwrap();
+    conn.query_drop("SET SESSION sql_mode = 'ANSI_QUOTES', @marker = 1")
+        .await
+        .unwrap();
+    assert_eq!(current_user(&mut conn).await, "sl_chuser_a@%");
+    conn.change_user(
+        mysql_async::ChangeUserOpts::default()
+            .with_user(Some("sl_chuser_b".into()))
+            .with_pass(Some("pw-b".into()))
+            .with_db_name(Some(TEST_DB.into())),
+    )
+    .await
+    .unwrap();
+    assert_eq!(current_user(&mut conn).await, "sl_chuser_b@%");
+    let (db, default_mode, marker): (Option<String>, u8, Option<u8>) = conn
+        .query_first("SELECT DATABASE(), @@session.sql_mode = @@global.sql_mode, @marker")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (db.as_deref(), default_mode, marker),
+        (Some(TEST_DB), 1, None)
+    );
+    // The new user's grants, not the old one's.
+    conn.query_drop(format!("SELECT COUNT(*) FROM {TEST_DB}.seq_1_to_3"))
+        .await
+        .unwrap();
+    conn.disconnect().await.unwrap();
+
+    // mysql2's changeUser: the same session as on a direct connection.
+    let script = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/clients/change_user.js");
+    let run = |port: u16| {
+        let script = script.clone();
+        async move {
+            let out = tokio::process::Command::new("node")
+                .arg(&script)
+                .args([
+                    &port.to_string(),
+                    "sl_chuser_a",
+                    "pw-a",
+                    "sl_chuser_b",
+                    "pw-b",
+                    TEST_DB,
+                ])
+                .output()
+                .await
+                .expect("node installed (scripts/ensure-deps)");
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8(out.stdout).unwrap()
+        }
+    };
+    let direct_view = run(DB_PORT).await;
+    let through_sluice = run(gw.addr.port()).await;
+    assert!(
+        direct_view.contains("\"user\":\"sl_chuser_b\""),
+        "{direct_view}"
+    );
+    assert!(direct_view.contains("\"wrong\":1045"), "{direct_view}");
+    // A known difference (issue 17's reset fidelity): mysql2 logs in with
+    // CLIENT_IGNORE_SPACE, which adds IGNORE_SPACE to the login's sql_mode; MariaDB's
+    // COM_CHANGE_USER returns sql_mode to the global value without it, while sluice lends
+    // a connection whose login added it. Everything else must be the same.
+    let known = |view: &str| {
+        view.replace(
+            "\"default_sql_mode\":0,\"mode\":\"IGNORE_SPACE,",
+            "\"default_sql_mode\":1,\"mode\":\"",
+        )
+    };
+    assert_eq!(known(&through_sluice), direct_view);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_users_share_one_budget_under_load() {
+    const POOL: usize = 6;
+    const CLIENTS: usize = 300;
+    let auth = "sl_budget3_auth";
+    create_auth_account(auth).await;
+    let users = ["sl_budget3_a", "sl_budget3_b", "sl_budget3_c"];
+    for user in users {
+        create_user(
+            user,
+            "pw",
+            &[&format!("GRANT ALL ON {TEST_DB}.* TO {{user}}")],
+        )
+        .await;
+    }
+    let gw = start_with("budget3", |config| {
+        config.backend.url = format!("mysql://{auth}:{AUTH_PW}@{DB_HOST}:{DB_PORT}");
+        config.users.clear();
+        config.pool.max_db_connections = POOL;
+        config.pool.borrow_timeout = std::time::Duration::from_secs(60);
+    })
+    .await;
+    let mut root = direct().await;
+    root.query_drop("CREATE OR REPLACE TABLE budget3 (id INT PRIMARY KEY, n INT)")
+        .await
+        .unwrap();
+    root.query_drop("INSERT INTO budget3 SELECT seq, 0 FROM seq_1_to_30")
+        .await
+        .unwrap();
+    // Every 20 ms, the database connections of all four logins sluice uses.
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = {
+        let done = done.clone();
+        let logins: Vec<String> = users.iter().chain([&auth]).map(|u| u.to_string()).collect();
+        tokio::spawn(async move {
+            let mut peak = 0;
+            let mut admin = direct().await;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                let in_list = logins
+                    .iter()
+                    .map(|u| format!("'{u}'"))
+                    .collect::<Vec<_>>()
+                    .join(",");
+                let n: Option<usize> = admin
+                    .query_first(format!(
+                        "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE USER IN ({in_list})"
+                    ))
+                    .await
+                    .unwrap();
+                peak = peak.max(n.unwrap_or(0));
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            peak
+        })
+    };
+    let mut clients = Vec::new();
+    for i in 0..CLIENTS {
+        let opts = gw.opts(users[i % 3], "pw", Some(TEST_DB));
+        clients.push(tokio::spawn(async move {
+            let mut conn = mysql_async::Conn::new(opts).await?;
+            let id = i % 30 + 1;
+            conn.query_drop("BEGIN").await?;
+            conn.query_drop(format!("UPDATE budget3 SET n = n + 1 WHERE id = {id}"))
+                .await?;
+            let me: Option<String> = conn.query_first("SELECT CURRENT_USER()").await?;
+            conn.query_drop("COMMIT").await?;
+            conn.disconnect().await?;
+            Ok::<_, mysql_async::Error>(me.unwrap_or_default())
+        }));
+    }
+    for (i, client) in clients.into_iter().enumerate() {
+        let me = client.await.unwrap().unwrap();
+        assert_eq!(
+            me,
+            format!("{}@%", users[i % 3]),
+            "client {i} ran as itself"
+        );
+    }
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let peak = watcher.await.unwrap();
+    assert!(
+        (1..=POOL).contains(&peak),
+        "peak database connections {peak}"
+    );
+    let total: Option<u64> = root
+        .query_first("SELECT SUM(n) FROM budget3")
+        .await
+        .unwrap();
+    assert_eq!(
+        total,
+        Some(CLIENTS as u64),
+        "every transaction committed once"
+    );
+    root.query_drop("DROP TABLE budget3").await.unwrap();
+}

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use sluice_protocol::auth::{self, NATIVE_PASSWORD, SALT_LEN};
 use sluice_protocol::handshake::{self, Greeting, Login};
+use sluice_protocol::response::ErrFields;
 use sluice_protocol::{CapabilityFlags, ProtocolError};
 
 use super::errors;
@@ -143,10 +144,7 @@ pub async fn authenticate(
     let identity = match verify_user(gateway, peer.ip(), &login.user, &salt, &proof).await {
         Ok(identity) => identity,
         Err(denied) => {
-            let err = match denied {
-                Denied::Unavailable => errors::auth_unavailable(),
-                _ => errors::access_denied(&login.user, &peer.ip().to_string(), !proof.is_empty()),
-            };
+            let err = refusal(denied, &login.user, peer.ip(), !proof.is_empty());
             stream.write_packet(&mut seq, &err.encode()).await?;
             return Err(LoginFailure::Refused);
         }
@@ -181,16 +179,13 @@ pub async fn native_proof(
     Ok(answer.payload)
 }
 
-/// Checks a `mysql_native_password` proof for `user` logging in from `peer`, like
-/// [`verify_user`], for callers that answer every refusal with access denied.
-pub async fn check_user(
-    gateway: &Gateway,
-    peer: IpAddr,
-    user: &str,
-    salt: &[u8],
-    proof: &[u8],
-) -> Option<Arc<Identity>> {
-    verify_user(gateway, peer, user, salt, proof).await.ok()
+/// The error a refused login (or COM_CHANGE_USER) gets: access denied, or 1040 when no
+/// source could check the password (the auth query failed), which is no fault of the client.
+pub fn refusal(denied: Denied, user: &str, peer: IpAddr, used_password: bool) -> ErrFields {
+    match denied {
+        Denied::Unavailable => errors::auth_unavailable(),
+        _ => errors::access_denied(user, &peer.to_string(), used_password),
+    }
 }
 
 /// Checks a `mysql_native_password` proof for `user` logging in from `peer`. After recent

@@ -1286,19 +1286,22 @@ impl Session {
             .get_ref()
             .peer_addr()
             .map_or(std::net::Ipv4Addr::UNSPECIFIED.into(), |a| a.ip());
-        let Some(identity) =
-            login::check_user(&self.gateway, peer, &request.user, &self.salt, &proof).await
-        else {
-            let err = errors::access_denied(&request.user, &peer.to_string(), !proof.is_empty());
-            // Like MariaDB, the session stays as it was and the client may try again, but
-            // not forever: guessing passwords on one socket ends after a few tries.
-            self.failed_change_users += 1;
-            let _ = self.send_err(&mut seq, &err).await;
-            return if self.failed_change_users >= MAX_FAILED_CHANGE_USERS {
-                Err(End::Refused)
-            } else {
-                Ok(())
-            };
+        let verified =
+            login::verify_user(&self.gateway, peer, &request.user, &self.salt, &proof).await;
+        let identity = match verified {
+            Ok(identity) => identity,
+            Err(denied) => {
+                let err = login::refusal(denied, &request.user, peer, !proof.is_empty());
+                // Like MariaDB, the session stays as it was and the client may try again, but
+                // not forever: guessing passwords on one socket ends after a few tries.
+                self.failed_change_users += 1;
+                let _ = self.send_err(&mut seq, &err).await;
+                return if self.failed_change_users >= MAX_FAILED_CHANGE_USERS {
+                    Err(End::Refused)
+                } else {
+                    Ok(())
+                };
+            }
         };
         // A new entry: kills aimed at the old user's session do not reach the new one.
         self.registration = self.gateway.sessions.register(self.id, &identity);
