@@ -1141,6 +1141,14 @@ pub fn parse_backend_url(text: &str) -> Result<BackendTarget, String> {
 mod tests {
     use super::*;
 
+    /// Validates a file that must be refused: the error and the keys it names, in order.
+    fn refused(text: &str) -> (ConfigError, Vec<String>) {
+        let config: Config = toml::from_str(text).unwrap();
+        let err = config.validate("sluice.toml").unwrap_err();
+        let keys = err.0.iter().map(|i| i.key.clone()).collect();
+        (err, keys)
+    }
+
     #[test]
     fn defaults_are_valid() {
         let settings = Config::default().validate("defaults").unwrap();
@@ -1181,9 +1189,7 @@ mod tests {
             password = "x"
             backend = "shared"
         "#;
-        let config: Config = toml::from_str(text).unwrap();
-        let err = config.validate("sluice.toml").unwrap_err();
-        let keys: Vec<_> = err.0.iter().map(|i| i.key.as_str()).collect();
+        let (err, keys) = refused(text);
         assert_eq!(
             keys,
             vec!["pool.min_idle", "backend.url", "users[0].password_hash"]
@@ -1234,9 +1240,7 @@ mod tests {
         "#,
             api_key_sha256("k")
         );
-        let config: Config = toml::from_str(&text).unwrap();
-        let err = config.validate("sluice.toml").unwrap_err();
-        let keys: Vec<_> = err.0.iter().map(|i| i.key.as_str()).collect();
+        let (_, keys) = refused(&text);
         assert_eq!(
             keys,
             vec![
@@ -1336,9 +1340,7 @@ mod tests {
             name = "long"
             backend_user = ""
         "#;
-        let config: Config = toml::from_str(text).unwrap();
-        let err = config.validate("sluice.toml").unwrap_err();
-        let keys: Vec<_> = err.0.iter().map(|i| i.key.as_str()).collect();
+        let (err, keys) = refused(text);
         assert_eq!(
             keys,
             vec![
@@ -1385,9 +1387,7 @@ mod tests {
             name = "fn"
             backend = "shared"
         "#;
-        let config: Config = toml::from_str(text).unwrap();
-        let err = config.validate("sluice.toml").unwrap_err();
-        let keys: Vec<_> = err.0.iter().map(|i| i.key.as_str()).collect();
+        let (_, keys) = refused(text);
         assert_eq!(
             keys,
             vec![
