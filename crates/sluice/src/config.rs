@@ -247,6 +247,9 @@ pub struct PoolConfig {
     /// Statements whose metadata sluice remembers, to answer a prepare of the same text
     /// without a database round trip.
     pub statement_cache_size: usize,
+    /// Most connections one database user may have lent at once (none when unset), so
+    /// one busy application cannot take the whole budget from the others.
+    pub max_db_connections_per_user: Option<usize>,
 }
 
 impl Default for PoolConfig {
@@ -262,6 +265,7 @@ impl Default for PoolConfig {
             reconnect_backoff_max: Duration::from_secs(5),
             max_prepared_statements: 256,
             statement_cache_size: 4096,
+            max_db_connections_per_user: None,
         }
     }
 }
@@ -636,6 +640,17 @@ impl Config {
         ] {
             if value == 0 {
                 issue(key, "must be at least 1".into());
+            }
+        }
+        if let Some(ceiling) = pool.max_db_connections_per_user {
+            if !(1..=pool.max_db_connections).contains(&ceiling) {
+                issue(
+                    "pool.max_db_connections_per_user",
+                    format!(
+                        "must be between 1 and pool.max_db_connections ({})",
+                        pool.max_db_connections
+                    ),
+                );
             }
         }
         if pool.min_idle > pool.max_db_connections {

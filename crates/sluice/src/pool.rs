@@ -42,6 +42,20 @@ pub enum BorrowError {
         /// How long the borrower waited.
         waited: Duration,
     },
+    /// The borrower's database user kept `max_db_connections_per_user` connections lent
+    /// for the whole `borrow_timeout`.
+    #[error(
+        "database user {user} has all of its {max} connections (pool.max_db_connections_per_user) \
+         in use and none came back within {waited:?}"
+    )]
+    UserCeiling {
+        /// The database user.
+        user: String,
+        /// Its ceiling.
+        max: usize,
+        /// How long the borrower waited.
+        waited: Duration,
+    },
     /// No connection could be opened.
     #[error(transparent)]
     Unavailable(#[from] BackendError),
@@ -119,6 +133,9 @@ struct Inner {
     permits: Arc<Semaphore>,
     /// One per connection that exists (idle, lent or being opened): the hard cap.
     slots: Arc<Semaphore>,
+    /// Per database user, one permit per connection it may have lent at once
+    /// (`max_db_connections_per_user`); made on first use.
+    user_permits: Mutex<HashMap<String, Arc<Semaphore>>>,
     state: Mutex<State>,
     server: RwLock<Option<ServerInfo>>,
     /// What a login with each collation gives (learned from real logins).
@@ -244,6 +261,8 @@ pub struct BackendTimeouts {
 pub struct Lease {
     conn: Option<Pooled>,
     permit: Option<OwnedSemaphorePermit>,
+    /// The borrower's place under `max_db_connections_per_user`, when there is a ceiling.
+    user_permit: Option<OwnedSemaphorePermit>,
     pool: Arc<Inner>,
 }
 
@@ -275,6 +294,7 @@ impl Drop for Lease {
         }
         // The slot went first, so the next borrower finds room.
         drop(self.permit.take());
+        drop(self.user_permit.take());
     }
 }
 
@@ -303,6 +323,7 @@ impl Pool {
                 }),
                 server: RwLock::new(None),
                 logins: Mutex::default(),
+                user_permits: Mutex::default(),
                 broken_at: Mutex::new(None),
                 target,
                 config,
@@ -372,6 +393,31 @@ impl Pool {
                 waited: started.elapsed(),
             }
         };
+        // A user at its ceiling waits before taking a place in the common line, so its
+        // wait never holds up another user's borrower.
+        let user_permit = match inner.config.max_db_connections_per_user {
+            None => None,
+            Some(max) => {
+                let permits = inner
+                    .user_permits
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .entry(login.user.clone())
+                    .or_insert_with(|| Arc::new(Semaphore::new(max)))
+                    .clone();
+                match tokio::time::timeout_at(deadline.into(), permits.acquire_owned()).await {
+                    Ok(Ok(permit)) => Some(permit),
+                    _ => {
+                        inner.metrics.borrow_timeouts.inc();
+                        return Err(BorrowError::UserCeiling {
+                            user: login.user.clone(),
+                            max,
+                            waited: started.elapsed(),
+                        });
+                    }
+                }
+            }
+        };
         let Ok(Ok(permit)) =
             tokio::time::timeout_at(deadline.into(), inner.permits.clone().acquire_owned()).await
         else {
@@ -380,6 +426,7 @@ impl Pool {
         let mut lease = Lease {
             conn: None,
             permit: Some(permit),
+            user_permit,
             pool: inner.clone(),
         };
         loop {

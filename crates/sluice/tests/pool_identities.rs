@@ -135,3 +135,37 @@ async fn per_user_metrics_follow_logins_and_cap_made_up_names() {
     assert!(!metrics.contains("nobody_1"), "{metrics}");
     app.disconnect().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_at_its_ceiling_waits_without_holding_up_others() {
+    let users = [
+        create_backend_user("ceil_a").await,
+        create_backend_user("ceil_b").await,
+    ];
+    let logins: Vec<BackendTarget> = users.iter().map(|u| login(u)).collect();
+    let config = PoolConfig {
+        max_db_connections: 3,
+        max_db_connections_per_user: Some(1),
+        borrow_timeout: Duration::from_millis(500),
+        ..PoolConfig::default()
+    };
+    let timeouts = BackendTimeouts {
+        connect: Duration::from_secs(5),
+        stall: Duration::from_secs(60),
+    };
+    let pool = Pool::new(logins[0].clone(), config, timeouts, Metrics::new());
+    let held = pool.borrow(&logins[0], Flavor::INTERNAL, None).await.unwrap();
+    // a's second borrow waits for its own ceiling and gives up with a clear error...
+    let err = match pool.borrow(&logins[0], Flavor::INTERNAL, None).await {
+        Err(err) => err,
+        Ok(_) => panic!("a second connection for a user with a ceiling of 1"),
+    };
+    assert!(
+        err.to_string().contains("max_db_connections_per_user"),
+        "{err}"
+    );
+    // ...while b, under the same budget, is served at once.
+    assert_eq!(current_user(&pool, &logins[1]).await, users[1]);
+    pool.release(held);
+    assert_eq!(current_user(&pool, &logins[0]).await, users[0]);
+}

@@ -46,6 +46,12 @@ pub fn too_many_clients(max: usize) -> ErrFields {
 pub fn borrow_failed(err: &BorrowError) -> ErrFields {
     match err {
         BorrowError::Exhausted { .. } => ErrFields::new(1040, "08004", err.to_string()),
+        // The server's code for an account over its own connection limit.
+        BorrowError::UserCeiling { user, max, .. } => ErrFields::new(
+            1226,
+            "42000",
+            format!("User '{user}' has exceeded the 'max_db_connections_per_user' resource (current value: {max})"),
+        ),
         BorrowError::Unavailable(BackendError::Refused(refused)) => ErrFields::new(
             1040,
             "08004",
