@@ -415,17 +415,7 @@ async fn change_user_moves_a_client_to_the_new_users_identity_and_defaults() {
         "{direct_view}"
     );
     assert!(direct_view.contains("\"wrong\":1045"), "{direct_view}");
-    // A known difference (issue 17's reset fidelity): mysql2 logs in with
-    // CLIENT_IGNORE_SPACE, which adds IGNORE_SPACE to the login's sql_mode; MariaDB's
-    // COM_CHANGE_USER returns sql_mode to the global value without it, while sluice lends
-    // a connection whose login added it. Everything else must be the same.
-    let known = |view: &str| {
-        view.replace(
-            "\"default_sql_mode\":0,\"mode\":\"IGNORE_SPACE,",
-            "\"default_sql_mode\":1,\"mode\":\"",
-        )
-    };
-    assert_eq!(known(&through_sluice), direct_view);
+    assert_eq!(through_sluice, direct_view);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -154,7 +154,10 @@ async fn a_user_at_its_ceiling_waits_without_holding_up_others() {
         stall: Duration::from_secs(60),
     };
     let pool = Pool::new(logins[0].clone(), config, timeouts, Metrics::new());
-    let held = pool.borrow(&logins[0], Flavor::INTERNAL, None).await.unwrap();
+    let held = pool
+        .borrow(&logins[0], Flavor::INTERNAL, None)
+        .await
+        .unwrap();
     // a's second borrow waits for its own ceiling and gives up with a clear error...
     let err = match pool.borrow(&logins[0], Flavor::INTERNAL, None).await {
         Err(err) => err,

@@ -1140,6 +1140,20 @@ impl Session {
         }
     }
 
+    /// The server's global `sql_mode`, read on a connection of sluice's own login.
+    async fn global_sql_mode(&self) -> Option<String> {
+        let pool = &self.gateway.pool;
+        let mut side = pool.borrow_internal().await.ok()?;
+        let rows = side
+            .conn()
+            .query_text("SELECT @@global.sql_mode")
+            .await
+            .ok()?
+            .ok()?;
+        pool.release(side);
+        first_value::<String>(&rows)
+    }
+
     /// COM_RESET_CONNECTION: the client's session starts over (schema kept, as the server
     /// does); a connection it held is reset and returned.
     async fn reset_connection(&mut self, mut seq: u8) -> Result<(), End> {
@@ -1311,6 +1325,17 @@ impl Session {
             self.collation = collation;
         }
         self.start_over(request.database.clone()).await;
+        if self
+            .capabilities
+            .contains(CapabilityFlags::CLIENT_IGNORE_SPACE)
+        {
+            // MariaDB's COM_CHANGE_USER returns sql_mode to the global value, without the
+            // IGNORE_SPACE a login with CLIENT_IGNORE_SPACE adds; the connections this
+            // client is lent were logged in with it, so the global value is carried.
+            if let Some(mode) = self.global_sql_mode().await {
+                self.state.vars.insert("sql_mode".to_owned(), mode);
+            }
+        }
         let attached = self.attach_backend().await;
         self.release_if_free().await;
         match attached {
