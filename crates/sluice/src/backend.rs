@@ -395,6 +395,8 @@ pub struct BackendConn {
     /// The client session whose `LAST_INSERT_ID()` the server holds on this connection
     /// (a token that changes when a session starts over; 0: nobody's).
     pub last_insert_id_of: u64,
+    /// A goodbye went out already ([`BackendConn::quit`]); `Drop` sends none.
+    quit_sent: bool,
     nonce: Vec<u8>,
     created: Instant,
     last_used: Instant,
@@ -479,6 +481,7 @@ impl BackendConn {
                     .contains(CapabilityFlags::CLIENT_MULTI_STATEMENTS),
             ),
             last_insert_id_of: 0,
+            quit_sent: false,
             nonce: greeting.nonce.clone(),
             created: Instant::now(),
             last_used: Instant::now(),
@@ -1114,8 +1117,30 @@ impl Drop for BackendConn {
     /// without waiting: a full socket buffer or a dead peer just gets no goodbye. A server
     /// still busy with a reply reads it after that reply, and closes.
     fn drop(&mut self) {
-        if self.stream.at_packet_boundary() {
+        if !self.quit_sent && self.stream.at_packet_boundary() {
             let _ = SockRef::from(self.stream.get_ref().get_ref()).send(&QUIT_PACKET);
         }
+    }
+}
+
+impl BackendConn {
+    /// Says goodbye (COM_QUIT, when at a packet boundary) and waits until the server has
+    /// closed the connection, so that a connection opened next never overlaps this one in
+    /// the server's count. Callers bound the wait; whatever the server still sends (the
+    /// rest of an abandoned reply) is read and dropped.
+    pub async fn quit(&mut self) {
+        if self.stream.at_packet_boundary() {
+            self.quit_sent = true;
+            let mut seq = 0;
+            if self
+                .stream
+                .write_packet(&mut seq, &[command::QUIT])
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+        self.stream.discard_input(usize::MAX).await;
     }
 }

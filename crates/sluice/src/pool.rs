@@ -102,9 +102,9 @@ pub struct PoolStats {
 struct Pooled {
     /// Boxed: connections move in and out of the idle list, and a connection is large.
     conn: Box<BackendConn>,
-    slot: OwnedSemaphorePermit,
+    _slot: OwnedSemaphorePermit,
     /// Counts it in `sluice_user_db_connections` while it exists.
-    counted: Held,
+    _counted: Held,
 }
 
 struct State {
@@ -124,6 +124,9 @@ enum Taken {
     /// Neither: every slot is held by a connection on its way in or out of the idle list.
     Nothing,
 }
+
+/// How long a closing connection's slot waits for the server to close it after COM_QUIT.
+const QUIT_WAIT: Duration = Duration::from_secs(1);
 
 struct Inner {
     target: BackendTarget,
@@ -178,7 +181,10 @@ impl Inner {
     }
 
     /// Closes a connection, counting why; one whose socket failed tells the pool.
-    fn close(&self, pooled: Pooled, reason: &str) {
+    /// Its slot comes free only once the server has closed the connection (or after
+    /// [`QUIT_WAIT`]), so a connection opened in its place never overlaps it in the
+    /// server's own count: the cap holds as the database sees it.
+    fn close(&self, mut pooled: Pooled, reason: &str) {
         if pooled.conn.stream.failed() {
             self.note_broken();
         }
@@ -186,7 +192,13 @@ impl Inner {
             .db_connections_closed
             .with_label_values(&[reason])
             .inc();
-        drop(pooled);
+        // Outside a runtime (process exit) there is nobody to wait: `Drop` says goodbye.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let _ = tokio::time::timeout(QUIT_WAIT, pooled.conn.quit()).await;
+                drop(pooled);
+            });
+        }
     }
 
     fn expired(&self, conn: &BackendConn) -> bool {
@@ -231,19 +243,11 @@ impl Inner {
         if state.idle.is_empty() {
             return Taken::Nothing;
         }
-        let Pooled {
-            conn,
-            slot,
-            counted,
-        } = state.idle.remove(0);
+        let evicted = state.idle.remove(0);
         drop(state);
-        self.metrics
-            .db_connections_closed
-            .with_label_values(&["evicted"])
-            .inc();
-        drop(conn);
-        drop(counted);
-        Taken::Slot(slot)
+        // Its slot is the borrower's once the server has let it go.
+        self.close(evicted, "evicted");
+        Taken::Nothing
     }
 }
 
@@ -516,9 +520,9 @@ impl Pool {
                         .or_insert_with(|| conn.login());
                     debug!(thread_id = conn.thread_id, "opened database connection");
                     return Ok(Pooled {
-                        counted: inner.metrics.users.db_connection(&conn.user),
+                        _counted: inner.metrics.users.db_connection(&conn.user),
                         conn: Box::new(conn),
-                        slot,
+                        _slot: slot,
                     });
                 }
                 Err(e) => {
