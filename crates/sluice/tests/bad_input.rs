@@ -339,3 +339,70 @@ async fn random_sql_never_panics_a_session() {
     assert_eq!(metric_value(&metrics, "sluice_client_connections"), 0.0);
     eprintln!("random SQL: {answered} statements answered, {reconnects} self-kills");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_executes_get_the_servers_errors_and_the_session_goes_on() {
+    use sluice::backend::{BackendConn, Flavor};
+    use sluice::config::{BackendSecret, BackendTarget};
+    let gw = start("bad_execute").await;
+    /// Prepares `sql` on `conn`, sends an execute of its id followed by `tail`, and returns
+    /// the first packet of the answer (draining a result set).
+    async fn answer(conn: &mut BackendConn, sql: &str, tail: &[u8]) -> Vec<u8> {
+        let mut seq = 0;
+        let mut prepare = vec![0x16u8];
+        prepare.extend_from_slice(sql.as_bytes());
+        conn.stream.write_packet(&mut seq, &prepare).await.unwrap();
+        let ok = conn.stream.read_packet().await.unwrap().payload;
+        let (columns, params) = (
+            u16::from_le_bytes([ok[5], ok[6]]),
+            u16::from_le_bytes([ok[7], ok[8]]),
+        );
+        for _ in 0..columns + params {
+            conn.stream.read_packet().await.unwrap();
+        }
+        let mut execute = vec![0x17u8];
+        execute.extend_from_slice(&ok[1..5]);
+        execute.extend_from_slice(tail);
+        let mut seq = 0;
+        conn.stream.write_packet(&mut seq, &execute).await.unwrap();
+        let reply = conn.stream.read_packet().await.unwrap().payload;
+        if reply[0] != 0xff {
+            // A result set: column count, definitions, rows, final OK/EOF.
+            loop {
+                let packet = conn.stream.read_packet().await.unwrap().payload;
+                if packet[0] == 0xfe && packet.len() < 0xff_ffff {
+                    break;
+                }
+            }
+        }
+        reply
+    }
+    let direct_target = BackendTarget {
+        host: DB_HOST.into(),
+        port: DB_PORT,
+        user: "root".into(),
+        secret: BackendSecret::Password(String::new()),
+        database: Some(TEST_DB.into()),
+    };
+    let mut direct = BackendConn::connect(&direct_target, Flavor::INTERNAL, Duration::from_secs(5))
+        .await
+        .unwrap();
+    let mut through = raw_client(&gw).await;
+    for (sql, tail) in [
+        // Parameters missing for a statement that needs one.
+        ("SELECT ?", &[0u8, 1, 0, 0, 0][..]),
+        // Shorter than flags and iteration count.
+        ("SELECT ?", &[0u8][..]),
+    ] {
+        let expected = answer(&mut direct, sql, tail).await;
+        let got = answer(&mut through, sql, tail).await;
+        assert_eq!(error_code(&got), error_code(&expected), "{sql} + {tail:?}");
+        assert_ne!(error_code(&expected), 0);
+        assert_eq!(got, expected, "same code, SQLSTATE and message");
+    }
+    // Both sessions go on.
+    assert_eq!(
+        answer(&mut through, "SELECT 1", &[0, 1, 0, 0, 0]).await,
+        [1]
+    );
+}

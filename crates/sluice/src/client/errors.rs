@@ -121,6 +121,17 @@ pub fn shutting_down() -> ErrFields {
     ErrFields::new(1053, "08S01", "Server shutdown in progress")
 }
 
+/// 1835: a command packet too short to be what it says, as the server answers it (the
+/// session goes on).
+pub fn malformed_packet() -> ErrFields {
+    ErrFields::new(1835, "HY000", "Malformed communication packet")
+}
+
+/// 1210: an execute without the parameters its statement needs, as the server answers it.
+pub fn wrong_execute_arguments() -> ErrFields {
+    ErrFields::new(1210, "HY000", "Incorrect arguments to mysqld_stmt_execute")
+}
+
 /// 1047: a packet that is not a valid command.
 pub fn malformed(what: &str) -> ErrFields {
     ErrFields::new(1047, "08S01", format!("sluice: malformed packet: {what}"))

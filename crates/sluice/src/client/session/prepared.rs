@@ -299,14 +299,19 @@ impl Session {
     /// Checks an execute against the client's statements and takes what it needs: the
     /// statement id, its metadata, the parameter types bound last, the pending long data.
     fn execute_request<'a>(&mut self, payload: &'a [u8]) -> Result<ExecuteParts<'a>, ErrFields> {
+        // command(1) id(4) flags(1) iteration count(4): the server's answer to less.
+        if payload[0] == command::STMT_EXECUTE && payload.len() < 10 {
+            return Err(errors::malformed_packet());
+        }
         let id = self.statements.known_id(payload)?;
         let limit = self.gateway.settings.max_packet_size;
         let Some(statement) = self.statements.by_id.get_mut(&id) else {
             return Err(errors::unknown_statement(id, payload[0]));
         };
         let execute = if payload[0] == command::STMT_EXECUTE {
+            // Parameters missing for a statement that has some: the server's 1210.
             let execute = Execute::parse(payload, statement.meta.params())
-                .map_err(|e| errors::malformed(&e.to_string()))?;
+                .map_err(|_| errors::wrong_execute_arguments())?;
             if let Some(types) = execute.types() {
                 statement.types = Some(types.to_vec());
             }
