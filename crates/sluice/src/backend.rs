@@ -402,6 +402,9 @@ pub struct BackendConn {
     last_used: Instant,
 }
 
+/// ER_MAX_PREPARED_STMT_COUNT_REACHED: the server holds `max_prepared_stmt_count` statements.
+const MAX_PREPARED_STMT_COUNT_REACHED: u16 = 1461;
+
 /// The result of a command that answers with a single OK or ERR packet.
 pub type SimpleReply = Result<OkFields, ErrFields>;
 
@@ -759,7 +762,20 @@ impl BackendConn {
                 return Ok(Err(err));
             }
         }
-        let prepared = self.prepare(&key.sql).await?;
+        let mut prepared = self.prepare(&key.sql).await?;
+        if matches!(&prepared, Err(err) if err.code == MAX_PREPARED_STMT_COUNT_REACHED)
+            && !self.statements.is_empty()
+        {
+            // The server's max_prepared_stmt_count is reached, partly by copies this
+            // connection keeps for other clients (they are prepared again when next
+            // executed here): close them and try once more, rather than refuse a client
+            // for statements it does not hold.
+            for id in self.statements.take_all() {
+                metrics.statement_evictions.inc();
+                self.queue_close(id);
+            }
+            prepared = self.prepare(&key.sql).await?;
+        }
         if let Some(schema) = back_to {
             if let Err(err) = self.init_db(&schema).await? {
                 self.schema = None;

@@ -186,6 +186,18 @@ impl BackendStatements {
     pub fn clear(&mut self) {
         self.entries.clear();
     }
+
+    /// Whether no statement is kept here.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Forgets every statement and returns their ids, for closing them on the server.
+    pub fn take_all(&mut self) -> Vec<u32> {
+        let ids = self.entries.iter().map(|(_, s)| s.id).collect();
+        self.entries.clear();
+        ids
+    }
 }
 
 #[cfg(test)]
