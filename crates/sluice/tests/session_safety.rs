@@ -515,3 +515,50 @@ async fn locks_taken_through_prepared_statements_pin() {
     locker.disconnect().await.unwrap();
     other.disconnect().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reset_leaves_the_sql_mode_mariadb_leaves_for_an_ignore_space_client() {
+    use sluice::backend::{first_value, BackendConn, Flavor};
+    use sluice::config::{BackendSecret, BackendTarget};
+    use sluice_protocol::{command, CapabilityFlags};
+    // A login with CLIENT_IGNORE_SPACE adds IGNORE_SPACE to sql_mode; MariaDB's
+    // COM_RESET_CONNECTION returns sql_mode to the global value, without it.
+    let gw = start("reset_ignore_space").await;
+    let flavor = Flavor {
+        capabilities: CapabilityFlags::CLIENT_DEPRECATE_EOF | CapabilityFlags::CLIENT_IGNORE_SPACE,
+        ..Flavor::INTERNAL
+    };
+    let direct_target = BackendTarget {
+        host: DB_HOST.into(),
+        port: DB_PORT,
+        user: "root".into(),
+        secret: BackendSecret::Password(String::new()),
+        database: Some(TEST_DB.into()),
+    };
+    let mut seen = Vec::new();
+    for mut conn in [
+        BackendConn::connect(&direct_target, flavor, Duration::from_secs(5))
+            .await
+            .unwrap(),
+        raw_client_with(&gw, flavor).await,
+    ] {
+        let mut modes = Vec::new();
+        for reset in [false, true, true] {
+            if reset {
+                let mut seq = 0;
+                conn.stream
+                    .write_packet(&mut seq, &[command::RESET_CONNECTION])
+                    .await
+                    .unwrap();
+                let ok = conn.stream.read_packet().await.unwrap();
+                assert_eq!(ok.payload[0], 0, "{:?}", ok.payload);
+            }
+            let rows = conn.query_text("SELECT @@sql_mode").await.unwrap().unwrap();
+            modes.push(first_value::<String>(&rows).unwrap());
+        }
+        seen.push(modes);
+    }
+    assert!(seen[0][0].starts_with("IGNORE_SPACE,"), "{seen:?}");
+    assert!(!seen[0][1].contains("IGNORE_SPACE"), "{seen:?}");
+    assert_eq!(seen[1], seen[0], "through sluice as directly");
+}

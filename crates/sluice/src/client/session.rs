@@ -1138,6 +1138,18 @@ impl Session {
                 self.tracking = Some(tracking_defaults(&server));
             }
         }
+        if self
+            .capabilities
+            .contains(CapabilityFlags::CLIENT_IGNORE_SPACE)
+        {
+            // MariaDB's COM_CHANGE_USER and COM_RESET_CONNECTION return sql_mode to the
+            // global value, without the IGNORE_SPACE a login with CLIENT_IGNORE_SPACE adds;
+            // the connections this client is lent were logged in with it, so the global
+            // value is carried.
+            if let Some(mode) = self.global_sql_mode().await {
+                self.state.vars.insert("sql_mode".to_owned(), mode);
+            }
+        }
     }
 
     /// The server's global `sql_mode`, read on a connection of sluice's own login.
@@ -1325,17 +1337,6 @@ impl Session {
             self.collation = collation;
         }
         self.start_over(request.database.clone()).await;
-        if self
-            .capabilities
-            .contains(CapabilityFlags::CLIENT_IGNORE_SPACE)
-        {
-            // MariaDB's COM_CHANGE_USER returns sql_mode to the global value, without the
-            // IGNORE_SPACE a login with CLIENT_IGNORE_SPACE adds; the connections this
-            // client is lent were logged in with it, so the global value is carried.
-            if let Some(mode) = self.global_sql_mode().await {
-                self.state.vars.insert("sql_mode".to_owned(), mode);
-            }
-        }
         let attached = self.attach_backend().await;
         self.release_if_free().await;
         match attached {
