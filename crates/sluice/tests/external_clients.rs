@@ -26,9 +26,9 @@ async fn run(program: &str, args: &[String], stdin: Option<&str>) -> Output {
         .spawn()
         .unwrap_or_else(|e| panic!("{program} must be installed (scripts/ensure-deps): {e}"));
     let mut pipe = child.stdin.take().unwrap();
-    pipe.write_all(stdin.unwrap_or("").as_bytes())
-        .await
-        .unwrap();
+    // A client refused at connect exits before reading its input: a broken pipe here is
+    // not a failure, the output says what happened.
+    let _ = pipe.write_all(stdin.unwrap_or("").as_bytes()).await;
     drop(pipe);
     child.wait_with_output().await.unwrap()
 }
