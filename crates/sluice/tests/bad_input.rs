@@ -343,7 +343,6 @@ async fn random_sql_never_panics_a_session() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_executes_get_the_servers_errors_and_the_session_goes_on() {
     use sluice::backend::{BackendConn, Flavor};
-    use sluice::config::{BackendSecret, BackendTarget};
     let gw = start("bad_execute").await;
     /// Prepares `sql` on `conn`, sends an execute of its id followed by `tail`, and returns
     /// the first packet of the answer (draining a result set).
@@ -377,13 +376,7 @@ async fn malformed_executes_get_the_servers_errors_and_the_session_goes_on() {
         }
         reply
     }
-    let direct_target = BackendTarget {
-        host: DB_HOST.into(),
-        port: DB_PORT,
-        user: "root".into(),
-        secret: BackendSecret::Password(String::new()),
-        database: Some(TEST_DB.into()),
-    };
+    let direct_target = direct_target();
     let mut direct = BackendConn::connect(&direct_target, Flavor::INTERNAL, Duration::from_secs(5))
         .await
         .unwrap();

@@ -519,7 +519,6 @@ async fn locks_taken_through_prepared_statements_pin() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reset_leaves_the_sql_mode_mariadb_leaves_for_an_ignore_space_client() {
     use sluice::backend::{first_value, BackendConn, Flavor};
-    use sluice::config::{BackendSecret, BackendTarget};
     use sluice_protocol::{command, CapabilityFlags};
     // A login with CLIENT_IGNORE_SPACE adds IGNORE_SPACE to sql_mode; MariaDB's
     // COM_RESET_CONNECTION returns sql_mode to the global value, without it.
@@ -528,13 +527,7 @@ async fn a_reset_leaves_the_sql_mode_mariadb_leaves_for_an_ignore_space_client()
         capabilities: CapabilityFlags::CLIENT_DEPRECATE_EOF | CapabilityFlags::CLIENT_IGNORE_SPACE,
         ..Flavor::INTERNAL
     };
-    let direct_target = BackendTarget {
-        host: DB_HOST.into(),
-        port: DB_PORT,
-        user: "root".into(),
-        secret: BackendSecret::Password(String::new()),
-        database: Some(TEST_DB.into()),
-    };
+    let direct_target = direct_target();
     let mut seen = Vec::new();
     for mut conn in [
         BackendConn::connect(&direct_target, flavor, Duration::from_secs(5))

@@ -239,6 +239,17 @@ pub fn server_code(err: &mysql_async::Error) -> Option<u16> {
     }
 }
 
+/// The test MariaDB as root, for sluice's own protocol client to talk to directly.
+pub fn direct_target() -> BackendTarget {
+    BackendTarget {
+        host: DB_HOST.into(),
+        port: DB_PORT,
+        user: "root".into(),
+        secret: BackendSecret::Password(String::new()),
+        database: Some(TEST_DB.into()),
+    }
+}
+
 /// A raw client (sluice's own protocol client, logged in through the gateway).
 pub async fn raw_client(gw: &TestGateway) -> BackendConn {
     raw_client_with(gw, Flavor::INTERNAL).await
