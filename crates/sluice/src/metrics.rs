@@ -29,16 +29,16 @@ pub struct UserMetrics {
 impl UserMetrics {
     /// The `user` label for `user`: its name while fewer than [`MAX_USER_LABELS`] names
     /// have been seen, else `other`.
-    pub fn label(&self, user: &str) -> String {
+    pub fn label<'a>(&self, user: &'a str) -> &'a str {
         let mut seen = self.labels.lock().unwrap_or_else(|e| e.into_inner());
         if seen.contains(user) {
-            return user.to_owned();
+            return user;
         }
         if seen.len() < MAX_USER_LABELS {
             seen.insert(user.to_owned());
-            return user.to_owned();
+            return user;
         }
-        "other".to_owned()
+        "other"
     }
 }
 
@@ -66,13 +66,13 @@ impl UserMetrics {
     pub fn client(&self, user: &str) -> Held {
         Held::new(
             self.client_connections
-                .with_label_values(&[&self.label(user)]),
+                .with_label_values(&[self.label(user)]),
         )
     }
 
     /// Counts a database connection of `user` until the result is dropped.
     pub fn db_connection(&self, user: &str) -> Held {
-        Held::new(self.db_connections.with_label_values(&[&self.label(user)]))
+        Held::new(self.db_connections.with_label_values(&[self.label(user)]))
     }
 }
 

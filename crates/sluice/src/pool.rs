@@ -563,7 +563,7 @@ impl Pool {
             metrics
                 .users
                 .borrows
-                .with_label_values(&[&metrics.users.label(&login.user)])
+                .with_label_values(&[metrics.users.label(&login.user)])
                 .inc();
             let charset = match self
                 .login_charset(&mut lease, login, flavor.collation)

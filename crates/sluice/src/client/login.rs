@@ -213,10 +213,10 @@ pub async fn verify_user(
     let users = &gateway.metrics.users;
     let label = match denied {
         // Names no source knows (or none could check) are not labelled: anyone can make them up.
-        Denied::UnknownUser | Denied::Unavailable => "unknown".to_owned(),
+        Denied::UnknownUser | Denied::Unavailable => "unknown",
         Denied::BadPassword | Denied::UnsupportedPlugin => users.label(user),
     };
-    users.auth_failures.with_label_values(&[&label]).inc();
+    users.auth_failures.with_label_values(&[label]).inc();
     let reason = denied.reason();
     gateway
         .metrics
