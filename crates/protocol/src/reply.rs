@@ -102,6 +102,8 @@ pub struct ReplyTracker {
     mid_packet: bool,
     last_was_ok: bool,
     rows: u64,
+    /// An ERR packet, or a terminator with a warning count, was fed.
+    raised_conditions: bool,
     /// A result set may be a cursor (see [`ReplyShape::CursorResults`]).
     cursor_allowed: bool,
 }
@@ -124,6 +126,7 @@ impl ReplyTracker {
             mid_packet: false,
             last_was_ok: false,
             rows: 0,
+            raised_conditions: false,
             cursor_allowed: shape == ReplyShape::CursorResults,
         }
     }
@@ -137,6 +140,13 @@ impl ReplyTracker {
     /// Rows in the most recent result set so far (what `FOUND_ROWS()` reports).
     pub fn rows(&self) -> u64 {
         self.rows
+    }
+
+    /// True when the reply so far ended in an error or reported warnings or notes: the
+    /// server's diagnostics area now holds conditions of this command, which `SHOW WARNINGS`
+    /// of whoever uses the connection next would read.
+    pub fn raised_conditions(&self) -> bool {
+        self.raised_conditions
     }
 
     /// True when the reply is complete (or needed no frame at all).
@@ -160,6 +170,7 @@ impl ReplyTracker {
             State::First | State::PrepareOk | State::Rows | State::FieldList
                 if first == ERR_HEADER =>
             {
+                self.raised_conditions = true;
                 Step::Done(None)
             }
             State::First => match first {
@@ -180,6 +191,8 @@ impl ReplyTracker {
                 let body = payload
                     .get(1..9)
                     .ok_or(ProtocolError::Malformed("short COM_STMT_PREPARE reply"))?;
+                // filler(1) warnings(2) follow.
+                self.raised_conditions |= payload.get(10..12).is_some_and(|w| w != [0, 0]);
                 let columns = u64::from(u16::from_le_bytes([body[4], body[5]]));
                 let params = u64::from(u16::from_le_bytes([body[6], body[7]]));
                 let eofs = u64::from(!self.deprecate_eof)
@@ -195,9 +208,9 @@ impl ReplyTracker {
                 Step::More
             }
             State::ColumnsEof => {
-                let status = response::terminator_status(payload).ok_or(
-                    ProtocolError::Malformed("expected EOF after column definitions"),
-                )?;
+                let status = self.terminator(payload).ok_or(ProtocolError::Malformed(
+                    "expected EOF after column definitions",
+                ))?;
                 if self.cursor_allowed && status.contains(StatusFlags::SERVER_STATUS_CURSOR_EXISTS)
                 {
                     Step::Done(Some(status))
@@ -207,9 +220,7 @@ impl ReplyTracker {
                 }
             }
             State::Rows if response::is_eof(payload) => self.end_of_result(payload)?,
-            State::FieldList if response::is_eof(payload) => {
-                Step::Done(response::terminator_status(payload))
-            }
+            State::FieldList if response::is_eof(payload) => Step::Done(self.terminator(payload)),
             State::Rows => {
                 self.rows += 1;
                 Step::More
@@ -223,6 +234,13 @@ impl ReplyTracker {
         Ok(step)
     }
 
+    /// The status of an OK/EOF packet, noting its warnings.
+    fn terminator(&mut self, payload: &[u8]) -> Option<StatusFlags> {
+        let (status, warnings) = response::parse_terminator(payload)?;
+        self.raised_conditions |= warnings > 0;
+        Some(status)
+    }
+
     fn counted(&mut self, left: u64) -> Step {
         if left == 0 {
             Step::Done(None)
@@ -233,7 +251,8 @@ impl ReplyTracker {
     }
 
     fn end_of_result(&mut self, payload: &[u8]) -> Result<Step, ProtocolError> {
-        let status = response::terminator_status(payload)
+        let status = self
+            .terminator(payload)
             .ok_or(ProtocolError::Malformed("malformed OK/EOF packet"))?;
         self.last_was_ok = payload[0] == OK_HEADER || payload.len() > 5;
         if status.contains(StatusFlags::SERVER_MORE_RESULTS_EXISTS) {
@@ -249,7 +268,7 @@ impl ReplyTracker {
 mod tests {
     use super::*;
     use crate::packet::MAX_FRAME_PAYLOAD;
-    use crate::response::{encode_eof, encode_ok, OkFields};
+    use crate::response::{encode_eof, encode_ok, ErrFields, OkFields};
     use crate::CapabilityFlags;
 
     fn header(len: usize) -> FrameHeader {
@@ -298,6 +317,61 @@ mod tests {
         assert!(tracker.is_finished());
         assert_eq!(tracker.rows(), 2);
         assert!(!tracker.last_was_ok(), "a classic EOF is not an OK packet");
+    }
+
+    #[test]
+    fn conditions_are_noticed_in_any_terminator_or_error() {
+        let auto = StatusFlags::SERVER_STATUS_AUTOCOMMIT;
+        let warned_eof = |warnings: u16| {
+            let mut eof = encode_eof(CapabilityFlags::empty(), auto);
+            eof[1..3].copy_from_slice(&warnings.to_le_bytes());
+            eof
+        };
+        let warned_ok = |status: StatusFlags, warnings: u16| {
+            encode_ok(
+                CapabilityFlags::empty(),
+                &OkFields {
+                    status,
+                    warnings,
+                    ..OkFields::default()
+                },
+                "",
+            )
+        };
+        let clean = vec![
+            vec![1],
+            COLUMN_DEF.to_vec(),
+            warned_eof(0),
+            b"\x011".to_vec(),
+            warned_eof(0),
+        ];
+        let mut tracker = ReplyTracker::new(ReplyShape::Results, false);
+        feed_all(&mut tracker, &clean);
+        assert!(!tracker.raised_conditions());
+
+        let mut warned = clean.clone();
+        warned[4] = warned_eof(1);
+        let mut tracker = ReplyTracker::new(ReplyShape::Results, false);
+        feed_all(&mut tracker, &warned);
+        assert!(tracker.raised_conditions(), "warnings in the closing EOF");
+
+        // A multi-statement whose first result warned and whose last did not.
+        let more = auto | StatusFlags::SERVER_MORE_RESULTS_EXISTS;
+        let packets = vec![warned_ok(more, 2), warned_ok(auto, 0)];
+        let mut tracker = ReplyTracker::new(ReplyShape::Results, true);
+        feed_all(&mut tracker, &packets);
+        assert!(tracker.raised_conditions(), "warnings of an earlier result");
+
+        let mut tracker = ReplyTracker::new(ReplyShape::Results, true);
+        let err = ErrFields::new(1146, "42S02", "Table 'x' doesn't exist").encode();
+        feed_all(&mut tracker, &[err]);
+        assert!(tracker.raised_conditions(), "an error");
+
+        // COM_STMT_PREPARE OK: id, columns 0, params 0, filler, warnings 1.
+        let prepare_ok = b"\x00\x01\x00\x00\x00\x00\x00\x00\x00\x00\x01\x00".to_vec();
+        let mut tracker = ReplyTracker::new(ReplyShape::Prepare, true);
+        feed_all(&mut tracker, &[prepare_ok]);
+        assert!(tracker.raised_conditions(), "a prepare that warned");
     }
 
     #[test]

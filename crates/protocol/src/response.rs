@@ -53,13 +53,19 @@ pub fn parse_ok(payload: &[u8]) -> Result<OkFields, ProtocolError> {
 /// Status flags of a packet that ends a reply step: an OK packet, a (deprecated) EOF packet,
 /// or `None` for anything else (ERR packets carry no status).
 pub fn terminator_status(payload: &[u8]) -> Option<StatusFlags> {
+    parse_terminator(payload).map(|(status, _)| status)
+}
+
+/// Status flags and warning count of an OK or (deprecated) EOF packet; `None` for anything
+/// else. The warning count says whether the statement left conditions in the server's
+/// diagnostics area (what `SHOW WARNINGS` reads).
+pub fn parse_terminator(payload: &[u8]) -> Option<(StatusFlags, u16)> {
     match payload.first()? {
-        &EOF_HEADER if payload.len() == 5 => {
-            Some(StatusFlags::from_bits_truncate(u16::from_le_bytes([
-                payload[3], payload[4],
-            ])))
-        }
-        &OK_HEADER | &EOF_HEADER => parse_ok(payload).ok().map(|ok| ok.status),
+        &EOF_HEADER if payload.len() == 5 => Some((
+            StatusFlags::from_bits_truncate(u16::from_le_bytes([payload[3], payload[4]])),
+            u16::from_le_bytes([payload[1], payload[2]]),
+        )),
+        &OK_HEADER | &EOF_HEADER => parse_ok(payload).ok().map(|ok| (ok.status, ok.warnings)),
         _ => None,
     }
 }

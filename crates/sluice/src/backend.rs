@@ -28,6 +28,7 @@ use socket2::{SockRef, TcpKeepalive};
 use tokio::net::TcpStream;
 
 use crate::config::{BackendSecret, BackendTarget};
+use crate::diagnostics::{Diagnostics, Owner, CLEAR_DIAGNOSTICS};
 use crate::metrics::Metrics;
 use crate::statements::{BackendStatements, StatementKey};
 
@@ -393,8 +394,10 @@ pub struct BackendConn {
     /// sluice knows.
     pub multi_statements: Option<bool>,
     /// The client session whose `LAST_INSERT_ID()` the server holds on this connection
-    /// (a token that changes when a session starts over; 0: nobody's).
-    pub last_insert_id_of: u64,
+    /// (`None`: nobody's).
+    pub last_insert_id_of: Option<Owner>,
+    /// Whose warnings and errors the server's diagnostics area may hold.
+    pub diagnostics: Diagnostics,
     /// A goodbye went out already ([`BackendConn::quit`]); `Drop` sends none.
     quit_sent: bool,
     nonce: Vec<u8>,
@@ -483,7 +486,8 @@ impl BackendConn {
                     .capabilities
                     .contains(CapabilityFlags::CLIENT_MULTI_STATEMENTS),
             ),
-            last_insert_id_of: 0,
+            last_insert_id_of: None,
+            diagnostics: Diagnostics::default(),
             quit_sent: false,
             nonce: greeting.nonce.clone(),
             created: Instant::now(),
@@ -623,11 +627,15 @@ impl BackendConn {
     pub async fn read_simple_reply(&mut self) -> Result<SimpleReply, BackendError> {
         let reply = self.stream.read_packet().await?;
         self.last_used = Instant::now();
-        match reply.payload.first() {
-            Some(&response::ERR_HEADER) => Ok(Err(ErrFields::parse(&reply.payload)?)),
-            Some(&response::OK_HEADER) => Ok(Ok(response::parse_ok(&reply.payload)?)),
-            _ => Err(ProtocolError::Malformed("expected OK or ERR").into()),
+        let reply = match reply.payload.first() {
+            Some(&response::ERR_HEADER) => Err(ErrFields::parse(&reply.payload)?),
+            Some(&response::OK_HEADER) => Ok(response::parse_ok(&reply.payload)?),
+            _ => return Err(ProtocolError::Malformed("expected OK or ERR").into()),
+        };
+        if reply.as_ref().map_or(true, |ok| ok.warnings > 0) {
+            self.diagnostics.raised();
         }
+        Ok(reply)
     }
 
     /// Reads the reply to a text-protocol statement sent earlier, as rows of strings.
@@ -677,6 +685,9 @@ impl BackendConn {
                 seq: packet.seq,
             };
             let step = tracker.feed(header, &packet.payload)?;
+            if tracker.raised_conditions() {
+                self.diagnostics.raised();
+            }
             match (step, metadata_left) {
                 (Step::Done(_), _) if packet.payload.first() == Some(&response::ERR_HEADER) => {
                     return Ok(Err(ErrFields::parse(&packet.payload)?));
@@ -724,9 +735,13 @@ impl BackendConn {
         self.stream.write_packet(&mut seq, &payload).await?;
         let first = self.stream.read_packet().await?;
         if first.payload.first() == Some(&response::ERR_HEADER) {
+            self.diagnostics.raised();
             return Ok(Err(ErrFields::parse(&first.payload)?));
         }
         let ok = PrepareOk::parse(&first.payload)?;
+        if ok.warnings > 0 {
+            self.diagnostics.raised();
+        }
         let param_defs = self.read_definitions(ok.params).await?;
         let column_defs = self.read_definitions(ok.columns).await?;
         self.last_used = Instant::now();
@@ -897,7 +912,8 @@ impl BackendConn {
 
     async fn enable_tracking(&mut self) -> Result<(), BackendError> {
         self.vars.clear();
-        self.last_insert_id_of = 0;
+        self.last_insert_id_of = None;
+        self.diagnostics.emptied();
         if self
             .server
             .capabilities
@@ -1096,6 +1112,28 @@ impl BackendConn {
     /// When sluice last finished using the connection.
     pub fn last_used(&self) -> Instant {
         self.last_used
+    }
+
+    /// Starts working for `owner`: warnings and errors another left in the diagnostics
+    /// area are emptied first (see [`crate::diagnostics`]; counted as a `diagnostics`
+    /// adoption). The server's ERR is returned inside.
+    pub async fn serve(
+        &mut self,
+        owner: Owner,
+        metrics: &Metrics,
+    ) -> Result<SimpleReply, BackendError> {
+        if !self.diagnostics.serve(owner) {
+            return Ok(Ok(OkFields::default()));
+        }
+        metrics
+            .session_adoptions
+            .with_label_values(&["diagnostics"])
+            .inc();
+        let reply = self.execute(CLEAR_DIAGNOSTICS).await?;
+        if reply.is_ok() {
+            self.diagnostics.emptied();
+        }
+        Ok(reply)
     }
 
     /// Records that the connection was just used (called when a borrower returns it).

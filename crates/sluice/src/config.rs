@@ -53,6 +53,11 @@ pub struct Config {
     /// locks) has the transaction rolled back and its database connection taken back.
     #[serde(with = "humantime_serde")]
     pub idle_transaction_timeout: Duration,
+    /// After a statement that raised warnings or an error, the client keeps its database
+    /// connection for its next command (where `SHOW WARNINGS` finds them) for at most this
+    /// long; "0s" gives the connection back at once.
+    #[serde(with = "humantime_serde")]
+    pub diagnostics_hold: Duration,
     /// The database sluice pools connections to.
     pub backend: BackendConfig,
     /// Pool limits and timers.
@@ -85,6 +90,7 @@ impl Default for Config {
             max_packet_size: 64 * 1024 * 1024,
             idle_client_timeout: Duration::from_secs(1800),
             idle_transaction_timeout: Duration::from_secs(60),
+            diagnostics_hold: Duration::from_secs(1),
             backend: BackendConfig::default(),
             pool: PoolConfig::default(),
             pool_mode: PoolMode::default(),
@@ -518,6 +524,8 @@ pub struct Settings {
     pub idle_client_timeout: Duration,
     /// Idle limit inside a transaction.
     pub idle_transaction_timeout: Duration,
+    /// How long a client keeps its connection for reading its warnings.
+    pub diagnostics_hold: Duration,
     /// The database.
     pub backend: BackendTarget,
     /// Time limits toward the database: connect and stall.
@@ -825,6 +833,7 @@ impl Config {
             max_packet_size: self.max_packet_size,
             idle_client_timeout: self.idle_client_timeout,
             idle_transaction_timeout: self.idle_transaction_timeout,
+            diagnostics_hold: self.diagnostics_hold,
             backend,
             backend_timeouts: BackendTimeouts {
                 connect: self.backend.connect_timeout,

@@ -19,6 +19,7 @@ pub mod backend;
 pub mod bench;
 mod client;
 pub mod config;
+pub mod diagnostics;
 pub mod fd_budget;
 pub mod http;
 pub mod identity;

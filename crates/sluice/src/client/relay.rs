@@ -44,6 +44,9 @@ pub struct ReplyOutcome {
     /// Some OK packet of the reply carried an insert id (the statement may have changed
     /// `LAST_INSERT_ID()`).
     pub insert_id_seen: bool,
+    /// The reply ended in an error or reported warnings: the server's diagnostics area
+    /// holds them for the client's next `SHOW WARNINGS`.
+    pub raised_conditions: bool,
 }
 
 /// Statements of sluice's own that travel in the same write as a client's command.
@@ -174,6 +177,10 @@ pub async fn forward(
             Step::Done(status) => {
                 client.flush().await.map_err(RelayError::Client)?;
                 outcome.status = status;
+                outcome.raised_conditions = tracker.raised_conditions();
+                if outcome.raised_conditions {
+                    backend.diagnostics.raised();
+                }
                 return Ok(outcome);
             }
         }

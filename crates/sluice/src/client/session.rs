@@ -36,6 +36,7 @@ use super::tracking::{Tracking, OWNED_VARIABLES};
 use super::ClientStream;
 use crate::backend::{first_value, BackendError, Flavor, CHARSET_VARIABLES};
 use crate::config::PoolMode;
+use crate::diagnostics::Owner;
 use crate::identity::Identity;
 use crate::metrics::Held;
 use crate::pool::{BorrowError, Lease, SessionError, WantedSession};
@@ -85,8 +86,14 @@ struct Session {
     /// The held connection's `LAST_INSERT_ID()` may be newer than the one in `state`.
     insert_id_unsettled: bool,
     /// Names this session (until it starts over) as the owner of a connection's
-    /// `LAST_INSERT_ID()`; unique for the process' life.
-    insert_owner: u64,
+    /// `LAST_INSERT_ID()` and of the warnings and errors in its diagnostics area.
+    owner: Owner,
+    /// The client's last command raised warnings or an error: it keeps its connection for
+    /// its next command, where `SHOW WARNINGS` or `GET DIAGNOSTICS` finds them, for at most
+    /// `diagnostics_hold` and only while no one waits for a connection. Statements that only
+    /// read them keep it longer. Once given back, the warnings stay on the connection for the
+    /// client's return and are emptied for anyone else (see `crate::diagnostics`).
+    keeps_diagnostics: bool,
     /// COM_CHANGE_USER attempts that failed on this connection.
     failed_change_users: u32,
     /// The client's prepared statements.
@@ -160,6 +167,8 @@ struct Accounting<'a> {
     next_transaction: bool,
     /// The statement may change `LAST_INSERT_ID()` (see `Analysis::may_set_insert_id`).
     may_set_insert_id: bool,
+    /// The statement only reads the diagnostics area (see `Analysis::reads_diagnostics`).
+    reads_diagnostics: bool,
 }
 
 impl<'a> Accounting<'a> {
@@ -173,6 +182,7 @@ impl<'a> Accounting<'a> {
             may_set_insert_id: analysis.may_set_insert_id
                 || analysis.sets_last_insert_id
                 || analysis.unknown,
+            reads_diagnostics: analysis.reads_diagnostics,
         }
     }
 }
@@ -354,7 +364,8 @@ async fn serve_authenticated(
         tracking,
         next_transaction: NextTransaction::None,
         insert_id_unsettled: false,
-        insert_owner: new_insert_owner(),
+        owner: Owner::fresh(),
+        keeps_diagnostics: false,
         failed_change_users: 0,
         statements: ClientStatements::default(),
         multi_statements: capabilities.contains(CapabilityFlags::CLIENT_MULTI_STATEMENTS),
@@ -375,12 +386,6 @@ async fn serve_authenticated(
     };
     session.detach_backend().await;
     end
-}
-
-/// A token no session has had before (see `Session::insert_owner`).
-fn new_insert_owner() -> u64 {
-    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
-    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 /// A new client's tracking settings: what the server gives a new session.
@@ -406,6 +411,7 @@ impl Session {
             schema: self.state.schema.as_deref(),
             vars: &self.state.vars,
             multi_statements: Some(self.multi_statements),
+            owner: self.owner,
         };
         match self
             .gateway
@@ -447,6 +453,7 @@ impl Session {
     async fn release_if_free(&mut self) {
         let tied = self.identity.pool_mode == PoolMode::Session
             || self.pin.is_some()
+            || self.keeps_diagnostics
             || self.next_transaction != NextTransaction::None
             || self.statements.open_cursors() > 0
             || self.status.contains(StatusFlags::SERVER_STATUS_IN_TRANS);
@@ -469,7 +476,7 @@ impl Session {
             return;
         };
         let conn = lease.conn();
-        if conn.last_insert_id_of != self.insert_owner {
+        if conn.last_insert_id_of != Some(self.owner) {
             return;
         }
         match conn.query_text(READ_INSERT_ID).await {
@@ -491,7 +498,7 @@ impl Session {
     /// held connection: the client's value put there first if the server holds someone
     /// else's, and (`read_back`) the value read back afterwards.
     fn insert_id_work(&mut self, read_back: bool) -> InsertIdWork {
-        let owner = self.insert_owner;
+        let owner = self.owner;
         let value = self.state.last_insert_id;
         let Some(lease) = self.backend.as_mut() else {
             return InsertIdWork::default();
@@ -499,9 +506,9 @@ impl Session {
         let conn = lease.conn();
         // A SET, not `DO LAST_INSERT_ID(n)`: a statement would use up characteristics a
         // `SET TRANSACTION` left for the next transaction.
-        let put = (conn.last_insert_id_of != owner)
+        let put = (conn.last_insert_id_of != Some(owner))
             .then(|| format!("SET @@session.last_insert_id = {value}"));
-        conn.last_insert_id_of = owner;
+        conn.last_insert_id_of = Some(owner);
         InsertIdWork { put, read_back }
     }
 
@@ -524,6 +531,20 @@ impl Session {
             }
             Err(e) => Err(self.broken_after_reply(e)),
         }
+    }
+
+    /// Ends a hold for diagnostics: the connection goes back unless something else ties the
+    /// client to it.
+    async fn stop_keeping_diagnostics(&mut self) {
+        self.keeps_diagnostics = false;
+        self.release_if_free().await;
+    }
+
+    /// Whether the client keeps its connection for reading its diagnostics, after a command
+    /// that `raised` conditions or not and that only `reads` them or not.
+    fn keep_diagnostics(&mut self, raised: bool, reads: bool) {
+        let hold = !self.gateway.settings.diagnostics_hold.is_zero();
+        self.keeps_diagnostics = hold && (raised || (reads && self.keeps_diagnostics));
     }
 
     /// Ties the client to its connection for good, counting the reason once.
@@ -592,7 +613,7 @@ impl Session {
             // it: an explicit id or ON DUPLICATE KEY UPDATE report one and change nothing),
             // so it is read back before the connection goes (see `settle_insert_id`).
             if let Some(lease) = self.backend.as_mut() {
-                lease.conn().last_insert_id_of = self.insert_owner;
+                lease.conn().last_insert_id_of = Some(self.owner);
                 self.insert_id_unsettled = true;
             }
         }
@@ -649,9 +670,10 @@ impl Session {
 
     async fn command_loop(&mut self) -> End {
         let settings = &self.gateway.settings;
-        let (client_limit, transaction_limit) = (
+        let (client_limit, transaction_limit, diagnostics_hold) = (
             settings.idle_client_timeout,
             settings.idle_transaction_timeout,
+            settings.diagnostics_hold,
         );
         let mut transaction_expired = false;
         let mut shutdown = self.gateway.shutdown.watch();
@@ -667,6 +689,11 @@ impl Session {
             } else {
                 client_limit
             };
+            let holding_diagnostics =
+                self.keeps_diagnostics && self.backend.is_some() && !in_transaction;
+            if holding_diagnostics {
+                limit = limit.min(diagnostics_hold);
+            }
             let draining = *shutdown.borrow_and_update();
             if let Some(deadline) = draining {
                 let left = deadline.saturating_duration_since(std::time::Instant::now());
@@ -686,12 +713,21 @@ impl Session {
                     return End::Error("killed".into());
                 }
                 Ok(()) = shutdown.changed() => continue,
+                // Someone waits for a connection: a hold for warnings gives way.
+                () = self.gateway.pool.demand().someone_waits(), if holding_diagnostics => {
+                    self.stop_keeping_diagnostics().await;
+                    continue;
+                }
                 next = tokio::time::timeout(limit, self.stream.read_packet()) => next,
             };
             let read = match next {
                 Ok(read) => read,
                 // The drain's deadline, not the client's idle limit: handled above.
                 Err(_) if draining.is_some() => continue,
+                Err(_) if holding_diagnostics => {
+                    self.stop_keeping_diagnostics().await;
+                    continue;
+                }
                 Err(_) if in_transaction => {
                     // A frozen or dead function holding locks: roll back now (the reset on
                     // give-back does it), keep the socket so the client learns why if it returns.
@@ -913,6 +949,8 @@ impl Session {
             Err(e) => return Err(self.lose_backend(reply_seq, e).await),
         };
         if reply.first() == Some(&response::ERR_HEADER) {
+            lease.conn().diagnostics.raised();
+            self.keep_diagnostics(true, false);
             self.release_if_free().await;
             let mut seq = reply_seq;
             return self
@@ -931,8 +969,13 @@ impl Session {
             last_ok: Some(ok),
             rows: None,
             insert_id_seen: false,
+            raised_conditions: ok.warnings > 0,
         };
+        if outcome.raised_conditions {
+            lease.conn().diagnostics.raised();
+        }
         self.absorb(&outcome, accounting);
+        self.keep_diagnostics(outcome.raised_conditions, false);
         self.after_query(analysis).await?;
         let packet = match &self.tracking {
             None => response::strip_session_track(&reply),
@@ -1131,7 +1174,8 @@ impl Session {
         self.pin = None;
         self.next_transaction = NextTransaction::None;
         self.insert_id_unsettled = false;
-        self.insert_owner = new_insert_owner();
+        self.owner = Owner::fresh();
+        self.keeps_diagnostics = false;
         self.status = StatusFlags::SERVER_STATUS_AUTOCOMMIT;
         if self.tracking.is_some() {
             if let Ok(server) = self.gateway.pool.server_info().await {
@@ -1231,6 +1275,7 @@ impl Session {
         match relayed {
             Ok(outcome) => {
                 self.absorb(&outcome, accounting);
+                self.keep_diagnostics(outcome.raised_conditions, accounting.reads_diagnostics);
                 if accounting.pipelined.after.is_some() {
                     self.read_back_insert_id().await?;
                 }

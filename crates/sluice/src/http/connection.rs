@@ -12,6 +12,7 @@ use super::statement::{Outcome, RunError};
 use super::transactions::Transaction;
 use super::Api;
 use crate::backend::{BackendConn, Flavor, ServerInfo};
+use crate::diagnostics::Owner;
 use crate::pool::{Lease, SessionError, WantedSession};
 
 /// A connection in use by one request.
@@ -141,6 +142,7 @@ impl Api {
             schema: database,
             vars: self.session_vars(&server),
             multi_statements: None,
+            owner: Owner::fresh(),
         };
         match pool
             .borrow_for(&caller.identity.backend, Flavor::INTERNAL, &wanted)

@@ -231,7 +231,7 @@ async fn run_batch_request(
     let statements = api.statements(caller);
     let result = run_batch(held.conn(), &statements, &atomic, &groups, &mut results).await;
     let after = match &result {
-        Ok(session_changed) if !session_changed => After::Clean,
+        Ok(left_traces) if !left_traces => After::Clean,
         Err(RunError::Broken(_)) => After::Broken,
         _ => After::Dirty,
     };
@@ -242,7 +242,7 @@ async fn run_batch_request(
 }
 
 /// The batch proper, writing each statement's `data` to `results`; returns whether any
-/// statement changed the session.
+/// statement left traces in the session (see [`Outcome::left_traces`]).
 async fn run_batch(
     conn: &mut BackendConn,
     statements: &Statements<'_>,
@@ -251,13 +251,13 @@ async fn run_batch(
     results: &mut Results<'_>,
 ) -> Result<bool, RunError> {
     control(conn, atomic.begin).await?;
-    let mut session_changed = false;
+    let mut left_traces = false;
     for group in groups {
         let before = results.written;
         let ran = statement::run(conn, statements, group.sql, &group.param_sets, results);
         match ran.await {
             Ok(outcomes) => {
-                session_changed |= outcomes.iter().any(Outcome::changed_session);
+                left_traces |= outcomes.iter().any(Outcome::left_traces);
             }
             Err((i, RunError::Refused(err))) => {
                 control(conn, atomic.undo).await?;
@@ -267,7 +267,7 @@ async fn run_batch(
         }
     }
     control(conn, atomic.keep).await?;
-    Ok(session_changed)
+    Ok(left_traces)
 }
 
 /// Isolation levels a transaction may ask for.

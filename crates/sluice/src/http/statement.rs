@@ -68,19 +68,24 @@ impl<'o> Results<'o> {
 pub struct Outcome {
     /// The server's status after the last result.
     pub status: StatusFlags,
+    /// Some result reported warnings: the connection's diagnostics area holds them.
+    pub raised_conditions: bool,
 }
 
 impl Outcome {
     /// Whether the connection is as clean as before: no open transaction and no session
     /// state changed (a `SET`, `USE`, user variable ...), so it may go back unreset.
     pub fn left_clean(&self) -> bool {
-        !self.changed_session() && !self.status.contains(StatusFlags::SERVER_STATUS_IN_TRANS)
+        !self.left_traces() && !self.status.contains(StatusFlags::SERVER_STATUS_IN_TRANS)
     }
 
-    /// Whether the server reported a session change (variables, schema, user variables...).
-    pub fn changed_session(&self) -> bool {
-        self.status
-            .contains(StatusFlags::SERVER_SESSION_STATE_CHANGED)
+    /// Whether the statement left something of its session behind: a change the server
+    /// reported (variables, schema, user variables...) or warnings.
+    pub fn left_traces(&self) -> bool {
+        self.raised_conditions
+            || self
+                .status
+                .contains(StatusFlags::SERVER_SESSION_STATE_CHANGED)
     }
 }
 
@@ -229,6 +234,7 @@ async fn read_results(
     }
     let mut overflow: Option<String> = None;
     let mut index = 0;
+    let mut raised_conditions = false;
     loop {
         let packet = conn.stream.read_packet().await?;
         if packet.payload.first() == Some(&response::ERR_HEADER) {
@@ -244,17 +250,18 @@ async fn read_results(
                 _ => b",{",
             })
             .await;
-        let status = if packet.payload.first() == Some(&response::OK_HEADER) {
+        let (status, warnings) = if packet.payload.first() == Some(&response::OK_HEADER) {
             let ok = response::parse_ok(&packet.payload)?;
             let fields = format!(
                 "\"columns\":[],\"last_insert_id\":{},\"rows\":[],\"rows_affected\":{},\"warnings\":{}",
                 ok.last_insert_id, ok.affected_rows, ok.warnings
             );
             results.out.write(fields.as_bytes()).await;
-            ok.status
+            (ok.status, ok.warnings)
         } else {
             read_row_set(conn, &packet.payload, results, &mut overflow).await?
         };
+        raised_conditions |= warnings > 0;
         if index > 0 {
             results.out.write(b"}").await;
         }
@@ -269,21 +276,24 @@ async fn read_results(
                     Status::ResultTooLarge,
                     message,
                 ))),
-                None => Ok(Outcome { status }),
+                None => Ok(Outcome {
+                    status,
+                    raised_conditions,
+                }),
             };
         }
         index += 1;
     }
 }
 
-/// Reads one row set and writes its keys (`columns` to `warnings`); returns the status its
-/// end carried.
+/// Reads one row set and writes its keys (`columns` to `warnings`); returns the status and
+/// warning count its end carried.
 async fn read_row_set(
     conn: &mut BackendConn,
     count_packet: &[u8],
     results: &mut Results<'_>,
     overflow: &mut Option<String>,
-) -> Result<StatusFlags, RunError> {
+) -> Result<(StatusFlags, u16), RunError> {
     let (count, _) = sluice_protocol::lenenc::read_int(count_packet)?;
     let mut columns = Vec::new();
     for _ in 0..count {
@@ -316,16 +326,11 @@ async fn read_row_set(
             return Err(server_error(payload)?);
         }
         if response::is_eof(payload) {
-            let status = response::terminator_status(payload)
+            let (status, warnings) = response::parse_terminator(payload)
                 .ok_or_else(|| malformed("bad end of result set"))?;
-            let warnings = if payload.len() > 5 {
-                response::parse_ok(payload)?.warnings
-            } else {
-                0
-            };
             let end = format!("],\"rows_affected\":0,\"warnings\":{warnings}");
             out.write(end.as_bytes()).await;
-            return Ok(status);
+            return Ok((status, warnings));
         }
         if overflow.is_some() {
             continue;

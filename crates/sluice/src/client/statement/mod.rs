@@ -125,6 +125,10 @@ pub struct Analysis {
     /// Some statement changes table or routine definitions (`CREATE`, `ALTER`, `DROP`,
     /// `RENAME`, `TRUNCATE`): metadata of prepared statements may be stale after it.
     pub ddl: bool,
+    /// Every statement only reads the diagnostics area (`SHOW WARNINGS`, `SHOW ERRORS`,
+    /// `SHOW COUNT(*) WARNINGS`, `GET DIAGNOSTICS`, `SELECT @@warning_count`), which such
+    /// statements leave as it is.
+    pub reads_diagnostics: bool,
 }
 
 impl Analysis {
@@ -377,16 +381,48 @@ impl Scanner<'_> {
     }
 
     fn run(&mut self) {
+        let mut diagnostics_only = true;
         while let Some(first) = self.bump() {
             if first.is_punct(b';') {
                 continue;
             }
+            diagnostics_only &= self.reads_diagnostics(first);
             self.analysis.statements += 1;
             self.depth = 0;
             self.first_word = Some(first);
             self.statement(first);
             self.statement_index += 1;
         }
+        self.analysis.reads_diagnostics = self.analysis.statements > 0 && diagnostics_only;
+    }
+
+    /// Whether the statement starting with `first` only reads the diagnostics area.
+    fn reads_diagnostics(&self, first: Token) -> bool {
+        let sql = self.sql;
+        let mut ahead = self.lexer.clone();
+        let second = ahead.next();
+        if first.is_word(sql, "SHOW") {
+            return self.word_in(second, &["WARNINGS", "ERRORS", "COUNT"]);
+        }
+        if first.is_word(sql, "GET") {
+            let word = match second {
+                Some(t) if self.word_in(Some(t), &["CURRENT", "STACKED"]) => ahead.next(),
+                other => other,
+            };
+            return self.word_is(word, "DIAGNOSTICS");
+        }
+        if !first.is_word(sql, "SELECT") {
+            return false;
+        }
+        std::iter::once(second)
+            .chain(std::iter::repeat_with(|| ahead.next()))
+            .map_while(|token| token.filter(|t| !t.is_punct(b';')))
+            .any(|token| {
+                token.kind == Kind::SystemVariable && {
+                    let name = sql[token.range()].to_ascii_lowercase();
+                    name.ends_with(b"warning_count") || name.ends_with(b"error_count")
+                }
+            })
     }
 
     /// Reads to the end of the statement (a `;` outside parentheses, or the end).

@@ -25,7 +25,12 @@ use tracing::{debug, warn};
 
 use crate::backend::{BackendConn, BackendError, Flavor, LoginCharset, ServerInfo};
 use crate::config::{BackendTarget, PoolConfig};
+use crate::diagnostics::Owner;
 use crate::metrics::{Held, Metrics};
+
+mod demand;
+
+pub use demand::{Demand, Waiting};
 use sluice_protocol::response::ErrFields;
 
 /// Why a borrower got no connection.
@@ -70,6 +75,8 @@ pub struct WantedSession<'a> {
     pub vars: &'a BTreeMap<String, String>,
     /// Whether `;`-separated statements must be on or off (`None`: as the connection is).
     pub multi_statements: Option<bool>,
+    /// Who borrows: warnings and errors someone else left on the connection are emptied.
+    pub owner: Owner,
 }
 
 /// Why no connection on the wanted session could be had.
@@ -134,6 +141,8 @@ struct Inner {
     timeouts: BackendTimeouts,
     /// One per connection lent out or being opened; borrowers wait here in FIFO order.
     permits: Arc<Semaphore>,
+    /// Borrowers waiting for a permit.
+    demand: Demand,
     /// One per connection that exists (idle, lent or being opened): the hard cap.
     slots: Arc<Semaphore>,
     /// Per database user, one permit per connection it may have lent at once
@@ -319,6 +328,7 @@ impl Pool {
         Pool {
             inner: Arc::new(Inner {
                 permits: Arc::new(Semaphore::new(config.max_db_connections)),
+                demand: Demand::default(),
                 slots: Arc::new(Semaphore::new(config.max_db_connections)),
                 state: Mutex::new(State {
                     idle: Vec::new(),
@@ -335,6 +345,11 @@ impl Pool {
                 metrics,
             }),
         }
+    }
+
+    /// Borrowers waiting for a connection now.
+    pub fn demand(&self) -> &Demand {
+        &self.inner.demand
     }
 
     /// The database this pool connects to.
@@ -422,10 +437,16 @@ impl Pool {
                 }
             }
         };
-        let Ok(Ok(permit)) =
-            tokio::time::timeout_at(deadline.into(), inner.permits.clone().acquire_owned()).await
-        else {
-            return Err(exhausted());
+        let permit = match inner.permits.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                let _waiting = inner.demand.wait();
+                let permits = inner.permits.clone();
+                match tokio::time::timeout_at(deadline.into(), permits.acquire_owned()).await {
+                    Ok(Ok(permit)) => permit,
+                    _ => return Err(exhausted()),
+                }
+            }
         };
         let mut lease = Lease {
             conn: None,
@@ -593,6 +614,9 @@ impl Pool {
                     adopted = conn.set_multi_statements(on).await;
                 }
             }
+            if let Ok(Ok(_)) = adopted {
+                adopted = conn.serve(session.owner, metrics).await;
+            }
             match adopted {
                 Ok(Ok(_)) => return Ok(lease),
                 Ok(Err(refused)) => {
@@ -675,6 +699,7 @@ impl Pool {
                 return;
             }
             pooled.conn.touch();
+            pooled.conn.diagnostics.returned();
             let mut state = inner.state();
             if state.draining {
                 drop(state);
