@@ -90,8 +90,7 @@ struct Session {
     owner: Owner,
     /// The client's last command raised warnings or an error: it keeps its connection for
     /// its next command, where `SHOW WARNINGS` or `GET DIAGNOSTICS` finds them, for at most
-    /// `diagnostics_hold` and only while no one waits for a connection. Statements that only
-    /// read them keep it longer. Once given back, the warnings stay on the connection for the
+    /// `diagnostics_hold`. Statements that only read them keep it longer. Once given back, the warnings stay on the connection for the
     /// client's return and are emptied for anyone else (see `crate::diagnostics`).
     keeps_diagnostics: bool,
     /// COM_CHANGE_USER attempts that failed on this connection.
@@ -533,13 +532,6 @@ impl Session {
         }
     }
 
-    /// Ends a hold for diagnostics: the connection goes back unless something else ties the
-    /// client to it.
-    async fn stop_keeping_diagnostics(&mut self) {
-        self.keeps_diagnostics = false;
-        self.release_if_free().await;
-    }
-
     /// Whether the client keeps its connection for reading its diagnostics, after a command
     /// that `raised` conditions or not and that only `reads` them or not.
     fn keep_diagnostics(&mut self, raised: bool, reads: bool) {
@@ -713,11 +705,6 @@ impl Session {
                     return End::Error("killed".into());
                 }
                 Ok(()) = shutdown.changed() => continue,
-                // Someone waits for a connection: a hold for warnings gives way.
-                () = self.gateway.pool.demand().someone_waits(), if holding_diagnostics => {
-                    self.stop_keeping_diagnostics().await;
-                    continue;
-                }
                 next = tokio::time::timeout(limit, self.stream.read_packet()) => next,
             };
             let read = match next {
@@ -725,7 +712,9 @@ impl Session {
                 // The drain's deadline, not the client's idle limit: handled above.
                 Err(_) if draining.is_some() => continue,
                 Err(_) if holding_diagnostics => {
-                    self.stop_keeping_diagnostics().await;
+                    // The warnings stay on the connection, emptied for anyone else.
+                    self.keeps_diagnostics = false;
+                    self.release_if_free().await;
                     continue;
                 }
                 Err(_) if in_transaction => {

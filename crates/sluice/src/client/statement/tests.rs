@@ -351,3 +351,30 @@ fn local_infile_is_told_from_a_server_side_file() {
         assert!(!of(sql).local_infile, "{sql}");
     }
 }
+
+#[test]
+fn statements_that_only_read_diagnostics_are_told_apart() {
+    for sql in [
+        "SHOW WARNINGS",
+        "show errors limit 1",
+        "SHOW COUNT(*) WARNINGS",
+        "GET DIAGNOSTICS @n = NUMBER",
+        "get current diagnostics condition 1 @m = MESSAGE_TEXT",
+        "SELECT @@warning_count",
+        "SELECT @@session.error_count, @@warning_count",
+        "SHOW WARNINGS; SELECT @@error_count",
+    ] {
+        assert!(of(sql).reads_diagnostics, "{sql}");
+    }
+    for sql in [
+        "",
+        "SELECT 1/0",
+        "SHOW TABLES",
+        "SHOW WARNINGS; SELECT 1",
+        "SELECT 'SHOW WARNINGS'",
+        "SELECT warning_count FROM t",
+        "GET_LOCK('x', 1)",
+    ] {
+        assert!(!of(sql).reads_diagnostics, "{sql}");
+    }
+}

@@ -27,10 +27,6 @@ use crate::backend::{BackendConn, BackendError, Flavor, LoginCharset, ServerInfo
 use crate::config::{BackendTarget, PoolConfig};
 use crate::diagnostics::Owner;
 use crate::metrics::{Held, Metrics};
-
-mod demand;
-
-pub use demand::{Demand, Waiting};
 use sluice_protocol::response::ErrFields;
 
 /// Why a borrower got no connection.
@@ -141,8 +137,6 @@ struct Inner {
     timeouts: BackendTimeouts,
     /// One per connection lent out or being opened; borrowers wait here in FIFO order.
     permits: Arc<Semaphore>,
-    /// Borrowers waiting for a permit.
-    demand: Demand,
     /// One per connection that exists (idle, lent or being opened): the hard cap.
     slots: Arc<Semaphore>,
     /// Per database user, one permit per connection it may have lent at once
@@ -328,7 +322,6 @@ impl Pool {
         Pool {
             inner: Arc::new(Inner {
                 permits: Arc::new(Semaphore::new(config.max_db_connections)),
-                demand: Demand::default(),
                 slots: Arc::new(Semaphore::new(config.max_db_connections)),
                 state: Mutex::new(State {
                     idle: Vec::new(),
@@ -345,11 +338,6 @@ impl Pool {
                 metrics,
             }),
         }
-    }
-
-    /// Borrowers waiting for a connection now.
-    pub fn demand(&self) -> &Demand {
-        &self.inner.demand
     }
 
     /// The database this pool connects to.
@@ -437,16 +425,10 @@ impl Pool {
                 }
             }
         };
-        let permit = match inner.permits.clone().try_acquire_owned() {
-            Ok(permit) => permit,
-            Err(_) => {
-                let _waiting = inner.demand.wait();
-                let permits = inner.permits.clone();
-                match tokio::time::timeout_at(deadline.into(), permits.acquire_owned()).await {
-                    Ok(Ok(permit)) => permit,
-                    _ => return Err(exhausted()),
-                }
-            }
+        let Ok(Ok(permit)) =
+            tokio::time::timeout_at(deadline.into(), inner.permits.clone().acquire_owned()).await
+        else {
+            return Err(exhausted());
         };
         let mut lease = Lease {
             conn: None,
