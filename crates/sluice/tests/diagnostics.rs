@@ -1,0 +1,312 @@
+//! Warnings and errors (the server's diagnostics area) through sluice, judged by MariaDB.
+//!
+//! The scenarios in `tests/clients/diagnostics.json` run with PyMySQL, mysql2 and
+//! mysql_async, directly against MariaDB and through sluice over a single pooled connection,
+//! and must print the same: a client reads its own warnings and errors (`SHOW WARNINGS`,
+//! `SHOW ERRORS`, `GET DIAGNOSTICS`, `@@warning_count`, text and binary protocol, `SIGNAL`),
+//! and never another client's, though through sluice it runs on the very connection the other
+//! just used. Then the same under load, and across the Data API.
+
+mod common;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use common::data_api::{data_api, plain_client, APP_KEY};
+use common::*;
+use mysql_async::prelude::*;
+use serde_json::{json, Value as Json};
+
+fn clients_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/clients")
+}
+
+fn scenarios() -> Json {
+    let text = std::fs::read_to_string(clients_dir().join("diagnostics.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+/// A gateway whose clients all share one database connection.
+async fn one_connection(test: &str) -> TestGateway {
+    start_with(test, |c| {
+        c.pool.max_db_connections = 1;
+        c.pool.borrow_timeout = Duration::from_secs(5);
+        data_api(c);
+    })
+    .await
+}
+
+/// Runs `program script PORT USER PASSWORD DATABASE` directly and through `gw`; asserts
+/// both succeed and print the same lines, and returns the output.
+async fn same_both_ways(gw: &TestGateway, program: &str, script: &str) -> String {
+    let mut outputs = Vec::new();
+    for (port, user, password) in [
+        (DB_PORT, gw.backend_user.as_str(), "backend-pw"),
+        (gw.addr.port(), "app", "secret"),
+    ] {
+        let out = tokio::process::Command::new(program)
+            .arg(clients_dir().join(script))
+            .args([&port.to_string(), user, password, TEST_DB])
+            .output()
+            .await
+            .unwrap_or_else(|e| panic!("{program} must be installed (scripts/ensure-deps): {e}"));
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{script} failed on port {port}:\n{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        outputs.push(stdout);
+    }
+    compare_lines(script, &outputs[0], &outputs[1]);
+    outputs.swap_remove(0)
+}
+
+fn compare_lines(what: &str, direct: &str, sluice: &str) {
+    for (want, got) in direct.lines().zip(sluice.lines()) {
+        assert_eq!(
+            got, want,
+            "{what}: differs from MariaDB\n--- directly:\n{direct}\n--- through sluice:\n{sluice}"
+        );
+    }
+    assert_eq!(direct.lines().count(), sluice.lines().count(), "{what}");
+}
+
+/// The figures that matter, stated outright, whatever the driver.
+fn assert_key_lines(output: &str) {
+    for expected in [
+        "own warning #1 a: (Warning, 1365, Division by 0)",
+        "own error #3 a: (1, 1)",
+        "signal #1 a: (Error, 1644, diag boom)",
+        "another client's warning #1 b: ",
+        "another client's warning #2 b: (0, 0)",
+        "another client's error #1 b: ",
+        "another client's signal #1 b: ",
+    ] {
+        assert!(
+            output.lines().any(|line| line == expected),
+            "missing {expected:?} in:\n{output}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pymysql_reads_its_own_diagnostics_and_never_another_s() {
+    let gw = one_connection("diag_pymysql").await;
+    let output = same_both_ways(&gw, "python3", "diagnostics.py").await;
+    assert_key_lines(&output);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql2_reads_its_own_diagnostics_and_never_another_s() {
+    let gw = one_connection("diag_mysql2").await;
+    let output = same_both_ways(&gw, "node", "diagnostics.js").await;
+    assert_key_lines(&output);
+}
+
+/// The scenarios with mysql_async, printed like the scripts do.
+async fn scenarios_with_mysql_async(opts: mysql_async::OptsBuilder) -> String {
+    let spec = scenarios();
+    let opts = opts.client_found_rows(false);
+    let mut setup = mysql_async::Conn::new(opts.clone()).await.unwrap();
+    for sql in spec["setup"].as_array().unwrap() {
+        setup.query_drop(sql.as_str().unwrap()).await.unwrap();
+    }
+    setup.disconnect().await.unwrap();
+    let mut out = String::new();
+    for scenario in spec["scenarios"].as_array().unwrap() {
+        let mut a = mysql_async::Conn::new(opts.clone()).await.unwrap();
+        let mut b = mysql_async::Conn::new(opts.clone()).await.unwrap();
+        for (index, step) in scenario["steps"].as_array().unwrap().iter().enumerate() {
+            let who = step[0].as_str().unwrap();
+            let sql = step[1].as_str().unwrap();
+            let conn = if who == "a" { &mut a } else { &mut b };
+            let shown = match step.get(2).and_then(Json::as_str) {
+                Some("binary") => shown(conn.exec_iter(sql, ()).await).await,
+                _ => shown(conn.query_iter(sql).await).await,
+            };
+            out.push_str(&format!(
+                "{} #{index} {who}: {shown}\n",
+                scenario["name"].as_str().unwrap()
+            ));
+        }
+        a.disconnect().await.unwrap();
+        b.disconnect().await.unwrap();
+    }
+    out
+}
+
+/// Every result set of a reply as `(v, ...) (v, ...)`, joined by ` ;; `, or the error.
+async fn shown<P: mysql_async::prelude::Protocol>(
+    result: mysql_async::Result<mysql_async::QueryResult<'_, 'static, P>>,
+) -> String {
+    let mut result = match result {
+        Ok(result) => result,
+        Err(e) => return error_line(&e),
+    };
+    let mut sets = Vec::new();
+    loop {
+        match result.collect::<mysql_async::Row>().await {
+            Ok(rows) => sets.push(
+                rows.into_iter()
+                    .map(|row| {
+                        let values: Vec<String> = row
+                            .unwrap()
+                            .into_iter()
+                            .map(|v| match v {
+                                mysql_async::Value::NULL => "NULL".to_owned(),
+                                mysql_async::Value::Bytes(b) => {
+                                    String::from_utf8_lossy(&b).into_owned()
+                                }
+                                mysql_async::Value::Int(i) => i.to_string(),
+                                mysql_async::Value::UInt(u) => u.to_string(),
+                                other => other.as_sql(true),
+                            })
+                            .collect();
+                        format!("({})", values.join(", "))
+                    })
+                    .collect::<Vec<_>>()
+                    .join(" "),
+            ),
+            Err(e) => return error_line(&e),
+        }
+        if result.is_empty() {
+            return sets.join(" ;; ");
+        }
+    }
+}
+
+fn error_line(e: &mysql_async::Error) -> String {
+    match e {
+        mysql_async::Error::Server(s) => format!("error {}: {}", s.code, s.message),
+        other => panic!("not a server error: {other}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_async_reads_its_own_diagnostics_and_never_another_s() {
+    let gw = one_connection("diag_async").await;
+    let direct = scenarios_with_mysql_async(
+        mysql_async::OptsBuilder::default()
+            .ip_or_hostname(DB_HOST)
+            .tcp_port(DB_PORT)
+            .user(Some(gw.backend_user.clone()))
+            .pass(Some("backend-pw"))
+            .db_name(Some(TEST_DB)),
+    )
+    .await;
+    let sluice = scenarios_with_mysql_async(gw.opts("app", "secret", Some(TEST_DB))).await;
+    compare_lines("mysql_async", &direct, &sluice);
+    assert_key_lines(&sluice);
+    // Each scenario's b found the connection a had just used holding a's conditions.
+    let emptied = metric_value(
+        &gw.metrics().await,
+        "sluice_session_adoptions_total{kind=\"diagnostics\"}",
+    );
+    assert!(emptied >= 3.0, "diagnostics emptied {emptied} times");
+}
+
+/// The report: with busy neighbours, `SELECT 1/0` then `SHOW WARNINGS` found nothing
+/// now and then, because the second statement ran on another connection. And the neighbours
+/// must never read its warnings, nor it theirs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warnings_stay_with_their_client_under_load() {
+    let gw = start_with("diag_load", |c| c.pool.max_db_connections = 4).await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut neighbours = Vec::new();
+    for n in 0..20 {
+        let mut conn = gw.connect().await;
+        let stop = stop.clone();
+        neighbours.push(tokio::spawn(async move {
+            let mut leaks = Vec::new();
+            let mut rounds = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                rounds += 1;
+                // A warning of their own now and then, which they must find ...
+                let own = rounds % 3 == 0;
+                let sql = if own {
+                    format!("SELECT CAST('neighbour-{n}' AS SIGNED)")
+                } else {
+                    "SELECT COUNT(*) FROM information_schema.schemata".to_owned()
+                };
+                let _: Vec<i64> = conn.query(sql).await.unwrap();
+                let warnings: Vec<(String, u32, String)> =
+                    conn.query("SHOW WARNINGS").await.unwrap();
+                // ... and never anyone else's.
+                let expected = if own { 1 } else { 0 };
+                if warnings.len() != expected
+                    || warnings
+                        .iter()
+                        .any(|w| !w.2.contains(&format!("neighbour-{n}'")))
+                {
+                    leaks.push(format!("neighbour {n} round {rounds}: {warnings:?}"));
+                }
+                // A statement without tables leaves the warnings where they are, and gives
+                // the connection back with them.
+                conn.query_drop("DO 1").await.unwrap();
+            }
+            conn.disconnect().await.unwrap();
+            (leaks, rounds)
+        }));
+    }
+    let mut conn = gw.connect().await;
+    let mut missing = 0;
+    for i in 0..200 {
+        let _: Vec<Option<i64>> = conn.query("SELECT 1/0").await.unwrap();
+        let warnings: Vec<(String, u32, String)> = conn.query("SHOW WARNINGS").await.unwrap();
+        if warnings != [("Warning".to_owned(), 1365, "Division by 0".to_owned())] {
+            missing += 1;
+            eprintln!("round {i}: {warnings:?}");
+        }
+        conn.query_drop("DO 1").await.unwrap();
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut rounds = 0;
+    for neighbour in neighbours {
+        let (leaks, done) = neighbour.await.unwrap();
+        assert!(leaks.is_empty(), "{leaks:?}");
+        rounds += done;
+    }
+    assert_eq!(missing, 0, "SHOW WARNINGS missed the client's own warning");
+    assert!(rounds > 20, "the neighbours were busy: {rounds} rounds");
+    conn.disconnect().await.unwrap();
+}
+
+/// The Data API shares the pool: a request never reads a MySQL client's warnings, and a
+/// MySQL client never reads a request's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_data_api_and_mysql_clients_never_read_each_other_s_warnings() {
+    let gw = one_connection("diag_http").await;
+    let http = plain_client();
+    let base = format!("http://{}", gw.http.unwrap());
+    let execute = |sql: &str| {
+        http.post(format!("{base}/v1/execute"))
+            .bearer_auth(APP_KEY)
+            .json(&json!({"sql": sql, "database": TEST_DB}))
+            .send()
+    };
+    let mut conn = gw.connect().await;
+    let _: Vec<i64> = conn
+        .query("SELECT CAST('secret-mysql' AS SIGNED)")
+        .await
+        .unwrap();
+    // The client still holds the only connection for its SHOW WARNINGS (diagnostics_hold);
+    // the request waits for it, then must find nothing.
+    let body: Json = execute("SHOW WARNINGS")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body["data"]["rows"], json!([]), "{body}");
+    let body: Json = execute("SELECT CAST('secret-http' AS SIGNED) AS n")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body["data"]["warnings"], json!(1), "{body}");
+    let warnings: Vec<(String, u32, String)> = conn.query("SHOW WARNINGS").await.unwrap();
+    assert_eq!(warnings, vec![], "a MySQL client read a request's warnings");
+    conn.disconnect().await.unwrap();
+}
