@@ -44,7 +44,10 @@
 //!   and `LOCK TABLES` / `UNLOCK TABLES` (text or binary) on the client's own table with
 //!   other clients reading and writing it (`SET STATEMENT lock_wait_timeout = 0 FOR ...`).
 //!   Locks pin the client in the model until it reconnects; tables are unlocked before they
-//!   are compared as root.
+//!   are compared as root;
+//! - `diagnostics`: warnings, notes and errors (text, multi-statement, binary, `SIGNAL`)
+//!   read back by the client (`SHOW WARNINGS`, `GET DIAGNOSTICS`, ...) or by another client
+//!   that may run on the connection the first just used (see [`diagnostics_step`]).
 //!
 //! Knobs (environment): `SLUICE_DIFF_SEED` (one seed to replay), `SLUICE_DIFF_SEEDS` (how
 //! many seeds, default 4), `SLUICE_DIFF_FIRST_SEED` (first of them, default 1),
@@ -147,6 +150,8 @@ async fn differential(pool: usize) {
         let gw = start_with(&format!("diff_pool{pool}"), |c| {
             c.pool.max_db_connections = pool;
             c.pool.borrow_timeout = BORROW_TIMEOUT;
+            // A client keeps its connection while its warnings last, however slow a step.
+            c.diagnostics_hold = Duration::from_secs(60);
             c.idle_transaction_timeout = Duration::from_secs(3600);
             c.idle_client_timeout = Duration::from_secs(3600);
         })
@@ -395,6 +400,11 @@ struct Model {
     /// It may hold `LOCK TABLES` (conservatively: set by any successful `LOCK TABLES`,
     /// cleared by `UNLOCK TABLES`): table comparisons as root unlock first, or they would wait.
     tables_locked: bool,
+    /// It raised warnings or an error and has not run a statement that uses a table since:
+    /// its diagnostics area holds them, and sluice keeps its connection for it (the
+    /// gateway's `diagnostics_hold` is long here). Conservative: a statement that does not
+    /// obviously use a table is taken to leave the area alone.
+    keeps_diagnostics: bool,
 }
 
 /// The life of `SET TRANSACTION` characteristics, as sluice follows it.
@@ -404,6 +414,8 @@ enum Characteristics {
     None,
     Pending,
     Begun,
+    /// Their transaction ended by `SET autocommit = 1`: in force until COMMIT or ROLLBACK.
+    Lingering,
 }
 
 impl Stmt {
@@ -423,6 +435,7 @@ impl Model {
             && (self.in_txn
                 || self.autocommit_off
                 || self.pinned
+                || self.keeps_diagnostics
                 || self.characteristics != Characteristics::None)
     }
 
@@ -433,6 +446,36 @@ impl Model {
             (Characteristics::Begun, false) => Characteristics::None,
             (state, _) => state,
         };
+    }
+
+    /// Follows characteristics that outlive their transaction (conservatively: any
+    /// `autocommit` assignment inside a transaction is taken to end it and leave them).
+    fn follow_characteristics(&mut self, stmt: &Stmt, key: &str) {
+        if key.starts_with("ERROR") || stmt.params.is_some() {
+            return;
+        }
+        let upper = stmt.sql.to_ascii_uppercase();
+        let explicit_end = upper.starts_with("COMMIT")
+            || (upper.starts_with("ROLLBACK") && !upper.contains(" TO "));
+        self.characteristics = match self.characteristics {
+            Characteristics::Lingering if explicit_end => Characteristics::None,
+            Characteristics::Begun if upper.contains("AUTOCOMMIT") => Characteristics::Lingering,
+            _ if self.in_txn && upper.contains("AUTOCOMMIT") => Characteristics::Lingering,
+            Characteristics::None
+                if upper.starts_with("START TRANSACTION") && upper.contains("READ") =>
+            {
+                Characteristics::Begun
+            }
+            state => state,
+        };
+    }
+
+    /// Follows sluice's hold for diagnostics after a statement that gave `key`.
+    fn observe_diagnostics(&mut self, stmt: &Stmt, key: &str) {
+        let raised = key.contains("warnings=") || key.contains("ERROR");
+        let executes = matches!(stmt.kind, Kind::Plain | Kind::ExecHeld);
+        self.keeps_diagnostics =
+            raised || (self.keeps_diagnostics && !(executes && stmt.uses_a_table()));
     }
 
     fn describe(&self) -> &'static str {
@@ -470,10 +513,11 @@ enum Family {
     Collation,
     KillRefused,
     LockPs,
+    Diagnostics,
 }
 
 /// Each family with its weight.
-const FAMILIES: [(Family, usize); 19] = [
+const FAMILIES: [(Family, usize); 20] = [
     (Family::SysVar, 14),
     (Family::Names, 6),
     (Family::Use, 4),
@@ -493,6 +537,7 @@ const FAMILIES: [(Family, usize); 19] = [
     (Family::Collation, 5),
     (Family::KillRefused, 3),
     (Family::LockPs, 6),
+    (Family::Diagnostics, 6),
 ];
 
 impl Family {
@@ -517,6 +562,7 @@ impl Family {
             Family::Collation => "collation",
             Family::KillRefused => "killrefused",
             Family::LockPs => "lockps",
+            Family::Diagnostics => "diagnostics",
         }
     }
 
@@ -654,6 +700,15 @@ impl Stmt {
     fn sets_several(&self) -> bool {
         let upper = self.sql.to_ascii_uppercase();
         self.params.is_none() && upper.starts_with("SET ") && upper.contains(',')
+    }
+
+    /// Whether the statement surely uses one of the test's tables (which empties the
+    /// diagnostics area when it raises nothing).
+    fn uses_a_table(&self) -> bool {
+        let upper = self.sql.to_ascii_uppercase();
+        ["FROM T", "INTO T", "UPDATE T", "FROM {DB_", "INTO {DB_"]
+            .iter()
+            .any(|pattern| upper.contains(pattern))
     }
 
     fn may_pin(&self) -> bool {
@@ -1016,9 +1071,11 @@ impl Harness {
             if stmt.may_pin() || (stmt.sets_several() && d.key.starts_with("ERROR")) {
                 self.models[who].pinned = true;
             }
+            self.models[who].observe_diagnostics(stmt, &d.key);
             if stmt.sets_next_transaction() && !d.key.starts_with("ERROR") {
                 self.models[who].characteristics = Characteristics::Pending;
             }
+            self.models[who].follow_characteristics(stmt, &d.key);
             let upper = stmt.sql.to_ascii_uppercase();
             if upper.contains("UNLOCK TABLES") {
                 self.models[who].tables_locked &= d.key.starts_with("ERROR");
@@ -1962,8 +2019,69 @@ fn generate(
         Family::Collation => run(collation_step(rng, c)),
         Family::KillRefused => run(kill_refused_step(rng, c)),
         Family::LockPs => run(lock_ps_step(rng, c)),
+        Family::Diagnostics => run(diagnostics_step(rng, c)),
     };
     (family, action)
+}
+
+/// `diagnostics`: a statement that raises warnings, notes or an error (text, multi-statement,
+/// binary, `SIGNAL`), then reads of the diagnostics area (`SHOW WARNINGS`/`ERRORS`, their
+/// counts, `@@warning_count`, `GET DIAGNOSTICS`) by the client itself, or by another client
+/// that has just emptied its own area with a statement that uses a table: through sluice it
+/// may run on the connection the first client just used, and must not see its conditions.
+/// (A client whose warnings outlive a statement without tables and the hold may lose them
+/// through sluice: not generated, see the README.)
+fn diagnostics_step(rng: &mut Rng, c: usize) -> Vec<Stmt> {
+    let n = rng.number();
+    let raise = match rng.below(9) {
+        0 => Stmt::text("SELECT 1/0 AS x"),
+        1 => Stmt::text(format!("SELECT CAST('c{c}-{n}' AS SIGNED) AS n")),
+        2 => Stmt::text(format!(
+            "INSERT IGNORE INTO t{c} (id, v) VALUES ({}, {n})",
+            1 + n % 3
+        )),
+        3 => Stmt::text("SELECT * FROM sdiff_missing_table"),
+        4 => Stmt::text(format!(
+            "SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'c{c} boom {n}'"
+        )),
+        5 => Stmt::text(format!(
+            "SIGNAL SQLSTATE '01000' SET MESSAGE_TEXT = 'c{c} note {n}'"
+        )),
+        6 => Stmt::text("SELECT 1/0 AS x; SELECT 2/0 AS y, CAST('9z' AS SIGNED) AS z"),
+        7 => Stmt::binary("SELECT 1/0 AS x, ? AS p", vec![Value::Int(n as i64)]),
+        _ => Stmt::text(format!("UPDATE t{c} SET v = 'x{n}' WHERE id = 1")),
+    };
+    let read = |rng: &mut Rng| {
+        Stmt::text(rng.pick(&[
+            "SHOW WARNINGS",
+            "SHOW ERRORS",
+            "SHOW COUNT(*) WARNINGS",
+            "SHOW COUNT(*) ERRORS",
+            "SELECT @@warning_count, @@error_count",
+            "SHOW WARNINGS LIMIT 1",
+            "GET DIAGNOSTICS CONDITION 1 @dc = MYSQL_ERRNO, @dm = MESSAGE_TEXT",
+        ]))
+    };
+    let mut stmts = vec![raise];
+    if rng.chance(50) {
+        stmts.push(read(rng));
+        if rng.chance(40) {
+            stmts.push(read(rng));
+        }
+    } else {
+        let other = others(rng, c, 1)[0];
+        stmts.push(Stmt::text(format!("SELECT COUNT(*) FROM t{other}")).by(other));
+        stmts.push(read(rng).by(other));
+    }
+    if stmts.iter().any(|s| s.sql.starts_with("GET")) {
+        let who = stmts.last().and_then(|s| s.by);
+        let probe = Stmt::text("SELECT @dc, @dm");
+        stmts.push(match who {
+            Some(other) => probe.by(other),
+            None => probe,
+        });
+    }
+    stmts
 }
 
 /// `count` of the clients other than `c`, in random order.
@@ -2347,6 +2465,17 @@ fn untie(rng: &mut Rng, model: &Model) -> (Family, Action) {
             _ => Action::Reconnect,
         };
         return (Family::Reconnect, action);
+    }
+    if model.keeps_diagnostics && !model.in_txn && !model.autocommit_off {
+        // A statement that uses a table empties the diagnostics area.
+        let stmt = Stmt::text("SELECT COUNT(*) FROM {db_a}.t0");
+        return (
+            Family::Diagnostics,
+            Action::Run {
+                stmts: vec![stmt],
+                effect: Effect::None,
+            },
+        );
     }
     let sql = if model.autocommit_off {
         rng.pick(&["SET autocommit = 1", "SET @@autocommit = ON"])

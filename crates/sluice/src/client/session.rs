@@ -24,9 +24,13 @@ use sluice_protocol::{command, CapabilityFlags, ProtocolError, StatusFlags};
 use tokio::net::TcpStream;
 use tracing::{debug, info, warn, Instrument};
 
+mod own_statements;
 mod prepared;
+mod transaction;
 
+use self::own_statements::ReadBack;
 use self::prepared::ClientStatements;
+use self::transaction::{Defaults, NextTransaction};
 use super::admission::{PendingLogin, Seat};
 use super::errors;
 use super::login::{self, Authenticated, LoginFailure};
@@ -42,10 +46,6 @@ use crate::metrics::Held;
 use crate::pool::{BorrowError, Lease, SessionError, WantedSession};
 use crate::registry::Registration;
 use crate::Gateway;
-
-/// Reads the connection's `LAST_INSERT_ID()` (sent right after a client's statement that may
-/// have changed it).
-const READ_INSERT_ID: &str = "SELECT LAST_INSERT_ID()";
 
 /// Failed COM_CHANGE_USER attempts after which the connection is closed.
 const MAX_FAILED_CHANGE_USERS: u32 = 3;
@@ -76,6 +76,12 @@ struct Session {
     state: SessionState,
     /// Why the client keeps its connection regardless of transactions.
     pin: Option<&'static str>,
+    /// The session's default access mode and isolation level when the open transaction
+    /// began (see `transaction`).
+    defaults_at_begin: Option<Defaults>,
+    /// The held connection has state sluice can neither carry nor undo (a one-shot
+    /// isolation level that outlived its transaction): it is reset when given back.
+    reset_on_release: bool,
     /// The session's entry among the live ones, through which `KILL` reaches it.
     registration: Registration,
     /// The session tracking the client asked for (`None`: it has no CLIENT_SESSION_TRACK).
@@ -85,13 +91,19 @@ struct Session {
     next_transaction: NextTransaction,
     /// The held connection's `LAST_INSERT_ID()` may be newer than the one in `state`.
     insert_id_unsettled: bool,
-    /// Names this session (until it starts over) as the owner of a connection's
-    /// `LAST_INSERT_ID()` and of the warnings and errors in its diagnostics area.
+    /// Names this session (until it starts over) as the owner of the warnings and errors in
+    /// a connection's diagnostics area.
     owner: Owner,
+    /// Names the client's current `LAST_INSERT_ID()` on the connections that hold it: a new
+    /// one each time the value changes, so that a connection still holding an older value
+    /// of the client's gets the current one put back.
+    insert_owner: Owner,
     /// The client's last command raised warnings or an error: it keeps its connection for
     /// its next command, where `SHOW WARNINGS` or `GET DIAGNOSTICS` finds them, for at most
-    /// `diagnostics_hold`. Statements that only read them keep it longer. Once given back, the warnings stay on the connection for the
-    /// client's return and are emptied for anyone else (see `crate::diagnostics`).
+    /// `diagnostics_hold` of idle time, and for as long as the area still holds them (its
+    /// size is read back after each statement: those without tables leave it alone). Once
+    /// given back, the warnings stay on the connection for the client's return and are
+    /// emptied for anyone else (see `crate::diagnostics`).
     keeps_diagnostics: bool,
     /// COM_CHANGE_USER attempts that failed on this connection.
     failed_change_users: u32,
@@ -102,72 +114,25 @@ struct Session {
     multi_statements: bool,
 }
 
-/// Characteristics a `SET TRANSACTION` left for the next transaction stay on the connection
-/// until a transaction has used them. Only a transaction seen to begin and end is sure to
-/// have: MariaDB keeps them across `SELECT 1`, `SHOW`, `USE`, `DO` and `SET`, and across
-/// statements on non-transactional tables. Until then the client keeps its connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum NextTransaction {
-    /// None pending.
-    None,
-    /// Set, and no transaction seen yet.
-    Pending,
-    /// A transaction under them is open.
-    Begun,
-}
-
-impl NextTransaction {
-    /// The state after a statement that succeeded: `sets` when it was a `SET TRANSACTION`,
-    /// `in_transaction` from its status flags.
-    fn after(self, sets: bool, in_transaction: bool) -> NextTransaction {
-        match (self, sets, in_transaction) {
-            (_, true, _) => NextTransaction::Pending,
-            (NextTransaction::None, false, _) => NextTransaction::None,
-            (_, false, true) => NextTransaction::Begun,
-            (NextTransaction::Begun, false, false) => NextTransaction::None,
-            (NextTransaction::Pending, false, false) => NextTransaction::Pending,
-        }
-    }
-}
-
-/// sluice's own `LAST_INSERT_ID()` statements around one client statement.
-#[derive(Debug, Default)]
-struct InsertIdWork {
-    /// Puts the client's value on the connection first.
-    put: Option<String>,
-    /// Read the value back right after the statement.
-    read_back: bool,
-}
-
-impl InsertIdWork {
-    /// The statements to send with the client's.
-    fn pipelined(&self) -> Pipelined<'_> {
-        Pipelined {
-            before: self.put.as_deref(),
-            after: self.read_back.then_some(READ_INSERT_ID),
-        }
-    }
-}
-
 /// What sluice knows about a command before its reply, to account for what the reply says.
 #[derive(Debug, Default, Clone, Copy)]
 struct Accounting<'a> {
     /// Variables whose tracking entries the client must not see (see `relay::forward`).
     hidden: &'a [&'a [u8]],
-    /// sluice's own statements sent with the command: putting the client's
-    /// `LAST_INSERT_ID()` on the connection before, reading it back after
-    /// ([`READ_INSERT_ID`]).
+    /// sluice's own statements sent with the command (see `own_statements`).
     pipelined: Pipelined<'a>,
+    /// What the statement sent after the command reads.
+    read_back: Option<ReadBack>,
     /// The command holds a statement sluice does not understand.
     unknown: bool,
     /// Variable values reported are a `SET STATEMENT`'s, not the session's.
     temporary_variables: bool,
     /// `SET TRANSACTION`: the connection keeps characteristics for the next transaction.
     next_transaction: bool,
+    /// `START TRANSACTION READ ONLY|WRITE`: a transaction under its own characteristics.
+    starts_with_characteristics: bool,
     /// The statement may change `LAST_INSERT_ID()` (see `Analysis::may_set_insert_id`).
     may_set_insert_id: bool,
-    /// The statement only reads the diagnostics area (see `Analysis::reads_diagnostics`).
-    reads_diagnostics: bool,
 }
 
 impl<'a> Accounting<'a> {
@@ -175,13 +140,14 @@ impl<'a> Accounting<'a> {
         Accounting {
             hidden,
             pipelined: Pipelined::default(),
+            read_back: None,
             unknown: analysis.unknown,
             temporary_variables: analysis.temporary_variables,
             next_transaction: analysis.next_transaction,
+            starts_with_characteristics: analysis.starts_with_characteristics,
             may_set_insert_id: analysis.may_set_insert_id
                 || analysis.sets_last_insert_id
                 || analysis.unknown,
-            reads_diagnostics: analysis.reads_diagnostics,
         }
     }
 }
@@ -359,11 +325,14 @@ async fn serve_authenticated(
             ..SessionState::default()
         },
         pin: None,
+        reset_on_release: false,
+        defaults_at_begin: None,
         registration,
         tracking,
         next_transaction: NextTransaction::None,
         insert_id_unsettled: false,
         owner: Owner::fresh(),
+        insert_owner: Owner::fresh(),
         keeps_diagnostics: false,
         failed_change_users: 0,
         statements: ClientStatements::default(),
@@ -448,7 +417,8 @@ impl Session {
     }
 
     /// In transaction pooling, gives the connection back when nothing ties the client to it:
-    /// no open transaction and no pin. Its session state is tracked, so no reset is needed.
+    /// no open transaction and no pin. Its session state is tracked, so no reset is needed
+    /// (unless `reset_on_release` says it holds what sluice cannot carry).
     async fn release_if_free(&mut self) {
         let tied = self.identity.pool_mode == PoolMode::Session
             || self.pin.is_some()
@@ -460,83 +430,13 @@ impl Session {
             self.settle_insert_id().await;
             if let Some(lease) = self.backend.take() {
                 self.registration.handle.backend.set(0);
-                self.gateway.pool.release(lease);
-            }
-        }
-    }
-
-    /// Reads the client's `LAST_INSERT_ID()` from the held connection when a statement may
-    /// have changed it, so it can be answered wherever the client goes next.
-    async fn settle_insert_id(&mut self) {
-        if !std::mem::take(&mut self.insert_id_unsettled) {
-            return;
-        }
-        let Some(lease) = self.backend.as_mut() else {
-            return;
-        };
-        let conn = lease.conn();
-        if conn.last_insert_id_of != Some(self.owner) {
-            return;
-        }
-        match conn.query_text(READ_INSERT_ID).await {
-            Ok(Ok(rows)) => {
-                if let Some(id) = first_value(&rows) {
-                    self.state.last_insert_id = id;
+                if std::mem::take(&mut self.reset_on_release) {
+                    self.gateway.pool.give_back(lease).await;
+                } else {
+                    self.gateway.pool.release(lease);
                 }
             }
-            Ok(Err(err)) => warn!(error = %err, "could not read LAST_INSERT_ID()"),
-            Err(e) => {
-                warn!(error = %e, "database connection lost reading LAST_INSERT_ID()");
-                drop(self.backend.take());
-                self.registration.handle.backend.set(0);
-            }
         }
-    }
-
-    /// What must go with a statement that reads or may change `LAST_INSERT_ID()` on the
-    /// held connection: the client's value put there first if the server holds someone
-    /// else's, and (`read_back`) the value read back afterwards.
-    fn insert_id_work(&mut self, read_back: bool) -> InsertIdWork {
-        let owner = self.owner;
-        let value = self.state.last_insert_id;
-        let Some(lease) = self.backend.as_mut() else {
-            return InsertIdWork::default();
-        };
-        let conn = lease.conn();
-        // A SET, not `DO LAST_INSERT_ID(n)`: a statement would use up characteristics a
-        // `SET TRANSACTION` left for the next transaction.
-        let put = (conn.last_insert_id_of != Some(owner))
-            .then(|| format!("SET @@session.last_insert_id = {value}"));
-        conn.last_insert_id_of = Some(owner);
-        InsertIdWork { put, read_back }
-    }
-
-    /// Reads the reply to [`READ_INSERT_ID`], sent after the client's statement.
-    async fn read_back_insert_id(&mut self) -> Result<(), End> {
-        let Some(lease) = self.backend.as_mut() else {
-            return Ok(());
-        };
-        match lease.conn().read_text_rows().await {
-            Ok(Ok(rows)) => {
-                if let Some(id) = first_value(&rows) {
-                    self.state.last_insert_id = id;
-                    self.insert_id_unsettled = false;
-                }
-                Ok(())
-            }
-            Ok(Err(err)) => {
-                warn!(error = %err, "could not read LAST_INSERT_ID()");
-                Ok(())
-            }
-            Err(e) => Err(self.broken_after_reply(e)),
-        }
-    }
-
-    /// Whether the client keeps its connection for reading its diagnostics, after a command
-    /// that `raised` conditions or not and that only `reads` them or not.
-    fn keep_diagnostics(&mut self, raised: bool, reads: bool) {
-        let hold = !self.gateway.settings.diagnostics_hold.is_zero();
-        self.keeps_diagnostics = hold && (raised || (reads && self.keeps_diagnostics));
     }
 
     /// Ties the client to its connection for good, counting the reason once.
@@ -560,11 +460,16 @@ impl Session {
     /// change after a statement sluice does not understand.
     fn absorb(&mut self, outcome: &ReplyOutcome, accounting: Accounting<'_>) {
         if let Some(status) = outcome.status {
-            self.status = status;
             let in_transaction = status.contains(StatusFlags::SERVER_STATUS_IN_TRANS);
-            self.next_transaction = self
-                .next_transaction
-                .after(accounting.next_transaction, in_transaction);
+            if in_transaction && !self.status.contains(StatusFlags::SERVER_STATUS_IN_TRANS) {
+                self.defaults_at_begin = Some(transaction::defaults(&self.state.vars));
+            }
+            self.status = status;
+            self.next_transaction = self.next_transaction.after(
+                accounting.next_transaction,
+                accounting.starts_with_characteristics,
+                in_transaction,
+            );
         }
         let changes = &outcome.changes;
         let named = !changes.variables.is_empty() || changes.schema.is_some();
@@ -605,7 +510,7 @@ impl Session {
             // it: an explicit id or ON DUPLICATE KEY UPDATE report one and change nothing),
             // so it is read back before the connection goes (see `settle_insert_id`).
             if let Some(lease) = self.backend.as_mut() {
-                lease.conn().last_insert_id_of = Some(self.owner);
+                lease.conn().last_insert_id_of = Some(self.insert_owner);
                 self.insert_id_unsettled = true;
             }
         }
@@ -864,8 +769,8 @@ impl Session {
             || analysis.sets_last_insert_id
             || analysis.unknown
             || analysis.pin.is_some();
-        let mut insert_id = InsertIdWork::default();
-        if analysis.reads_last_insert_id || may_set {
+        let insert_id = analysis.reads_last_insert_id || may_set;
+        if insert_id {
             // The server must hold this client's value both to answer a read and to keep it
             // when a statement that might change it does not (an explicit id, ON DUPLICATE
             // KEY UPDATE), so that the value read back afterwards is the client's. Both go
@@ -873,13 +778,16 @@ impl Session {
             if let Err(err) = self.attach_backend().await {
                 return self.reply_err(seq.wrapping_add(1), &err).await;
             }
-            // A pinned client reads ROW_COUNT() and FOUND_ROWS() from the server, which a
-            // SELECT of sluice's would overwrite: its value is read back when it leaves.
-            let read_back = may_set && !analysis.reads_client_file && self.pin.is_none();
-            insert_id = self.insert_id_work(read_back);
         }
+        // A pinned client reads ROW_COUNT() and FOUND_ROWS() from the server, which a
+        // SELECT of sluice's would overwrite: its value is read back when it leaves.
+        let read_insert_id = may_set && !analysis.reads_client_file && self.pin.is_none();
+        let own = self.own_statements(insert_id, read_insert_id, analysis.reads_client_file);
         let was_in_transaction = self.status.contains(StatusFlags::SERVER_STATUS_IN_TRANS);
-        accounting.pipelined = insert_id.pipelined();
+        let characteristics_before = self.next_transaction;
+        let autocommit_before = self.status.contains(StatusFlags::SERVER_STATUS_AUTOCOMMIT);
+        accounting.pipelined = own.pipelined();
+        accounting.read_back = own.read_back();
         let status = match rewritten {
             Some(sql) => {
                 let mut payload = Vec::with_capacity(sql.len() + 1);
@@ -899,13 +807,19 @@ impl Session {
             self.pin("failed_set");
         }
         if self.ended_transaction_implicitly(&analysis, was_in_transaction) {
-            // MariaDB keeps characteristics of a transaction ended by `SET autocommit = 1`
-            // (READ ONLY, a one-shot isolation level) for the next one; COMMIT clears them.
-            if let Some(lease) = self.backend.as_mut() {
-                if let Err(e) = lease.conn().execute("COMMIT").await {
-                    return Err(self.broken_after_reply(e));
-                }
-            }
+            let by_autocommit =
+                !autocommit_before && self.status.contains(StatusFlags::SERVER_STATUS_AUTOCOMMIT);
+            let defaults_changed =
+                self.defaults_at_begin.take() != Some(transaction::defaults(&self.state.vars));
+            self.next_transaction = NextTransaction::ended_implicitly(
+                characteristics_before,
+                by_autocommit,
+                defaults_changed,
+            );
+        } else if analysis.ends_transaction && status.is_some() {
+            let (next, lingered) = self.next_transaction.ended_explicitly();
+            self.next_transaction = next;
+            self.reset_on_release |= lingered;
         }
         if status.is_some() || self.backend.is_some() {
             self.after_query(&analysis).await?;
@@ -939,7 +853,7 @@ impl Session {
         };
         if reply.first() == Some(&response::ERR_HEADER) {
             lease.conn().diagnostics.raised();
-            self.keep_diagnostics(true, false);
+            self.keep_diagnostics(true, None);
             self.release_if_free().await;
             let mut seq = reply_seq;
             return self
@@ -964,7 +878,7 @@ impl Session {
             lease.conn().diagnostics.raised();
         }
         self.absorb(&outcome, accounting);
-        self.keep_diagnostics(outcome.raised_conditions, false);
+        self.keep_diagnostics(outcome.raised_conditions, None);
         self.after_query(analysis).await?;
         let packet = match &self.tracking {
             None => response::strip_session_track(&reply),
@@ -1161,9 +1075,12 @@ impl Session {
         };
         self.forget_statements();
         self.pin = None;
+        self.reset_on_release = false;
+        self.defaults_at_begin = None;
         self.next_transaction = NextTransaction::None;
         self.insert_id_unsettled = false;
         self.owner = Owner::fresh();
+        self.insert_owner = Owner::fresh();
         self.keeps_diagnostics = false;
         self.status = StatusFlags::SERVER_STATUS_AUTOCOMMIT;
         if self.tracking.is_some() {
@@ -1264,10 +1181,11 @@ impl Session {
         match relayed {
             Ok(outcome) => {
                 self.absorb(&outcome, accounting);
-                self.keep_diagnostics(outcome.raised_conditions, accounting.reads_diagnostics);
-                if accounting.pipelined.after.is_some() {
-                    self.read_back_insert_id().await?;
-                }
+                let holds = match accounting.read_back {
+                    Some(read_back) => self.read_back(read_back).await?,
+                    None => None,
+                };
+                self.keep_diagnostics(outcome.raised_conditions, holds);
                 Ok(outcome.status)
             }
             Err(RelayError::Client(e)) => {
@@ -1433,28 +1351,5 @@ fn client_end(e: ProtocolError) -> End {
         End::Disconnected
     } else {
         End::Error(e.to_string())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::NextTransaction::{self, Begun, Pending};
-
-    #[test]
-    fn set_transaction_characteristics_live_until_a_transaction_used_them() {
-        let none = NextTransaction::None;
-        assert_eq!(none.after(false, false), none);
-        assert_eq!(none.after(false, true), none, "ordinary transactions");
-        assert_eq!(none.after(true, false), Pending);
-        // SELECT 1, SHOW, USE, SET: no transaction seen, still pending.
-        assert_eq!(Pending.after(false, false), Pending);
-        assert_eq!(Pending.after(false, true), Begun);
-        assert_eq!(Begun.after(false, true), Begun);
-        assert_eq!(Begun.after(false, false), none);
-        assert_eq!(
-            Begun.after(true, true),
-            Pending,
-            "set again inside (MariaDB refuses)"
-        );
     }
 }

@@ -13,7 +13,7 @@ use sluice_protocol::prepared::{self, Execute, PrepareOk, CURSOR_TYPE_READ_ONLY}
 use sluice_protocol::response::{self, ErrFields};
 use sluice_protocol::{command, StatusFlags};
 
-use super::{client_end, Accounting, End, InsertIdWork, Session};
+use super::{client_end, Accounting, End, Session};
 use crate::backend::{BackendConn, BackendError, Prepared};
 use crate::client::errors;
 use crate::client::statement;
@@ -185,11 +185,14 @@ impl Session {
         let prepared = match self.prepare_on_backend(&key).await {
             Ok(Ok(prepared)) => prepared,
             Ok(Err(err)) => {
+                // The server's error is in the diagnostics area, for the client's SHOW ERRORS.
+                self.keep_diagnostics(true, None);
                 self.release_if_free().await;
                 return self.reply_err(reply_seq, &err).await;
             }
             Err(e) => return Err(self.lose_backend(reply_seq, e).await),
         };
+        self.keep_diagnostics(prepared.ok.warnings > 0, None);
         self.release_if_free().await;
         let meta = Arc::new(StatementMeta {
             key,
@@ -231,14 +234,12 @@ impl Session {
         // What the statement does to LAST_INSERT_ID(), as for a text query (classified
         // when it was prepared).
         let may_set = meta.may_set_insert_id;
-        let work = if meta.reads_last_insert_id || may_set {
-            self.insert_id_work(may_set && self.pin.is_none())
-        } else {
-            InsertIdWork::default()
-        };
+        let insert_id = meta.reads_last_insert_id || may_set;
+        let own = self.own_statements(insert_id, may_set && self.pin.is_none(), false);
         let accounting = Accounting {
             may_set_insert_id: may_set,
-            pipelined: work.pipelined(),
+            pipelined: own.pipelined(),
+            read_back: own.read_back(),
             ..Accounting::default()
         };
         let backend_id = match self.backend_statement(&meta.key).await {

@@ -120,15 +120,15 @@ pub struct Analysis {
     /// Assignments in `SET` statements: when a `SET` of several fails, MariaDB may still
     /// have applied some of them.
     pub assignments: usize,
-    /// A statement ends a transaction the way its client meant to (`COMMIT`, `ROLLBACK`).
+    /// A statement ends a transaction the way its client meant to (`COMMIT`, `ROLLBACK`,
+    /// not `ROLLBACK TO SAVEPOINT`).
     pub ends_transaction: bool,
+    /// `START TRANSACTION READ ONLY` (or `READ WRITE`): a transaction under characteristics
+    /// of its own, which MariaDB keeps after `SET autocommit = 1` ends it.
+    pub starts_with_characteristics: bool,
     /// Some statement changes table or routine definitions (`CREATE`, `ALTER`, `DROP`,
     /// `RENAME`, `TRUNCATE`): metadata of prepared statements may be stale after it.
     pub ddl: bool,
-    /// Every statement only reads the diagnostics area (`SHOW WARNINGS`, `SHOW ERRORS`,
-    /// `SHOW COUNT(*) WARNINGS`, `GET DIAGNOSTICS`, `SELECT @@warning_count`), which such
-    /// statements leave as it is.
-    pub reads_diagnostics: bool,
 }
 
 impl Analysis {
@@ -381,48 +381,34 @@ impl Scanner<'_> {
     }
 
     fn run(&mut self) {
-        let mut diagnostics_only = true;
         while let Some(first) = self.bump() {
             if first.is_punct(b';') {
                 continue;
             }
-            diagnostics_only &= self.reads_diagnostics(first);
             self.analysis.statements += 1;
             self.depth = 0;
             self.first_word = Some(first);
             self.statement(first);
             self.statement_index += 1;
         }
-        self.analysis.reads_diagnostics = self.analysis.statements > 0 && diagnostics_only;
     }
 
-    /// Whether the statement starting with `first` only reads the diagnostics area.
-    fn reads_diagnostics(&self, first: Token) -> bool {
-        let sql = self.sql;
+    /// After `ROLLBACK`: `[WORK] TO [SAVEPOINT] name`, which ends no transaction.
+    fn to_savepoint(&self) -> bool {
         let mut ahead = self.lexer.clone();
-        let second = ahead.next();
-        if first.is_word(sql, "SHOW") {
-            return self.word_in(second, &["WARNINGS", "ERRORS", "COUNT"]);
+        let mut next = ahead.next();
+        if self.word_is(next, "WORK") {
+            next = ahead.next();
         }
-        if first.is_word(sql, "GET") {
-            let word = match second {
-                Some(t) if self.word_in(Some(t), &["CURRENT", "STACKED"]) => ahead.next(),
-                other => other,
-            };
-            return self.word_is(word, "DIAGNOSTICS");
-        }
-        if !first.is_word(sql, "SELECT") {
-            return false;
-        }
-        std::iter::once(second)
-            .chain(std::iter::repeat_with(|| ahead.next()))
-            .map_while(|token| token.filter(|t| !t.is_punct(b';')))
-            .any(|token| {
-                token.kind == Kind::SystemVariable && {
-                    let name = sql[token.range()].to_ascii_lowercase();
-                    name.ends_with(b"warning_count") || name.ends_with(b"error_count")
-                }
-            })
+        self.word_is(next, "TO")
+    }
+
+    /// After `START`: whether the statement names an access mode (`READ ONLY|WRITE`).
+    fn names_access_mode(&self) -> bool {
+        let mut ahead = self.lexer.clone();
+        std::iter::from_fn(|| ahead.next())
+            .take_while(|token| !token.is_punct(b';'))
+            .any(|token| token.is_word(self.sql, "READ"))
     }
 
     /// Reads to the end of the statement (a `;` outside parentheses, or the end).
@@ -442,7 +428,9 @@ impl Scanner<'_> {
         self.analysis.ddl |= ["CREATE", "ALTER", "DROP", "RENAME", "TRUNCATE"]
             .iter()
             .any(|k| is(k));
-        self.analysis.ends_transaction |= is("COMMIT") || is("ROLLBACK");
+        self.analysis.ends_transaction |= is("COMMIT") || (is("ROLLBACK") && !self.to_savepoint());
+        self.analysis.starts_with_characteristics |=
+            is("START") && self.peek_is_word("TRANSACTION") && self.names_access_mode();
         self.analysis.may_set_insert_id |= ["INSERT", "REPLACE", "LOAD", "CALL", "EXECUTE"]
             .iter()
             .any(|k| is(k));

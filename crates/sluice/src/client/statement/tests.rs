@@ -353,28 +353,29 @@ fn local_infile_is_told_from_a_server_side_file() {
 }
 
 #[test]
-fn statements_that_only_read_diagnostics_are_told_apart() {
-    for sql in [
-        "SHOW WARNINGS",
-        "show errors limit 1",
-        "SHOW COUNT(*) WARNINGS",
-        "GET DIAGNOSTICS @n = NUMBER",
-        "get current diagnostics condition 1 @m = MESSAGE_TEXT",
-        "SELECT @@warning_count",
-        "SELECT @@session.error_count, @@warning_count",
-        "SHOW WARNINGS; SELECT @@error_count",
-    ] {
-        assert!(of(sql).reads_diagnostics, "{sql}");
+fn transaction_ends_and_access_modes() {
+    for sql in ["COMMIT", "rollback", "ROLLBACK WORK", "COMMIT AND CHAIN"] {
+        assert!(of(sql).ends_transaction, "{sql}");
     }
     for sql in [
-        "",
-        "SELECT 1/0",
-        "SHOW TABLES",
-        "SHOW WARNINGS; SELECT 1",
-        "SELECT 'SHOW WARNINGS'",
-        "SELECT warning_count FROM t",
-        "GET_LOCK('x', 1)",
+        "ROLLBACK TO sp1",
+        "ROLLBACK WORK TO SAVEPOINT sp1",
+        "SELECT 'COMMIT'",
     ] {
-        assert!(!of(sql).reads_diagnostics, "{sql}");
+        assert!(!of(sql).ends_transaction, "{sql}");
+    }
+    for sql in [
+        "START TRANSACTION READ ONLY",
+        "start transaction with consistent snapshot, read write",
+    ] {
+        assert!(of(sql).starts_with_characteristics, "{sql}");
+    }
+    for sql in [
+        "START TRANSACTION",
+        "START TRANSACTION WITH CONSISTENT SNAPSHOT",
+        "BEGIN",
+        "START TRANSACTION; SELECT 'READ'",
+    ] {
+        assert!(!of(sql).starts_with_characteristics, "{sql}");
     }
 }
