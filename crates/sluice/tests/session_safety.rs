@@ -555,3 +555,112 @@ async fn a_reset_leaves_the_sql_mode_mariadb_leaves_for_an_ignore_space_client()
     assert!(!seen[0][1].contains("IGNORE_SPACE"), "{seen:?}");
     assert_eq!(seen[1], seen[0], "through sluice as directly");
 }
+
+/// Runs `steps` on a fresh client and returns each outcome (`ok`, the first value, or the
+/// error code), for comparing a run through sluice with one directly against MariaDB.
+async fn outcomes(opts: mysql_async::OptsBuilder, steps: &[&str]) -> Vec<String> {
+    let mut conn = mysql_async::Conn::new(opts).await.unwrap();
+    let mut seen = Vec::new();
+    for sql in steps {
+        let outcome = match conn.query_first::<mysql_async::Value, _>(*sql).await {
+            Ok(Some(value)) => value.as_sql(true),
+            Ok(None) => "ok".to_owned(),
+            Err(e) => format!("error {}", server_code(&e).unwrap_or(0)),
+        };
+        seen.push(format!("{sql} => {outcome}"));
+    }
+    conn.disconnect().await.unwrap();
+    seen
+}
+
+fn direct_opts(gw: &TestGateway) -> mysql_async::OptsBuilder {
+    mysql_async::OptsBuilder::default()
+        .ip_or_hostname(DB_HOST)
+        .tcp_port(DB_PORT)
+        .user(Some(gw.backend_user.clone()))
+        .pass(Some("backend-pw"))
+        .db_name(Some(TEST_DB))
+}
+
+/// MariaDB keeps the access mode of a transaction that `SET autocommit = 1` ended in force
+/// until an explicit COMMIT or ROLLBACK, even for new transactions; and the transaction's,
+/// not the session's when the session's default changed inside it. Through sluice the
+/// client sees the same, and no other client inherits any of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn characteristics_a_transaction_leaves_behind_stay_with_its_client() {
+    let gw = start_with("ss_lingering", |c| c.pool.max_db_connections = 2).await;
+    let mut admin = direct().await;
+    admin
+        .query_drop("CREATE OR REPLACE TABLE ss_linger (id INT PRIMARY KEY, v INT) ENGINE=InnoDB")
+        .await
+        .unwrap();
+    admin
+        .query_drop("INSERT INTO ss_linger VALUES (1, 0)")
+        .await
+        .unwrap();
+    admin.disconnect().await.unwrap();
+    let update = "UPDATE ss_linger SET v = v + 1";
+    let scenarios: [&[&str]; 2] = [
+        &[
+            "SET autocommit = 0",
+            "START TRANSACTION READ ONLY",
+            "SET autocommit = 1",
+            update,
+            "START TRANSACTION",
+            update,
+            "COMMIT",
+            update,
+        ],
+        &[
+            "SET autocommit = 0",
+            update,
+            "SET SESSION tx_read_only = 1",
+            "SET autocommit = 1",
+            update,
+            update,
+            "ROLLBACK",
+            update,
+            "SET SESSION tx_read_only = 0",
+            update,
+        ],
+    ];
+    for steps in scenarios {
+        let direct = outcomes(direct_opts(&gw), steps).await;
+        let through = outcomes(gw.opts("app", "secret", Some(TEST_DB)), steps).await;
+        assert_eq!(through, direct, "through sluice as directly");
+        // Whatever connection the client had, the next client writes as usual.
+        let other = outcomes(gw.opts("app", "secret", Some(TEST_DB)), &[update, update]).await;
+        assert!(other.iter().all(|o| o.ends_with("=> ok")), "{other:?}");
+    }
+    gw.wait_idle().await;
+}
+
+/// A client's `LAST_INSERT_ID()` put on a connection, then changed on another, and read
+/// again back on the first: the first must not answer the older value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn last_insert_id_is_current_on_every_connection_a_client_returns_to() {
+    let gw = start_with("ss_insert_id_return", |c| c.pool.max_db_connections = 2).await;
+    let mut client = gw.connect().await;
+    let mut other = gw.connect().await;
+    for round in 1..=40u64 {
+        // The other client takes a connection for a while now and then, so the client's
+        // statements land on one connection or the other.
+        let holding = round % 3 == 0;
+        if holding {
+            other.query_drop("BEGIN").await.unwrap();
+            other.query_drop("SELECT 1").await.unwrap();
+        }
+        let read: Option<u64> = client.query_first("SELECT LAST_INSERT_ID()").await.unwrap();
+        assert_eq!(read, Some(round - 1), "round {round}: read before the change");
+        let set: Option<u64> = client
+            .query_first(format!("SELECT LAST_INSERT_ID({round})"))
+            .await
+            .unwrap();
+        assert_eq!(set, Some(round));
+        if holding {
+            other.query_drop("COMMIT").await.unwrap();
+        }
+    }
+    client.disconnect().await.unwrap();
+    other.disconnect().await.unwrap();
+}
