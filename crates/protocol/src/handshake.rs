@@ -10,7 +10,7 @@ use mysql_common::packets::{HandshakePacket, HandshakeResponse};
 use mysql_common::proto::{MyDeserialize, MySerialize};
 
 use crate::auth::SALT_LEN;
-use crate::{CapabilityFlags, ProtocolError, StatusFlags};
+use crate::{CapabilityFlags, MariadbCapabilities, ProtocolError, StatusFlags};
 
 /// What the server says about itself in its greeting.
 #[derive(Debug, Clone)]
@@ -29,6 +29,9 @@ pub struct Greeting {
     pub nonce: Vec<u8>,
     /// The authentication plugin the server proposes.
     pub auth_plugin: String,
+    /// MariaDB's extended capabilities (a MariaDB server does not set `CLIENT_MYSQL`, alias
+    /// `CLIENT_LONG_PASSWORD`, and sends these in the greeting's last reserved bytes).
+    pub mariadb_capabilities: MariadbCapabilities,
 }
 
 impl Greeting {
@@ -48,7 +51,8 @@ impl Greeting {
             self.collation,
             self.status,
             Some(self.auth_plugin.as_bytes()),
-        );
+        )
+        .with_mariadb_ext_capabilities(self.mariadb_capabilities);
         let mut out = Vec::with_capacity(128);
         packet.serialize(&mut out);
         out
@@ -78,7 +82,16 @@ impl Greeting {
         if packet.protocol_version() != 10 {
             return Err(ProtocolError::Malformed("unsupported protocol version"));
         }
+        let mariadb_capabilities = if packet
+            .capabilities()
+            .contains(CapabilityFlags::CLIENT_LONG_PASSWORD)
+        {
+            MariadbCapabilities::empty()
+        } else {
+            packet.mariadb_ext_capabilities()
+        };
         Ok(Greeting {
+            mariadb_capabilities,
             server_version: packet.server_version_str().into_owned(),
             connection_id: packet.connection_id(),
             capabilities: packet.capabilities(),
@@ -97,10 +110,12 @@ impl Greeting {
         server_version: &str,
         connection_id: u32,
         capabilities: CapabilityFlags,
+        mariadb_capabilities: MariadbCapabilities,
         collation: u8,
         salt: &[u8; SALT_LEN],
     ) -> Greeting {
         Greeting {
+            mariadb_capabilities,
             server_version: server_version.to_owned(),
             connection_id,
             capabilities,
@@ -131,6 +146,9 @@ pub struct Login {
     pub auth_plugin: Option<String>,
     /// Connection attributes (driver name, program name, ...).
     pub attributes: HashMap<String, String>,
+    /// MariaDB's extended capabilities the client asked for (none from a client that set
+    /// `CLIENT_MYSQL`, alias `CLIENT_LONG_PASSWORD`: those bytes are filler then).
+    pub mariadb_capabilities: MariadbCapabilities,
 }
 
 impl Login {
@@ -164,13 +182,21 @@ impl Login {
             database: packet.db_name().map(text).filter(|db| !db.is_empty()),
             auth_plugin: packet.auth_plugin().map(|p| text(p.as_bytes())),
             attributes: packet.connect_attributes().unwrap_or_default(),
+            mariadb_capabilities: if flags.contains(CapabilityFlags::CLIENT_LONG_PASSWORD) {
+                MariadbCapabilities::empty()
+            } else {
+                packet.mariadb_ext_capabilities()
+            },
         })
     }
 }
 
-/// Builds the login packet sluice sends to the database.
+/// Builds the login packet sluice sends to the database. MariaDB's extended capabilities go
+/// in `mariadb_capabilities` (the server reads them only from a client without
+/// `CLIENT_MYSQL`, alias `CLIENT_LONG_PASSWORD`, which is then left out).
 pub fn encode_login(
     capabilities: CapabilityFlags,
+    mariadb_capabilities: MariadbCapabilities,
     collation: u8,
     user: &str,
     auth_response: &[u8],
@@ -188,10 +214,15 @@ pub fn encode_login(
         Some(mysql_common::packets::AuthPlugin::from_bytes(
             auth_plugin.as_bytes(),
         )),
-        capabilities,
+        if mariadb_capabilities.is_empty() {
+            capabilities
+        } else {
+            capabilities - CapabilityFlags::CLIENT_LONG_PASSWORD
+        },
         Some(attributes),
         16 * 1024 * 1024,
-    );
+    )
+    .with_mariadb_ext_capabilities(mariadb_capabilities);
     let mut out = Vec::with_capacity(128);
     packet.serialize(&mut out);
     // HandshakeResponse::new picks utf8mb4_general_ci; use the requested collation.
@@ -321,8 +352,11 @@ mod tests {
         let caps = CapabilityFlags::CLIENT_PROTOCOL_41
             | CapabilityFlags::CLIENT_SECURE_CONNECTION
             | CapabilityFlags::CLIENT_PLUGIN_AUTH;
-        let greeting = Greeting::for_client("5.5.5-10.11.19-MariaDB", 42, caps, 45, &salt);
+        let extended = MariadbCapabilities::MARIADB_CLIENT_EXTENDED_METADATA;
+        let greeting =
+            Greeting::for_client("5.5.5-10.11.19-MariaDB", 42, caps, extended, 45, &salt);
         let parsed = Greeting::parse(&greeting.encode()).unwrap();
+        assert_eq!(parsed.mariadb_capabilities, extended);
         assert_eq!(parsed.server_version, "5.5.5-10.11.19-MariaDB");
         assert_eq!(parsed.connection_id, 42);
         assert_eq!(parsed.nonce, salt.to_vec());
@@ -339,6 +373,7 @@ mod tests {
             | CapabilityFlags::CLIENT_PLUGIN_AUTH;
         let packet = encode_login(
             caps,
+            MariadbCapabilities::empty(),
             224,
             "app",
             &[1; 20],
@@ -355,6 +390,28 @@ mod tests {
             login.attributes.get("_client_name").map(String::as_str),
             Some("sluice")
         );
+        assert!(login.mariadb_capabilities.is_empty());
+    }
+
+    #[test]
+    fn mariadb_capabilities_travel_only_without_client_mysql() {
+        let caps = CapabilityFlags::CLIENT_PROTOCOL_41
+            | CapabilityFlags::CLIENT_LONG_PASSWORD
+            | CapabilityFlags::CLIENT_SECURE_CONNECTION
+            | CapabilityFlags::CLIENT_PLUGIN_AUTH;
+        let extended = MariadbCapabilities::MARIADB_CLIENT_EXTENDED_METADATA;
+        let login = Login::parse(&encode_login(caps, extended, 45, "u", &[], None, "x")).unwrap();
+        assert_eq!(login.mariadb_capabilities, extended);
+        assert!(!login
+            .capabilities
+            .contains(CapabilityFlags::CLIENT_LONG_PASSWORD));
+        // A MySQL-style client (CLIENT_MYSQL set): the bytes are filler, whatever they hold.
+        let mut packet = encode_login(caps, extended, 45, "u", &[], None, "x");
+        packet[0] |= 1;
+        assert!(Login::parse(&packet)
+            .unwrap()
+            .mariadb_capabilities
+            .is_empty());
     }
 
     #[test]

@@ -20,4 +20,4 @@ pub mod stall;
 pub mod stream;
 
 pub use error::ProtocolError;
-pub use mysql_common::constants::{CapabilityFlags, StatusFlags};
+pub use mysql_common::constants::{CapabilityFlags, MariadbCapabilities, StatusFlags};

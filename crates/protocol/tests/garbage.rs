@@ -43,6 +43,7 @@ fn valid_login() -> Vec<u8> {
             | CapabilityFlags::CLIENT_PLUGIN_AUTH
             | CapabilityFlags::CLIENT_PLUGIN_AUTH_LENENC_CLIENT_DATA
             | CapabilityFlags::CLIENT_CONNECT_ATTRS,
+        sluice_protocol::MariadbCapabilities::empty(),
         45,
         "user",
         &[7; 20],

@@ -23,7 +23,7 @@ use sluice_protocol::reply::{ReplyShape, ReplyTracker, Step};
 use sluice_protocol::response::{self, ErrFields, OkFields};
 use sluice_protocol::stall::Stall;
 use sluice_protocol::stream::PacketStream;
-use sluice_protocol::{command, lenenc, CapabilityFlags, ProtocolError};
+use sluice_protocol::{command, lenenc, CapabilityFlags, MariadbCapabilities, ProtocolError};
 use socket2::{SockRef, TcpKeepalive};
 use tokio::net::TcpStream;
 
@@ -82,6 +82,12 @@ pub const FLAVOR_CAPABILITIES: CapabilityFlags = CapabilityFlags::from_bits_trun
         | CapabilityFlags::CLIENT_DEPRECATE_EOF.bits(),
 );
 
+/// MariaDB's extended capabilities that change what replies look like, so a connection
+/// serves only clients that negotiated the same: extended metadata adds the data type name
+/// (`json`, `point`, ...) to column definitions, which drivers use to type JSON columns.
+pub const FLAVOR_MARIADB_CAPABILITIES: MariadbCapabilities =
+    MariadbCapabilities::MARIADB_CLIENT_EXTENDED_METADATA;
+
 /// How a client logged in, as far as its database connection is concerned: the
 /// capabilities that key the pool, and the login collation its session starts from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -89,6 +95,9 @@ pub struct Flavor {
     /// The client's capabilities, masked to [`FLAVOR_CAPABILITIES`] (for sluice's own
     /// client connections, any capabilities to ask for besides sluice's base ones).
     pub capabilities: CapabilityFlags,
+    /// The client's MariaDB extended capabilities, masked to
+    /// [`FLAVOR_MARIADB_CAPABILITIES`].
+    pub mariadb: MariadbCapabilities,
     /// The connection collation id from the client's login. On a pooled connection: that
     /// of the client it serves now (or served last), whose session it was adopted to.
     pub collation: u8,
@@ -99,13 +108,20 @@ impl Flavor {
     /// the burst simulator): modern EOF handling, utf8mb4_general_ci.
     pub const INTERNAL: Flavor = Flavor {
         capabilities: CapabilityFlags::CLIENT_DEPRECATE_EOF,
+        mariadb: MariadbCapabilities::empty(),
         collation: 45,
     };
 
-    /// The flavor matching a client that logged in with `capabilities` and `collation`.
-    pub fn of_client(capabilities: CapabilityFlags, collation: u8) -> Flavor {
+    /// The flavor matching a client that logged in with `capabilities`, MariaDB's extended
+    /// `mariadb` capabilities and `collation`.
+    pub fn of_client(
+        capabilities: CapabilityFlags,
+        mariadb: MariadbCapabilities,
+        collation: u8,
+    ) -> Flavor {
         Flavor {
             capabilities: capabilities & FLAVOR_CAPABILITIES,
+            mariadb: mariadb & FLAVOR_MARIADB_CAPABILITIES,
             collation,
         }
     }
@@ -114,6 +130,7 @@ impl Flavor {
     /// capabilities (the collation is carried).
     pub fn serves(&self, other: &Flavor) -> bool {
         self.capabilities & FLAVOR_CAPABILITIES == other.capabilities & FLAVOR_CAPABILITIES
+            && self.mariadb == other.mariadb
     }
 
     /// Whether replies end result sets with OK instead of EOF packets.
@@ -339,6 +356,8 @@ pub struct ServerInfo {
     pub version: String,
     /// Capabilities the server offers.
     pub capabilities: CapabilityFlags,
+    /// MariaDB's extended capabilities the server offers.
+    pub mariadb_capabilities: MariadbCapabilities,
     /// The server's default collation id.
     pub collation: u8,
     /// A new session's `session_track_schema`, `session_track_state_change` and
@@ -468,6 +487,7 @@ impl BackendConn {
             server: ServerInfo {
                 version: greeting.server_version.clone(),
                 capabilities: greeting.capabilities,
+                mariadb_capabilities: greeting.mariadb_capabilities,
                 collation: greeting.collation,
                 tracking_defaults: Default::default(),
             },
@@ -496,6 +516,7 @@ impl BackendConn {
         let (plugin, proof) = conn.auth_proof(target, &greeting.auth_plugin, &greeting.nonce)?;
         let login = handshake::encode_login(
             capabilities,
+            flavor.mariadb & greeting.mariadb_capabilities,
             flavor.collation,
             &target.user,
             &proof,

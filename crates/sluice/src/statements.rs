@@ -64,6 +64,15 @@ impl StatementKey {
             sql: sql.to_vec(),
         }
     }
+
+    /// The same statement for a client whose column definitions carry MariaDB's extended
+    /// metadata (`extended`): its prepare answers differ, so they are cached apart.
+    pub fn with_extended_metadata(mut self, extended: bool) -> StatementKey {
+        if extended {
+            self.context.push_str(";extended_metadata");
+        }
+        self
+    }
 }
 
 /// What the server answered to a prepare: enough to answer the same prepare again.

@@ -100,7 +100,15 @@ async fn logged_in(gw: &TestGateway) -> TcpStream {
         | CapabilityFlags::CLIENT_SECURE_CONNECTION
         | CapabilityFlags::CLIENT_MULTI_RESULTS
         | CapabilityFlags::CLIENT_DEPRECATE_EOF;
-    let login = encode_login(caps, 45, "empty", &[], None, "mysql_native_password");
+    let login = encode_login(
+        caps,
+        sluice_protocol::MariadbCapabilities::empty(),
+        45,
+        "empty",
+        &[],
+        None,
+        "mysql_native_password",
+    );
     s.write_all(&framed(1, &login)).await.unwrap();
     let mut ok = [0u8; 11];
     s.read_exact(&mut ok).await.unwrap();
@@ -195,7 +203,15 @@ async fn mysql8_clients_offering_caching_sha2_are_switched_to_native_password() 
     let caps = CapabilityFlags::CLIENT_PROTOCOL_41
         | CapabilityFlags::CLIENT_SECURE_CONNECTION
         | CapabilityFlags::CLIENT_PLUGIN_AUTH_LENENC_CLIENT_DATA;
-    let login = encode_login(caps, 45, "app", &[0xab; 32], None, "caching_sha2_password");
+    let login = encode_login(
+        caps,
+        sluice_protocol::MariadbCapabilities::empty(),
+        45,
+        "app",
+        &[0xab; 32],
+        None,
+        "caching_sha2_password",
+    );
     s.write_all(&framed(1, &login)).await.unwrap();
 
     let mut head = [0u8; 4];

@@ -651,7 +651,11 @@ async fn last_insert_id_is_current_on_every_connection_a_client_returns_to() {
             other.query_drop("SELECT 1").await.unwrap();
         }
         let read: Option<u64> = client.query_first("SELECT LAST_INSERT_ID()").await.unwrap();
-        assert_eq!(read, Some(round - 1), "round {round}: read before the change");
+        assert_eq!(
+            read,
+            Some(round - 1),
+            "round {round}: read before the change"
+        );
         let set: Option<u64> = client
             .query_first(format!("SELECT LAST_INSERT_ID({round})"))
             .await

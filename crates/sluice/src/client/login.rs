@@ -6,11 +6,11 @@ use std::sync::Arc;
 use sluice_protocol::auth::{self, NATIVE_PASSWORD, SALT_LEN};
 use sluice_protocol::handshake::{self, Greeting, Login};
 use sluice_protocol::response::ErrFields;
-use sluice_protocol::{CapabilityFlags, ProtocolError};
+use sluice_protocol::{CapabilityFlags, MariadbCapabilities, ProtocolError};
 
 use super::errors;
 use super::ClientStream;
-use crate::backend::ServerInfo;
+use crate::backend::{ServerInfo, FLAVOR_MARIADB_CAPABILITIES};
 use crate::identity::{Denied, Identity};
 use crate::Gateway;
 
@@ -43,6 +43,8 @@ const OFFERED: CapabilityFlags = CapabilityFlags::from_bits_truncate(
 pub struct Authenticated {
     /// Capabilities both sides agreed on.
     pub capabilities: CapabilityFlags,
+    /// MariaDB's extended capabilities both sides agreed on (extended metadata at most).
+    pub mariadb_capabilities: MariadbCapabilities,
     /// The sluice user.
     pub user: String,
     /// Who it proved to be, and as whom its database connections log in.
@@ -90,10 +92,12 @@ pub async fn authenticate(
         | CapabilityFlags::CLIENT_PROTOCOL_41
         | CapabilityFlags::CLIENT_SECURE_CONNECTION
         | CapabilityFlags::CLIENT_PLUGIN_AUTH;
+    let offered_mariadb = server.mariadb_capabilities & FLAVOR_MARIADB_CAPABILITIES;
     let greeting = Greeting::for_client(
         &server.version,
         connection_id,
         offered,
+        offered_mariadb,
         server.collation,
         &salt,
     );
@@ -131,6 +135,7 @@ pub async fn authenticate(
         Err(e) => return Err(e.into()),
     };
     let capabilities = login.capabilities & offered;
+    let mariadb_capabilities = login.mariadb_capabilities & offered_mariadb;
 
     let proof = native_proof(
         stream,
@@ -151,6 +156,7 @@ pub async fn authenticate(
     };
     Ok(Authenticated {
         capabilities,
+        mariadb_capabilities,
         user: login.user,
         identity,
         collation: login.collation,

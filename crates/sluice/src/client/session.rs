@@ -20,7 +20,7 @@ use sluice_protocol::response::{self, ErrFields, OkFields};
 use sluice_protocol::session_state;
 use sluice_protocol::stall::Stall;
 use sluice_protocol::stream::PacketStream;
-use sluice_protocol::{command, CapabilityFlags, ProtocolError, StatusFlags};
+use sluice_protocol::{command, CapabilityFlags, MariadbCapabilities, ProtocolError, StatusFlags};
 use tokio::net::TcpStream;
 use tracing::{debug, info, warn, Instrument};
 
@@ -65,6 +65,8 @@ struct Session {
     id: u32,
     stream: ClientStream,
     capabilities: CapabilityFlags,
+    /// MariaDB's extended capabilities the client negotiated (see `Flavor::mariadb`).
+    mariadb_capabilities: MariadbCapabilities,
     /// Who the client is, and as whom its database connections log in.
     identity: Arc<Identity>,
     /// Counts the client under its database user in `sluice_user_client_connections`.
@@ -296,6 +298,7 @@ async fn serve_authenticated(
 ) -> End {
     let Authenticated {
         capabilities,
+        mariadb_capabilities,
         user,
         identity,
         collation,
@@ -314,6 +317,7 @@ async fn serve_authenticated(
         id,
         stream,
         capabilities,
+        mariadb_capabilities,
         counted,
         identity,
         salt,
@@ -366,7 +370,7 @@ fn tracking_defaults(server: &crate::backend::ServerInfo) -> Tracking {
 
 impl Session {
     fn flavor(&self) -> Flavor {
-        Flavor::of_client(self.capabilities, self.collation)
+        Flavor::of_client(self.capabilities, self.mariadb_capabilities, self.collation)
     }
 
     /// Borrows a database connection on the client's session (schema, variables,

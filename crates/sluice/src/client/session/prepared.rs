@@ -160,7 +160,8 @@ impl Session {
             self.collation,
             &self.state.vars,
             rewritten.as_deref().unwrap_or(sql),
-        );
+        )
+        .with_extended_metadata(!self.mariadb_capabilities.is_empty());
         // The cache answers for a client whose session adds nothing to what the server
         // checks at prepare time; a pinned client (LOCK TABLES), one in a transaction or a
         // read-only session gets the server's own answer.
