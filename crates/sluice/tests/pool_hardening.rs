@@ -161,10 +161,12 @@ async fn three_driver_flavours_share_a_pool_of_two_without_evictions() {
         capabilities: CapabilityFlags::CLIENT_DEPRECATE_EOF
             | CapabilityFlags::CLIENT_MULTI_STATEMENTS,
         collation: 224,
+        ..Flavor::INTERNAL
     };
     let latin1 = Flavor {
         capabilities: CapabilityFlags::CLIENT_DEPRECATE_EOF,
         collation: 8,
+        ..Flavor::INTERNAL
     };
     for round in 0..ROUNDS {
         // The three at once, each a fresh login.
