@@ -31,6 +31,7 @@ pub async fn run_burst(options: &BurstOptions, progress: bool) -> anyhow::Result
     let max_connections = workload::max_connections(&database).await?;
     let mut modes = Vec::new();
     for mode in &options.modes {
+        workload::wait_until_closed(&database).await?;
         let (target, _gateway) = match mode {
             Mode::Gateway => {
                 let (addr, gateway) = gateway_for(options).await?;

@@ -159,6 +159,34 @@ pub async fn max_connections(target: &BackendTarget) -> anyhow::Result<u64> {
         .ok_or_else(|| anyhow::anyhow!("could not read max_connections"))
 }
 
+/// Waits, up to 5 s, until the server holds no connection of the benchmark's user but the
+/// one asking: a closed connection leaves the process list a moment after its goodbye, and
+/// one mode's stragglers must not count in the next mode's peak.
+pub async fn wait_until_closed(target: &BackendTarget) -> anyhow::Result<()> {
+    let mut conn = connect(target).await?;
+    let user = target.user.replace('\'', "''");
+    let count = format!(
+        "SELECT COUNT(*) FROM information_schema.PROCESSLIST \
+         WHERE USER = '{user}' AND ID <> CONNECTION_ID()"
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let rows = conn
+            .query_text(&count)
+            .await?
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let left: u64 = rows
+            .first()
+            .and_then(|r| r.first().cloned().flatten())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        if left == 0 || Instant::now() >= deadline {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Runs one mode: every wave of containers, each running its invocations. Returns the
 /// outcome and the frozen containers' connections, still open.
 pub async fn run_mode(
