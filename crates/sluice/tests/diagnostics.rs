@@ -310,3 +310,52 @@ async fn the_data_api_and_mysql_clients_never_read_each_other_s_warnings() {
     assert_eq!(warnings, vec![], "a MySQL client read a request's warnings");
     conn.disconnect().await.unwrap();
 }
+
+/// `COM_RESET_CONNECTION` and `COM_CHANGE_USER` clear the diagnostics area on MariaDB: the
+/// client's warnings are gone afterwards through sluice too, whichever connection it gets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reset_and_change_user_clear_the_client_s_warnings() {
+    let gw = one_connection("diag_reset").await;
+    let direct_opts = mysql_async::OptsBuilder::default()
+        .ip_or_hostname(DB_HOST)
+        .tcp_port(DB_PORT)
+        .user(Some(gw.backend_user.clone()))
+        .pass(Some("backend-pw"))
+        .db_name(Some(TEST_DB));
+    let mut seen = Vec::new();
+    for (opts, user, password) in [
+        (direct_opts, gw.backend_user.clone(), "backend-pw"),
+        (
+            gw.opts("app", "secret", Some(TEST_DB)),
+            "app".to_owned(),
+            "secret",
+        ),
+    ] {
+        let mut conn = mysql_async::Conn::new(opts).await.unwrap();
+        let mut counts = Vec::new();
+        for how in ["reset", "change_user"] {
+            let _: Vec<Option<i64>> = conn.query("SELECT 1/0").await.unwrap();
+            let before: Option<u32> = conn.query_first("SELECT @@warning_count").await.unwrap();
+            match how {
+                "reset" => {
+                    conn.reset().await.unwrap();
+                }
+                _ => conn
+                    .change_user(
+                        mysql_async::ChangeUserOpts::default()
+                            .with_user(Some(user.clone()))
+                            .with_pass(Some(password.to_owned()))
+                            .with_db_name(Some(TEST_DB.to_owned())),
+                    )
+                    .await
+                    .unwrap(),
+            }
+            let after: Vec<(String, u32, String)> = conn.query("SHOW WARNINGS").await.unwrap();
+            counts.push(format!("{how}: {before:?} then {after:?}"));
+        }
+        conn.disconnect().await.unwrap();
+        seen.push(counts);
+    }
+    assert_eq!(seen[1], seen[0], "through sluice as directly");
+    assert_eq!(seen[0][0], "reset: Some(1) then []");
+}
