@@ -186,15 +186,7 @@ fn error_line(e: &mysql_async::Error) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mysql_async_reads_its_own_diagnostics_and_never_another_s() {
     let gw = one_connection("diag_async").await;
-    let direct = scenarios_with_mysql_async(
-        mysql_async::OptsBuilder::default()
-            .ip_or_hostname(DB_HOST)
-            .tcp_port(DB_PORT)
-            .user(Some(gw.backend_user.clone()))
-            .pass(Some("backend-pw"))
-            .db_name(Some(TEST_DB)),
-    )
-    .await;
+    let direct = scenarios_with_mysql_async(gw.direct_opts()).await;
     let sluice = scenarios_with_mysql_async(gw.opts("app", "secret", Some(TEST_DB))).await;
     compare_lines("mysql_async", &direct, &sluice);
     assert_key_lines(&sluice);
@@ -316,15 +308,9 @@ async fn the_data_api_and_mysql_clients_never_read_each_other_s_warnings() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reset_and_change_user_clear_the_client_s_warnings() {
     let gw = one_connection("diag_reset").await;
-    let direct_opts = mysql_async::OptsBuilder::default()
-        .ip_or_hostname(DB_HOST)
-        .tcp_port(DB_PORT)
-        .user(Some(gw.backend_user.clone()))
-        .pass(Some("backend-pw"))
-        .db_name(Some(TEST_DB));
     let mut seen = Vec::new();
     for (opts, user, password) in [
-        (direct_opts, gw.backend_user.clone(), "backend-pw"),
+        (gw.direct_opts(), gw.backend_user.clone(), "backend-pw"),
         (
             gw.opts("app", "secret", Some(TEST_DB)),
             "app".to_owned(),

@@ -573,15 +573,6 @@ async fn outcomes(opts: mysql_async::OptsBuilder, steps: &[&str]) -> Vec<String>
     seen
 }
 
-fn direct_opts(gw: &TestGateway) -> mysql_async::OptsBuilder {
-    mysql_async::OptsBuilder::default()
-        .ip_or_hostname(DB_HOST)
-        .tcp_port(DB_PORT)
-        .user(Some(gw.backend_user.clone()))
-        .pass(Some("backend-pw"))
-        .db_name(Some(TEST_DB))
-}
-
 /// MariaDB keeps the access mode of a transaction that `SET autocommit = 1` ended in force
 /// until an explicit COMMIT or ROLLBACK, even for new transactions; and the transaction's,
 /// not the session's when the session's default changed inside it. Through sluice the
@@ -625,7 +616,7 @@ async fn characteristics_a_transaction_leaves_behind_stay_with_its_client() {
         ],
     ];
     for steps in scenarios {
-        let direct = outcomes(direct_opts(&gw), steps).await;
+        let direct = outcomes(gw.direct_opts(), steps).await;
         let through = outcomes(gw.opts("app", "secret", Some(TEST_DB)), steps).await;
         assert_eq!(through, direct, "through sluice as directly");
         // Whatever connection the client had, the next client writes as usual.

@@ -167,6 +167,17 @@ impl TestGateway {
             .prefer_socket(false)
     }
 
+    /// Connection options for MariaDB directly as this gateway's backend user, to compare
+    /// what a client sees through sluice with what it sees directly.
+    pub fn direct_opts(&self) -> mysql_async::OptsBuilder {
+        mysql_async::OptsBuilder::default()
+            .ip_or_hostname(DB_HOST)
+            .tcp_port(DB_PORT)
+            .user(Some(self.backend_user.clone()))
+            .pass(Some("backend-pw"))
+            .db_name(Some(TEST_DB))
+    }
+
     /// Connects as `app` to the test schema.
     pub async fn connect(&self) -> mysql_async::Conn {
         mysql_async::Conn::new(self.opts("app", "secret", Some(TEST_DB)))
