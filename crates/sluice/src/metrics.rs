@@ -4,9 +4,16 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
+
+/// Bucket bounds, in seconds, of the latency histograms: from well under a millisecond
+/// (a point select on a pooled connection) to the default `borrow_timeout`.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0, 30.0, 120.0,
+];
 
 /// Distinct users that get series of their own in the per-user metrics; later ones share
 /// the `other` series, so made-up or numerous user names cannot grow the scrape unbounded.
@@ -23,6 +30,12 @@ pub struct UserMetrics {
     pub borrows: IntCounterVec,
     /// Failed logins of users that exist (made-up names count as `unknown`).
     pub auth_failures: IntCounterVec,
+    /// Seconds from a client command's arrival to the last byte of its reply relayed, by
+    /// login name (RDS Proxy's QueryResponseLatency): borrow wait included.
+    pub query_response: HistogramVec,
+    /// Seconds from a command sent to the database to its reply's end, by login name (RDS
+    /// Proxy's QueryDatabaseResponseLatency).
+    pub query_database: HistogramVec,
     labels: Arc<Mutex<HashSet<String>>>,
 }
 
@@ -74,6 +87,25 @@ impl UserMetrics {
     pub fn db_connection(&self, user: &str) -> Held {
         Held::new(self.db_connections.with_label_values(&[self.label(user)]))
     }
+
+    /// The latency histograms of `user`'s commands, looked up once per session so that a
+    /// command's timing costs two atomic observations and no lookup.
+    pub fn latency(&self, user: &str) -> QueryLatency {
+        let label = [self.label(user)];
+        QueryLatency {
+            response: self.query_response.with_label_values(&label),
+            database: self.query_database.with_label_values(&label),
+        }
+    }
+}
+
+/// One user's query latency histograms (see [`UserMetrics::latency`]).
+#[derive(Clone)]
+pub struct QueryLatency {
+    /// Command received to reply relayed.
+    pub response: Histogram,
+    /// Command sent to the database to its reply's end.
+    pub database: Histogram,
 }
 
 /// Every metric sluice exports.
@@ -98,7 +130,8 @@ pub struct Metrics {
     /// Auth query lookups, by `result`: `hit` and `unknown_hit` (answered from the cache),
     /// `read` (the query ran), `reread` (it ran again after a refused proof), `failed`.
     pub auth_query_lookups: IntCounterVec,
-    /// Database connections by state (`busy`, `idle`); set when scraped.
+    /// Database connections by state (`busy`, `idle`, `total`, `max`, `in_transaction`,
+    /// `pinned`); set when scraped.
     pub db_connections: IntGaugeVec,
     /// Database connections opened since start.
     pub db_connections_opened: IntCounter,
@@ -108,6 +141,18 @@ pub struct Metrics {
     pub db_connect_errors: IntCounter,
     /// Borrowers that gave up waiting for a database connection.
     pub borrow_timeouts: IntCounter,
+    /// Borrowers refused because every connection of the budget stayed busy for the whole
+    /// `borrow_timeout` (`BorrowError::Exhausted`; not a user ceiling): the number the
+    /// serverless articles watch as "no connections left".
+    pub no_connections_left: IntCounter,
+    /// Borrowers waiting in line for a database connection now.
+    pub borrow_waiters: IntGauge,
+    /// Seconds a borrower waited for a database connection (opening one included).
+    pub borrow_wait: Histogram,
+    /// The budget less the database connections open now; set when scraped.
+    pub database_connections_remaining: IntGauge,
+    /// Client connections closed since start (every accepted one, logged in or not).
+    pub client_connections_closed: IntCounter,
     /// Client statements killed at `backend.query_timeout`.
     pub query_timeouts: IntCounter,
     /// Client commands forwarded, by command name.
@@ -200,6 +245,28 @@ impl Metrics {
         registry
             .register(Box::new(http_latency.clone()))
             .expect("unique metric");
+        let user_histogram = |name: &str, help: &str| {
+            let h = HistogramVec::new(
+                HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()),
+                &["user"],
+            )
+            .expect("valid metric");
+            registry
+                .register(Box::new(h.clone()))
+                .expect("unique metric");
+            h
+        };
+        let borrow_wait = Histogram::with_opts(
+            HistogramOpts::new(
+                "borrow_wait_seconds",
+                "Seconds borrowers waited for a database connection, opening one included",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(borrow_wait.clone()))
+            .expect("unique metric");
         let user_gauge = |name: &str, help: &str| {
             let g = IntGaugeVec::new(Opts::new(name, help), &["user"]).expect("valid metric");
             registry
@@ -225,6 +292,14 @@ impl Metrics {
                 "user_auth_failures_total",
                 "Failed logins by user (unknown for names no source knows)",
                 "user",
+            ),
+            query_response: user_histogram(
+                "query_response_seconds",
+                "Seconds from a client command's arrival to its reply relayed, by login name",
+            ),
+            query_database: user_histogram(
+                "query_database_response_seconds",
+                "Seconds from a command sent to the database to the end of its reply, by login name",
             ),
             labels: Arc::default(),
         };
@@ -282,6 +357,23 @@ impl Metrics {
             borrow_timeouts: counter(
                 "borrow_timeouts_total",
                 "Clients that waited pool.borrow_timeout for a database connection and gave up",
+            ),
+            no_connections_left: counter(
+                "no_connections_left_total",
+                "Borrowers refused because the pool stayed exhausted for pool.borrow_timeout",
+            ),
+            borrow_waiters: gauge(
+                "borrow_waiters",
+                "Borrowers waiting in line for a database connection now",
+            ),
+            borrow_wait,
+            database_connections_remaining: gauge(
+                "database_connections_remaining",
+                "max_db_connections less the database connections open now",
+            ),
+            client_connections_closed: counter(
+                "client_connections_closed_total",
+                "Client connections closed (every accepted one, logged in or not)",
             ),
             query_timeouts: counter(
                 "query_timeouts_total",

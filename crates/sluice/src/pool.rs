@@ -99,6 +99,14 @@ pub struct PoolStats {
     pub max: usize,
 }
 
+impl PoolStats {
+    /// Connections the budget still allows: the cap less those open (RDS Proxy users watch
+    /// this as the database's remaining connections).
+    pub fn remaining(&self) -> usize {
+        self.max.saturating_sub(self.total)
+    }
+}
+
 /// A connection and its slot under the cap. Dropping it closes the connection (with
 /// COM_QUIT, see `BackendConn`'s `Drop`) and frees the slot, so no path can leak a slot or
 /// free one twice.
@@ -383,18 +391,35 @@ impl Pool {
 
     /// Lends a connection logged in as `login` with `flavor`, waiting in line up to
     /// `borrow_timeout`. Among idle connections it prefers one already on `schema`, sparing
-    /// a `COM_INIT_DB`.
+    /// a `COM_INIT_DB`. The wait, success or not, goes into `sluice_borrow_wait_seconds`.
     pub async fn borrow(
         &self,
         login: &BackendTarget,
         flavor: Flavor,
         schema: Option<&str>,
     ) -> Result<Lease, BorrowError> {
-        let inner = &self.inner;
         let started = Instant::now();
+        let lent = self.borrow_since(started, login, flavor, schema).await;
+        let waited = started.elapsed().as_secs_f64();
+        self.inner.metrics.borrow_wait.observe(waited);
+        lent
+    }
+
+    /// [`Pool::borrow`] for a borrower that arrived at `started`.
+    async fn borrow_since(
+        &self,
+        started: Instant,
+        login: &BackendTarget,
+        flavor: Flavor,
+        schema: Option<&str>,
+    ) -> Result<Lease, BorrowError> {
+        let inner = &self.inner;
         let deadline = started + inner.config.borrow_timeout;
+        // Counted in `sluice_borrow_waiters` until a lending permit is ours (or never is).
+        let waiting = Held::new(inner.metrics.borrow_waiters.clone());
         let exhausted = || {
             inner.metrics.borrow_timeouts.inc();
+            inner.metrics.no_connections_left.inc();
             BorrowError::Exhausted {
                 max: inner.config.max_db_connections,
                 waited: started.elapsed(),
@@ -430,6 +455,7 @@ impl Pool {
         else {
             return Err(exhausted());
         };
+        drop(waiting);
         let mut lease = Lease {
             conn: None,
             permit: Some(permit),
@@ -784,5 +810,9 @@ impl Pool {
         gauges.with_label_values(&["idle"]).set(stats.idle as i64);
         gauges.with_label_values(&["total"]).set(stats.total as i64);
         gauges.with_label_values(&["max"]).set(stats.max as i64);
+        self.inner
+            .metrics
+            .database_connections_remaining
+            .set(stats.remaining() as i64);
     }
 }

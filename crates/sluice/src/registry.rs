@@ -7,10 +7,14 @@
 //! query id, and kills that query (`KILL QUERY ID`) only if the stamp has not changed in
 //! between: query ids are never reused, so the kill can only hit the statement it was meant
 //! for, even if the connection passes to another client a moment later.
+//!
+//! Each client also publishes what it is doing ([`Activity`]), so the admin `/status`
+//! page can list clients without asking their tasks.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use sluice_protocol::response::ErrFields;
 use tokio::sync::Notify;
@@ -36,6 +40,91 @@ impl BackendStamp {
     }
 }
 
+/// What a client is doing, as its session last published it: cheap to update (two atomic
+/// stores per command, no clock read of its own, no allocation), read by the status page.
+#[derive(Debug)]
+pub struct Activity {
+    /// When the session began; times are kept as milliseconds since then.
+    since: Instant,
+    /// [`Activity::RUNNING`] and [`Activity::IN_TRANSACTION`].
+    flags: AtomicU8,
+    /// Milliseconds after `since` when the flags last changed.
+    changed_ms: AtomicU64,
+    /// Why the client is pinned to its connection, if it is (set rarely: once a session).
+    pin: Mutex<Option<&'static str>>,
+}
+
+/// What a client is doing now, for the status page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ActivitySnapshot {
+    /// A command is in progress.
+    pub running: bool,
+    /// The client's transaction is open.
+    pub in_transaction: bool,
+    /// Why it is pinned to its connection, if it is.
+    pub pin: Option<&'static str>,
+    /// How long it has been in this state (idle time when not running).
+    pub for_how_long: Duration,
+    /// How long the session has existed.
+    pub age: Duration,
+}
+
+impl Activity {
+    const RUNNING: u8 = 1;
+    const IN_TRANSACTION: u8 = 2;
+
+    fn new() -> Activity {
+        Activity {
+            since: Instant::now(),
+            flags: AtomicU8::new(0),
+            changed_ms: AtomicU64::new(0),
+            pin: Mutex::new(None),
+        }
+    }
+
+    fn store(&self, flags: u8, at: Instant) {
+        let ms = at.saturating_duration_since(self.since).as_millis();
+        self.changed_ms
+            .store(u64::try_from(ms).unwrap_or(u64::MAX), Ordering::Relaxed);
+        self.flags.store(flags, Ordering::Relaxed);
+    }
+
+    /// A command arrived at `at` (its transaction state is unchanged until it ends).
+    pub fn command_started(&self, at: Instant) {
+        let open = self.flags.load(Ordering::Relaxed) & Self::IN_TRANSACTION;
+        self.store(open | Self::RUNNING, at);
+    }
+
+    /// The command's reply was done at `at`; `in_transaction` says whether a transaction
+    /// is open after it.
+    pub fn command_ended(&self, at: Instant, in_transaction: bool) {
+        let open = if in_transaction {
+            Self::IN_TRANSACTION
+        } else {
+            0
+        };
+        self.store(open, at);
+    }
+
+    /// Records the reason the client is pinned to its connection (`None`: not pinned).
+    pub fn set_pin(&self, reason: Option<&'static str>) {
+        *self.pin.lock().unwrap_or_else(|e| e.into_inner()) = reason;
+    }
+
+    /// What the client is doing, as of `now`.
+    pub fn snapshot(&self, now: Instant) -> ActivitySnapshot {
+        let flags = self.flags.load(Ordering::Relaxed);
+        let changed = self.since + Duration::from_millis(self.changed_ms.load(Ordering::Relaxed));
+        ActivitySnapshot {
+            running: flags & Self::RUNNING != 0,
+            in_transaction: flags & Self::IN_TRANSACTION != 0,
+            pin: *self.pin.lock().unwrap_or_else(|e| e.into_inner()),
+            for_how_long: now.saturating_duration_since(changed),
+            age: now.saturating_duration_since(self.since),
+        }
+    }
+}
+
 /// What other sessions may do to one client.
 #[derive(Debug, Clone)]
 pub struct SessionHandle {
@@ -46,6 +135,8 @@ pub struct SessionHandle {
     pub backend: Arc<BackendStamp>,
     /// Signalled to end the session (`KILL CONNECTION`).
     pub kill: Arc<Notify>,
+    /// What it is doing, for the status page.
+    pub activity: Arc<Activity>,
 }
 
 /// The live sessions.
@@ -84,6 +175,7 @@ impl Registry {
             identity: identity.clone(),
             backend: Arc::new(BackendStamp::default()),
             kill: Arc::new(Notify::new()),
+            activity: Arc::new(Activity::new()),
         };
         self.lock().insert(id, handle.clone());
         Registration {
@@ -129,6 +221,18 @@ impl Registry {
             .collect()
     }
 
+    /// Every session, by id, lowest first: for the status page, which shows the first few
+    /// and counts the rest. The lock is held only to copy the handles.
+    pub fn all(&self) -> Vec<(u32, SessionHandle)> {
+        let mut all: Vec<_> = self
+            .lock()
+            .iter()
+            .map(|(id, h)| (*id, h.clone()))
+            .collect();
+        all.sort_unstable_by_key(|(id, _)| *id);
+        all
+    }
+
     fn lock(&self) -> MutexGuard<'_, HashMap<u32, SessionHandle>> {
         self.sessions
             .lock()
@@ -151,6 +255,28 @@ mod tests {
         stamp.set(7);
         assert_eq!(stamp.get().1, 7);
         assert_ne!(stamp.get(), first, "same thread, another borrow");
+    }
+
+    #[test]
+    fn activity_follows_commands_and_pins() {
+        let activity = Activity::new();
+        let start = activity.since;
+        let idle = activity.snapshot(start + Duration::from_secs(2));
+        assert!(!idle.running && !idle.in_transaction && idle.pin.is_none());
+        assert_eq!(idle.for_how_long, Duration::from_secs(2));
+        activity.command_started(start + Duration::from_secs(3));
+        let running = activity.snapshot(start + Duration::from_millis(3500));
+        assert!(running.running);
+        assert_eq!(running.for_how_long, Duration::from_millis(500));
+        activity.command_ended(start + Duration::from_secs(4), true);
+        activity.set_pin(Some("temporary_table"));
+        let held = activity.snapshot(start + Duration::from_secs(10));
+        assert!(!held.running && held.in_transaction);
+        assert_eq!(held.pin, Some("temporary_table"));
+        assert_eq!(held.for_how_long, Duration::from_secs(6));
+        assert_eq!(held.age, Duration::from_secs(10));
+        activity.command_started(start + Duration::from_secs(11));
+        assert!(activity.snapshot(start).in_transaction, "still open while running");
     }
 
     fn identity(user: &str) -> Arc<Identity> {

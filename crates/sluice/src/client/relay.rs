@@ -5,6 +5,8 @@
 //! flushed whenever no further database frame is already buffered, so a reply costs about
 //! one write per read.
 
+use std::time::Instant;
+
 use sluice_protocol::reply::{ReplyShape, ReplyTracker, Step};
 use sluice_protocol::response::{self, OkFields};
 use sluice_protocol::session_state::{self, StateChanges};
@@ -47,6 +49,9 @@ pub struct ReplyOutcome {
     /// The reply ended in an error or reported warnings: the server's diagnostics area
     /// holds them for the client's next `SHOW WARNINGS`.
     pub raised_conditions: bool,
+    /// When the command went to the database and when its reply's last byte had gone to
+    /// the client (`None` for a command without a reply).
+    pub times: Option<(Instant, Instant)>,
 }
 
 /// Statements of sluice's own that travel in the same write as a client's command.
@@ -83,6 +88,7 @@ pub async fn forward(
     if let Some(sql) = pipelined.after {
         backend.queue_query(sql);
     }
+    let sent = Instant::now();
     backend
         .stream
         .flush()
@@ -176,6 +182,7 @@ pub async fn forward(
             }
             Step::Done(status) => {
                 client.flush().await.map_err(RelayError::Client)?;
+                outcome.times = Some((sent, Instant::now()));
                 outcome.status = status;
                 outcome.raised_conditions = tracker.raised_conditions();
                 if outcome.raised_conditions {

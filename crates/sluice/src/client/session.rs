@@ -26,10 +26,12 @@ use tracing::{debug, info, warn, Instrument};
 
 mod own_statements;
 mod prepared;
+mod timing;
 mod transaction;
 
 use self::own_statements::ReadBack;
 use self::prepared::ClientStatements;
+use self::timing::CommandTiming;
 use self::transaction::{Defaults, NextTransaction};
 use super::admission::{PendingLogin, Seat};
 use super::errors;
@@ -114,6 +116,8 @@ struct Session {
     /// Whether the client's session accepts `;`-separated statements (capability at login,
     /// then COM_SET_OPTION).
     multi_statements: bool,
+    /// Times the command in progress (latency histograms, the status page).
+    timing: CommandTiming,
 }
 
 /// What sluice knows about a command before its reply, to account for what the reply says.
@@ -200,7 +204,9 @@ pub async fn serve_client(
     let span = tracing::info_span!("client", id, %peer);
     async move {
         info!("client connected");
+        let closed = gateway.metrics.client_connections_closed.clone();
         let end = run(gateway, socket, peer, id, pending).await;
+        closed.inc();
         match end {
             End::Quit => info!("client closed (quit)"),
             End::Shutdown => info!("client closed (shutdown)"),
@@ -309,6 +315,7 @@ async fn serve_authenticated(
     debug!(%user, backend_user = %identity.backend.user, "client authenticated");
     let registration = gateway.sessions.register(id, &identity);
     let counted = gateway.metrics.users.client(&identity.user);
+    let timing = CommandTiming::new(gateway.metrics.users.latency(&identity.user));
     let tracking = capabilities
         .contains(CapabilityFlags::CLIENT_SESSION_TRACK)
         .then(|| tracking_defaults(server));
@@ -341,6 +348,7 @@ async fn serve_authenticated(
         failed_change_users: 0,
         statements: ClientStatements::default(),
         multi_statements: capabilities.contains(CapabilityFlags::CLIENT_MULTI_STATEMENTS),
+        timing,
     };
     let mut seq = next_seq;
     // Attach once at login: it checks the schema exists (1049 otherwise).
@@ -448,6 +456,7 @@ impl Session {
         if self.pin.is_none() && self.identity.pool_mode == PoolMode::Transaction {
             self.count_pin(reason);
             self.pin = Some(reason);
+            self.registration.handle.activity.set_pin(Some(reason));
         }
     }
 
@@ -688,6 +697,7 @@ impl Session {
                 .with_label_values(&[command::name(command_byte)])
                 .inc();
             let mut seq = packet.next_seq;
+            self.timing.start(&self.registration.handle.activity);
             let outcome = match command_byte {
                 command::QUIT => return End::Quit,
                 command::PING => self.send_ok(&mut seq).await.map_err(Into::into),
@@ -717,6 +727,13 @@ impl Session {
             if let Err(end) = outcome {
                 return end;
             }
+            let query = !matches!(
+                command_byte,
+                command::PING | command::STMT_SEND_LONG_DATA | command::STMT_CLOSE
+            );
+            let in_transaction = self.status.contains(StatusFlags::SERVER_STATUS_IN_TRANS);
+            self.timing
+                .finish(&self.registration.handle.activity, query, in_transaction);
         }
     }
 
@@ -877,6 +894,7 @@ impl Session {
             rows: None,
             insert_id_seen: false,
             raised_conditions: ok.warnings > 0,
+            times: None,
         };
         if outcome.raised_conditions {
             lease.conn().diagnostics.raised();
@@ -1079,6 +1097,7 @@ impl Session {
         };
         self.forget_statements();
         self.pin = None;
+        self.registration.handle.activity.set_pin(None);
         self.reset_on_release = false;
         self.defaults_at_begin = None;
         self.next_transaction = NextTransaction::None;
@@ -1184,6 +1203,9 @@ impl Session {
         };
         match relayed {
             Ok(outcome) => {
+                if let Some((sent, done)) = outcome.times {
+                    self.timing.relayed(sent, done);
+                }
                 self.absorb(&outcome, accounting);
                 let holds = match accounting.read_back {
                     Some(read_back) => self.read_back(read_back).await?,
@@ -1288,6 +1310,8 @@ impl Session {
         // A new entry: kills aimed at the old user's session do not reach the new one.
         self.registration = self.gateway.sessions.register(self.id, &identity);
         self.counted = self.gateway.metrics.users.client(&identity.user);
+        self.timing
+            .set_latency(self.gateway.metrics.users.latency(&identity.user));
         self.identity = identity;
         if let Some(collation) = request.collation {
             self.collation = collation;

@@ -1,4 +1,6 @@
-//! The admin HTTP listener: `/healthz` for load balancers, `/metrics` for Prometheus.
+//! The admin HTTP listener: `/healthz` for load balancers, `/metrics` for Prometheus,
+//! `/status` (a JSON snapshot, see [`status`]) and the live dashboard at `/` that draws it
+//! (see [`dashboard`]).
 
 use std::sync::Arc;
 
@@ -12,12 +14,28 @@ use tokio::net::TcpListener;
 
 use crate::Gateway;
 
+pub mod dashboard;
+pub mod status;
+
+/// What the admin handlers share: the gateway, and what `/status` remembers between calls.
+#[derive(Clone)]
+struct Admin {
+    gateway: Arc<Gateway>,
+    server_limit: Arc<status::ServerLimit>,
+}
+
 /// The admin routes.
 pub fn router(gateway: Arc<Gateway>) -> Router {
+    let admin = Admin {
+        gateway,
+        server_limit: Arc::default(),
+    };
     Router::new()
+        .route("/", get(dashboard::page))
+        .route("/status", get(status_json))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
-        .with_state(gateway)
+        .with_state(admin)
 }
 
 /// Serves the admin routes on `listener` until the task is aborted.
@@ -29,7 +47,8 @@ pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>) {
 
 /// Liveness plus a summary: the process is serving, and how the pool looks. While draining
 /// it answers 503, so load balancers send new clients elsewhere.
-async fn healthz(State(gateway): State<Arc<Gateway>>) -> impl IntoResponse {
+async fn healthz(State(admin): State<Admin>) -> impl IntoResponse {
+    let gateway = &admin.gateway;
     let pool = gateway.pool.stats();
     let (code, status) = match gateway.shutdown.deadline() {
         None => (StatusCode::OK, "ok"),
@@ -45,8 +64,17 @@ async fn healthz(State(gateway): State<Arc<Gateway>>) -> impl IntoResponse {
     )
 }
 
-async fn metrics(State(gateway): State<Arc<Gateway>>) -> impl IntoResponse {
-    gateway.pool.export();
+async fn status_json(State(admin): State<Admin>) -> impl IntoResponse {
+    let max_connections = admin.server_limit.get(&admin.gateway.pool);
+    (
+        [(header::CACHE_CONTROL, "no-store")],
+        Json(status::snapshot(&admin.gateway, max_connections)),
+    )
+}
+
+async fn metrics(State(admin): State<Admin>) -> impl IntoResponse {
+    let gateway = &admin.gateway;
+    status::export(gateway);
     (
         [(
             header::CONTENT_TYPE,
