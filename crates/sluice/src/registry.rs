@@ -224,11 +224,7 @@ impl Registry {
     /// Every session, by id, lowest first: for the status page, which shows the first few
     /// and counts the rest. The lock is held only to copy the handles.
     pub fn all(&self) -> Vec<(u32, SessionHandle)> {
-        let mut all: Vec<_> = self
-            .lock()
-            .iter()
-            .map(|(id, h)| (*id, h.clone()))
-            .collect();
+        let mut all: Vec<_> = self.lock().iter().map(|(id, h)| (*id, h.clone())).collect();
         all.sort_unstable_by_key(|(id, _)| *id);
         all
     }
@@ -276,7 +272,10 @@ mod tests {
         assert_eq!(held.for_how_long, Duration::from_secs(6));
         assert_eq!(held.age, Duration::from_secs(10));
         activity.command_started(start + Duration::from_secs(11));
-        assert!(activity.snapshot(start).in_transaction, "still open while running");
+        assert!(
+            activity.snapshot(start).in_transaction,
+            "still open while running"
+        );
     }
 
     fn identity(user: &str) -> Arc<Identity> {
