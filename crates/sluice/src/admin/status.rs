@@ -49,10 +49,10 @@ impl ServerLimit {
     /// when the last is due.
     pub fn get(self: &Arc<Self>, pool: &Pool) -> Option<u64> {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let due = state
+        let fresh = state
             .asked
-            .map_or(true, |at| at.elapsed() >= SERVER_LIMIT_REFRESH);
-        if due {
+            .is_some_and(|at| at.elapsed() < SERVER_LIMIT_REFRESH);
+        if !fresh {
             state.asked = Some(Instant::now());
             tokio::spawn(self.clone().read(pool.clone()));
         }
