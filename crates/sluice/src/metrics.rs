@@ -108,6 +108,17 @@ pub struct QueryLatency {
     pub database: Histogram,
 }
 
+/// Registers `metric` in `registry` and hands it back.
+fn registered<M: prometheus::core::Collector + Clone + 'static>(
+    registry: &Registry,
+    metric: M,
+) -> M {
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("unique metric");
+    metric
+}
+
 /// Every metric sluice exports.
 #[derive(Clone)]
 pub struct Metrics {
@@ -192,87 +203,79 @@ impl Metrics {
     pub fn new() -> Metrics {
         let registry = Registry::new_custom(Some("sluice".into()), None).expect("valid prefix");
         let gauge = |name: &str, help: &str| {
-            let g = IntGauge::new(name, help).expect("valid metric");
-            registry
-                .register(Box::new(g.clone()))
-                .expect("unique metric");
-            g
+            registered(&registry, IntGauge::new(name, help).expect("valid metric"))
         };
         let counter = |name: &str, help: &str| {
-            let c = IntCounter::new(name, help).expect("valid metric");
-            registry
-                .register(Box::new(c.clone()))
-                .expect("unique metric");
-            c
+            registered(
+                &registry,
+                IntCounter::new(name, help).expect("valid metric"),
+            )
         };
         let counter_vec = |name: &str, help: &str, label: &str| {
-            let c = IntCounterVec::new(Opts::new(name, help), &[label]).expect("valid metric");
-            registry
-                .register(Box::new(c.clone()))
-                .expect("unique metric");
-            c
-        };
-        let db_connections = IntGaugeVec::new(
-            Opts::new("db_connections", "Database connections by state"),
-            &["state"],
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(db_connections.clone()))
-            .expect("unique metric");
-        let http_requests = IntCounterVec::new(
-            Opts::new(
-                "http_requests_total",
-                "Data API requests by endpoint and HTTP status",
-            ),
-            &["endpoint", "status"],
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(http_requests.clone()))
-            .expect("unique metric");
-        let http_latency = HistogramVec::new(
-            HistogramOpts::new(
-                "http_request_duration_seconds",
-                "Data API request latency by endpoint",
+            registered(
+                &registry,
+                IntCounterVec::new(Opts::new(name, help), &[label]).expect("valid metric"),
             )
-            .buckets(vec![
-                0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
-            ]),
-            &["endpoint"],
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(http_latency.clone()))
-            .expect("unique metric");
+        };
+        let db_connections = registered(
+            &registry,
+            IntGaugeVec::new(
+                Opts::new("db_connections", "Database connections by state"),
+                &["state"],
+            )
+            .expect("valid metric"),
+        );
+        let http_requests = registered(
+            &registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "http_requests_total",
+                    "Data API requests by endpoint and HTTP status",
+                ),
+                &["endpoint", "status"],
+            )
+            .expect("valid metric"),
+        );
+        let http_latency = registered(
+            &registry,
+            HistogramVec::new(
+                HistogramOpts::new(
+                    "http_request_duration_seconds",
+                    "Data API request latency by endpoint",
+                )
+                .buckets(vec![
+                    0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+                ]),
+                &["endpoint"],
+            )
+            .expect("valid metric"),
+        );
         let user_histogram = |name: &str, help: &str| {
-            let h = HistogramVec::new(
-                HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()),
-                &["user"],
+            registered(
+                &registry,
+                HistogramVec::new(
+                    HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()),
+                    &["user"],
+                )
+                .expect("valid metric"),
             )
-            .expect("valid metric");
-            registry
-                .register(Box::new(h.clone()))
-                .expect("unique metric");
-            h
         };
-        let borrow_wait = Histogram::with_opts(
-            HistogramOpts::new(
-                "borrow_wait_seconds",
-                "Seconds borrowers waited for a database connection, opening one included",
+        let borrow_wait = registered(
+            &registry,
+            Histogram::with_opts(
+                HistogramOpts::new(
+                    "borrow_wait_seconds",
+                    "Seconds borrowers waited for a database connection, opening one included",
+                )
+                .buckets(LATENCY_BUCKETS.to_vec()),
             )
-            .buckets(LATENCY_BUCKETS.to_vec()),
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(borrow_wait.clone()))
-            .expect("unique metric");
+            .expect("valid metric"),
+        );
         let user_gauge = |name: &str, help: &str| {
-            let g = IntGaugeVec::new(Opts::new(name, help), &["user"]).expect("valid metric");
-            registry
-                .register(Box::new(g.clone()))
-                .expect("unique metric");
-            g
+            registered(
+                &registry,
+                IntGaugeVec::new(Opts::new(name, help), &["user"]).expect("valid metric"),
+            )
         };
         let users = UserMetrics {
             client_connections: user_gauge(
