@@ -9,7 +9,7 @@
 //! - `client`: one task per client connection (login, commands, relaying replies);
 //! - [`identity`]: who a client is, and as whom its database connections log in;
 //! - [`pool`] and [`backend`]: the database connections;
-//! - [`admin`] and [`metrics`]: health and Prometheus endpoints;
+//! - [`admin`] and [`metrics`]: health, Prometheus, `/status` and the live dashboard;
 //! - [`http`]: the SQL-over-HTTP Data API, sharing the pool;
 //! - [`bench`]: the serverless burst simulator (`sluice bench burst`).
 #![forbid(unsafe_code)]

@@ -40,8 +40,9 @@ impl BackendStamp {
     }
 }
 
-/// What a client is doing, as its session last published it: cheap to update (two atomic
-/// stores per command, no clock read of its own, no allocation), read by the status page.
+/// What a client is doing, as its session last published it: cheap to update (two relaxed
+/// atomic stores when a command starts and two when it ends, with the clock reads the
+/// latency histograms make anyway, no allocation), read by the status page.
 #[derive(Debug)]
 pub struct Activity {
     /// When the session began; times are kept as milliseconds since then.
