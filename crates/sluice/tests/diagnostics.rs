@@ -17,6 +17,9 @@ use common::*;
 use mysql_async::prelude::*;
 use serde_json::{json, Value as Json};
 
+/// Held by the tests that run the scenarios: they share the table `diag_t`.
+static SCENARIOS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn clients_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/clients")
 }
@@ -92,6 +95,7 @@ fn assert_key_lines(output: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pymysql_reads_its_own_diagnostics_and_never_another_s() {
+    let _table = SCENARIOS.lock().await;
     let gw = one_connection("diag_pymysql").await;
     let output = same_both_ways(&gw, "python3", "diagnostics.py").await;
     assert_key_lines(&output);
@@ -99,6 +103,7 @@ async fn pymysql_reads_its_own_diagnostics_and_never_another_s() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mysql2_reads_its_own_diagnostics_and_never_another_s() {
+    let _table = SCENARIOS.lock().await;
     let gw = one_connection("diag_mysql2").await;
     let output = same_both_ways(&gw, "node", "diagnostics.js").await;
     assert_key_lines(&output);
@@ -185,6 +190,7 @@ fn error_line(e: &mysql_async::Error) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mysql_async_reads_its_own_diagnostics_and_never_another_s() {
+    let _table = SCENARIOS.lock().await;
     let gw = one_connection("diag_async").await;
     let direct = scenarios_with_mysql_async(gw.direct_opts()).await;
     let sluice = scenarios_with_mysql_async(gw.opts("app", "secret", Some(TEST_DB))).await;
