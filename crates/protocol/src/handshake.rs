@@ -92,13 +92,14 @@ impl Greeting {
         })
     }
 
-    /// Builds the greeting sluice sends to a client.
+    /// Builds the greeting sluice sends to a client, proposing `auth_plugin`.
     pub fn for_client(
         server_version: &str,
         connection_id: u32,
         capabilities: CapabilityFlags,
         collation: u8,
         salt: &[u8; SALT_LEN],
+        auth_plugin: &str,
     ) -> Greeting {
         Greeting {
             server_version: server_version.to_owned(),
@@ -107,7 +108,7 @@ impl Greeting {
             collation,
             status: StatusFlags::SERVER_STATUS_AUTOCOMMIT,
             nonce: salt.to_vec(),
-            auth_plugin: crate::auth::NATIVE_PASSWORD.to_owned(),
+            auth_plugin: auth_plugin.to_owned(),
         }
     }
 }
@@ -133,8 +134,37 @@ pub struct Login {
     pub attributes: HashMap<String, String>,
 }
 
+/// Length of an SSLRequest: the first 32 bytes of a login packet, ending before the user.
+pub const SSL_REQUEST_LEN: usize = 32;
+
+/// True when `payload` is an SSLRequest: a truncated login packet with `CLIENT_SSL`, after
+/// which the client starts a TLS handshake and sends its real login inside it.
+pub fn is_tls_request(payload: &[u8]) -> bool {
+    payload.len() == SSL_REQUEST_LEN
+        && CapabilityFlags::from_bits_truncate(u32::from_le_bytes([
+            payload[0], payload[1], payload[2], payload[3],
+        ]))
+        .contains(CapabilityFlags::CLIENT_SSL | CapabilityFlags::CLIENT_PROTOCOL_41)
+}
+
+/// Builds the SSLRequest sluice sends a database before its TLS handshake: the login
+/// packet's fixed part, with `CLIENT_SSL` added to `capabilities`.
+pub fn encode_ssl_request(capabilities: CapabilityFlags, collation: u8) -> Vec<u8> {
+    let mut out = Vec::with_capacity(SSL_REQUEST_LEN);
+    out.extend_from_slice(
+        &(capabilities | CapabilityFlags::CLIENT_SSL)
+            .bits()
+            .to_le_bytes(),
+    );
+    out.extend_from_slice(&(16u32 * 1024 * 1024).to_le_bytes());
+    out.push(collation);
+    out.resize(SSL_REQUEST_LEN, 0);
+    out
+}
+
 impl Login {
-    /// Parses a login packet. A 32-byte packet with `CLIENT_SSL` is a TLS request.
+    /// Parses a login packet. A 32-byte packet with `CLIENT_SSL` is a TLS request (see
+    /// [`is_tls_request`]), not a login, and is refused here.
     pub fn parse(payload: &[u8]) -> Result<Login, ProtocolError> {
         if payload.len() < 32 {
             return Err(ProtocolError::Malformed("login packet too short"));
@@ -147,7 +177,7 @@ impl Login {
                 "client does not speak protocol 4.1 (CLIENT_PROTOCOL_41)",
             ));
         }
-        if payload.len() == 32 && flags.contains(CapabilityFlags::CLIENT_SSL) {
+        if is_tls_request(payload) {
             return Err(ProtocolError::Malformed(
                 "client requested TLS, which is not offered",
             ));
@@ -321,7 +351,14 @@ mod tests {
         let caps = CapabilityFlags::CLIENT_PROTOCOL_41
             | CapabilityFlags::CLIENT_SECURE_CONNECTION
             | CapabilityFlags::CLIENT_PLUGIN_AUTH;
-        let greeting = Greeting::for_client("5.5.5-10.11.19-MariaDB", 42, caps, 45, &salt);
+        let greeting = Greeting::for_client(
+            "5.5.5-10.11.19-MariaDB",
+            42,
+            caps,
+            45,
+            &salt,
+            crate::auth::NATIVE_PASSWORD,
+        );
         let parsed = Greeting::parse(&greeting.encode()).unwrap();
         assert_eq!(parsed.server_version, "5.5.5-10.11.19-MariaDB");
         assert_eq!(parsed.connection_id, 42);
@@ -379,7 +416,25 @@ mod tests {
                 .bits()
                 .to_le_bytes(),
         );
+        assert!(is_tls_request(&tls));
         assert!(Login::parse(&tls).is_err());
+    }
+
+    #[test]
+    fn ssl_request_round_trip() {
+        let request = encode_ssl_request(CapabilityFlags::CLIENT_PROTOCOL_41, 45);
+        assert_eq!(request.len(), SSL_REQUEST_LEN);
+        assert!(is_tls_request(&request));
+        assert!(!is_tls_request(&request[..31]));
+        let plain = encode_login(
+            CapabilityFlags::CLIENT_PROTOCOL_41,
+            45,
+            "u",
+            &[],
+            None,
+            "mysql_native_password",
+        );
+        assert!(!is_tls_request(&plain));
     }
 
     #[test]

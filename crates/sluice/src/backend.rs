@@ -27,6 +27,8 @@ use sluice_protocol::{command, lenenc, CapabilityFlags, ProtocolError};
 use socket2::{SockRef, TcpKeepalive};
 use tokio::net::TcpStream;
 
+use crate::tls::Socket;
+
 use crate::config::{BackendSecret, BackendTarget};
 use crate::metrics::Metrics;
 use crate::statements::{BackendStatements, StatementKey};
@@ -149,6 +151,10 @@ pub enum BackendError {
     /// The database asked for an authentication method sluice cannot perform.
     #[error("the database asked for authentication plugin {0}, which sluice does not support")]
     UnsupportedAuth(String),
+    /// TLS toward the database could not be set up as `[backend] tls` demands (the server
+    /// lacks it, or its certificate failed the check).
+    #[error("TLS toward the database failed: {0}")]
+    Tls(String),
 }
 
 impl From<ProtocolError> for BackendError {
@@ -170,7 +176,7 @@ impl BackendError {
             BackendError::Protocol(_) => true,
             // 1040 too many connections, 1053 server shutdown, 1129/1130 host blocked.
             BackendError::Refused(err) => matches!(err.code, 1040 | 1053 | 1203),
-            BackendError::UnsupportedAuth(_) => false,
+            BackendError::UnsupportedAuth(_) | BackendError::Tls(_) => false,
         }
     }
 
@@ -363,7 +369,7 @@ const LOGIN_VARIABLES: [&str; 4] = [
 pub struct BackendConn {
     /// The packet stream; sessions forward client commands through it. Its reads and
     /// writes fail once they wait `backend.stall_timeout` without progress.
-    pub stream: PacketStream<Stall<TcpStream>>,
+    pub stream: PacketStream<Stall<Socket>>,
     /// The client-visible choices this connection was opened with.
     pub flavor: Flavor,
     /// The database user it is logged in as: it serves only clients of that identity.
@@ -448,7 +454,7 @@ impl BackendConn {
         SockRef::from(&socket)
             .set_tcp_keepalive(&keepalive)
             .map_err(ProtocolError::Io)?;
-        let mut stream = PacketStream::new(Stall::new(socket, None, None), 1 << 30);
+        let mut stream = PacketStream::new(Stall::new(Socket::Plain(socket), None, None), 1 << 30);
         let greeting_packet = stream.read_packet().await?;
         if greeting_packet.payload.first() == Some(&response::ERR_HEADER) {
             return Err(BackendError::Refused(ErrFields::parse(
@@ -499,12 +505,43 @@ impl BackendConn {
             plugin,
         );
         let mut seq = greeting_packet.next_seq;
+        conn.start_tls(target, &greeting, capabilities, &mut seq)
+            .await?;
         conn.stream.write_packet(&mut seq, &login).await?;
         conn.finish_auth(target).await?;
         conn.read_login_state().await?;
         conn.enable_tracking().await?;
         conn.reset_login = conn.login();
         Ok(conn)
+    }
+
+    /// Switches to TLS before the login when `[backend] tls` asks for it and the server
+    /// offers it (SSLRequest, then the handshake); a mode that requires TLS from a server
+    /// without it fails the connection.
+    async fn start_tls(
+        &mut self,
+        target: &BackendTarget,
+        greeting: &Greeting,
+        capabilities: CapabilityFlags,
+        seq: &mut u8,
+    ) -> Result<(), BackendError> {
+        let offered = greeting.capabilities.contains(CapabilityFlags::CLIENT_SSL);
+        let connector = target
+            .tls
+            .connector(offered)
+            .map_err(|why| BackendError::Tls(why.to_owned()))?;
+        let Some(connector) = connector else {
+            return Ok(());
+        };
+        let request = handshake::encode_ssl_request(capabilities, self.flavor.collation);
+        self.stream.write_packet(seq, &request).await?;
+        let name = crate::tls::server_name(&target.host).map_err(BackendError::Tls)?;
+        self.stream
+            .get_mut()
+            .get_mut()
+            .connect_tls(connector, name)
+            .await
+            .map_err(|e| BackendError::Tls(e.to_string()))
     }
 
     /// Computes the answer to an authentication challenge for `plugin`.
@@ -564,6 +601,21 @@ impl BackendConn {
                 }
                 // caching_sha2_password: 0x01 0x03 is "fast auth succeeded"; OK follows.
                 Some(&0x01) if packet.payload.get(1) == Some(&0x03) => continue,
+                // Full authentication: inside TLS the password goes as it is.
+                Some(&0x01)
+                    if packet.payload.get(1) == Some(&0x04)
+                        && self.stream.get_ref().get_ref().is_tls() =>
+                {
+                    let BackendSecret::Password(password) = &target.secret else {
+                        return Err(BackendError::UnsupportedAuth(format!(
+                            "caching_sha2_password full authentication for user {} (sluice knows only the mysql_native_password hash of its password)",
+                            target.user
+                        )));
+                    };
+                    let mut answer = password.as_bytes().to_vec();
+                    answer.push(0);
+                    self.stream.write_packet(&mut seq, &answer).await?;
+                }
                 Some(&0x01) => {
                     return Err(BackendError::UnsupportedAuth(
                         "caching_sha2_password full authentication (needs TLS or an RSA key)"
@@ -1114,15 +1166,11 @@ impl BackendConn {
     /// True when an idle connection is known dead without a round trip: the database
     /// closed it (a restart, `KILL CONNECTION`, `wait_timeout`) or sent something nobody
     /// asked for (the ERR it sends a connection it kills). One non-blocking peek.
-    pub fn closed_by_peer(&self) -> bool {
+    pub fn closed_by_peer(&mut self) -> bool {
         if self.stream.buffered_len() > 0 || self.stream.failed() {
             return true;
         }
-        let mut byte = [std::mem::MaybeUninit::<u8>::uninit()];
-        match SockRef::from(self.stream.get_ref().get_ref()).peek(&mut byte) {
-            Ok(_) => true,
-            Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
-        }
+        self.stream.get_mut().get_mut().has_input_or_closed()
     }
 }
 
@@ -1134,7 +1182,7 @@ impl Drop for BackendConn {
     /// still busy with a reply reads it after that reply, and closes.
     fn drop(&mut self) {
         if !self.quit_sent && self.stream.at_packet_boundary() {
-            let _ = SockRef::from(self.stream.get_ref().get_ref()).send(&QUIT_PACKET);
+            self.stream.get_mut().get_mut().send_now(&QUIT_PACKET);
         }
     }
 }

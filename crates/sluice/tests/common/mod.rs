@@ -247,6 +247,7 @@ pub fn direct_target() -> BackendTarget {
         user: "root".into(),
         secret: BackendSecret::Password(String::new()),
         database: Some(TEST_DB.into()),
+        tls: sluice::tls::BackendTls::DISABLED,
     }
 }
 
@@ -263,6 +264,7 @@ pub async fn raw_client_with(gw: &TestGateway, flavor: Flavor) -> BackendConn {
         user: "app".into(),
         secret: BackendSecret::Password("secret".into()),
         database: Some(TEST_DB.into()),
+        tls: sluice::tls::BackendTls::DISABLED,
     };
     BackendConn::connect(&target, flavor, Duration::from_secs(5))
         .await
@@ -272,8 +274,9 @@ pub async fn raw_client_with(gw: &TestGateway, flavor: Flavor) -> BackendConn {
 /// Closes a raw client's socket without the COM_QUIT its drop would send, as a client that
 /// vanishes (a frozen or killed function) does.
 pub fn vanish(conn: BackendConn) {
-    let socket = socket2::SockRef::from(conn.stream.get_ref().get_ref());
-    let _ = socket.shutdown(std::net::Shutdown::Both);
+    if let Some(tcp) = conn.stream.get_ref().get_ref().tcp() {
+        let _ = socket2::SockRef::from(tcp).shutdown(std::net::Shutdown::Both);
+    }
     drop(conn);
 }
 
