@@ -98,6 +98,9 @@ pub struct Metrics {
     /// Client logins received (before the password check), by `transport`: `tls` or
     /// `plain`.
     pub client_logins: IntCounterVec,
+    /// `caching_sha2_password` exchanges, by `path`: `fast` (from the cache), `full_tls`
+    /// (the password inside TLS), `full_rsa` (RSA-encrypted), `empty` (no password).
+    pub caching_sha2_exchanges: IntCounterVec,
     /// TLS handshakes with clients that failed, by `listener` (`mysql`, `http`) and `reason`
     /// (`timeout`, `disconnected`, `alert_received`: the client refused the certificate,
     /// `bad_handshake`: garbage or no common ground, `other`).
@@ -282,6 +285,11 @@ impl Metrics {
                 "client_logins_total",
                 "Client logins received, by transport (tls, plain)",
                 "transport",
+            ),
+            caching_sha2_exchanges: counter_vec(
+                "caching_sha2_exchanges_total",
+                "caching_sha2_password exchanges with clients, by path",
+                "path",
             ),
             tls_handshake_failures,
             auth_query_lookups: counter_vec(

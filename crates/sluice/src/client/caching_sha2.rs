@@ -25,12 +25,21 @@ pub async fn proof(
     scramble: &[u8],
     salt: &[u8; SALT_LEN],
 ) -> Result<Proof, ProtocolError> {
+    let count = |path: &str| {
+        gateway
+            .metrics
+            .caching_sha2_exchanges
+            .with_label_values(&[path])
+            .inc()
+    };
     // The empty password has an empty scramble and nothing more to exchange.
     if scramble.is_empty() {
+        count("empty");
         return Ok(Proof::native(Vec::new()));
     }
     let cache = &gateway.identities.caching_sha2;
     if let Some(sha1) = cache.fast_path(user, salt, scramble) {
+        count("fast");
         stream.write_packet(seq, &FAST_AUTH_OK).await?;
         return Ok(Proof {
             native: scramble_with_sha1(salt, &sha1).to_vec(),
@@ -41,8 +50,10 @@ pub async fn proof(
     stream.write_packet(seq, &PERFORM_FULL_AUTH).await?;
     let mut answer = read(stream, seq).await?;
     let password = if stream.get_ref().get_ref().is_tls() {
+        count("full_tls");
         password_from(answer, &[])
     } else {
+        count("full_rsa");
         let Some(key) = cache.rsa_key().await else {
             return Err(ProtocolError::Malformed(
                 "caching_sha2_password without TLS needs an RSA key, and sluice has none",

@@ -2,6 +2,7 @@
 //! MariaDB on 127.0.0.1:3306 (scripts/ensure-deps makes sure it is there).
 #![allow(dead_code)]
 
+pub mod certs;
 pub mod data_api;
 
 use std::net::SocketAddr;
