@@ -79,8 +79,7 @@ impl From<ProtocolError> for LoginFailure {
 }
 
 /// Sends the greeting, switches to TLS when the client asks, reads the login, and
-/// authenticates it with the plugin it chose (`mysql_native_password` or
-/// `caching_sha2_password`; a client offering another is switched to `auth.default_plugin`).
+/// authenticates it (see [`client_proof`] for which plugin).
 pub async fn authenticate(
     gateway: &Gateway,
     stream: &mut ClientStream,
@@ -228,8 +227,10 @@ impl Proof {
 }
 
 /// Reads the client's proof for the plugin it answered with (`auth_response`, computed
-/// against `salt`), running the plugin's further exchange; a client that chose neither
-/// supported plugin is switched to `auth.default_plugin` with `salt` as the challenge.
+/// against `salt`), running the plugin's further exchange. A client that answered with a
+/// plugin other than `auth.default_plugin` is switched to it with `salt` as the challenge,
+/// except that `caching_sha2_password` answers are always taken as they are (so with the
+/// native default both plugins are served without a switch).
 pub async fn client_proof(
     gateway: &Gateway,
     stream: &mut ClientStream,
@@ -240,11 +241,14 @@ pub async fn client_proof(
     salt: &[u8; SALT_LEN],
 ) -> Result<Proof, ProtocolError> {
     let answer;
+    let wanted = gateway.settings.auth.default_plugin.name();
     let (plugin, response) = match plugin {
         None => (NATIVE_PASSWORD, auth_response),
-        Some(p) if p == NATIVE_PASSWORD || p == CACHING_SHA2_PASSWORD => (p, auth_response),
+        // As MySQL 8 does for caching_sha2_password accounts: clients that answered with the
+        // native plugin (mysql2 always does) are switched when caching_sha2 is the default.
+        Some(p) if p == wanted || p == CACHING_SHA2_PASSWORD => (p, auth_response),
         Some(_) => {
-            let plugin = gateway.settings.auth.default_plugin.name();
+            let plugin = wanted;
             let switch = handshake::encode_auth_switch(plugin, salt);
             stream.write_packet(seq, &switch).await?;
             let packet = stream.read_packet().await?;

@@ -209,6 +209,36 @@ impl TestGateway {
     }
 }
 
+/// The repository's root directory (for `tests/clients`).
+pub fn repo_root() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// Runs a client program with `stdin` as its input and returns what it did; a program that
+/// is not installed fails the test, naming scripts/ensure-deps.
+pub async fn run_client(
+    program: &str,
+    args: &[String],
+    stdin: Option<&str>,
+) -> std::process::Output {
+    use tokio::io::AsyncWriteExt;
+    let mut command = tokio::process::Command::new(program);
+    command
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = command
+        .spawn()
+        .unwrap_or_else(|e| panic!("{program} must be installed (scripts/ensure-deps): {e}"));
+    let mut pipe = child.stdin.take().unwrap();
+    // A client refused at connect exits before reading its input: a broken pipe here is
+    // not a failure, the output says what happened.
+    let _ = pipe.write_all(stdin.unwrap_or("").as_bytes()).await;
+    drop(pipe);
+    child.wait_with_output().await.unwrap()
+}
+
 /// A minimal HTTP/1.1 GET, enough for the admin endpoints.
 pub async fn http_get(addr: SocketAddr, path: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
