@@ -107,8 +107,7 @@ async fn require_refuses_plaintext_and_a_distrusting_client_fails_cleanly() {
     // The user's own "require": refused in clear, with a message naming the setting.
     let refused = mysql_async::Conn::new(gw.opts("secure", "pw", Some(TEST_DB)))
         .await
-        .err()
-        .expect("plaintext refused for a require user");
+        .expect_err("plaintext refused for a require user");
     assert_eq!(server_code(&refused), Some(1045), "{refused}");
     assert!(refused.to_string().contains("tls_mode"), "{refused}");
     let mut secure = mysql_async::Conn::new(tls_opts(&gw, "secure", "pw", &certs.ca))
@@ -127,16 +126,13 @@ async fn require_refuses_plaintext_and_a_distrusting_client_fails_cleanly() {
                 .with_pass(Some("pw".into())),
         )
         .await
-        .err()
-        .expect("change-user to a require user in clear is refused");
+        .expect_err("change-user to a require user in clear is refused");
     assert!(err.to_string().contains("tls_mode"), "{err}");
 
     // A client that trusts another authority gives up during the handshake: no server
     // error, and sluice counts why.
     let distrusting = mysql_async::Conn::new(tls_opts(&gw, "app", "secret", &certs.other_ca)).await;
-    let err = distrusting
-        .err()
-        .expect("an unknown issuer is refused by the client");
+    let err = distrusting.expect_err("an unknown issuer is refused by the client");
     assert_eq!(server_code(&err), None, "{err}");
     // sluice sees the client's alert a moment after the client has given up.
     let alerts =
@@ -209,8 +205,7 @@ async fn caching_sha2_full_paths_then_the_fast_path() {
     for (user, password) in [("app", "wrong"), ("viatls", "wrong")] {
         let err = mysql_async::Conn::new(gw.opts(user, password, Some(TEST_DB)))
             .await
-            .err()
-            .expect("wrong password refused");
+            .expect_err("wrong password refused");
         assert_eq!(server_code(&err), Some(1045), "{user}: {err}");
     }
     // The right one still works after a wrong one.
