@@ -496,6 +496,16 @@ impl BackendConn {
             last_used: Instant::now(),
         };
         let (plugin, proof) = conn.auth_proof(target, &greeting.auth_plugin, &greeting.nonce)?;
+        let mut seq = greeting_packet.next_seq;
+        let offered = greeting.capabilities.contains(CapabilityFlags::CLIENT_SSL);
+        let connector = target
+            .tls
+            .connector(offered)
+            .map_err(|why| BackendError::Tls(why.to_owned()))?;
+        let capabilities = match connector {
+            Some(_) => capabilities | CapabilityFlags::CLIENT_SSL,
+            None => capabilities,
+        };
         let login = handshake::encode_login(
             capabilities,
             flavor.collation,
@@ -504,9 +514,9 @@ impl BackendConn {
             target.database.as_deref(),
             plugin,
         );
-        let mut seq = greeting_packet.next_seq;
-        conn.start_tls(target, &greeting, capabilities, &mut seq)
-            .await?;
+        if let Some(connector) = connector {
+            conn.start_tls(target, connector, &login, &mut seq).await?;
+        }
         conn.stream.write_packet(&mut seq, &login).await?;
         conn.finish_auth(target).await?;
         conn.read_login_state().await?;
@@ -515,26 +525,20 @@ impl BackendConn {
         Ok(conn)
     }
 
-    /// Switches to TLS before the login when `[backend] tls` asks for it and the server
-    /// offers it (SSLRequest, then the handshake); a mode that requires TLS from a server
-    /// without it fails the connection.
+    /// Switches to TLS before the login (`[backend] tls`, the server offering it): the
+    /// login packet's first 32 bytes as the SSLRequest, as MySQL clients send it, then the
+    /// handshake with `connector`.
     async fn start_tls(
         &mut self,
         target: &BackendTarget,
-        greeting: &Greeting,
-        capabilities: CapabilityFlags,
+        connector: &tokio_rustls::TlsConnector,
+        login: &[u8],
         seq: &mut u8,
     ) -> Result<(), BackendError> {
-        let offered = greeting.capabilities.contains(CapabilityFlags::CLIENT_SSL);
-        let connector = target
-            .tls
-            .connector(offered)
-            .map_err(|why| BackendError::Tls(why.to_owned()))?;
-        let Some(connector) = connector else {
-            return Ok(());
-        };
-        let request = handshake::encode_ssl_request(capabilities, self.flavor.collation);
-        self.stream.write_packet(seq, &request).await?;
+        let request = login
+            .get(..handshake::SSL_REQUEST_LEN)
+            .ok_or(ProtocolError::Malformed("short login packet"))?;
+        self.stream.write_packet(seq, request).await?;
         let name = crate::tls::server_name(&target.host).map_err(BackendError::Tls)?;
         self.stream
             .get_mut()

@@ -304,12 +304,19 @@ async fn read_greeting(socket: &mut TcpStream) {
 /// An SSLRequest packet (sequence id 1).
 fn ssl_request() -> Vec<u8> {
     use sluice_protocol::CapabilityFlags;
-    let payload = sluice_protocol::handshake::encode_ssl_request(
-        CapabilityFlags::CLIENT_PROTOCOL_41 | CapabilityFlags::CLIENT_SECURE_CONNECTION,
+    let login = sluice_protocol::handshake::encode_login(
+        CapabilityFlags::CLIENT_PROTOCOL_41
+            | CapabilityFlags::CLIENT_SECURE_CONNECTION
+            | CapabilityFlags::CLIENT_SSL,
         45,
+        "app",
+        &[],
+        None,
+        "mysql_native_password",
     );
+    let payload = &login[..sluice_protocol::handshake::SSL_REQUEST_LEN];
     let mut packet = vec![payload.len() as u8, 0, 0, 1];
-    packet.extend_from_slice(&payload);
+    packet.extend_from_slice(payload);
     packet
 }
 
