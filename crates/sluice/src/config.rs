@@ -1418,6 +1418,40 @@ mod tests {
     }
 
     #[test]
+    fn tls_settings_are_checked() {
+        let text = r#"
+            tls_mode = "require"
+            [backend]
+            tls = "verify-ca"
+            [auth]
+            rsa_private_key = "/nonexistent/rsa.pem"
+            [[users]]
+            name = "fn"
+            backend = "shared"
+            tls_mode = "allow"
+        "#;
+        let (_, keys) = refused(text);
+        assert_eq!(
+            keys,
+            vec![
+                "backend.tls",
+                "tls_mode",
+                "auth.rsa_private_key",
+                "users[0].tls_mode",
+            ]
+        );
+        assert_eq!(refused("[http]\ntls = \"shared\"\n").1, vec!["http.tls"]);
+        let ca_without_check = "[backend]\ntls = \"require\"\ntls_ca = \"/x.pem\"\n";
+        assert_eq!(refused(ca_without_check).1, vec!["backend.tls_ca"]);
+        let half = "tls_cert = \"/x.pem\"\n";
+        assert_eq!(refused(half).1, vec!["tls_cert"]);
+        // No certificate: TLS is off, and the backend prefers TLS where offered.
+        let settings = Config::default().validate("defaults").unwrap();
+        assert_eq!(settings.tls_mode, TlsMode::Off);
+        assert_eq!(settings.backend.tls.mode, BackendTlsMode::Prefer);
+    }
+
+    #[test]
     fn http_section_is_checked_against_users() {
         let text = format!(
             r#"
