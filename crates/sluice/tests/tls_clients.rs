@@ -4,16 +4,10 @@
 
 mod common;
 
-use common::certs::{self, TestCerts};
+use common::certs::{self, sha2_paths, with_tls};
 use common::*;
-use sluice::config::{AuthPlugin, Config};
+use sluice::config::AuthPlugin;
 use sluice::tls::TlsMode;
-
-fn with_tls(config: &mut Config, certs: &TestCerts, mode: TlsMode) {
-    config.tls_cert = Some(certs.cert.clone());
-    config.tls_key = Some(certs.key.clone());
-    config.tls_mode = Some(mode);
-}
 
 fn mariadb_args(gw: &TestGateway, tls: &[String]) -> Vec<String> {
     let mut args = vec![
@@ -172,14 +166,6 @@ async fn caching_sha2_with_pymysql_and_mysql2() {
         c.auth.default_plugin = AuthPlugin::CachingSha2Password;
     })
     .await;
-    let paths = |metrics: &str| {
-        ["fast", "full_tls", "full_rsa"].map(|path| {
-            metric_value(
-                metrics,
-                &format!("sluice_caching_sha2_exchanges_total{{path=\"{path}\"}}"),
-            ) as u32
-        })
-    };
     // PyMySQL without TLS: RSA full authentication (its `cryptography` package encrypts).
     let basics = ["connect_and_basics", "wrong_password"];
     expect_passing(
@@ -188,7 +174,7 @@ async fn caching_sha2_with_pymysql_and_mysql2() {
         "PyMySQL, RSA",
     )
     .await;
-    let [fast, full_tls, full_rsa] = paths(&gw.metrics().await);
+    let [fast, full_tls, full_rsa] = sha2_paths(&gw.metrics().await);
     assert_eq!((full_tls, full_rsa), (0, 1), "first login: RSA");
     // Its second connection inside the same check, and the next run, take the fast path;
     // the wrong password is refused with 1045 (the check asserts the code).
@@ -199,7 +185,7 @@ async fn caching_sha2_with_pymysql_and_mysql2() {
     )
     .await;
     // (The wrong password misses the fast path and goes on to a full authentication.)
-    let [fast_after, full_tls, full_rsa] = paths(&gw.metrics().await);
+    let [fast_after, full_tls, full_rsa] = sha2_paths(&gw.metrics().await);
     assert!(fast_after > fast, "fast path used");
 
     // mysql2 (which answers with the native plugin and is switched) over TLS, then in
@@ -218,7 +204,7 @@ async fn caching_sha2_with_pymysql_and_mysql2() {
     };
     expect_passing("node", &mysql2(Some(&certs.ca)), "mysql2 over TLS").await;
     expect_passing("node", &mysql2(None), "mysql2 in clear").await;
-    let [fast_end, full_tls_end, full_rsa_end] = paths(&gw.metrics().await);
+    let [fast_end, full_tls_end, full_rsa_end] = sha2_paths(&gw.metrics().await);
     assert!(fast_end >= fast_after + 2, "mysql2 took the fast path");
     assert_eq!(
         (full_tls_end, full_rsa_end),

@@ -1277,6 +1277,19 @@ impl Session {
         End::Error(format!("database connection lost: {error}"))
     }
 
+    /// Answers a refused COM_CHANGE_USER with `err`. Like MariaDB, the session stays as it
+    /// was and the client may try again, but not forever: guessing passwords on one socket
+    /// ends after a few tries.
+    async fn refuse_change_user(&mut self, mut seq: u8, err: &ErrFields) -> Result<(), End> {
+        self.failed_change_users += 1;
+        let _ = self.send_err(&mut seq, err).await;
+        if self.failed_change_users >= MAX_FAILED_CHANGE_USERS {
+            Err(End::Refused)
+        } else {
+            Ok(())
+        }
+    }
+
     /// COM_CHANGE_USER: authenticate as another sluice user and start a clean session.
     async fn change_user(&mut self, payload: &[u8], mut seq: u8) -> Result<(), End> {
         let request = match ChangeUser::parse(payload, self.capabilities) {
@@ -1303,13 +1316,7 @@ impl Session {
             .map_or(std::net::Ipv4Addr::UNSPECIFIED.into(), |a| a.ip());
         if !socket.is_tls() && self.gateway.identities.tls_mode(&request.user) == TlsMode::Require {
             let err = login::tls_refusal(&self.gateway, &request.user, peer);
-            self.failed_change_users += 1;
-            let _ = self.send_err(&mut seq, &err).await;
-            return if self.failed_change_users >= MAX_FAILED_CHANGE_USERS {
-                Err(End::Refused)
-            } else {
-                Ok(())
-            };
+            return self.refuse_change_user(seq, &err).await;
         }
         // A client that goes quiet in the middle of an authentication exchange gets no
         // longer than at login.
@@ -1334,15 +1341,7 @@ impl Session {
             Ok(identity) => identity,
             Err(denied) => {
                 let err = login::refusal(denied, &request.user, peer, proof.used_password());
-                // Like MariaDB, the session stays as it was and the client may try again, but
-                // not forever: guessing passwords on one socket ends after a few tries.
-                self.failed_change_users += 1;
-                let _ = self.send_err(&mut seq, &err).await;
-                return if self.failed_change_users >= MAX_FAILED_CHANGE_USERS {
-                    Err(End::Refused)
-                } else {
-                    Ok(())
-                };
+                return self.refuse_change_user(seq, &err).await;
             }
         };
         // A new entry: kills aimed at the old user's session do not reach the new one.

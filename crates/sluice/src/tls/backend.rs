@@ -89,7 +89,8 @@ impl BackendTls {
                     connector: None,
                 })
             }
-            (BackendTlsMode::Prefer | BackendTlsMode::Require, _) => Arc::new(Unverified {
+            (BackendTlsMode::Prefer | BackendTlsMode::Require, _) => Arc::new(Lenient {
+                chain: None,
                 provider: provider.clone(),
             }),
             (_, None) => return Err(format!("tls = \"{}\" needs tls_ca", mode.name())),
@@ -107,7 +108,10 @@ impl BackendTls {
                         .build()
                         .map_err(|e| format!("{}: {e}", path.display()))?;
                 if mode == BackendTlsMode::VerifyCa {
-                    Arc::new(AnyName(webpki))
+                    Arc::new(Lenient {
+                        chain: Some(webpki),
+                        provider: provider.clone(),
+                    })
                 } else {
                     webpki
                 }
@@ -157,23 +161,35 @@ pub fn server_name(host: &str) -> Result<ServerName<'static>, String> {
     ServerName::try_from(host.to_owned()).map_err(|e| format!("{host}: {e}"))
 }
 
-/// `prefer` and `require`: any certificate, but the handshake's signatures are still
-/// checked (so the session keys belong to whoever holds the certificate's key).
+/// The certificate check of every mode but `verify-identity`: none (`prefer`, `require`),
+/// or the chain only (`verify-ca`: the name in the certificate is not compared with the
+/// host). The handshake's signatures are always checked, so the session keys belong to
+/// whoever holds the certificate's key.
 #[derive(Debug)]
-struct Unverified {
+struct Lenient {
+    /// The chain check of `verify-ca`; `None` accepts any certificate.
+    chain: Option<Arc<WebPkiServerVerifier>>,
     provider: Arc<CryptoProvider>,
 }
 
-impl ServerCertVerifier for Unverified {
+impl ServerCertVerifier for Lenient {
     fn verify_server_cert(
         &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
+        let Some(chain) = &self.chain else {
+            return Ok(ServerCertVerified::assertion());
+        };
+        match chain.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now) {
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            )) => Ok(ServerCertVerified::assertion()),
+            other => other,
+        }
     }
 
     fn verify_tls12_signature(
@@ -200,53 +216,5 @@ impl ServerCertVerifier for Unverified {
         self.provider
             .signature_verification_algorithms
             .supported_schemes()
-    }
-}
-
-/// `verify-ca`: the chain must lead to the configured authority; the name in it is not
-/// compared with the host.
-#[derive(Debug)]
-struct AnyName(Arc<WebPkiServerVerifier>);
-
-impl ServerCertVerifier for AnyName {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        server_name: &ServerName<'_>,
-        ocsp_response: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        match self
-            .0
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
-        {
-            Err(rustls::Error::InvalidCertificate(
-                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
-            )) => Ok(ServerCertVerified::assertion()),
-            other => other,
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.supported_verify_schemes()
     }
 }

@@ -5,6 +5,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use sluice::config::Config;
+use sluice::tls::TlsMode;
+
 /// A directory of PEM files, removed when dropped.
 pub struct TestCerts {
     pub dir: tempfile::TempDir,
@@ -116,4 +119,21 @@ pub fn make() -> TestCerts {
         other_ca: path.join("other_ca.pem"),
         dir,
     }
+}
+
+/// Turns on TLS toward clients with `certs` in `mode`.
+pub fn with_tls(config: &mut Config, certs: &TestCerts, mode: TlsMode) {
+    config.tls_cert = Some(certs.cert.clone());
+    config.tls_key = Some(certs.key.clone());
+    config.tls_mode = Some(mode);
+}
+
+/// `sluice_caching_sha2_exchanges_total` by path: fast, full over TLS, full with RSA.
+pub fn sha2_paths(metrics: &str) -> [u32; 3] {
+    ["fast", "full_tls", "full_rsa"].map(|path| {
+        super::metric_value(
+            metrics,
+            &format!("sluice_caching_sha2_exchanges_total{{path=\"{path}\"}}"),
+        ) as u32
+    })
 }
