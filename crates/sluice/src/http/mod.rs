@@ -247,6 +247,10 @@ async fn serve_socket(socket: TcpStream, gateway: &Gateway, app: Router, tls: Op
                 if e.kind() == std::io::ErrorKind::TimedOut {
                     Rejection::HeaderReadTimeout.counter(metrics).inc();
                 }
+                metrics
+                    .tls_handshake_failures
+                    .with_label_values(&["http", crate::tls::failure_reason(&e)])
+                    .inc();
                 debug!(error = %e, "Data API TLS handshake failed");
                 return;
             }
