@@ -201,7 +201,7 @@ async fn mysql8_clients_offering_caching_sha2_get_its_exchange_and_garbage_is_re
     let scramble = sluice_protocol::auth::scramble_sha256(&nonce, b"secret").unwrap();
     let login = encode_login(caps, 45, "app", &scramble, None, "caching_sha2_password");
     s.write_all(&framed(1, &login)).await.unwrap();
-    let mut packet = async |s: &mut TcpStream| {
+    let packet = async |s: &mut TcpStream| {
         let mut head = [0u8; 4];
         s.read_exact(&mut head).await.unwrap();
         let mut payload = vec![0u8; usize::from(head[0]) | usize::from(head[1]) << 8];
