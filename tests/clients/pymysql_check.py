@@ -73,6 +73,10 @@ def connect(**kw):
     options = dict(host=args.host, port=args.port, user=args.user, password=args.password,
                    database=args.database, charset="utf8mb4", connect_timeout=args.timeout,
                    read_timeout=args.timeout, write_timeout=args.timeout)
+    if args.ssl_ca:
+        options["ssl"] = {"ca": args.ssl_ca}
+    elif args.ssl_disabled:
+        options["ssl_disabled"] = True
     options.update(kw)
     return pymysql.connect(**options)
 
@@ -144,6 +148,16 @@ def check_connect_and_basics():
                    f"two connections share CONNECTION_ID() {first!r} / {second!r}")
         cur.execute("SELECT CONNECTION_ID()")
         equal(cur.fetchone()[0], first, "CONNECTION_ID() asked again on the same connection")
+
+
+def check_transport():
+    """With --ssl-ca, every connection is TLS (checked by the socket's own say)."""
+    if not args.ssl_ca:
+        raise Skip("plain connections (no --ssl-ca)")
+    with connect() as c:
+        version = getattr(c._sock, "version", lambda: None)()
+        expect(version is not None and version.startswith("TLS"),
+               f"not a TLS connection: {version!r}")
 
 
 def check_types_round_trip():
@@ -478,6 +492,7 @@ def check_close():
 
 CHECKS = [
     check_connect_and_basics,
+    check_transport,
     check_types_round_trip,
     check_5000_row_result,
     check_20_mib_result_row,
@@ -505,6 +520,10 @@ def main():
     parser.add_argument("--database", default="sluice_test")
     parser.add_argument("--timeout", type=int, default=60,
                         help="seconds to wait on any one socket read or write")
+    parser.add_argument("--ssl-ca", default=None,
+                        help="connect with TLS, trusting this PEM authority (host name checked)")
+    parser.add_argument("--ssl-disabled", action="store_true",
+                        help="never TLS, even when the server offers it")
     parser.add_argument("--only", action="append", default=[],
                         help="run only checks whose name contains this (repeatable)")
     args = parser.parse_args()

@@ -105,7 +105,7 @@ impl Greeting {
         })
     }
 
-    /// Builds the greeting sluice sends to a client.
+    /// Builds the greeting sluice sends to a client, proposing `auth_plugin`.
     pub fn for_client(
         server_version: &str,
         connection_id: u32,
@@ -113,6 +113,7 @@ impl Greeting {
         mariadb_capabilities: MariadbCapabilities,
         collation: u8,
         salt: &[u8; SALT_LEN],
+        auth_plugin: &str,
     ) -> Greeting {
         Greeting {
             mariadb_capabilities,
@@ -122,7 +123,7 @@ impl Greeting {
             collation,
             status: StatusFlags::SERVER_STATUS_AUTOCOMMIT,
             nonce: salt.to_vec(),
-            auth_plugin: crate::auth::NATIVE_PASSWORD.to_owned(),
+            auth_plugin: auth_plugin.to_owned(),
         }
     }
 }
@@ -151,8 +152,22 @@ pub struct Login {
     pub mariadb_capabilities: MariadbCapabilities,
 }
 
+/// Length of an SSLRequest: the first 32 bytes of a login packet, ending before the user.
+pub const SSL_REQUEST_LEN: usize = 32;
+
+/// True when `payload` is an SSLRequest: a truncated login packet with `CLIENT_SSL`, after
+/// which the client starts a TLS handshake and sends its real login inside it.
+pub fn is_tls_request(payload: &[u8]) -> bool {
+    payload.len() == SSL_REQUEST_LEN
+        && CapabilityFlags::from_bits_truncate(u32::from_le_bytes([
+            payload[0], payload[1], payload[2], payload[3],
+        ]))
+        .contains(CapabilityFlags::CLIENT_SSL | CapabilityFlags::CLIENT_PROTOCOL_41)
+}
+
 impl Login {
-    /// Parses a login packet. A 32-byte packet with `CLIENT_SSL` is a TLS request.
+    /// Parses a login packet. A 32-byte packet with `CLIENT_SSL` is a TLS request (see
+    /// [`is_tls_request`]), not a login, and is refused here.
     pub fn parse(payload: &[u8]) -> Result<Login, ProtocolError> {
         if payload.len() < 32 {
             return Err(ProtocolError::Malformed("login packet too short"));
@@ -165,7 +180,7 @@ impl Login {
                 "client does not speak protocol 4.1 (CLIENT_PROTOCOL_41)",
             ));
         }
-        if payload.len() == 32 && flags.contains(CapabilityFlags::CLIENT_SSL) {
+        if is_tls_request(payload) {
             return Err(ProtocolError::Malformed(
                 "client requested TLS, which is not offered",
             ));
@@ -353,8 +368,15 @@ mod tests {
             | CapabilityFlags::CLIENT_SECURE_CONNECTION
             | CapabilityFlags::CLIENT_PLUGIN_AUTH;
         let extended = MariadbCapabilities::MARIADB_CLIENT_EXTENDED_METADATA;
-        let greeting =
-            Greeting::for_client("5.5.5-10.11.19-MariaDB", 42, caps, extended, 45, &salt);
+        let greeting = Greeting::for_client(
+            "5.5.5-10.11.19-MariaDB",
+            42,
+            caps,
+            extended,
+            45,
+            &salt,
+            crate::auth::NATIVE_PASSWORD,
+        );
         let parsed = Greeting::parse(&greeting.encode()).unwrap();
         assert_eq!(parsed.mariadb_capabilities, extended);
         assert_eq!(parsed.server_version, "5.5.5-10.11.19-MariaDB");
@@ -436,7 +458,27 @@ mod tests {
                 .bits()
                 .to_le_bytes(),
         );
+        assert!(is_tls_request(&tls));
         assert!(Login::parse(&tls).is_err());
+    }
+
+    #[test]
+    fn a_login_cut_to_32_bytes_is_an_ssl_request() {
+        let caps = CapabilityFlags::CLIENT_PROTOCOL_41 | CapabilityFlags::CLIENT_SSL;
+        let none = MariadbCapabilities::empty();
+        let login = encode_login(caps, none, 45, "u", &[], None, "mysql_native_password");
+        assert!(is_tls_request(&login[..SSL_REQUEST_LEN]));
+        assert!(!is_tls_request(&login[..31]));
+        let plain = encode_login(
+            CapabilityFlags::CLIENT_PROTOCOL_41,
+            none,
+            45,
+            "u",
+            &[],
+            None,
+            "mysql_native_password",
+        );
+        assert!(!is_tls_request(&plain[..SSL_REQUEST_LEN]));
     }
 
     #[test]

@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod auth;
+pub mod caching_sha2;
 pub mod command;
 pub mod error;
 pub mod handshake;

@@ -101,6 +101,12 @@ impl<S> Stall<S> {
     pub fn get_ref(&self) -> &S {
         &self.io
     }
+
+    /// The wrapped stream, mutably: to switch it to TLS, or for a non-blocking look at it
+    /// that must not start this stream's clocks.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.io
+    }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Stall<S> {

@@ -110,12 +110,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> PacketStream<S> {
             .is_some_and(|header| self.read_buf.len() >= header.frame_len())
     }
 
-    async fn fill_to(&mut self, wanted: usize) -> Result<(), ProtocolError> {
+    /// Reads until `wanted` bytes are buffered. With `exact`, never a byte more: what follows
+    /// may not be this protocol's (a TLS handshake after an SSLRequest).
+    async fn fill_to(&mut self, wanted: usize, exact: bool) -> Result<(), ProtocolError> {
         while self.read_buf.len() < wanted {
             let missing = wanted - self.read_buf.len();
             self.read_buf
                 .reserve(missing.clamp(READ_CHUNK_MIN, READ_CHUNK_MAX));
-            let read = self.io.read_buf(&mut self.read_buf).await;
+            let read = if exact {
+                (&mut self.io)
+                    .take(missing as u64)
+                    .read_buf(&mut self.read_buf)
+                    .await
+            } else {
+                self.io.read_buf(&mut self.read_buf).await
+            };
             self.failed |= !matches!(read, Ok(n) if n > 0);
             if read? == 0 {
                 return Err(if self.read_buf.is_empty() {
@@ -131,7 +140,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> PacketStream<S> {
     /// Reads one frame without joining continuations, for forwarding as-is. A frame whose
     /// header announces more than the packet size limit is refused before its payload is read.
     pub async fn read_frame(&mut self) -> Result<Frame, ProtocolError> {
-        self.fill_to(HEADER_LEN).await?;
+        self.read_frame_within(false).await
+    }
+
+    async fn read_frame_within(&mut self, exact: bool) -> Result<Frame, ProtocolError> {
+        self.fill_to(HEADER_LEN, exact).await?;
         let header = FrameHeader::parse(&self.read_buf).ok_or(ProtocolError::Closed)?;
         if header.payload_len > self.max_packet {
             return Err(ProtocolError::TooLarge {
@@ -139,7 +152,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> PacketStream<S> {
                 limit: self.max_packet,
             });
         }
-        self.fill_to(header.frame_len()).await?;
+        self.fill_to(header.frame_len(), exact).await?;
         let bytes = self.read_buf.split_to(header.frame_len());
         Ok(Frame { header, bytes })
     }
@@ -173,6 +186,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> PacketStream<S> {
             seq,
             next_seq,
             payload,
+        })
+    }
+
+    /// Reads one single-frame packet without reading a byte past its end, so that the
+    /// connection may change hands after it: a client's SSLRequest is followed at once by
+    /// its TLS handshake, which must reach the TLS layer, not this buffer.
+    pub async fn read_packet_exact(&mut self) -> Result<Packet, ProtocolError> {
+        let frame = self.read_frame_within(true).await?;
+        if frame.header.continues() {
+            return Err(ProtocolError::Malformed("unexpected multi-frame packet"));
+        }
+        Ok(Packet {
+            seq: frame.header.seq,
+            next_seq: frame.header.seq.wrapping_add(1),
+            payload: frame.payload().to_vec(),
         })
     }
 

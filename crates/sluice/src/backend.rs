@@ -27,6 +27,8 @@ use sluice_protocol::{command, lenenc, CapabilityFlags, MariadbCapabilities, Pro
 use socket2::{SockRef, TcpKeepalive};
 use tokio::net::TcpStream;
 
+use crate::tls::Socket;
+
 use crate::config::{BackendSecret, BackendTarget};
 use crate::diagnostics::{Diagnostics, Owner, CLEAR_DIAGNOSTICS};
 use crate::metrics::Metrics;
@@ -167,6 +169,10 @@ pub enum BackendError {
     /// The database asked for an authentication method sluice cannot perform.
     #[error("the database asked for authentication plugin {0}, which sluice does not support")]
     UnsupportedAuth(String),
+    /// TLS toward the database could not be set up as `[backend] tls` demands (the server
+    /// lacks it, or its certificate failed the check).
+    #[error("TLS toward the database failed: {0}")]
+    Tls(String),
 }
 
 impl From<ProtocolError> for BackendError {
@@ -188,7 +194,7 @@ impl BackendError {
             BackendError::Protocol(_) => true,
             // 1040 too many connections, 1053 server shutdown, 1129/1130 host blocked.
             BackendError::Refused(err) => matches!(err.code, 1040 | 1053 | 1203),
-            BackendError::UnsupportedAuth(_) => false,
+            BackendError::UnsupportedAuth(_) | BackendError::Tls(_) => false,
         }
     }
 
@@ -383,7 +389,7 @@ const LOGIN_VARIABLES: [&str; 4] = [
 pub struct BackendConn {
     /// The packet stream; sessions forward client commands through it. Its reads and
     /// writes fail once they wait `backend.stall_timeout` without progress.
-    pub stream: PacketStream<Stall<TcpStream>>,
+    pub stream: PacketStream<Stall<Socket>>,
     /// The client-visible choices this connection was opened with.
     pub flavor: Flavor,
     /// The database user it is logged in as: it serves only clients of that identity.
@@ -470,7 +476,7 @@ impl BackendConn {
         SockRef::from(&socket)
             .set_tcp_keepalive(&keepalive)
             .map_err(ProtocolError::Io)?;
-        let mut stream = PacketStream::new(Stall::new(socket, None, None), 1 << 30);
+        let mut stream = PacketStream::new(Stall::new(Socket::Plain(socket), None, None), 1 << 30);
         let greeting_packet = stream.read_packet().await?;
         if greeting_packet.payload.first() == Some(&response::ERR_HEADER) {
             return Err(BackendError::Refused(ErrFields::parse(
@@ -514,6 +520,16 @@ impl BackendConn {
             last_used: Instant::now(),
         };
         let (plugin, proof) = conn.auth_proof(target, &greeting.auth_plugin, &greeting.nonce)?;
+        let mut seq = greeting_packet.next_seq;
+        let offered = greeting.capabilities.contains(CapabilityFlags::CLIENT_SSL);
+        let connector = target
+            .tls
+            .connector(offered)
+            .map_err(|why| BackendError::Tls(why.to_owned()))?;
+        let capabilities = match connector {
+            Some(_) => capabilities | CapabilityFlags::CLIENT_SSL,
+            None => capabilities,
+        };
         let login = handshake::encode_login(
             capabilities,
             flavor.mariadb & greeting.mariadb_capabilities,
@@ -523,13 +539,38 @@ impl BackendConn {
             target.database.as_deref(),
             plugin,
         );
-        let mut seq = greeting_packet.next_seq;
+        if let Some(connector) = connector {
+            conn.start_tls(target, connector, &login, &mut seq).await?;
+        }
         conn.stream.write_packet(&mut seq, &login).await?;
         conn.finish_auth(target).await?;
         conn.read_login_state().await?;
         conn.enable_tracking().await?;
         conn.reset_login = conn.login();
         Ok(conn)
+    }
+
+    /// Switches to TLS before the login (`[backend] tls`, the server offering it): the
+    /// login packet's first 32 bytes as the SSLRequest, as MySQL clients send it, then the
+    /// handshake with `connector`.
+    async fn start_tls(
+        &mut self,
+        target: &BackendTarget,
+        connector: &tokio_rustls::TlsConnector,
+        login: &[u8],
+        seq: &mut u8,
+    ) -> Result<(), BackendError> {
+        let request = login
+            .get(..handshake::SSL_REQUEST_LEN)
+            .ok_or(ProtocolError::Malformed("short login packet"))?;
+        self.stream.write_packet(seq, request).await?;
+        let name = crate::tls::server_name(&target.host).map_err(BackendError::Tls)?;
+        self.stream
+            .get_mut()
+            .get_mut()
+            .connect_tls(connector, name)
+            .await
+            .map_err(|e| BackendError::Tls(e.to_string()))
     }
 
     /// Computes the answer to an authentication challenge for `plugin`.
@@ -589,6 +630,21 @@ impl BackendConn {
                 }
                 // caching_sha2_password: 0x01 0x03 is "fast auth succeeded"; OK follows.
                 Some(&0x01) if packet.payload.get(1) == Some(&0x03) => continue,
+                // Full authentication: inside TLS the password goes as it is.
+                Some(&0x01)
+                    if packet.payload.get(1) == Some(&0x04)
+                        && self.stream.get_ref().get_ref().is_tls() =>
+                {
+                    let BackendSecret::Password(password) = &target.secret else {
+                        return Err(BackendError::UnsupportedAuth(format!(
+                            "caching_sha2_password full authentication for user {} (sluice knows only the mysql_native_password hash of its password)",
+                            target.user
+                        )));
+                    };
+                    let mut answer = password.as_bytes().to_vec();
+                    answer.push(0);
+                    self.stream.write_packet(&mut seq, &answer).await?;
+                }
                 Some(&0x01) => {
                     return Err(BackendError::UnsupportedAuth(
                         "caching_sha2_password full authentication (needs TLS or an RSA key)"
@@ -1173,15 +1229,11 @@ impl BackendConn {
     /// True when an idle connection is known dead without a round trip: the database
     /// closed it (a restart, `KILL CONNECTION`, `wait_timeout`) or sent something nobody
     /// asked for (the ERR it sends a connection it kills). One non-blocking peek.
-    pub fn closed_by_peer(&self) -> bool {
+    pub fn closed_by_peer(&mut self) -> bool {
         if self.stream.buffered_len() > 0 || self.stream.failed() {
             return true;
         }
-        let mut byte = [std::mem::MaybeUninit::<u8>::uninit()];
-        match SockRef::from(self.stream.get_ref().get_ref()).peek(&mut byte) {
-            Ok(_) => true,
-            Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
-        }
+        self.stream.get_mut().get_mut().has_input_or_closed()
     }
 }
 
@@ -1193,7 +1245,7 @@ impl Drop for BackendConn {
     /// still busy with a reply reads it after that reply, and closes.
     fn drop(&mut self) {
         if !self.quit_sent && self.stream.at_packet_boundary() {
-            let _ = SockRef::from(self.stream.get_ref().get_ref()).send(&QUIT_PACKET);
+            self.stream.get_mut().get_mut().send_now(&QUIT_PACKET);
         }
     }
 }

@@ -14,6 +14,7 @@ use serde::Deserialize;
 use sluice_protocol::auth::Credential;
 
 use crate::pool::BackendTimeouts;
+use crate::tls::{BackendTls, BackendTlsMode, TlsMode};
 
 /// The configuration file as written by the operator.
 #[derive(Debug, Clone, Deserialize)]
@@ -73,6 +74,13 @@ pub struct Config {
     pub http_listen: Option<SocketAddr>,
     /// `[http]`: the Data API's keys, limits and TLS.
     pub http: HttpConfig,
+    /// PEM certificate chain shown to clients that ask for TLS (with `tls_key`).
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+    /// Whether MySQL-protocol clients may (`allow`, the default with a certificate) or must
+    /// (`require`) use TLS, or are not offered it (`off`, the default without one).
+    pub tls_mode: Option<TlsMode>,
 }
 
 impl Default for Config {
@@ -98,6 +106,9 @@ impl Default for Config {
             auth: AuthConfig::default(),
             http_listen: None,
             http: HttpConfig::default(),
+            tls_cert: None,
+            tls_key: None,
+            tls_mode: None,
         }
     }
 }
@@ -107,6 +118,9 @@ impl Default for Config {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
+    /// `"shared"`: HTTPS with the top-level `tls_cert` and `tls_key` (instead of its own
+    /// `tls_cert`/`tls_key` here).
+    pub tls: Option<SharedTls>,
     /// PEM certificate chain; with `tls_key`, the listener speaks HTTPS only.
     pub tls_cert: Option<PathBuf>,
     /// PEM private key for `tls_cert`.
@@ -154,6 +168,7 @@ pub struct HttpConfig {
 impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig {
+            tls: None,
             tls_cert: None,
             tls_key: None,
             max_body_size: 1024 * 1024,
@@ -205,6 +220,11 @@ pub struct BackendConfig {
     /// killed (`KILL QUERY`); off when unset.
     #[serde(with = "humantime_serde")]
     pub query_timeout: Option<Duration>,
+    /// TLS toward the database, like the MySQL clients' `--ssl-mode`.
+    pub tls: BackendTlsMode,
+    /// PEM certificate(s) of the authority that signs the database's certificate, for
+    /// `tls = "verify-ca"` and `"verify-identity"`.
+    pub tls_ca: Option<PathBuf>,
 }
 
 impl Default for BackendConfig {
@@ -216,6 +236,8 @@ impl Default for BackendConfig {
             connect_timeout: Duration::from_secs(5),
             stall_timeout: Duration::from_secs(600),
             query_timeout: None,
+            tls: BackendTlsMode::default(),
+            tls_ca: None,
         }
     }
 }
@@ -307,7 +329,34 @@ pub struct AuthConfig {
     #[serde(with = "humantime_serde")]
     pub unknown_user_ttl: Duration,
     /// Most user names (found or not) kept; the least recently used is forgotten first.
+    /// Also bounds the `caching_sha2_password` fast-path cache.
     pub cache_size: usize,
+    /// The plugin the greeting proposes; a client may still answer with the other one.
+    pub default_plugin: AuthPlugin,
+    /// A PEM RSA private key (PKCS#1 or PKCS#8) for `caching_sha2_password` clients without
+    /// TLS; one is generated when first needed if unset.
+    pub rsa_private_key: Option<PathBuf>,
+}
+
+/// The password plugins sluice speaks toward clients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthPlugin {
+    /// `mysql_native_password`.
+    #[default]
+    MysqlNativePassword,
+    /// `caching_sha2_password` (MySQL 8's default).
+    CachingSha2Password,
+}
+
+impl AuthPlugin {
+    /// Its name on the wire and in the configuration.
+    pub fn name(self) -> &'static str {
+        match self {
+            AuthPlugin::MysqlNativePassword => sluice_protocol::auth::NATIVE_PASSWORD,
+            AuthPlugin::CachingSha2Password => sluice_protocol::auth::CACHING_SHA2_PASSWORD,
+        }
+    }
 }
 
 /// The MariaDB (10.4 and later) auth query: `mysql.user` is a view over `mysql.global_priv`,
@@ -325,6 +374,8 @@ impl Default for AuthConfig {
             cache_ttl: Duration::from_secs(60),
             unknown_user_ttl: Duration::from_secs(5),
             cache_size: 10_000,
+            default_plugin: AuthPlugin::default(),
+            rsa_private_key: None,
         }
     }
 }
@@ -354,6 +405,14 @@ impl AuthSource {
 #[serde(rename_all = "lowercase")]
 pub enum SharedBackend {
     /// The user's clients run as the `[backend]` account.
+    Shared,
+}
+
+/// `tls = "shared"` in `[http]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SharedTls {
+    /// The Data API uses the top-level `tls_cert` and `tls_key`.
     Shared,
 }
 
@@ -392,6 +451,9 @@ pub struct UserConfig {
     /// A file whose first line is the password of `backend_user`.
     #[serde(default)]
     pub backend_password_file: Option<PathBuf>,
+    /// Overrides the top-level `tls_mode` for this user's logins.
+    #[serde(default)]
+    pub tls_mode: Option<TlsMode>,
 }
 
 /// One problem found in the configuration, with where it is.
@@ -458,6 +520,8 @@ pub struct BackendTarget {
     pub secret: BackendSecret,
     /// Default schema for clients that name none.
     pub database: Option<String>,
+    /// TLS toward the database.
+    pub tls: BackendTls,
 }
 
 /// What sluice proves a database login with.
@@ -544,6 +608,19 @@ pub struct Settings {
     pub http_listen: Option<SocketAddr>,
     /// Data API settings.
     pub http: HttpSettings,
+    /// The certificate and key shown to MySQL-protocol clients, when TLS is configured.
+    pub tls: Option<TlsFiles>,
+    /// Whether clients of users without their own `tls_mode` may or must use TLS.
+    pub tls_mode: TlsMode,
+}
+
+/// A PEM certificate chain and its private key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// The certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// The private key.
+    pub key: PathBuf,
 }
 
 /// A client login sluice accepts.
@@ -557,6 +634,8 @@ pub struct User {
     pub databases: Option<Vec<String>>,
     /// The database login its clients run as.
     pub backend: UserBackend,
+    /// Whether its clients may or must use TLS.
+    pub tls_mode: TlsMode,
 }
 
 /// The database login of a configured user.
@@ -577,7 +656,7 @@ pub enum UserBackend {
 #[derive(Debug, Clone)]
 pub struct HttpSettings {
     /// Certificate and key files, when the listener speaks HTTPS.
-    pub tls: Option<(PathBuf, PathBuf)>,
+    pub tls: Option<TlsFiles>,
     /// Largest request body.
     pub max_body_size: usize,
     /// Largest result in bytes.
@@ -721,6 +800,30 @@ impl Config {
                 None
             }
         };
+        let backend_tls = self.backend.tls_settings(backend.as_ref(), &mut issue);
+        let tls = tls_files(
+            "tls_cert",
+            "tls_key",
+            &self.tls_cert,
+            &self.tls_key,
+            &mut issue,
+        );
+        let tls_mode = self.tls_mode.unwrap_or(if tls.is_some() {
+            TlsMode::Allow
+        } else {
+            TlsMode::Off
+        });
+        if tls_mode != TlsMode::Off && tls.is_none() {
+            issue(
+                "tls_mode",
+                format!("\"{}\" needs tls_cert and tls_key", tls_mode.name()),
+            );
+        }
+        if let Some(path) = &self.auth.rsa_private_key {
+            if let Err(e) = crate::identity::RsaKey::load(path) {
+                issue("auth.rsa_private_key", e);
+            }
+        }
         let password = one_password(
             [
                 (
@@ -769,11 +872,19 @@ impl Config {
             let Some(backend) = user.backend_login(&key, &mut issue) else {
                 continue;
             };
+            let user_tls = user.tls_mode.unwrap_or(tls_mode);
+            if user_tls != TlsMode::Off && tls.is_none() {
+                issue(
+                    &format!("{key}.tls_mode"),
+                    format!("\"{}\" needs tls_cert and tls_key", user_tls.name()),
+                );
+            }
             let entry = User {
                 credential,
                 pool_mode: user.pool_mode.unwrap_or(self.pool_mode),
                 databases: user.databases.clone(),
                 backend,
+                tls_mode: user_tls,
             };
             if users.insert(user.name.clone(), entry).is_some() {
                 issue(
@@ -792,6 +903,9 @@ impl Config {
         if let Some(password) = password {
             backend.secret = BackendSecret::Password(password);
         }
+        if let Some(backend_tls) = backend_tls {
+            backend.tls = backend_tls;
+        }
         if users.is_empty() {
             // Out of the box, clients log in with the backend's own credentials.
             let BackendSecret::Password(password) = &backend.secret else {
@@ -805,12 +919,13 @@ impl Config {
                     pool_mode: self.pool_mode,
                     databases: None,
                     backend: UserBackend::Shared,
+                    tls_mode,
                 },
             );
         }
         let http = self
             .http
-            .validate(&users, &mut |key: &str, reason: String| {
+            .validate(&users, tls.as_ref(), &mut |key: &str, reason: String| {
                 issues.push(ConfigIssue {
                     source: source.to_owned(),
                     key: key.to_owned(),
@@ -846,6 +961,8 @@ impl Config {
             auth: self.auth.clone(),
             http_listen: self.http_listen,
             http,
+            tls,
+            tls_mode,
         })
     }
 }
@@ -1017,22 +1134,30 @@ impl HttpConfig {
     fn validate(
         &self,
         users: &HashMap<String, User>,
+        shared_tls: Option<&TlsFiles>,
         issue: &mut impl FnMut(&str, String),
     ) -> HttpSettings {
-        let tls = match (&self.tls_cert, &self.tls_key) {
-            (Some(cert), Some(key)) => {
-                for (name, path) in [("http.tls_cert", cert), ("http.tls_key", key)] {
-                    if let Err(e) = std::fs::metadata(path) {
-                        issue(name, format!("cannot read {}: {e}", path.display()));
-                    }
-                }
-                Some((cert.clone(), key.clone()))
-            }
-            (None, None) => None,
-            _ => {
+        let own = tls_files(
+            "http.tls_cert",
+            "http.tls_key",
+            &self.tls_cert,
+            &self.tls_key,
+            issue,
+        );
+        let tls = match (self.tls, own, shared_tls) {
+            (None, own, _) => own,
+            (Some(SharedTls::Shared), None, Some(shared)) => Some(shared.clone()),
+            (Some(SharedTls::Shared), Some(_), _) => {
                 issue(
-                    "http.tls_cert",
-                    "set both http.tls_cert and http.tls_key, or neither".into(),
+                    "http.tls",
+                    "\"shared\" uses the top-level tls_cert and tls_key: drop http.tls_cert and http.tls_key".into(),
+                );
+                None
+            }
+            (Some(SharedTls::Shared), None, None) => {
+                issue(
+                    "http.tls",
+                    "\"shared\" needs the top-level tls_cert and tls_key".into(),
                 );
                 None
             }
@@ -1123,6 +1248,66 @@ impl HttpConfig {
     }
 }
 
+/// The certificate and key under `cert_key` and `key_key`: both or neither, and loadable
+/// (a wrong file is reported at start, not at the first handshake).
+fn tls_files(
+    cert_key: &str,
+    key_key: &str,
+    cert: &Option<PathBuf>,
+    key: &Option<PathBuf>,
+    issue: &mut impl FnMut(&str, String),
+) -> Option<TlsFiles> {
+    match (cert, key) {
+        (Some(cert), Some(key)) => match crate::tls::ServerTls::load(cert, key) {
+            Ok(_) => Some(TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+            }),
+            Err(e) => {
+                issue(cert_key, e.to_string());
+                None
+            }
+        },
+        (None, None) => None,
+        _ => {
+            issue(
+                cert_key,
+                format!("set both {cert_key} and {key_key}, or neither"),
+            );
+            None
+        }
+    }
+}
+
+impl BackendConfig {
+    /// The TLS toward the database `tls` and `tls_ca` ask for, once checked against the
+    /// host of the URL (`target`), or `None` after reporting why not.
+    fn tls_settings(
+        &self,
+        target: Option<&BackendTarget>,
+        issue: &mut impl FnMut(&str, String),
+    ) -> Option<BackendTls> {
+        if self.tls_ca.is_some() && !self.tls.verifies() {
+            issue(
+                "backend.tls_ca",
+                format!(
+                    "is used only by tls = \"verify-ca\" or \"verify-identity\", not \"{}\"",
+                    self.tls.name()
+                ),
+            );
+            return None;
+        }
+        if self.tls == BackendTlsMode::VerifyIdentity {
+            if let Some(Err(reason)) = target.map(|t| crate::tls::server_name(&t.host)) {
+                issue("backend.url", reason);
+            }
+        }
+        BackendTls::new(self.tls, self.tls_ca.as_deref())
+            .map_err(|reason| issue("backend.tls", reason))
+            .ok()
+    }
+}
+
 /// Parses `mysql://USER[:PASSWORD]@HOST[:PORT][/DATABASE]`.
 pub fn parse_backend_url(text: &str) -> Result<BackendTarget, String> {
     let url = url::Url::parse(text).map_err(|e| format!("{text:?} is not a URL: {e}"))?;
@@ -1158,6 +1343,7 @@ pub fn parse_backend_url(text: &str) -> Result<BackendTarget, String> {
         user,
         secret: BackendSecret::Password(url.password().map(decode).unwrap_or_default()),
         database: (!database.is_empty()).then(|| decode(database)),
+        tls: BackendTls::DISABLED,
     })
 }
 
@@ -1238,6 +1424,40 @@ mod tests {
         std::fs::write(&path, "[pool]\nidle_timeout = \"soon\"\n").unwrap();
         let err = Config::load(&path).unwrap_err().to_string();
         assert!(err.contains("line 2"), "{err}");
+    }
+
+    #[test]
+    fn tls_settings_are_checked() {
+        let text = r#"
+            tls_mode = "require"
+            [backend]
+            tls = "verify-ca"
+            [auth]
+            rsa_private_key = "/nonexistent/rsa.pem"
+            [[users]]
+            name = "fn"
+            backend = "shared"
+            tls_mode = "allow"
+        "#;
+        let (_, keys) = refused(text);
+        assert_eq!(
+            keys,
+            vec![
+                "backend.tls",
+                "tls_mode",
+                "auth.rsa_private_key",
+                "users[0].tls_mode",
+            ]
+        );
+        assert_eq!(refused("[http]\ntls = \"shared\"\n").1, vec!["http.tls"]);
+        let ca_without_check = "[backend]\ntls = \"require\"\ntls_ca = \"/x.pem\"\n";
+        assert_eq!(refused(ca_without_check).1, vec!["backend.tls_ca"]);
+        let half = "tls_cert = \"/x.pem\"\n";
+        assert_eq!(refused(half).1, vec!["tls_cert"]);
+        // No certificate: TLS is off, and the backend prefers TLS where offered.
+        let settings = Config::default().validate("defaults").unwrap();
+        assert_eq!(settings.tls_mode, TlsMode::Off);
+        assert_eq!(settings.backend.tls.mode, BackendTlsMode::Prefer);
     }
 
     #[test]

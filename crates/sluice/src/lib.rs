@@ -11,6 +11,7 @@
 //! - [`pool`] and [`backend`]: the database connections;
 //! - [`admin`] and [`metrics`]: health, Prometheus, `/status` and the live dashboard;
 //! - [`http`]: the SQL-over-HTTP Data API, sharing the pool;
+//! - [`tls`]: TLS toward clients (MySQL port and Data API) and toward the database;
 //! - [`bench`]: the serverless burst simulator (`sluice bench burst`).
 #![forbid(unsafe_code)]
 
@@ -29,6 +30,7 @@ pub mod registry;
 pub mod server;
 pub mod shutdown;
 pub mod statements;
+pub mod tls;
 
 use std::sync::Arc;
 
@@ -56,6 +58,9 @@ pub struct Gateway {
     pub shutdown: shutdown::Shutdown,
     /// Who clients are, and as whom sluice logs in to the database for them.
     pub identities: identity::Identities,
+    /// The certificate MySQL-protocol clients may switch to TLS with: `None` when TLS is
+    /// not configured or every `tls_mode` is `off` (then `CLIENT_SSL` is not offered).
+    pub client_tls: Option<Arc<tls::ServerTls>>,
 }
 
 impl Gateway {
@@ -68,7 +73,9 @@ impl Gateway {
             settings.backend_timeouts,
             metrics.clone(),
         );
+        let client_tls = client_tls(&settings);
         Arc::new(Gateway {
+            client_tls,
             statements: statements::MetadataCache::new(settings.pool.statement_cache_size),
             admission: client::Admission::new(
                 settings.max_pending_logins,
@@ -87,6 +94,24 @@ impl Gateway {
             sessions: registry::Registry::default(),
         })
     }
+}
+
+/// The certificate for MySQL-protocol clients, when some user may use TLS. The files were
+/// loaded when the configuration was checked; failing now (they changed meanwhile) leaves
+/// TLS off, logged, and `require` users refused.
+fn client_tls(settings: &Settings) -> Option<Arc<tls::ServerTls>> {
+    let files = settings.tls.as_ref()?;
+    let wanted = settings.tls_mode != tls::TlsMode::Off
+        || settings
+            .users
+            .values()
+            .any(|u| u.tls_mode != tls::TlsMode::Off);
+    if !wanted {
+        return None;
+    }
+    tls::ServerTls::load(&files.cert, &files.key)
+        .map_err(|e| tracing::error!(error = %e, "TLS toward clients is off"))
+        .ok()
 }
 
 impl Gateway {

@@ -26,10 +26,12 @@ fn main() -> ExitCode {
         cli::Command::Check(args) => match args.settings() {
             Ok(settings) => {
                 println!(
-                    "configuration is valid: listen {}, admin {}, backend {:?}, max_db_connections {}, {} user(s), identity sources {}, Data API {}",
+                    "configuration is valid: listen {} (tls_mode {}), admin {}, backend {:?} (tls {}), max_db_connections {}, {} user(s), identity sources {}, Data API {}",
                     settings.listen,
+                    settings.tls_mode.name(),
                     settings.admin_listen,
                     settings.backend,
+                    settings.backend.tls.mode.name(),
                     settings.pool.max_db_connections,
                     settings.users.len(),
                     settings

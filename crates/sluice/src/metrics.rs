@@ -136,8 +136,18 @@ pub struct Metrics {
     /// Logins cut before authenticating, by reason (timeout, evicted, too_large).
     pub login_aborts: IntCounterVec,
     /// Failed client logins, by reason (`unknown_user`, `bad_password`, `bad_packet`,
-    /// `unsupported_plugin`, `auth_query_failed`).
+    /// `unsupported_plugin`, `auth_query_failed`, `tls_required`).
     pub auth_failures: IntCounterVec,
+    /// Client logins received (before the password check), by `transport`: `tls` or
+    /// `plain`.
+    pub client_logins: IntCounterVec,
+    /// `caching_sha2_password` exchanges, by `path`: `fast` (from the cache), `full_tls`
+    /// (the password inside TLS), `full_rsa` (RSA-encrypted), `empty` (no password).
+    pub caching_sha2_exchanges: IntCounterVec,
+    /// TLS handshakes with clients that failed, by `listener` (`mysql`, `http`) and `reason`
+    /// (`timeout`, `disconnected`, `alert_received`: the client refused the certificate,
+    /// `bad_handshake`: garbage or no common ground, `other`).
+    pub tls_handshake_failures: IntCounterVec,
     /// Auth query lookups, by `result`: `hit` and `unknown_hit` (answered from the cache),
     /// `read` (the query ran), `reread` (it ran again after a refused proof), `failed`.
     pub auth_query_lookups: IntCounterVec,
@@ -222,6 +232,17 @@ impl Metrics {
             IntGaugeVec::new(
                 Opts::new("db_connections", "Database connections by state"),
                 &["state"],
+            )
+            .expect("valid metric"),
+        );
+        let tls_handshake_failures = registered(
+            &registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "tls_handshake_failures_total",
+                    "TLS handshakes with clients that failed, by listener and reason",
+                ),
+                &["listener", "reason"],
             )
             .expect("valid metric"),
         );
@@ -338,6 +359,17 @@ impl Metrics {
                 "reason",
             ),
             auth_failures: counter_vec("auth_failures_total", "Failed client logins", "reason"),
+            client_logins: counter_vec(
+                "client_logins_total",
+                "Client logins received, by transport (tls, plain)",
+                "transport",
+            ),
+            caching_sha2_exchanges: counter_vec(
+                "caching_sha2_exchanges_total",
+                "caching_sha2_password exchanges with clients, by path",
+                "path",
+            ),
+            tls_handshake_failures,
             auth_query_lookups: counter_vec(
                 "auth_query_lookups_total",
                 "User names looked up for the auth query, by whether the database was asked",

@@ -7,10 +7,10 @@ use std::time::{Duration, Instant};
 
 use socket2::{SockRef, TcpKeepalive};
 use tokio::net::TcpListener;
-use tokio_rustls::TlsAcceptor;
 use tracing::{info, warn};
 
 use crate::client::serve_client;
+use crate::tls::ServerTls;
 use crate::Gateway;
 
 /// Pending connections the kernel may queue for the MySQL listener. A burst of cold function
@@ -37,7 +37,7 @@ pub struct Server {
     gateway: Arc<Gateway>,
     listener: TcpListener,
     admin: TcpListener,
-    http: Option<(TcpListener, Option<TlsAcceptor>)>,
+    http: Option<(TcpListener, Option<Arc<ServerTls>>)>,
 }
 
 impl Server {
@@ -47,9 +47,13 @@ impl Server {
         let admin = TcpListener::bind(gateway.settings.admin_listen).await?;
         let http = match gateway.settings.http_listen {
             Some(addr) => {
-                let tls = match &gateway.settings.http.tls {
-                    Some((cert, key)) => Some(crate::http::tls::acceptor(cert, key)?),
-                    None => None,
+                let tls = match (&gateway.settings.http.tls, &gateway.client_tls) {
+                    // The same files as the MySQL port: one certificate, reloaded once.
+                    (Some(files), Some(shared)) if gateway.settings.tls.as_ref() == Some(files) => {
+                        Some(shared.clone())
+                    }
+                    (Some(files), _) => Some(ServerTls::load(&files.cert, &files.key)?),
+                    (None, _) => None,
                 };
                 Some((listen(addr)?, tls))
             }

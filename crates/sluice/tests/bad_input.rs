@@ -189,7 +189,7 @@ async fn a_client_vanishing_mid_result_leaks_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mysql8_clients_offering_caching_sha2_are_switched_to_native_password() {
+async fn mysql8_clients_offering_caching_sha2_get_its_exchange_and_garbage_is_refused() {
     let gw = start("auth_switch").await;
     let mut s = TcpStream::connect(gw.addr).await.unwrap();
     let mut header = [0u8; 4];
@@ -199,33 +199,45 @@ async fn mysql8_clients_offering_caching_sha2_are_switched_to_native_password() 
     let parsed = sluice_protocol::handshake::Greeting::parse(&greeting).unwrap();
     assert_eq!(parsed.auth_plugin, "mysql_native_password");
 
-    // Log in as a MySQL 8 client would: a caching_sha2_password scramble first.
+    // Log in as a MySQL 8 client would: a caching_sha2_password scramble first. It is
+    // served with that plugin (no switch); nothing is cached yet, so full authentication.
     let caps = CapabilityFlags::CLIENT_PROTOCOL_41
         | CapabilityFlags::CLIENT_SECURE_CONNECTION
+        | CapabilityFlags::CLIENT_PLUGIN_AUTH
         | CapabilityFlags::CLIENT_PLUGIN_AUTH_LENENC_CLIENT_DATA;
+    let nonce: [u8; 20] = parsed.nonce[..20].try_into().unwrap();
+    let scramble = sluice_protocol::auth::scramble_sha256(&nonce, b"secret").unwrap();
     let login = encode_login(
         caps,
         sluice_protocol::MariadbCapabilities::empty(),
         45,
         "app",
-        &[0xab; 32],
+        &scramble,
         None,
         "caching_sha2_password",
     );
     s.write_all(&framed(1, &login)).await.unwrap();
-
-    let mut head = [0u8; 4];
-    s.read_exact(&mut head).await.unwrap();
-    let mut switch = vec![0u8; usize::from(head[0])];
-    s.read_exact(&mut switch).await.unwrap();
-    let (plugin, salt) = sluice_protocol::handshake::parse_auth_switch(&switch).unwrap();
-    assert_eq!(plugin, "mysql_native_password");
-    assert_eq!(head[3], 2, "switch request is packet 2");
-    let proof = sluice_protocol::auth::scramble_native(&salt, b"secret").unwrap();
-    s.write_all(&framed(3, &proof)).await.unwrap();
+    let packet = async |s: &mut TcpStream| {
+        let mut head = [0u8; 4];
+        s.read_exact(&mut head).await.unwrap();
+        let mut payload = vec![0u8; usize::from(head[0]) | usize::from(head[1]) << 8];
+        s.read_exact(&mut payload).await.unwrap();
+        (head[3], payload)
+    };
+    assert_eq!(
+        packet(&mut s).await,
+        (2, vec![0x01, 0x04]),
+        "perform full authentication"
+    );
+    // Without TLS: ask for the RSA public key, then answer with bytes that are no ciphertext.
+    s.write_all(&framed(3, &[0x02])).await.unwrap();
+    let (seq, key) = packet(&mut s).await;
+    assert_eq!((seq, key[0]), (4, 0x01));
+    assert!(String::from_utf8_lossy(&key).contains("BEGIN PUBLIC KEY"));
+    s.write_all(&framed(5, &[0xab; 256])).await.unwrap();
     let reply = read_reply(&mut s).await;
-    assert_eq!(reply[3], 4, "OK is packet 4");
-    assert_eq!(reply[4], 0x00, "login accepted after the switch: {reply:?}");
+    assert_eq!(reply[3], 6, "ERR is packet 6");
+    assert_eq!(&reply[4..7], &[0xff, 0x15, 0x04], "1045: {reply:?}");
 }
 
 /// Random and mutated SQL, including invalid UTF-8, multi-byte text, unterminated quotes and

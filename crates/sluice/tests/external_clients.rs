@@ -3,35 +3,10 @@
 
 mod common;
 
-use std::path::PathBuf;
-use std::process::Output;
 use std::time::Duration;
 
 use common::*;
 use mysql_async::prelude::*;
-
-fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-async fn run(program: &str, args: &[String], stdin: Option<&str>) -> Output {
-    use tokio::io::AsyncWriteExt;
-    let mut command = tokio::process::Command::new(program);
-    command
-        .args(args)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    let mut child = command
-        .spawn()
-        .unwrap_or_else(|e| panic!("{program} must be installed (scripts/ensure-deps): {e}"));
-    let mut pipe = child.stdin.take().unwrap();
-    // A client refused at connect exits before reading its input: a broken pipe here is
-    // not a failure, the output says what happened.
-    let _ = pipe.write_all(stdin.unwrap_or("").as_bytes()).await;
-    drop(pipe);
-    child.wait_with_output().await.unwrap()
-}
 
 fn mariadb_args(gw: &TestGateway, user: &str, password: &str, extra: &[&str]) -> Vec<String> {
     let mut args = vec![
@@ -68,7 +43,7 @@ async fn mariadb_cli_queries_errors_and_local_infile() {
          STATUS;\n",
         csv.display()
     );
-    let out = run(
+    let out = run_client(
         "mariadb",
         &mariadb_args(&gw, "app", "secret", &["--local-infile=1", TEST_DB]),
         Some(&script),
@@ -86,7 +61,7 @@ async fn mariadb_cli_queries_errors_and_local_infile() {
     );
 
     // Session functions answered by sluice (this client is not pinned) keep their names.
-    let out = run(
+    let out = run_client(
         "mariadb",
         &mariadb_args(&gw, "app", "secret", &[TEST_DB]),
         Some("SELECT CONNECTION_ID(), LAST_INSERT_ID();"),
@@ -99,7 +74,7 @@ async fn mariadb_cli_queries_errors_and_local_infile() {
     );
 
     // Errors come through with their codes, and a bad password is refused.
-    let out = run(
+    let out = run_client(
         "mariadb",
         &mariadb_args(&gw, "app", "secret", &[TEST_DB]),
         Some("SELECT * FROM nope_xyz;"),
@@ -108,7 +83,7 @@ async fn mariadb_cli_queries_errors_and_local_infile() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(stderr.contains("ERROR 1146 (42S02)"), "{stderr}");
-    let out = run(
+    let out = run_client(
         "mariadb",
         &mariadb_args(&gw, "app", "bad", &[]),
         Some("SELECT 1;"),
@@ -119,7 +94,7 @@ async fn mariadb_cli_queries_errors_and_local_infile() {
         stderr.contains("ERROR 1045 (28000): Access denied for user 'app'"),
         "{stderr}"
     );
-    let out = run(
+    let out = run_client(
         "mariadb",
         &mariadb_args(&gw, "app", "secret", &["nodb_xyz"]),
         Some("SELECT 1;"),
@@ -146,7 +121,7 @@ async fn pymysql_suite_passes_through_sluice() {
         "--database".into(),
         TEST_DB.into(),
     ];
-    let out = run("python3", &args, None).await;
+    let out = run_client("python3", &args, None).await;
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -182,7 +157,7 @@ async fn sysbench_with_and_without_prepared_statements_runs_without_errors() {
     for step in ["cleanup", "prepare"] {
         let mut args = common_args("oltp_read_write", 3306, "root", "");
         args.push(step.into());
-        let out = run("sysbench", &args, None).await;
+        let out = run_client("sysbench", &args, None).await;
         assert!(
             step == "cleanup" || out.status.success(),
             "{}",
@@ -204,7 +179,7 @@ async fn sysbench_with_and_without_prepared_statements_runs_without_errors() {
             format!("--db-ps-mode={ps_mode}"),
             "run".into(),
         ]);
-        let out = run("sysbench", &bench, None).await;
+        let out = run_client("sysbench", &bench, None).await;
         let stdout = String::from_utf8_lossy(&out.stdout);
         let context = format!(
             "{test} {ps_mode}: {stdout}\n{}",
@@ -260,7 +235,7 @@ async fn mariadb_cli_shows_sluices_own_errors_with_their_codes() {
         c.pool.borrow_timeout = Duration::from_millis(300);
     })
     .await;
-    let out = run(
+    let out = run_client(
         "mariadb",
         &mariadb_args(&down, "app", "secret", &[]),
         Some("SELECT 1;"),
@@ -277,7 +252,7 @@ async fn mariadb_cli_shows_sluices_own_errors_with_their_codes() {
 
     let full = start_with("cli_full", |c| c.max_client_connections = 1).await;
     let holder = full.connect().await;
-    let out = run(
+    let out = run_client(
         "mariadb",
         &mariadb_args(&full, "app", "secret", &[]),
         Some("SELECT 1;"),

@@ -291,3 +291,106 @@ async fn clients_that_stop_reading_lose_their_database_connections() {
     );
     drop(stalled);
 }
+
+/// Reads the server greeting off a fresh socket.
+async fn read_greeting(socket: &mut TcpStream) {
+    let mut header = [0u8; 4];
+    socket.read_exact(&mut header).await.unwrap();
+    let len = header[0] as usize | (header[1] as usize) << 8 | (header[2] as usize) << 16;
+    let mut payload = vec![0u8; len];
+    socket.read_exact(&mut payload).await.unwrap();
+}
+
+/// An SSLRequest packet (sequence id 1).
+fn ssl_request() -> Vec<u8> {
+    use sluice_protocol::CapabilityFlags;
+    let login = sluice_protocol::handshake::encode_login(
+        CapabilityFlags::CLIENT_PROTOCOL_41
+            | CapabilityFlags::CLIENT_SECURE_CONNECTION
+            | CapabilityFlags::CLIENT_SSL,
+        sluice_protocol::MariadbCapabilities::empty(),
+        45,
+        "app",
+        &[],
+        None,
+        "mysql_native_password",
+    );
+    let payload = &login[..sluice_protocol::handshake::SSL_REQUEST_LEN];
+    let mut packet = vec![payload.len() as u8, 0, 0, 1];
+    packet.extend_from_slice(payload);
+    packet
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_and_truncated_tls_handshakes_are_closed_without_holding_anything() {
+    let certs = common::certs::make();
+    let gw = start_with("tls_garbage", |c| {
+        c.tls_cert = Some(certs.cert.clone());
+        c.tls_key = Some(certs.key.clone());
+        c.login_timeout = Duration::from_secs(1);
+    })
+    .await;
+    // Garbage where a ClientHello belongs, one record header announcing more than a record
+    // may hold, a ClientHello cut short and left hanging, and a socket closed right after
+    // its SSLRequest.
+    let garbage: Vec<u8> = (0..600u32).map(|i| (i * 7919 % 251) as u8).collect();
+    let oversized_record = vec![0x16, 0x03, 0x01, 0xff, 0xff, 1, 0, 0];
+    let cut_hello = vec![
+        0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03,
+    ];
+    let mut hanging = Vec::new();
+    for (i, tail) in [garbage, oversized_record, cut_hello, Vec::new()]
+        .into_iter()
+        .enumerate()
+    {
+        let mut socket = TcpStream::connect(gw.addr).await.unwrap();
+        read_greeting(&mut socket).await;
+        socket.write_all(&ssl_request()).await.unwrap();
+        socket.write_all(&tail).await.unwrap();
+        match i {
+            2 => hanging.push(socket),
+            3 => drop(socket),
+            _ => {
+                let (_, closed) = drain(&mut socket, Duration::from_secs(5)).await;
+                assert!(closed, "case {i}: a bad handshake closes the socket");
+            }
+        }
+    }
+    // The hanging handshake is cut at login_timeout.
+    for mut socket in hanging {
+        let (_, closed) = drain(&mut socket, Duration::from_secs(5)).await;
+        assert!(closed, "a half-sent ClientHello is cut at login_timeout");
+    }
+    let metrics = gw.metrics().await;
+    assert!(
+        metric_value(
+            &metrics,
+            "sluice_tls_handshake_failures_total{listener=\"mysql\",reason=\"bad_handshake\"}"
+        ) >= 2.0,
+        "{metrics}"
+    );
+    // Nothing is left pending, and clients still get in.
+    for _ in 0..100 {
+        if metric_value(&gw.metrics().await, "sluice_client_logins_pending") == 0.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        metric_value(&gw.metrics().await, "sluice_client_logins_pending"),
+        0.0
+    );
+    legitimate_query(&gw).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ssl_request_without_tls_configured_gets_an_error() {
+    let gw = start("tls_not_offered").await;
+    let mut socket = TcpStream::connect(gw.addr).await.unwrap();
+    read_greeting(&mut socket).await;
+    socket.write_all(&ssl_request()).await.unwrap();
+    let (bytes, closed) = drain(&mut socket, Duration::from_secs(5)).await;
+    assert!(closed);
+    assert_eq!(error_codes(&bytes), vec![1047], "malformed-packet error");
+    legitimate_query(&gw).await;
+}

@@ -796,35 +796,12 @@ async fn openapi_document_describes_every_endpoint() {
 
 #[tokio::test]
 async fn serves_https_with_the_configured_certificate() {
-    let dir = tempfile::tempdir().unwrap();
-    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-    let made = std::process::Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-        ])
-        .args(["-nodes", "-days", "1", "-subj", "/CN=localhost"])
-        .args(["-addext", "subjectAltName=DNS:localhost"])
-        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .expect("openssl (scripts/ensure-deps installs it)");
-    assert!(
-        made.status.success(),
-        "{}",
-        String::from_utf8_lossy(&made.stderr)
-    );
+    // The certificate of the MySQL port, shared (`http.tls = "shared"`).
+    let certs = common::certs::make();
     let gw = start_with("http_tls", |c| {
         data_api(c);
-        c.http.tls_cert = Some(cert.clone());
-        c.http.tls_key = Some(key.clone());
+        common::certs::with_tls(c, &certs, sluice::tls::TlsMode::Allow);
+        c.http.tls = Some(sluice::config::SharedTls::Shared);
         c.http.header_read_timeout = Duration::from_secs(1);
     })
     .await;
@@ -837,7 +814,7 @@ async fn serves_https_with_the_configured_certificate() {
     let closed = tokio::time::timeout(Duration::from_secs(10), silent.read_to_end(&mut got));
     assert!(closed.await.is_ok(), "a silent TLS socket is closed");
     assert!(got.is_empty());
-    let pem = std::fs::read(&cert).unwrap();
+    let pem = std::fs::read(&certs.ca).unwrap();
     let client = reqwest::Client::builder()
         .use_preconfigured_tls(tls_client_trusting(&pem))
         .resolve("localhost", ([127, 0, 0, 1], port).into())

@@ -22,6 +22,7 @@ fn login(user: &str) -> BackendTarget {
         user: user.into(),
         secret: BackendSecret::Password("backend-pw".into()),
         database: Some(TEST_DB.into()),
+        tls: sluice::tls::BackendTls::DISABLED,
     }
 }
 

@@ -122,6 +122,7 @@ fn error_label(error: &BackendError) -> String {
         BackendError::Connect { .. } => "connect".into(),
         BackendError::Protocol(_) => "io".into(),
         BackendError::UnsupportedAuth(_) => "auth".into(),
+        BackendError::Tls(_) => "tls".into(),
     }
 }
 

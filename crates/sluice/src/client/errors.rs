@@ -22,6 +22,18 @@ pub fn access_denied(user: &str, host: &str, used_password: bool) -> ErrFields {
     )
 }
 
+/// 1045: a plaintext login of a user whose `tls_mode` (its own, or the global one) is
+/// `require`; the message says what to change on either side.
+pub fn tls_required(user: &str, host: &str) -> ErrFields {
+    ErrFields::new(
+        1045,
+        "28000",
+        format!(
+            "Access denied for user '{user}'@'{host}': sluice requires TLS for this user (tls_mode = \"require\"); connect with TLS/SSL enabled"
+        ),
+    )
+}
+
 /// 1040 (08004, "retry later"): the auth query could not check the password (the database
 /// is unreachable, or the auth account lacks its grant; the cause is in sluice's log).
 pub fn auth_unavailable() -> ErrFields {

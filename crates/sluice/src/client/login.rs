@@ -1,9 +1,10 @@
-//! The connection phase toward a client: greeting, login, authentication.
+//! The connection phase toward a client: greeting, TLS when asked for, login,
+//! authentication.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use sluice_protocol::auth::{self, NATIVE_PASSWORD, SALT_LEN};
+use sluice_protocol::auth::{self, CACHING_SHA2_PASSWORD, NATIVE_PASSWORD, SALT_LEN};
 use sluice_protocol::handshake::{self, Greeting, Login};
 use sluice_protocol::response::ErrFields;
 use sluice_protocol::{CapabilityFlags, MariadbCapabilities, ProtocolError};
@@ -12,6 +13,7 @@ use super::errors;
 use super::ClientStream;
 use crate::backend::{ServerInfo, FLAVOR_MARIADB_CAPABILITIES};
 use crate::identity::{Denied, Identity};
+use crate::tls::TlsMode;
 use crate::Gateway;
 
 /// Capabilities sluice can honour toward clients (further limited by the database's).
@@ -78,8 +80,8 @@ impl From<ProtocolError> for LoginFailure {
     }
 }
 
-/// Sends the greeting, reads the login, and authenticates it (switching a client that
-/// offers another plugin, e.g. MySQL 8's `caching_sha2_password`, to `mysql_native_password`).
+/// Sends the greeting, switches to TLS when the client asks, reads the login, and
+/// authenticates it (see [`client_proof`] for which plugin).
 pub async fn authenticate(
     gateway: &Gateway,
     stream: &mut ClientStream,
@@ -88,10 +90,14 @@ pub async fn authenticate(
     peer: SocketAddr,
 ) -> Result<Authenticated, LoginFailure> {
     let salt = auth::new_salt();
-    let offered = OFFERED & (server.capabilities | CapabilityFlags::CLIENT_PLUGIN_AUTH)
+    let tls = gateway.client_tls.as_ref();
+    let mut offered = OFFERED & (server.capabilities | CapabilityFlags::CLIENT_PLUGIN_AUTH)
         | CapabilityFlags::CLIENT_PROTOCOL_41
         | CapabilityFlags::CLIENT_SECURE_CONNECTION
         | CapabilityFlags::CLIENT_PLUGIN_AUTH;
+    if tls.is_some() {
+        offered |= CapabilityFlags::CLIENT_SSL;
+    }
     let offered_mariadb = server.mariadb_capabilities & FLAVOR_MARIADB_CAPABILITIES;
     let greeting = Greeting::for_client(
         &server.version,
@@ -100,11 +106,13 @@ pub async fn authenticate(
         offered_mariadb,
         server.collation,
         &salt,
+        gateway.settings.auth.default_plugin.name(),
     );
     let mut seq = 0;
     stream.write_packet(&mut seq, &greeting.encode()).await?;
 
-    let packet = match stream.read_packet().await {
+    // Read exactly the first packet: after an SSLRequest the TLS handshake follows at once.
+    let mut packet = match stream.read_packet_exact().await {
         Ok(packet) => packet,
         Err(ProtocolError::TooLarge { .. }) => {
             gateway
@@ -117,6 +125,14 @@ pub async fn authenticate(
             return Err(LoginFailure::Refused);
         }
         Err(e) => return Err(e.into()),
+    };
+    let on_tls = match tls {
+        Some(tls) if handshake::is_tls_request(&packet.payload) => {
+            super::tls::accept(gateway, stream, tls).await?;
+            packet = stream.read_packet().await?;
+            true
+        }
+        _ => false,
     };
     let mut seq = packet.next_seq;
     let login = match Login::parse(&packet.payload) {
@@ -134,22 +150,33 @@ pub async fn authenticate(
         }
         Err(e) => return Err(e.into()),
     };
+    gateway
+        .metrics
+        .client_logins
+        .with_label_values(&[if on_tls { "tls" } else { "plain" }])
+        .inc();
+    if !on_tls && gateway.identities.tls_mode(&login.user) == TlsMode::Require {
+        let err = tls_refusal(gateway, &login.user, peer.ip());
+        stream.write_packet(&mut seq, &err.encode()).await?;
+        return Err(LoginFailure::Refused);
+    }
     let capabilities = login.capabilities & offered;
     let mariadb_capabilities = login.mariadb_capabilities & offered_mariadb;
 
-    let proof = native_proof(
+    let proof = client_proof(
+        gateway,
         stream,
         &mut seq,
+        &login.user,
         login.auth_plugin.as_deref(),
         &login.auth_response,
         &salt,
     )
     .await?;
-
-    let identity = match verify_user(gateway, peer.ip(), &login.user, &salt, &proof).await {
+    let identity = match check_proof(gateway, peer.ip(), &login.user, &salt, &proof).await {
         Ok(identity) => identity,
         Err(denied) => {
-            let err = refusal(denied, &login.user, peer.ip(), !proof.is_empty());
+            let err = refusal(denied, &login.user, peer.ip(), proof.used_password());
             stream.write_packet(&mut seq, &err.encode()).await?;
             return Err(LoginFailure::Refused);
         }
@@ -166,23 +193,99 @@ pub async fn authenticate(
     })
 }
 
-/// The client's `mysql_native_password` proof: the auth data it sent when it used that
-/// plugin, otherwise its answer to an AuthSwitchRequest carrying `salt`.
-pub async fn native_proof(
+/// The 1045 a plaintext login of a user who must use TLS gets, counted and logged.
+pub fn tls_refusal(gateway: &Gateway, user: &str, peer: IpAddr) -> ErrFields {
+    gateway
+        .metrics
+        .auth_failures
+        .with_label_values(&["tls_required"])
+        .inc();
+    tracing::warn!(%user, %peer, "login without TLS refused: tls_mode is \"require\"");
+    errors::tls_required(user, &peer.to_string())
+}
+
+/// What a client proved about its password, in the form the identity sources check.
+pub struct Proof {
+    /// A `mysql_native_password` proof against the connection's salt: the client's own, or
+    /// made by sluice from what `caching_sha2_password` showed.
+    pub(super) native: Vec<u8>,
+    /// The password, when a `caching_sha2_password` full authentication sent it: remembered
+    /// for the fast path once the sources accept it.
+    pub(super) password: Option<Vec<u8>>,
+    /// The proof came from the fast-path cache: if the sources refuse it, the remembered
+    /// password is stale and is forgotten.
+    pub(super) fast_path: bool,
+}
+
+impl Proof {
+    pub(super) fn native(native: Vec<u8>) -> Proof {
+        Proof {
+            native,
+            password: None,
+            fast_path: false,
+        }
+    }
+
+    /// Whether the client used a password (for the "using password" part of 1045).
+    pub fn used_password(&self) -> bool {
+        !self.native.is_empty() || self.password.as_ref().is_some_and(|p| !p.is_empty())
+    }
+}
+
+/// Reads the client's proof for the plugin it answered with (`auth_response`, computed
+/// against `salt`), running the plugin's further exchange. A client that answered with a
+/// plugin other than `auth.default_plugin` is switched to it with `salt` as the challenge,
+/// except that `caching_sha2_password` answers are always taken as they are (so with the
+/// native default both plugins are served without a switch).
+pub async fn client_proof(
+    gateway: &Gateway,
     stream: &mut ClientStream,
     seq: &mut u8,
+    user: &str,
     plugin: Option<&str>,
     auth_response: &[u8],
     salt: &[u8; SALT_LEN],
-) -> Result<Vec<u8>, ProtocolError> {
-    if plugin.is_none_or(|p| p == NATIVE_PASSWORD) {
-        return Ok(auth_response.to_vec());
+) -> Result<Proof, ProtocolError> {
+    let answer;
+    let wanted = gateway.settings.auth.default_plugin.name();
+    let (plugin, response) = match plugin {
+        None => (NATIVE_PASSWORD, auth_response),
+        // As MySQL 8 does for caching_sha2_password accounts: clients that answered with the
+        // native plugin (mysql2 always does) are switched when caching_sha2 is the default.
+        Some(p) if p == wanted || p == CACHING_SHA2_PASSWORD => (p, auth_response),
+        Some(_) => {
+            let plugin = wanted;
+            let switch = handshake::encode_auth_switch(plugin, salt);
+            stream.write_packet(seq, &switch).await?;
+            let packet = stream.read_packet().await?;
+            *seq = packet.next_seq;
+            answer = packet.payload;
+            (plugin, answer.as_slice())
+        }
+    };
+    if plugin == NATIVE_PASSWORD {
+        return Ok(Proof::native(response.to_vec()));
     }
-    let switch = handshake::encode_auth_switch(NATIVE_PASSWORD, salt);
-    stream.write_packet(seq, &switch).await?;
-    let answer = stream.read_packet().await?;
-    *seq = answer.next_seq;
-    Ok(answer.payload)
+    super::caching_sha2::proof(gateway, stream, seq, user, response, salt).await
+}
+
+/// Checks a proof with [`verify_user`], keeping the `caching_sha2_password` fast-path cache
+/// in step with the verdict.
+pub async fn check_proof(
+    gateway: &Gateway,
+    peer: IpAddr,
+    user: &str,
+    salt: &[u8],
+    proof: &Proof,
+) -> Result<Arc<Identity>, Denied> {
+    let verdict = verify_user(gateway, peer, user, salt, &proof.native).await;
+    let sha2 = &gateway.identities.caching_sha2;
+    match (&verdict, &proof.password) {
+        (Ok(_), Some(password)) => sha2.remember(user, password),
+        (Err(Denied::BadPassword | Denied::UnknownUser), _) if proof.fast_path => sha2.forget(user),
+        _ => {}
+    }
+    verdict
 }
 
 /// The error a refused login (or COM_CHANGE_USER) gets: access denied, or 1040 when no

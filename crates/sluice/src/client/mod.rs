@@ -1,16 +1,19 @@
 //! Client sessions: one task per MySQL-protocol client connection.
 //!
 //! `admission` bounds sockets that are still logging in and seats authenticated clients;
-//! `login` authenticates a client against sluice's own user list; `session` runs its command
+//! `login` authenticates a client against sluice's own user list (`tls` switches it to TLS
+//! first when it asks, `caching_sha2` runs that plugin's exchange); `session` runs its command
 //! loop; `relay` forwards one command and its reply between the client and a database
 //! connection without decoding rows.
 
 mod admission;
+mod caching_sha2;
 mod errors;
 mod login;
 mod relay;
 mod session;
 mod statement;
+mod tls;
 mod tracking;
 
 pub use admission::{Admission, LoginThrottle};
@@ -21,11 +24,12 @@ use std::time::Duration;
 use sluice_protocol::response::ErrFields;
 use sluice_protocol::stall::Stall;
 use sluice_protocol::stream::PacketStream;
-use tokio::net::TcpStream;
 
-/// A client connection: packets over a socket whose writes time out when the client stops
-/// reading (`client_write_timeout`).
-pub type ClientStream = PacketStream<Stall<TcpStream>>;
+use crate::tls::Socket;
+
+/// A client connection: packets over a socket, plain or TLS, whose writes time out when the
+/// client stops reading (`client_write_timeout`).
+pub type ClientStream = PacketStream<Stall<Socket>>;
 
 /// How long a refused oversized packet's remaining bytes are read and dropped before the
 /// socket closes, and how many at most.

@@ -5,17 +5,22 @@
 //! flushed whenever no further database frame is already buffered, so a reply costs about
 //! one write per read.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use sluice_protocol::reply::{ReplyShape, ReplyTracker, Step};
 use sluice_protocol::response::{self, OkFields};
 use sluice_protocol::session_state::{self, StateChanges};
 use sluice_protocol::stream::WRITE_HIGH_WATER;
 use sluice_protocol::{ProtocolError, StatusFlags};
+use tokio::io::Interest;
 
 use super::tracking::Tracking;
 use super::ClientStream;
 use crate::backend::{BackendConn, BackendError};
+
+/// How often a TLS client with unread bytes is looked at for a hang-up while its statement
+/// runs (see `client_gone`).
+const TLS_HANGUP_CHECK: Duration = Duration::from_millis(200);
 
 /// How forwarding a command failed, and so which side is unusable now.
 #[derive(Debug)]
@@ -196,14 +201,30 @@ pub async fn forward(
 
 /// Resolves once the client has closed its socket with nothing unread left; never while it
 /// is open (or has sent more, e.g. a pipelined command, which is read later).
+///
+/// Inside TLS the bytes a client leaves unread cannot be told apart (a pipelined command or
+/// the close_notify alert of a client hanging up are both encrypted), so there the socket's
+/// read side is watched for the peer's FIN instead, looking again now and then while bytes
+/// wait unread.
 async fn client_gone(client: &ClientStream) {
-    if client.buffered_len() > 0 {
+    let socket = client.get_ref().get_ref();
+    let Some(tcp) = socket.tcp().filter(|_| client.buffered_len() == 0) else {
         return std::future::pending().await;
+    };
+    if !socket.is_tls() {
+        let mut byte = [0u8; 1];
+        return match tcp.peek(&mut byte).await {
+            Ok(0) | Err(_) => {}
+            Ok(_) => std::future::pending().await,
+        };
     }
-    let mut byte = [0u8; 1];
-    match client.get_ref().get_ref().peek(&mut byte).await {
-        Ok(0) | Err(_) => {}
-        Ok(_) => std::future::pending().await,
+    loop {
+        match tcp.ready(Interest::READABLE).await {
+            Ok(ready) if !ready.is_read_closed() => {
+                tokio::time::sleep(TLS_HANGUP_CHECK).await;
+            }
+            _ => return,
+        }
     }
 }
 

@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sluice_protocol::auth::NATIVE_PASSWORD;
+use sluice_protocol::auth::{CACHING_SHA2_PASSWORD, NATIVE_PASSWORD};
 use sluice_protocol::handshake::ChangeUser;
 use sluice_protocol::packet::MAX_FRAME_PAYLOAD;
 use sluice_protocol::response::{self, ErrFields, OkFields};
@@ -47,6 +47,7 @@ use crate::identity::Identity;
 use crate::metrics::Held;
 use crate::pool::{BorrowError, Lease, SessionError, WantedSession};
 use crate::registry::Registration;
+use crate::tls::{Socket, TlsMode};
 use crate::Gateway;
 
 /// Failed COM_CHANGE_USER attempts after which the connection is closed.
@@ -228,7 +229,11 @@ async fn run(
 ) -> End {
     // Writes that make no progress for client_write_timeout fail: a client that stops
     // reading cannot hold its database connection (or sluice's buffers) indefinitely.
-    let socket = Stall::new(socket, None, Some(gateway.settings.client_write_timeout));
+    let socket = Stall::new(
+        Socket::Plain(socket),
+        None,
+        Some(gateway.settings.client_write_timeout),
+    );
     let mut stream = PacketStream::new(socket, login::MAX_LOGIN_PACKET);
     let server = match gateway.pool.server_info().await {
         Ok(server) => server,
@@ -1250,6 +1255,19 @@ impl Session {
         End::Error(format!("database connection lost: {error}"))
     }
 
+    /// Answers a refused COM_CHANGE_USER with `err`. Like MariaDB, the session stays as it
+    /// was and the client may try again, but not forever: guessing passwords on one socket
+    /// ends after a few tries.
+    async fn refuse_change_user(&mut self, mut seq: u8, err: &ErrFields) -> Result<(), End> {
+        self.failed_change_users += 1;
+        let _ = self.send_err(&mut seq, err).await;
+        if self.failed_change_users >= MAX_FAILED_CHANGE_USERS {
+            Err(End::Refused)
+        } else {
+            Ok(())
+        }
+    }
+
     /// COM_CHANGE_USER: authenticate as another sluice user and start a clean session.
     async fn change_user(&mut self, payload: &[u8], mut seq: u8) -> Result<(), End> {
         let request = match ChangeUser::parse(payload, self.capabilities) {
@@ -1264,18 +1282,29 @@ impl Session {
         if request
             .auth_plugin
             .as_deref()
-            .is_some_and(|p| p != NATIVE_PASSWORD)
+            .is_some_and(|p| p != NATIVE_PASSWORD && p != CACHING_SHA2_PASSWORD)
         {
             // The client's proof will answer a switch request: give it a fresh salt.
             self.salt = sluice_protocol::auth::new_salt();
+        }
+        let socket = self.stream.get_ref().get_ref();
+        let peer = socket
+            .tcp()
+            .and_then(|tcp| tcp.peer_addr().ok())
+            .map_or(std::net::Ipv4Addr::UNSPECIFIED.into(), |a| a.ip());
+        if !socket.is_tls() && self.gateway.identities.tls_mode(&request.user) == TlsMode::Require {
+            let err = login::tls_refusal(&self.gateway, &request.user, peer);
+            return self.refuse_change_user(seq, &err).await;
         }
         // A client that goes quiet in the middle of an authentication exchange gets no
         // longer than at login.
         let proof = tokio::time::timeout(
             self.gateway.settings.login_timeout,
-            login::native_proof(
+            login::client_proof(
+                &self.gateway,
                 &mut self.stream,
                 &mut seq,
+                &request.user,
                 request.auth_plugin.as_deref(),
                 &request.auth_response,
                 &self.salt,
@@ -1284,27 +1313,13 @@ impl Session {
         .await
         .map_err(|_| End::Error("COM_CHANGE_USER exchange timed out".into()))?
         .map_err(client_end)?;
-        let peer = self
-            .stream
-            .get_ref()
-            .get_ref()
-            .peer_addr()
-            .map_or(std::net::Ipv4Addr::UNSPECIFIED.into(), |a| a.ip());
         let verified =
-            login::verify_user(&self.gateway, peer, &request.user, &self.salt, &proof).await;
+            login::check_proof(&self.gateway, peer, &request.user, &self.salt, &proof).await;
         let identity = match verified {
             Ok(identity) => identity,
             Err(denied) => {
-                let err = login::refusal(denied, &request.user, peer, !proof.is_empty());
-                // Like MariaDB, the session stays as it was and the client may try again, but
-                // not forever: guessing passwords on one socket ends after a few tries.
-                self.failed_change_users += 1;
-                let _ = self.send_err(&mut seq, &err).await;
-                return if self.failed_change_users >= MAX_FAILED_CHANGE_USERS {
-                    Err(End::Refused)
-                } else {
-                    Ok(())
-                };
+                let err = login::refusal(denied, &request.user, peer, proof.used_password());
+                return self.refuse_change_user(seq, &err).await;
             }
         };
         // A new entry: kills aimed at the old user's session do not reach the new one.

@@ -48,6 +48,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
+
+use crate::tls::ServerTls;
 use tracing::debug;
 
 use crate::Gateway;
@@ -179,7 +181,7 @@ const MAX_BUF: usize = 64 * 1024;
 
 /// Serves the Data API on `listener` (HTTPS when `tls` is set) until the task is aborted,
 /// holding at most `http.max_connections` connections.
-pub async fn serve(listener: TcpListener, api: Arc<Api>, tls: Option<TlsAcceptor>) {
+pub async fn serve(listener: TcpListener, api: Arc<Api>, tls: Option<Arc<ServerTls>>) {
     let gateway = api.gateway.clone();
     let settings = &gateway.settings.http;
     let slots = Arc::new(Semaphore::new(settings.max_connections));
@@ -202,7 +204,8 @@ pub async fn serve(listener: TcpListener, api: Arc<Api>, tls: Option<TlsAcceptor
         };
         let _ = socket.set_nodelay(true);
         let app = app.clone();
-        let tls = tls.clone();
+        // The certificate as it is now on disk (see `ServerTls`).
+        let tls = tls.as_ref().map(|tls| tls.acceptor());
         let gateway = gateway.clone();
         tokio::spawn(async move {
             serve_socket(socket, &gateway, app, tls).await;
@@ -244,6 +247,10 @@ async fn serve_socket(socket: TcpStream, gateway: &Gateway, app: Router, tls: Op
                 if e.kind() == std::io::ErrorKind::TimedOut {
                     Rejection::HeaderReadTimeout.counter(metrics).inc();
                 }
+                metrics
+                    .tls_handshake_failures
+                    .with_label_values(&["http", crate::tls::failure_reason(&e)])
+                    .inc();
                 debug!(error = %e, "Data API TLS handshake failed");
                 return;
             }

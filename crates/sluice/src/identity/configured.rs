@@ -8,11 +8,13 @@ use sluice_protocol::auth::Credential;
 
 use super::{Denied, Identity};
 use crate::config::{BackendTarget, Settings, UserBackend};
+use crate::tls::TlsMode;
 
 /// A configured user: its credential and identity.
 struct Configured {
     credential: Credential,
     identity: Arc<Identity>,
+    tls_mode: TlsMode,
 }
 
 /// The configured users by name.
@@ -44,6 +46,7 @@ impl ConfiguredUsers {
                 let configured = Configured {
                     credential: user.credential,
                     identity,
+                    tls_mode: user.tls_mode,
                 };
                 (name.clone(), configured)
             })
@@ -59,6 +62,11 @@ impl ConfiguredUsers {
             .prove(salt, proof)
             .map(|_| configured.identity.clone())
             .ok_or(Denied::BadPassword)
+    }
+
+    /// The `tls_mode` of a configured user; `None` for a name not configured.
+    pub fn tls_mode(&self, user: &str) -> Option<TlsMode> {
+        self.users.get(user).map(|c| c.tls_mode)
     }
 
     /// The identity of a configured user, without a proof (a Data API key names it).

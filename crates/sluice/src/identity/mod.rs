@@ -10,11 +10,17 @@
 //! - `auth_query` (`auth_query`, `cache`): the database's own accounts, read through the
 //!   `[backend]` account; the client runs as that database user, logged in with the
 //!   `SHA1(password)` its proof showed (`accounts`).
+//!
+//! Both hold `mysql_native_password` hashes; `caching_sha2_password` clients are checked
+//! against them too (see `sha2`).
 
 mod accounts;
 mod auth_query;
 mod cache;
 mod configured;
+mod sha2;
+
+pub use self::sha2::{CachingSha2, RsaKey};
 
 use std::num::NonZeroUsize;
 use std::sync::Arc;
@@ -25,6 +31,7 @@ use tracing::warn;
 use crate::config::{AuthSource, BackendSecret, BackendTarget, PoolMode, Settings};
 use crate::metrics::Metrics;
 use crate::pool::Pool;
+use crate::tls::TlsMode;
 use auth_query::AuthQuery;
 use cache::{AccountCache, Limits, LookupFailed};
 use configured::ConfiguredUsers;
@@ -97,6 +104,10 @@ pub struct Identities {
     shared: Arc<BackendTarget>,
     /// The pool mode of database users found by the auth query.
     pool_mode: PoolMode,
+    /// Whether clients without an entry of their own may or must use TLS.
+    tls_mode: TlsMode,
+    /// `caching_sha2_password`'s fast-path cache and RSA key.
+    pub caching_sha2: CachingSha2,
 }
 
 impl Identities {
@@ -137,7 +148,16 @@ impl Identities {
             configured: ConfiguredUsers::new(settings, &shared),
             shared,
             pool_mode: settings.pool_mode,
+            tls_mode: settings.tls_mode,
+            caching_sha2: CachingSha2::new(auth.cache_size, auth.rsa_private_key.clone()),
         }
+    }
+
+    /// Whether logins of `user` may or must use TLS: its `[[users]]` entry's `tls_mode`, or
+    /// the global one. Asked before the password is checked, so a refusal for want of TLS
+    /// says nothing about the password.
+    pub fn tls_mode(&self, user: &str) -> TlsMode {
+        self.configured.tls_mode(user).unwrap_or(self.tls_mode)
     }
 
     /// The login of sluice's own connections (probes, the Data API's shared account).

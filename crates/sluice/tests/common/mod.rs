@@ -2,6 +2,7 @@
 //! MariaDB on 127.0.0.1:3306 (scripts/ensure-deps makes sure it is there).
 #![allow(dead_code)]
 
+pub mod certs;
 pub mod data_api;
 
 use std::net::SocketAddr;
@@ -219,6 +220,36 @@ impl TestGateway {
     }
 }
 
+/// The repository's root directory (for `tests/clients`).
+pub fn repo_root() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// Runs a client program with `stdin` as its input and returns what it did; a program that
+/// is not installed fails the test, naming scripts/ensure-deps.
+pub async fn run_client(
+    program: &str,
+    args: &[String],
+    stdin: Option<&str>,
+) -> std::process::Output {
+    use tokio::io::AsyncWriteExt;
+    let mut command = tokio::process::Command::new(program);
+    command
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = command
+        .spawn()
+        .unwrap_or_else(|e| panic!("{program} must be installed (scripts/ensure-deps): {e}"));
+    let mut pipe = child.stdin.take().unwrap();
+    // A client refused at connect exits before reading its input: a broken pipe here is
+    // not a failure, the output says what happened.
+    let _ = pipe.write_all(stdin.unwrap_or("").as_bytes()).await;
+    drop(pipe);
+    child.wait_with_output().await.unwrap()
+}
+
 /// A minimal HTTP/1.1 GET, enough for the admin endpoints.
 pub async fn http_get(addr: SocketAddr, path: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -258,6 +289,7 @@ pub fn direct_target() -> BackendTarget {
         user: "root".into(),
         secret: BackendSecret::Password(String::new()),
         database: Some(TEST_DB.into()),
+        tls: sluice::tls::BackendTls::DISABLED,
     }
 }
 
@@ -274,6 +306,7 @@ pub async fn raw_client_with(gw: &TestGateway, flavor: Flavor) -> BackendConn {
         user: "app".into(),
         secret: BackendSecret::Password("secret".into()),
         database: Some(TEST_DB.into()),
+        tls: sluice::tls::BackendTls::DISABLED,
     };
     BackendConn::connect(&target, flavor, Duration::from_secs(5))
         .await
@@ -283,8 +316,9 @@ pub async fn raw_client_with(gw: &TestGateway, flavor: Flavor) -> BackendConn {
 /// Closes a raw client's socket without the COM_QUIT its drop would send, as a client that
 /// vanishes (a frozen or killed function) does.
 pub fn vanish(conn: BackendConn) {
-    let socket = socket2::SockRef::from(conn.stream.get_ref().get_ref());
-    let _ = socket.shutdown(std::net::Shutdown::Both);
+    if let Some(tcp) = conn.stream.get_ref().get_ref().tcp() {
+        let _ = socket2::SockRef::from(tcp).shutdown(std::net::Shutdown::Both);
+    }
     drop(conn);
 }
 

@@ -1,0 +1,61 @@
+// mysql2 over TLS (and with caching_sha2_password when the server proposes it): a query, a
+// server-side prepared statement, COM_CHANGE_USER back to the same user, and the transport
+// as the socket reports it. Used by crates/sluice/tests/tls_clients.rs.
+//
+//   node tls_check.js PORT USER PASSWORD DATABASE [CA_FILE]
+//
+// Without CA_FILE the connection is plain. Prints one line per check and "N passed, M failed";
+// exits 1 when any check failed.
+'use strict';
+
+const fs = require('node:fs');
+const mysql = require('mysql2/promise');
+const assert = require('node:assert/strict');
+
+const [port, user, password, database, caFile] = process.argv.slice(2);
+const options = { host: '127.0.0.1', port: Number(port), user, password, database };
+if (caFile) {
+  options.ssl = { ca: fs.readFileSync(caFile), rejectUnauthorized: true };
+}
+
+async function main() {
+  let passed = 0;
+  let failed = 0;
+  const conn = await mysql.createConnection(options);
+  const check = async (name, fn) => {
+    try {
+      await fn();
+      passed += 1;
+      console.log(`ok ${name}`);
+    } catch (e) {
+      failed += 1;
+      console.log(`FAIL ${name}: ${e.stack || e}`);
+    }
+  };
+  await check('transport', async () => {
+    assert.equal(Boolean(conn.connection.stream.encrypted), Boolean(caFile));
+  });
+  await check('query', async () => {
+    const [rows] = await conn.query('SELECT 40 + 2 AS n');
+    assert.equal(rows[0].n, 42);
+  });
+  await check('prepared statement', async () => {
+    const [rows] = await conn.execute('SELECT ? * 2 AS n, CONCAT(?, ?) AS s', [21, 'a', 'b']);
+    assert.equal(Number(rows[0].n), 42);
+    assert.equal(rows[0].s, 'ab');
+  });
+  await check('change user', async () => {
+    await conn.changeUser({ user, password, database });
+    const [rows] = await conn.query('SELECT DATABASE() AS db');
+    assert.equal(rows[0].db, database);
+  });
+  await conn.end();
+  console.log(`${passed} passed, ${failed} failed`);
+  process.exitCode = failed === 0 ? 0 : 1;
+}
+
+main().catch((e) => {
+  console.log(`FAIL connect: ${e.stack || e}`);
+  console.log('0 passed, 1 failed');
+  process.exitCode = 1;
+});
