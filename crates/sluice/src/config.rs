@@ -278,6 +278,15 @@ pub struct PoolConfig {
     /// Most connections one database user may have lent at once (none when unset), so
     /// one busy application cannot take the whole budget from the others.
     pub max_db_connections_per_user: Option<usize>,
+    /// The budget as a share of the server's `max_connections` (like RDS Proxy's
+    /// MaxConnectionsPercent), within `max_db_connections`; unset: `max_db_connections`.
+    pub max_connections_percent: Option<u8>,
+    /// Connections of the server's `max_connections` the budget always leaves free, for
+    /// administrators and monitoring.
+    pub reserved_connections: usize,
+    /// How often the server's `max_connections` is read again, so the budget follows it.
+    #[serde(with = "humantime_serde")]
+    pub budget_refresh: Duration,
 }
 
 impl Default for PoolConfig {
@@ -294,6 +303,9 @@ impl Default for PoolConfig {
             max_prepared_statements: 256,
             statement_cache_size: 4096,
             max_db_connections_per_user: None,
+            max_connections_percent: None,
+            reserved_connections: 5,
+            budget_refresh: Duration::from_secs(60),
         }
     }
 }
@@ -739,6 +751,18 @@ impl Config {
                     ),
                 );
             }
+        }
+        if pool
+            .max_connections_percent
+            .is_some_and(|p| !(1..=100).contains(&p))
+        {
+            issue(
+                "pool.max_connections_percent",
+                "must be between 1 and 100".into(),
+            );
+        }
+        if pool.budget_refresh.is_zero() {
+            issue("pool.budget_refresh", "must be greater than zero".into());
         }
         if pool.min_idle > pool.max_db_connections {
             issue(

@@ -18,6 +18,7 @@
 pub mod admin;
 pub mod backend;
 pub mod bench;
+pub mod budget;
 mod client;
 pub mod config;
 pub mod diagnostics;
@@ -61,6 +62,8 @@ pub struct Gateway {
     /// The certificate MySQL-protocol clients may switch to TLS with: `None` when TLS is
     /// not configured or every `tls_mode` is `off` (then `CLIENT_SSL` is not offered).
     pub client_tls: Option<Arc<tls::ServerTls>>,
+    /// The server's `max_connections` as the budget last read it.
+    pub server_limit: Arc<budget::ServerLimit>,
 }
 
 impl Gateway {
@@ -76,6 +79,7 @@ impl Gateway {
         let client_tls = client_tls(&settings);
         Arc::new(Gateway {
             client_tls,
+            server_limit: Arc::default(),
             statements: statements::MetadataCache::new(settings.pool.statement_cache_size),
             admission: client::Admission::new(
                 settings.max_pending_logins,

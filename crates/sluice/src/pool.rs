@@ -17,6 +17,7 @@
 //! connections, retires old ones and keeps `min_idle` open.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
@@ -136,6 +137,9 @@ enum Taken {
     Nothing,
 }
 
+/// How often a smaller budget looks for a slot to give up (see [`Pool::set_limit`]).
+const SHRINK_POLL: Duration = Duration::from_millis(20);
+
 /// How long a closing connection's slot waits for the server to close it after COM_QUIT.
 const QUIT_WAIT: Duration = Duration::from_secs(1);
 
@@ -147,6 +151,11 @@ struct Inner {
     permits: Arc<Semaphore>,
     /// One per connection that exists (idle, lent or being opened): the hard cap.
     slots: Arc<Semaphore>,
+    /// The budget now: how many connections may exist (see [`Pool::set_limit`]).
+    limit: AtomicUsize,
+    /// Permits `permits` and `slots` each hold in all: above `limit` while a smaller budget
+    /// waits for connections to come back.
+    capacity: AtomicUsize,
     /// Per database user, one permit per connection it may have lent at once
     /// (`max_db_connections_per_user`); made on first use.
     user_permits: Mutex<HashMap<String, Arc<Semaphore>>>,
@@ -331,6 +340,8 @@ impl Pool {
             inner: Arc::new(Inner {
                 permits: Arc::new(Semaphore::new(config.max_db_connections)),
                 slots: Arc::new(Semaphore::new(config.max_db_connections)),
+                limit: AtomicUsize::new(config.max_db_connections),
+                capacity: AtomicUsize::new(config.max_db_connections),
                 state: Mutex::new(State {
                     idle: Vec::new(),
                     last_flavor: None,
@@ -353,12 +364,53 @@ impl Pool {
         &self.inner.target
     }
 
+    /// Changes the budget to `limit` connections (at least 1). A larger budget takes effect
+    /// at once; a smaller one as connections come back: each permit given up waits its turn
+    /// in line with borrowers, and the least recently used idle connection is closed to
+    /// free its slot. Resizes must not overlap (one task owns them, see `budget`).
+    pub async fn set_limit(&self, limit: usize) {
+        let inner = &self.inner;
+        let limit = limit.max(1);
+        inner.limit.store(limit, Ordering::Relaxed);
+        let capacity = inner.capacity.load(Ordering::Relaxed);
+        if limit > capacity {
+            inner.permits.add_permits(limit - capacity);
+            inner.slots.add_permits(limit - capacity);
+            inner.capacity.store(limit, Ordering::Relaxed);
+            return;
+        }
+        for _ in limit..capacity {
+            let Ok(permit) = inner.permits.acquire().await else {
+                return;
+            };
+            permit.forget();
+            // With one permit less, connections come back idle: close the least recently
+            // used until a slot is free.
+            loop {
+                if let Ok(slot) = inner.slots.try_acquire() {
+                    slot.forget();
+                    break;
+                }
+                let oldest = {
+                    let mut state = inner.state();
+                    (!state.idle.is_empty()).then(|| state.idle.remove(0))
+                };
+                if let Some(pooled) = oldest {
+                    inner.close(pooled, "budget");
+                }
+                tokio::time::sleep(SHRINK_POLL).await;
+            }
+            inner.capacity.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
     /// Current counts.
     pub fn stats(&self) -> PoolStats {
         let inner = &self.inner;
         let idle = inner.state().idle.len();
-        let max = inner.config.max_db_connections;
-        let total = max.saturating_sub(inner.slots.available_permits());
+        let max = inner.limit.load(Ordering::Relaxed);
+        let capacity = inner.capacity.load(Ordering::Relaxed);
+        let total = capacity.saturating_sub(inner.slots.available_permits());
         PoolStats {
             busy: total.saturating_sub(idle),
             idle,
@@ -421,7 +473,7 @@ impl Pool {
             inner.metrics.borrow_timeouts.inc();
             inner.metrics.no_connections_left.inc();
             BorrowError::Exhausted {
-                max: inner.config.max_db_connections,
+                max: inner.limit.load(Ordering::Relaxed),
                 waited: started.elapsed(),
             }
         };

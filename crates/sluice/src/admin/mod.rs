@@ -17,19 +17,15 @@ use crate::Gateway;
 pub mod dashboard;
 pub mod status;
 
-/// What the admin handlers share: the gateway, and what `/status` remembers between calls.
+/// What the admin handlers share.
 #[derive(Clone)]
 struct Admin {
     gateway: Arc<Gateway>,
-    server_limit: Arc<status::ServerLimit>,
 }
 
 /// The admin routes.
 pub fn router(gateway: Arc<Gateway>) -> Router {
-    let admin = Admin {
-        gateway,
-        server_limit: Arc::default(),
-    };
+    let admin = Admin { gateway };
     Router::new()
         .route("/", get(dashboard::page))
         .route("/status", get(status_json))
@@ -65,7 +61,7 @@ async fn healthz(State(admin): State<Admin>) -> impl IntoResponse {
 }
 
 async fn status_json(State(admin): State<Admin>) -> impl IntoResponse {
-    let max_connections = admin.server_limit.get(&admin.gateway.pool);
+    let max_connections = admin.gateway.server_limit.get();
     (
         [(header::CACHE_CONTROL, "no-store")],
         Json(status::snapshot(&admin.gateway, max_connections)),

@@ -5,85 +5,21 @@
 //! Everything here is read from what already exists (the pool's counts, the metrics, the
 //! session registry) when asked; nothing on a client's path works for this page beyond the
 //! few atomic stores of [`crate::registry::Activity`]. The one value sluice must ask the
-//! database for, its `max_connections`, is read in the background at most once a minute.
+//! database for, its `max_connections`, is the budget's last reading (see [`crate::budget`]).
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use prometheus::core::Collector;
 use prometheus::proto::Metric;
 use serde::Serialize;
 
-use crate::backend::first_value;
-use crate::pool::Pool;
 use crate::registry::ActivitySnapshot;
 use crate::Gateway;
 
 /// Clients listed one by one; beyond, only counted, so the answer stays small with
 /// thousands connected.
 pub const MAX_LISTED_CLIENTS: usize = 1000;
-
-/// How often the server's `max_connections` is read again.
-const SERVER_LIMIT_REFRESH: Duration = Duration::from_secs(60);
-
-/// How long that read waits in line for a connection before trying again later.
-const SERVER_LIMIT_BORROW_WAIT: Duration = Duration::from_secs(2);
-
-/// The database server's `max_connections`, read on one of the pool's own connections (so
-/// the read counts against the budget like anything else) in the background, when
-/// `/status` is asked and the last read is older than a minute.
-#[derive(Debug, Default)]
-pub struct ServerLimit {
-    state: Mutex<LimitState>,
-}
-
-#[derive(Debug, Default)]
-struct LimitState {
-    value: Option<u64>,
-    asked: Option<Instant>,
-}
-
-impl ServerLimit {
-    /// The last value read (`None` until one was), starting a fresh read in the background
-    /// when the last is due.
-    pub fn get(self: &Arc<Self>, pool: &Pool) -> Option<u64> {
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let fresh = state
-            .asked
-            .is_some_and(|at| at.elapsed() < SERVER_LIMIT_REFRESH);
-        if !fresh {
-            state.asked = Some(Instant::now());
-            tokio::spawn(self.clone().read(pool.clone()));
-        }
-        state.value
-    }
-
-    async fn read(self: Arc<Self>, pool: Pool) {
-        // Only the wait in line is cut short: a lease dropped mid-query would be discarded.
-        let Ok(Ok(mut lease)) =
-            tokio::time::timeout(SERVER_LIMIT_BORROW_WAIT, pool.borrow_internal()).await
-        else {
-            return;
-        };
-        match lease
-            .conn()
-            .query_text("SELECT @@GLOBAL.max_connections")
-            .await
-        {
-            Ok(Ok(rows)) => {
-                pool.release(lease);
-                let value = first_value::<u64>(&rows);
-                self.state.lock().unwrap_or_else(|e| e.into_inner()).value = value;
-            }
-            Ok(Err(err)) => {
-                pool.release(lease);
-                tracing::warn!(error = %err, "could not read the server's max_connections");
-            }
-            Err(e) => tracing::warn!(error = %e, "could not read the server's max_connections"),
-        }
-    }
-}
 
 /// The whole answer of `/status`.
 #[derive(Debug, Serialize)]
@@ -336,7 +272,7 @@ fn by_user(collector: &impl Collector) -> Vec<(String, Metric)> {
         .collect()
 }
 
-/// The snapshot `/status` answers; `server_max_connections` comes from [`ServerLimit`].
+/// The snapshot `/status` answers; `server_max_connections` as the budget last read it.
 pub fn snapshot(gateway: &Gateway, server_max_connections: Option<u64>) -> Status {
     let metrics = &gateway.metrics;
     let stats = gateway.pool.stats();

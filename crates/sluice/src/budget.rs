@@ -1,0 +1,128 @@
+//! The connection budget: how many database connections sluice may hold, from its own cap,
+//! the server's `max_connections` and the headroom to leave for others.
+//!
+//! The server's limit can change (`SET GLOBAL max_connections`, a new instance class), so it
+//! is read at start and every `pool.budget_refresh`, and the pool resized to follow. A cap
+//! above what the server allows is reported, since that many could never be opened.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::backend::{first_value, BackendConn, BackendError, Flavor};
+use crate::config::{BackendTarget, PoolConfig};
+use crate::pool::Pool;
+
+/// The connections the budget allows with `config` when the server's `max_connections`
+/// is `server_max`: `max_db_connections`, or `max_connections_percent` of the server's,
+/// whichever is less, and never more than the server's less `reserved_connections`
+/// (at least 1).
+pub fn effective(config: &PoolConfig, server_max: u64) -> usize {
+    let server_max = usize::try_from(server_max).unwrap_or(usize::MAX);
+    let share = config
+        .max_connections_percent
+        .map_or(usize::MAX, |p| server_max.saturating_mul(usize::from(p)) / 100);
+    let allowed = server_max.saturating_sub(config.reserved_connections);
+    config.max_db_connections.min(share).min(allowed).max(1)
+}
+
+/// The server's `max_connections` as last read (0: not read yet), shared with `/status`.
+#[derive(Debug, Default)]
+pub struct ServerLimit(AtomicU64);
+
+impl ServerLimit {
+    /// The last value read, if any.
+    pub fn get(&self) -> Option<u64> {
+        Some(self.0.load(Ordering::Relaxed)).filter(|v| *v > 0)
+    }
+}
+
+/// Reads the server's limit now and every `budget_refresh`, resizing `pool` to the budget
+/// and recording the limit in `server`.
+pub fn spawn(pool: Pool, config: PoolConfig, timeout: Duration, server: Arc<ServerLimit>) {
+    tokio::spawn(async move {
+        let mut last: Option<(u64, usize)> = None;
+        loop {
+            if let Some(server_max) = read_server_max(pool.target(), timeout).await {
+                server.0.store(server_max, Ordering::Relaxed);
+                let budget = effective(&config, server_max);
+                if last != Some((server_max, budget)) {
+                    report(&config, server_max, budget);
+                    pool.set_limit(budget).await;
+                    last = Some((server_max, budget));
+                }
+            }
+            tokio::time::sleep(config.budget_refresh).await;
+        }
+    });
+}
+
+/// Logs the budget, warning when sluice's own cap is above what the server allows.
+fn report(config: &PoolConfig, server_max: u64, budget: usize) {
+    let allowed = server_max.saturating_sub(config.reserved_connections as u64);
+    if config.max_connections_percent.is_none() && config.max_db_connections as u64 > allowed {
+        tracing::warn!(
+            max_db_connections = config.max_db_connections,
+            server_max_connections = server_max,
+            reserved_connections = config.reserved_connections,
+            budget,
+            "pool.max_db_connections is above what the server allows (its max_connections \
+             less pool.reserved_connections): the budget is {budget}"
+        );
+    } else {
+        tracing::info!(
+            server_max_connections = server_max,
+            budget,
+            "database connection budget"
+        );
+    }
+}
+
+/// The server's `max_connections`, read on a connection of sluice's own login opened for
+/// the purpose and closed at once: the pool may be fully lent exactly when the budget
+/// matters, and this one connection, for a moment once per refresh, is what
+/// `reserved_connections` leaves room for. `None` when the read failed (logged).
+async fn read_server_max(target: &BackendTarget, timeout: Duration) -> Option<u64> {
+    let read = async {
+        let mut conn = BackendConn::connect(target, Flavor::INTERNAL, timeout).await?;
+        let rows = conn.query_text("SELECT @@GLOBAL.max_connections").await?;
+        conn.quit().await;
+        Ok::<_, BackendError>(rows)
+    };
+    match read.await {
+        Ok(Ok(rows)) => first_value::<u64>(&rows),
+        Ok(Err(err)) => {
+            tracing::warn!(error = %err, "could not read the server's max_connections");
+            None
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "could not read the server's max_connections");
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(max: usize, percent: Option<u8>, reserved: usize) -> PoolConfig {
+        PoolConfig {
+            max_db_connections: max,
+            max_connections_percent: percent,
+            reserved_connections: reserved,
+            ..PoolConfig::default()
+        }
+    }
+
+    #[test]
+    fn the_budget_is_the_least_of_the_cap_the_share_and_the_server_less_headroom() {
+        assert_eq!(effective(&config(20, None, 5), 151), 20, "the cap");
+        assert_eq!(effective(&config(500, None, 5), 151), 146, "the server less headroom");
+        assert_eq!(effective(&config(500, Some(50), 5), 151), 75, "the share");
+        assert_eq!(effective(&config(20, Some(50), 5), 151), 20, "the cap bounds the share");
+        assert_eq!(effective(&config(500, Some(100), 10), 200), 190);
+        assert_eq!(effective(&config(500, Some(10), 0), 5), 1, "never below one");
+        assert_eq!(effective(&config(20, None, 500), 151), 1);
+    }
+}

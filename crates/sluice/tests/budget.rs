@@ -1,0 +1,146 @@
+//! The connection budget follows the server: a share of its `max_connections`, re-read
+//! periodically, leaving headroom; a smaller budget takes effect as connections come back.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use mysql_async::prelude::*;
+
+/// Held by each test: they read and change the server's global `max_connections`.
+static SERVER_SETTING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// The server's global `max_connections`, put back when dropped (the test raises and lowers
+/// it; other tests must find it as it was).
+struct ServerMax(u64);
+
+impl ServerMax {
+    async fn set(value: u64) {
+        let mut admin = direct().await;
+        admin
+            .query_drop(format!("SET GLOBAL max_connections = {value}"))
+            .await
+            .unwrap();
+        admin.disconnect().await.unwrap();
+    }
+}
+
+impl Drop for ServerMax {
+    fn drop(&mut self) {
+        let value = self.0;
+        // A fresh thread with its own runtime: this may run while the test's runtime unwinds.
+        let _ = std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(ServerMax::set(value));
+        })
+        .join();
+    }
+}
+
+/// Waits until the pool's budget is `want`, returning what it was last.
+async fn budget_becomes(gw: &TestGateway, want: usize) -> usize {
+    for _ in 0..200 {
+        let max = gw.gateway.pool.stats().max;
+        if max == want {
+            return max;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    gw.gateway.pool.stats().max
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_percentage_budget_follows_the_server_s_max_connections() {
+    let _setting = SERVER_SETTING.lock().await;
+    let mut admin = direct().await;
+    let original: u64 = admin
+        .query_first("SELECT @@GLOBAL.max_connections")
+        .await
+        .unwrap()
+        .unwrap();
+    admin.disconnect().await.unwrap();
+    let _restore = ServerMax(original);
+    ServerMax::set(200).await;
+    let gw = start_with("budget_pct", |c| {
+        c.pool.max_db_connections = 100;
+        c.pool.max_connections_percent = Some(10);
+        c.pool.reserved_connections = 5;
+        c.pool.budget_refresh = Duration::from_millis(100);
+    })
+    .await;
+    assert_eq!(budget_becomes(&gw, 20).await, 20, "10 % of 200");
+    assert_eq!(gw.gateway.server_limit.get(), Some(200));
+
+    // Raised: the budget grows at once, and that many clients hold connections together.
+    ServerMax::set(300).await;
+    assert_eq!(budget_becomes(&gw, 30).await, 30, "10 % of 300");
+    let mut holders = Vec::new();
+    for _ in 0..30 {
+        let mut conn = gw.connect().await;
+        conn.query_drop("BEGIN").await.unwrap();
+        conn.query_drop("SELECT 1").await.unwrap();
+        holders.push(conn);
+    }
+    assert_eq!(gw.gateway.pool.stats().total, 30);
+
+    // Lowered while all 30 are lent: the budget says 12 at once, and connections close as
+    // they come back until no more than 12 are open.
+    ServerMax::set(120).await;
+    assert_eq!(budget_becomes(&gw, 12).await, 12, "10 % of 120");
+    for mut conn in holders {
+        conn.query_drop("COMMIT").await.unwrap();
+        conn.disconnect().await.unwrap();
+    }
+    let mut open = usize::MAX;
+    for _ in 0..200 {
+        open = db_connections_of(&gw.backend_user).await;
+        if open <= 12 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(open <= 12, "{open} database connections open on a budget of 12");
+    // And the smaller budget serves: 12 clients at once, a 13th waits its turn.
+    let mut holders = Vec::new();
+    for _ in 0..12 {
+        let mut conn = gw.connect().await;
+        conn.query_drop("BEGIN").await.unwrap();
+        conn.query_drop("SELECT 1").await.unwrap();
+        holders.push(conn);
+    }
+    let stats = gw.gateway.pool.stats();
+    assert_eq!((stats.total, stats.max), (12, 12), "{stats:?}");
+    for mut conn in holders {
+        conn.query_drop("COMMIT").await.unwrap();
+        conn.disconnect().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cap_above_what_the_server_allows_is_cut_to_leave_the_headroom() {
+    let _setting = SERVER_SETTING.lock().await;
+    let mut admin = direct().await;
+    let server_max: u64 = admin
+        .query_first("SELECT @@GLOBAL.max_connections")
+        .await
+        .unwrap()
+        .unwrap();
+    admin.disconnect().await.unwrap();
+    let gw = start_with("budget_cap", |c| {
+        c.pool.max_db_connections = 100_000;
+        c.pool.reserved_connections = 7;
+        c.pool.budget_refresh = Duration::from_millis(100);
+    })
+    .await;
+    let want = server_max as usize - 7;
+    assert_eq!(budget_becomes(&gw, want).await, want);
+    let status = http_get(gw.admin, "/status").await;
+    assert!(
+        status.contains(&format!("\"server_max_connections\":{server_max}")),
+        "{status}"
+    );
+}
