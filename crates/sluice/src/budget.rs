@@ -19,9 +19,9 @@ use crate::pool::Pool;
 /// (at least 1).
 pub fn effective(config: &PoolConfig, server_max: u64) -> usize {
     let server_max = usize::try_from(server_max).unwrap_or(usize::MAX);
-    let share = config
-        .max_connections_percent
-        .map_or(usize::MAX, |p| server_max.saturating_mul(usize::from(p)) / 100);
+    let share = config.max_connections_percent.map_or(usize::MAX, |p| {
+        server_max.saturating_mul(usize::from(p)) / 100
+    });
     let allowed = server_max.saturating_sub(config.reserved_connections);
     config.max_db_connections.min(share).min(allowed).max(1)
 }
@@ -118,11 +118,23 @@ mod tests {
     #[test]
     fn the_budget_is_the_least_of_the_cap_the_share_and_the_server_less_headroom() {
         assert_eq!(effective(&config(20, None, 5), 151), 20, "the cap");
-        assert_eq!(effective(&config(500, None, 5), 151), 146, "the server less headroom");
+        assert_eq!(
+            effective(&config(500, None, 5), 151),
+            146,
+            "the server less headroom"
+        );
         assert_eq!(effective(&config(500, Some(50), 5), 151), 75, "the share");
-        assert_eq!(effective(&config(20, Some(50), 5), 151), 20, "the cap bounds the share");
+        assert_eq!(
+            effective(&config(20, Some(50), 5), 151),
+            20,
+            "the cap bounds the share"
+        );
         assert_eq!(effective(&config(500, Some(100), 10), 200), 190);
-        assert_eq!(effective(&config(500, Some(10), 0), 5), 1, "never below one");
+        assert_eq!(
+            effective(&config(500, Some(10), 0), 5),
+            1,
+            "never below one"
+        );
         assert_eq!(effective(&config(20, None, 500), 151), 1);
     }
 }

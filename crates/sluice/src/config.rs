@@ -24,6 +24,9 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Where `/healthz` and `/metrics` are served.
     pub admin_listen: SocketAddr,
+    /// SHA-256 (hex) of the bearer token the admin listener's actions (`POST /pause`,
+    /// `POST /resume`) require; they are off without one.
+    pub admin_token_sha256: Option<String>,
     /// Most authenticated client connections at once; more are refused with ERR 1040.
     pub max_client_connections: usize,
     /// Most sockets still logging in at once; at the cap the oldest login is dropped.
@@ -88,6 +91,7 @@ impl Default for Config {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 6033)),
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 6080)),
+            admin_token_sha256: None,
             max_client_connections: 10_000,
             max_pending_logins: 1024,
             login_timeout: Duration::from_secs(10),
@@ -580,6 +584,8 @@ pub struct Settings {
     pub listen: SocketAddr,
     /// Admin HTTP listen address.
     pub admin_listen: SocketAddr,
+    /// SHA-256 of the admin bearer token (actions are off when `None`).
+    pub admin_token: Option<[u8; 32]>,
     /// Cap on authenticated client connections.
     pub max_client_connections: usize,
     /// Cap on sockets still logging in.
@@ -729,6 +735,16 @@ impl Config {
                 reason,
             })
         };
+        let admin_token = self.admin_token_sha256.as_deref().and_then(|hex| {
+            let digest = parse_sha256_hex(hex);
+            if digest.is_none() {
+                issue(
+                    "admin_token_sha256",
+                    "must be 64 hex digits (printf %s TOKEN | sha256sum)".into(),
+                );
+            }
+            digest
+        });
         let pool = &self.pool;
         if pool.max_db_connections == 0 {
             issue("pool.max_db_connections", "must be at least 1".into());
@@ -962,6 +978,7 @@ impl Config {
         Ok(Settings {
             listen: self.listen,
             admin_listen: self.admin_listen,
+            admin_token,
             max_client_connections: self.max_client_connections,
             max_pending_logins: self.max_pending_logins,
             login_timeout: self.login_timeout,

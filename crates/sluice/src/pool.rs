@@ -58,6 +58,16 @@ pub enum BorrowError {
         /// How long the borrower waited.
         waited: Duration,
     },
+    /// An operator paused new borrows (maintenance) and did not resume them within the
+    /// borrower's `borrow_timeout`.
+    #[error(
+        "sluice is paused for maintenance: no database connection is lent until an operator \
+         resumes it (waited {waited:?})"
+    )]
+    Paused {
+        /// How long the borrower waited.
+        waited: Duration,
+    },
     /// No connection could be opened.
     #[error(transparent)]
     Unavailable(#[from] BackendError),
@@ -156,6 +166,8 @@ struct Inner {
     /// Permits `permits` and `slots` each hold in all: above `limit` while a smaller budget
     /// waits for connections to come back.
     capacity: AtomicUsize,
+    /// Whether new borrows wait (an operator's pause for maintenance).
+    paused: tokio::sync::watch::Sender<bool>,
     /// Per database user, one permit per connection it may have lent at once
     /// (`max_db_connections_per_user`); made on first use.
     user_permits: Mutex<HashMap<String, Arc<Semaphore>>>,
@@ -341,6 +353,7 @@ impl Pool {
                 permits: Arc::new(Semaphore::new(config.max_db_connections)),
                 slots: Arc::new(Semaphore::new(config.max_db_connections)),
                 limit: AtomicUsize::new(config.max_db_connections),
+                paused: tokio::sync::watch::Sender::new(false),
                 capacity: AtomicUsize::new(config.max_db_connections),
                 state: Mutex::new(State {
                     idle: Vec::new(),
@@ -402,6 +415,19 @@ impl Pool {
             }
             inner.capacity.fetch_sub(1, Ordering::Relaxed);
         }
+    }
+
+    /// Pauses or resumes new borrows (`paused`), for a maintenance window: while paused,
+    /// borrowers wait in line as for a busy pool (up to `borrow_timeout`, then an error that
+    /// says why); connections already lent (open transactions) carry on. Returns whether it
+    /// was paused before.
+    pub fn set_paused(&self, paused: bool) -> bool {
+        self.inner.paused.send_replace(paused)
+    }
+
+    /// Whether new borrows are paused.
+    pub fn is_paused(&self) -> bool {
+        *self.inner.paused.borrow()
     }
 
     /// Current counts.
@@ -477,6 +503,15 @@ impl Pool {
                 waited: started.elapsed(),
             }
         };
+        let mut paused = inner.paused.subscribe();
+        if *paused.borrow_and_update() {
+            let resumed = tokio::time::timeout_at(deadline.into(), paused.wait_for(|p| !*p)).await;
+            if !matches!(resumed, Ok(Ok(_))) {
+                return Err(BorrowError::Paused {
+                    waited: started.elapsed(),
+                });
+            }
+        }
         // A user at its ceiling waits before taking a place in the common line, so its
         // wait never holds up another user's borrower.
         let user_permit = match inner.config.max_db_connections_per_user {

@@ -103,7 +103,10 @@ async fn a_percentage_budget_follows_the_server_s_max_connections() {
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    assert!(open <= 12, "{open} database connections open on a budget of 12");
+    assert!(
+        open <= 12,
+        "{open} database connections open on a budget of 12"
+    );
     // And the smaller budget serves: 12 clients at once, a 13th waits its turn.
     let mut holders = Vec::new();
     for _ in 0..12 {
@@ -143,4 +146,66 @@ async fn a_cap_above_what_the_server_allows_is_cut_to_leave_the_headroom() {
         status.contains(&format!("\"server_max_connections\":{server_max}")),
         "{status}"
     );
+}
+
+/// `POST` to the admin listener with `token` as bearer; returns the status and the body.
+async fn admin_post(gw: &TestGateway, path: &str, token: Option<&str>) -> (u16, String) {
+    let mut request = common::data_api::plain_client().post(format!("http://{}{path}", gw.admin));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().await.unwrap();
+    (response.status().as_u16(), response.text().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_holds_new_borrows_until_resume_and_lent_ones_carry_on() {
+    let gw = start_with("budget_pause", |c| {
+        c.admin_token_sha256 = Some(sluice::config::api_key_sha256("op-token"));
+        c.pool.borrow_timeout = Duration::from_secs(1);
+    })
+    .await;
+    let mut in_transaction = gw.connect().await;
+    // Connected before the pause (a driver's own start-up queries borrow too).
+    let mut waiting = gw.connect().await;
+    in_transaction.query_drop("BEGIN").await.unwrap();
+    in_transaction.query_drop("SELECT 1").await.unwrap();
+
+    assert_eq!(admin_post(&gw, "/pause", None).await.0, 401);
+    assert_eq!(admin_post(&gw, "/pause", Some("guess")).await.0, 401);
+    let (code, body) = admin_post(&gw, "/pause", Some("op-token")).await;
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("\"paused\":true"), "{body}");
+    assert!(http_get(gw.admin, "/status")
+        .await
+        .contains("\"paused\":true"));
+
+    // The transaction holds its connection and goes on.
+    in_transaction.query_drop("SELECT 2").await.unwrap();
+    in_transaction.query_drop("COMMIT").await.unwrap();
+    // A new borrow waits; past borrow_timeout it is told why.
+    let err = waiting.query_drop("SELECT 3").await.unwrap_err();
+    assert_eq!(server_code(&err), Some(1040), "{err}");
+    assert!(err.to_string().contains("paused for maintenance"), "{err}");
+
+    // Resumed while a borrower waits: it is served.
+    let query = tokio::spawn(async move {
+        let value: Option<i64> = waiting.query_first("SELECT 4").await.unwrap();
+        value
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!query.is_finished(), "served while paused");
+    let (code, body) = admin_post(&gw, "/resume", Some("op-token")).await;
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("\"was_paused\":true"), "{body}");
+    assert_eq!(query.await.unwrap(), Some(4));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_actions_are_off_without_a_token() {
+    let gw = start("budget_no_token").await;
+    let (code, body) = admin_post(&gw, "/pause", Some("anything")).await;
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains("admin_token_sha256"), "{body}");
+    assert!(!gw.gateway.pool.is_paused());
 }

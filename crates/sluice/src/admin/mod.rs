@@ -7,19 +7,20 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
 use tokio::net::TcpListener;
 
 use crate::Gateway;
 
+pub mod actions;
 pub mod dashboard;
 pub mod status;
 
 /// What the admin handlers share.
 #[derive(Clone)]
-struct Admin {
+pub struct Admin {
     gateway: Arc<Gateway>,
 }
 
@@ -31,6 +32,8 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .route("/status", get(status_json))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
+        .route("/pause", post(actions::pause))
+        .route("/resume", post(actions::resume))
         .with_state(admin)
 }
 

@@ -68,6 +68,8 @@ pub struct PoolView {
     pub in_transaction: usize,
     /// Lent to a client pinned to it.
     pub pinned: usize,
+    /// New borrows wait for an operator's `POST /resume`.
+    pub paused: bool,
 }
 
 /// Counters since start.
@@ -331,6 +333,7 @@ pub fn snapshot(gateway: &Gateway, server_max_connections: Option<u64>) -> Statu
             in_transaction: census.in_transaction
                 + usize::try_from(metrics.http_open_transactions.get()).unwrap_or(0),
             pinned: census.pinned,
+            paused: gateway.pool.is_paused(),
         },
         counters: Counters {
             borrows: metrics.borrows.get(),

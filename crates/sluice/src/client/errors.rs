@@ -57,7 +57,9 @@ pub fn too_many_clients(max: usize) -> ErrFields {
 /// the pool stayed exhausted, or the database cannot be reached.
 pub fn borrow_failed(err: &BorrowError) -> ErrFields {
     match err {
-        BorrowError::Exhausted { .. } => ErrFields::new(1040, "08004", err.to_string()),
+        BorrowError::Exhausted { .. } | BorrowError::Paused { .. } => {
+            ErrFields::new(1040, "08004", err.to_string())
+        }
         // The server's code for an account over its own connection limit.
         BorrowError::UserCeiling { user, max, .. } => ErrFields::new(
             1226,

@@ -185,9 +185,9 @@ impl From<BorrowError> for ApiError {
     /// the request did nothing and may be retried later.
     fn from(err: BorrowError) -> ApiError {
         match err {
-            BorrowError::Exhausted { .. } | BorrowError::UserCeiling { .. } => {
-                ApiError::new(Status::Unavailable, err.to_string())
-            }
+            BorrowError::Exhausted { .. }
+            | BorrowError::UserCeiling { .. }
+            | BorrowError::Paused { .. } => ApiError::new(Status::Unavailable, err.to_string()),
             // Where the database is and why it cannot be reached go to the log only.
             BorrowError::Unavailable(cause) => {
                 tracing::warn!(error = %cause, "Data API: no database connection");
