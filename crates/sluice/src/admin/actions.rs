@@ -22,8 +22,8 @@ pub async fn resume(State(admin): State<Admin>, headers: HeaderMap) -> Response 
 }
 
 fn set_paused(admin: &Admin, headers: &HeaderMap, paused: bool) -> Response {
-    if let Err(refusal) = authorize(admin, headers) {
-        return refusal;
+    if let Err((code, message)) = authorize(admin, headers) {
+        return (code, Json(json!({"error": message}))).into_response();
     }
     let was = admin.gateway.pool.set_paused(paused);
     tracing::warn!(
@@ -37,9 +37,9 @@ fn set_paused(admin: &Admin, headers: &HeaderMap, paused: bool) -> Response {
 
 /// Checks the request's bearer token against `admin_token_sha256`: 403 when no token is
 /// configured (actions are off), 401 when the token is missing or wrong.
-fn authorize(admin: &Admin, headers: &HeaderMap) -> Result<(), Response> {
+fn authorize(admin: &Admin, headers: &HeaderMap) -> Result<(), (StatusCode, &'static str)> {
     let Some(expected) = admin.gateway.settings.admin_token else {
-        return Err(refuse(
+        return Err((
             StatusCode::FORBIDDEN,
             "admin actions are off: set admin_token_sha256 in the configuration",
         ));
@@ -50,13 +50,9 @@ fn authorize(admin: &Admin, headers: &HeaderMap) -> Result<(), Response> {
         .and_then(|value| value.strip_prefix("Bearer "));
     match token {
         Some(token) if Sha256::digest(token.as_bytes()).as_slice() == expected => Ok(()),
-        _ => Err(refuse(
+        _ => Err((
             StatusCode::UNAUTHORIZED,
             "a valid admin token is required (Authorization: Bearer ...)",
         )),
     }
-}
-
-fn refuse(code: StatusCode, message: &str) -> Response {
-    (code, Json(json!({"error": message}))).into_response()
 }
