@@ -470,6 +470,10 @@ pub struct UserConfig {
     /// Overrides the top-level `tls_mode` for this user's logins.
     #[serde(default)]
     pub tls_mode: Option<TlsMode>,
+    /// Most statements per second all of this user's clients together may run (a token
+    /// bucket of that size); more are refused with ERR 1226 and may be retried.
+    #[serde(default)]
+    pub max_statements_per_second: Option<u32>,
 }
 
 /// One problem found in the configuration, with where it is.
@@ -654,6 +658,8 @@ pub struct User {
     pub backend: UserBackend,
     /// Whether its clients may or must use TLS.
     pub tls_mode: TlsMode,
+    /// Its statement rate limit, if any.
+    pub max_statements_per_second: Option<std::num::NonZeroU32>,
 }
 
 /// The database login of a configured user.
@@ -919,12 +925,26 @@ impl Config {
                     format!("\"{}\" needs tls_cert and tls_key", user_tls.name()),
                 );
             }
+            let max_statements_per_second = match user.max_statements_per_second {
+                Some(rate) => match std::num::NonZeroU32::new(rate) {
+                    Some(rate) => Some(rate),
+                    None => {
+                        issue(
+                            &format!("{key}.max_statements_per_second"),
+                            "must be at least 1 (leave it out for no limit)".into(),
+                        );
+                        continue;
+                    }
+                },
+                None => None,
+            };
             let entry = User {
                 credential,
                 pool_mode: user.pool_mode.unwrap_or(self.pool_mode),
                 databases: user.databases.clone(),
                 backend,
                 tls_mode: user_tls,
+                max_statements_per_second,
             };
             if users.insert(user.name.clone(), entry).is_some() {
                 issue(
@@ -960,6 +980,7 @@ impl Config {
                     databases: None,
                     backend: UserBackend::Shared,
                     tls_mode,
+                    max_statements_per_second: None,
                 },
             );
         }

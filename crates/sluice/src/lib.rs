@@ -27,6 +27,7 @@ pub mod http;
 pub mod identity;
 pub mod metrics;
 pub mod pool;
+pub mod rate;
 pub mod registry;
 pub mod server;
 pub mod shutdown;
@@ -64,6 +65,8 @@ pub struct Gateway {
     pub client_tls: Option<Arc<tls::ServerTls>>,
     /// The server's `max_connections` as the budget last read it.
     pub server_limit: Arc<budget::ServerLimit>,
+    /// Per-user statement rate limits.
+    pub rate_limits: rate::RateLimits,
 }
 
 impl Gateway {
@@ -80,6 +83,7 @@ impl Gateway {
         Arc::new(Gateway {
             client_tls,
             server_limit: Arc::default(),
+            rate_limits: rate::RateLimits::new(&settings),
             statements: statements::MetadataCache::new(settings.pool.statement_cache_size),
             admission: client::Admission::new(
                 settings.max_pending_logins,

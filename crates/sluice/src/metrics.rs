@@ -30,6 +30,8 @@ pub struct UserMetrics {
     pub borrows: IntCounterVec,
     /// Failed logins of users that exist (made-up names count as `unknown`).
     pub auth_failures: IntCounterVec,
+    /// Statements refused because their user was over `max_statements_per_second`.
+    pub rate_limited: IntCounterVec,
     /// Seconds from a client command's arrival to the last byte of its reply relayed, by
     /// login name (RDS Proxy's QueryResponseLatency): borrow wait included.
     pub query_response: HistogramVec,
@@ -315,6 +317,11 @@ impl Metrics {
             auth_failures: counter_vec(
                 "user_auth_failures_total",
                 "Failed logins by user (unknown for names no source knows)",
+                "user",
+            ),
+            rate_limited: counter_vec(
+                "user_rate_limited_total",
+                "Statements refused over the user's max_statements_per_second, by login name",
                 "user",
             ),
             query_response: user_histogram(

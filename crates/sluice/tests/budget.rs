@@ -209,3 +209,43 @@ async fn admin_actions_are_off_without_a_token() {
     assert!(body.contains("admin_token_sha256"), "{body}");
     assert!(!gw.gateway.pool.is_paused());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_over_its_statement_rate_is_refused_and_others_are_not() {
+    let gw = start_with("budget_rate", |c| {
+        c.users[0].max_statements_per_second = Some(20);
+    })
+    .await;
+    let mut limited = gw.connect().await;
+    let mut other = mysql_async::Conn::new(gw.opts("empty", "", Some(TEST_DB)))
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let (mut served, mut refused) = (0u32, 0u32);
+    for _ in 0..100 {
+        match limited.query_drop("SELECT 1").await {
+            Ok(()) => served += 1,
+            Err(e) => {
+                assert_eq!(server_code(&e), Some(1226), "{e}");
+                assert!(e.to_string().contains("max_statements_per_second"), "{e}");
+                refused += 1;
+            }
+        }
+        other.query_drop("SELECT 1").await.unwrap();
+    }
+    // The bucket holds 20 and refills 20 a second.
+    let allowed = 20 + (20.0 * started.elapsed().as_secs_f64()).ceil() as u32;
+    assert!(served <= allowed, "{served} served, {allowed} allowed");
+    assert!(refused > 0, "none refused");
+    // A prepared statement's executes count too; then the session goes on once it slows down.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let value: Option<i64> = limited.exec_first("SELECT ?", (7,)).await.unwrap();
+    assert_eq!(value, Some(7));
+    let metrics = gw.metrics().await;
+    assert_eq!(
+        metric_value(&metrics, "sluice_user_rate_limited_total{user=\"app\"}"),
+        f64::from(refused)
+    );
+    limited.disconnect().await.unwrap();
+    other.disconnect().await.unwrap();
+}

@@ -82,6 +82,19 @@ pub fn borrow_failed(err: &BorrowError) -> ErrFields {
     }
 }
 
+/// 1226: the user ran more statements per second than `max_statements_per_second` allows;
+/// the server's code for an account over one of its resource limits. The session goes on.
+pub fn rate_limited(user: &str, per_second: u32) -> ErrFields {
+    ErrFields::new(
+        1226,
+        "42000",
+        format!(
+            "User '{user}' has exceeded the 'max_statements_per_second' resource \
+             (current value: {per_second}); retry shortly"
+        ),
+    )
+}
+
 /// 1047: a command sluice does not proxy.
 pub fn unsupported_command(command_byte: u8) -> ErrFields {
     ErrFields::new(

@@ -74,6 +74,8 @@ struct Session {
     identity: Arc<Identity>,
     /// Counts the client under its database user in `sluice_user_client_connections`.
     counted: Held,
+    /// The user's statement rate limit, if it has one.
+    rate: Option<Arc<crate::rate::UserRate>>,
     salt: [u8; 20],
     collation: u8,
     backend: Option<Lease>,
@@ -324,7 +326,9 @@ async fn serve_authenticated(
     let tracking = capabilities
         .contains(CapabilityFlags::CLIENT_SESSION_TRACK)
         .then(|| tracking_defaults(server));
+    let rate = gateway.rate_limits.of(&identity.user);
     let mut session = Session {
+        rate,
         gateway,
         id,
         stream,
@@ -702,6 +706,16 @@ impl Session {
                 .with_label_values(&[command::name(command_byte)])
                 .inc();
             let mut seq = packet.next_seq;
+            if matches!(
+                command_byte,
+                command::QUERY | command::STMT_EXECUTE | command::STMT_BULK_EXECUTE
+            ) && !self.rate.as_ref().is_none_or(|rate| rate.allows())
+            {
+                if let Err(end) = self.refuse_over_rate(seq).await {
+                    return end;
+                }
+                continue;
+            }
             self.timing.start(&self.registration.handle.activity);
             let outcome = match command_byte {
                 command::QUIT => return End::Quit,
@@ -740,6 +754,21 @@ impl Session {
             self.timing
                 .finish(&self.registration.handle.activity, query, in_transaction);
         }
+    }
+
+    /// Refuses a statement over the user's `max_statements_per_second` (sequence id
+    /// `seq`), counting it; the session goes on.
+    async fn refuse_over_rate(&mut self, mut seq: u8) -> Result<(), End> {
+        let Some(rate) = self.rate.clone() else {
+            return Ok(());
+        };
+        let users = &self.gateway.metrics.users;
+        users
+            .rate_limited
+            .with_label_values(&[users.label(&self.identity.user)])
+            .inc();
+        let err = errors::rate_limited(&self.identity.user, rate.per_second.get());
+        self.send_err(&mut seq, &err).await.map_err(client_end)
     }
 
     /// COM_QUERY: classifies the text first (see `statement`): refuses a `KILL` it cannot
@@ -1327,6 +1356,7 @@ impl Session {
         self.counted = self.gateway.metrics.users.client(&identity.user);
         self.timing
             .set_latency(self.gateway.metrics.users.latency(&identity.user));
+        self.rate = self.gateway.rate_limits.of(&identity.user);
         self.identity = identity;
         if let Some(collation) = request.collation {
             self.collation = collation;
