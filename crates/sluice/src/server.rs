@@ -98,6 +98,7 @@ impl Server {
             http,
         } = self;
         gateway.pool.spawn_maintenance();
+        crate::janitor::spawn(&gateway.pool, &gateway.settings.janitor, &gateway.metrics);
         let admin_addr = admin.local_addr()?;
         let admin_task = tokio::spawn(crate::admin::serve(admin, gateway.clone()));
         let http_addr = http.as_ref().and_then(|(l, _)| l.local_addr().ok());
