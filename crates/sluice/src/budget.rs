@@ -38,12 +38,15 @@ impl ServerLimit {
 }
 
 /// Reads the server's limit now and every `budget_refresh`, resizing `pool` to the budget
-/// and recording the limit in `server`.
-pub fn spawn(pool: Pool, config: PoolConfig, timeout: Duration, server: Arc<ServerLimit>) {
+/// and recording the limit in `server`, until the pool is gone.
+pub fn spawn(pool: &Pool, config: PoolConfig, timeout: Duration, server: Arc<ServerLimit>) {
+    let weak = pool.downgrade();
+    let target = pool.target().clone();
     tokio::spawn(async move {
         let mut last: Option<(u64, usize)> = None;
-        loop {
-            if let Some(server_max) = read_server_max(pool.target(), timeout).await {
+        while weak.upgrade().is_some() {
+            if let Some(server_max) = read_server_max(&target, timeout).await {
+                let Some(pool) = weak.upgrade() else { break };
                 server.0.store(server_max, Ordering::Relaxed);
                 let budget = effective(&config, server_max);
                 if last != Some((server_max, budget)) {

@@ -84,6 +84,8 @@ pub struct Config {
     /// Whether MySQL-protocol clients may (`allow`, the default with a certificate) or must
     /// (`require`) use TLS, or are not offered it (`off`, the default without one).
     pub tls_mode: Option<TlsMode>,
+    /// `[janitor]`: kills sleeping connections that bypass sluice when the server fills up.
+    pub janitor: JanitorConfig,
 }
 
 impl Default for Config {
@@ -113,6 +115,75 @@ impl Default for Config {
             tls_cert: None,
             tls_key: None,
             tls_mode: None,
+            janitor: JanitorConfig::default(),
+        }
+    }
+}
+
+/// `[janitor]`: the cleanup `serverless-mysql` does from inside every function, done once,
+/// centrally: above a utilisation of the server's `max_connections`, kill sleeping
+/// connections of the listed database users that bypass sluice (never sluice's own).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JanitorConfig {
+    /// Off by default: killing connections is for operators who asked for it.
+    pub enabled: bool,
+    /// The database users whose sleeping connections may be killed; no other user's are.
+    pub users: Vec<String>,
+    /// Connected threads over `max_connections` above which the janitor kills, in (0, 1].
+    pub threshold: f64,
+    /// A connection must have slept at least this long to be killed.
+    #[serde(with = "humantime_serde")]
+    pub min_idle: Duration,
+    /// How often the processlist is read.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// Most connections killed in one round, so one round cannot empty the server.
+    pub max_kills_per_round: usize,
+}
+
+impl Default for JanitorConfig {
+    fn default() -> Self {
+        JanitorConfig {
+            enabled: false,
+            users: Vec::new(),
+            threshold: 0.8,
+            min_idle: Duration::from_secs(60),
+            interval: Duration::from_secs(5),
+            max_kills_per_round: 10,
+        }
+    }
+}
+
+impl JanitorConfig {
+    /// Reports what is wrong with `[janitor]` (the values are checked even when it is off,
+    /// so turning it on later cannot reveal an old mistake).
+    fn check(&self, issue: &mut impl FnMut(&str, String)) {
+        if self.enabled && self.users.is_empty() {
+            issue(
+                "janitor.users",
+                "name at least one database user whose connections may be killed".into(),
+            );
+        }
+        if self.users.iter().any(|user| user.is_empty()) {
+            issue("janitor.users", "user names must not be empty".into());
+        }
+        if !(self.threshold > 0.0 && self.threshold <= 1.0) {
+            issue(
+                "janitor.threshold",
+                "must be above 0 and at most 1 (a share of max_connections)".into(),
+            );
+        }
+        for (key, value) in [
+            ("janitor.min_idle", self.min_idle),
+            ("janitor.interval", self.interval),
+        ] {
+            if value.is_zero() {
+                issue(key, "must be greater than zero".into());
+            }
+        }
+        if self.max_kills_per_round == 0 {
+            issue("janitor.max_kills_per_round", "must be at least 1".into());
         }
     }
 }
@@ -634,6 +705,8 @@ pub struct Settings {
     pub tls: Option<TlsFiles>,
     /// Whether clients of users without their own `tls_mode` may or must use TLS.
     pub tls_mode: TlsMode,
+    /// The janitor of connections that bypass sluice.
+    pub janitor: JanitorConfig,
 }
 
 /// A PEM certificate chain and its private key.
@@ -954,6 +1027,7 @@ impl Config {
             }
         }
         self.auth.check(!self.users.is_empty(), &mut issue);
+        self.janitor.check(&mut issue);
         if !issues.is_empty() {
             return Err(ConfigError(issues));
         }
@@ -1025,6 +1099,7 @@ impl Config {
             http,
             tls,
             tls_mode,
+            janitor: self.janitor.clone(),
         })
     }
 }
@@ -1711,5 +1786,41 @@ mod tests {
             toml::from_str("[auth]\nsources = [\"auth_query\"]\ncache_ttl = \"0s\"\n").unwrap();
         let settings = only_query.validate("t").unwrap();
         assert_eq!(settings.auth.cache_ttl, Duration::ZERO);
+    }
+
+    #[test]
+    fn janitor_section_defaults_and_mistakes() {
+        let settings = Config::default().validate("defaults").unwrap();
+        assert!(!settings.janitor.enabled);
+        assert_eq!(settings.janitor.threshold, 0.8);
+        assert_eq!(settings.janitor.min_idle, Duration::from_secs(60));
+        let text = r#"
+            [janitor]
+            enabled = true
+            threshold = 1.5
+            min_idle = "0s"
+            interval = "0s"
+            max_kills_per_round = 0
+        "#;
+        let (_, keys) = refused(text);
+        assert_eq!(
+            keys,
+            vec![
+                "janitor.users",
+                "janitor.threshold",
+                "janitor.min_idle",
+                "janitor.interval",
+                "janitor.max_kills_per_round"
+            ]
+        );
+        let (_, keys) = refused("[janitor]\nusers = [\"\"]\nthreshold = 0.0\n");
+        assert_eq!(keys, vec!["janitor.users", "janitor.threshold"]);
+        let on: Config = toml::from_str(
+            "[janitor]\nenabled = true\nusers = [\"fn\"]\nthreshold = 0.0001\nmin_idle = \"1s\"\n",
+        )
+        .unwrap();
+        let settings = on.validate("t").unwrap();
+        assert_eq!(settings.janitor.users, vec!["fn".to_owned()]);
+        assert_eq!(settings.janitor.min_idle, Duration::from_secs(1));
     }
 }

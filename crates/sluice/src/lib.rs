@@ -9,6 +9,7 @@
 //! - `client`: one task per client connection (login, commands, relaying replies);
 //! - [`identity`]: who a client is, and as whom its database connections log in;
 //! - [`pool`] and [`backend`]: the database connections;
+//! - [`janitor`]: kills sleeping connections that bypass sluice when the server fills up;
 //! - [`admin`] and [`metrics`]: health, Prometheus, `/status` and the live dashboard;
 //! - [`http`]: the SQL-over-HTTP Data API, sharing the pool;
 //! - [`tls`]: TLS toward clients (MySQL port and Data API) and toward the database;
@@ -25,6 +26,7 @@ pub mod diagnostics;
 pub mod fd_budget;
 pub mod http;
 pub mod identity;
+pub mod janitor;
 pub mod metrics;
 pub mod pool;
 pub mod rate;

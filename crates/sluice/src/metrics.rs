@@ -208,6 +208,11 @@ pub struct Metrics {
     /// (`max_connections`, `max_concurrent_requests`, `header_read_timeout`,
     /// `body_read_timeout`, `keepalive_timeout`, `write_timeout`).
     pub http_rejections: IntCounterVec,
+    /// Connections that bypassed sluice killed by the janitor, by database `user` (bounded
+    /// like the other per-user series).
+    pub janitor_kills: IntCounterVec,
+    /// Janitor rounds that read the processlist, whether they killed anything or not.
+    pub janitor_rounds: IntCounter,
 }
 
 impl Metrics {
@@ -453,6 +458,15 @@ impl Metrics {
                 "idle_timeouts_total",
                 "Clients cut for idling outside (client) or inside (transaction) a transaction",
                 "kind",
+            ),
+            janitor_kills: counter_vec(
+                "janitor_kills_total",
+                "Sleeping connections that bypassed sluice killed by the janitor, by database user",
+                "user",
+            ),
+            janitor_rounds: counter(
+                "janitor_rounds_total",
+                "Janitor rounds that read the server's processlist",
             ),
             registry,
         }

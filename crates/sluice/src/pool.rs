@@ -16,7 +16,7 @@
 //! connection (a database restart breaks them all). A background task trims idle
 //! connections, retires old ones and keeps `min_idle` open.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
@@ -127,6 +127,39 @@ struct Pooled {
     _slot: OwnedSemaphorePermit,
     /// Counts it in `sluice_user_db_connections` while it exists.
     _counted: Held,
+    /// Lists its thread id in [`Pool::thread_ids`] while it exists.
+    _owned: OwnedThread,
+}
+
+/// The server thread ids of every connection the pool holds (idle, lent, or closing), so
+/// that the janitor can tell sluice's own connections from those that bypass it.
+type ThreadIds = Arc<Mutex<HashSet<u32>>>;
+
+/// Lists one connection's thread id in the pool's [`ThreadIds`] until dropped, which
+/// happens only after the server has closed it (see `Inner::close`): no way out leaves a
+/// stale id, and no live connection of the pool is ever missing.
+struct OwnedThread {
+    threads: ThreadIds,
+    id: u32,
+}
+
+impl OwnedThread {
+    fn new(threads: &ThreadIds, id: u32) -> OwnedThread {
+        threads.lock().unwrap_or_else(|e| e.into_inner()).insert(id);
+        OwnedThread {
+            threads: threads.clone(),
+            id,
+        }
+    }
+}
+
+impl Drop for OwnedThread {
+    fn drop(&mut self) {
+        self.threads
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.id);
+    }
 }
 
 struct State {
@@ -178,6 +211,8 @@ struct Inner {
     /// When a connection was last found broken: idle connections last used before then
     /// are pinged before they are lent, whatever `ping_after_idle` says.
     broken_at: Mutex<Option<Instant>>,
+    /// Thread ids of the connections that exist.
+    threads: ThreadIds,
     metrics: Metrics,
 }
 
@@ -340,7 +375,23 @@ pub struct Pool {
     inner: Arc<Inner>,
 }
 
+/// A pool handle that does not keep the pool open, for background tasks that should end
+/// with it (see [`Pool::downgrade`]).
+pub struct WeakPool(std::sync::Weak<Inner>);
+
+impl WeakPool {
+    /// The pool, while some strong handle still holds it.
+    pub fn upgrade(&self) -> Option<Pool> {
+        self.0.upgrade().map(|inner| Pool { inner })
+    }
+}
+
 impl Pool {
+    /// A handle that does not keep the pool (and its connections) alive.
+    pub fn downgrade(&self) -> WeakPool {
+        WeakPool(Arc::downgrade(&self.inner))
+    }
+
     /// Creates an empty pool; connections open on demand.
     pub fn new(
         target: BackendTarget,
@@ -364,6 +415,7 @@ impl Pool {
                 logins: Mutex::default(),
                 user_permits: Mutex::default(),
                 broken_at: Mutex::new(None),
+                threads: ThreadIds::default(),
                 target,
                 config,
                 timeouts,
@@ -428,6 +480,16 @@ impl Pool {
     /// Whether new borrows are paused.
     pub fn is_paused(&self) -> bool {
         *self.inner.paused.borrow()
+    }
+
+    /// The server thread ids of every database connection the pool holds now (idle, lent,
+    /// or closing): the janitor never kills these.
+    pub fn thread_ids(&self) -> HashSet<u32> {
+        self.inner
+            .threads
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Current counts.
@@ -637,6 +699,7 @@ impl Pool {
                     debug!(thread_id = conn.thread_id, "opened database connection");
                     return Ok(Pooled {
                         _counted: inner.metrics.users.db_connection(&conn.user),
+                        _owned: OwnedThread::new(&inner.threads, conn.thread_id),
                         conn: Box::new(conn),
                         _slot: slot,
                     });
@@ -878,13 +941,13 @@ impl Pool {
 
     /// Runs [`Pool::maintain`] every second until the pool's last handle is gone.
     pub fn spawn_maintenance(&self) {
-        let weak = Arc::downgrade(&self.inner);
+        let weak = self.downgrade();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             loop {
                 tick.tick().await;
-                let Some(inner) = weak.upgrade() else { break };
-                Pool { inner }.maintain().await;
+                let Some(pool) = weak.upgrade() else { break };
+                pool.maintain().await;
             }
         });
     }

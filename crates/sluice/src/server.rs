@@ -99,11 +99,12 @@ impl Server {
         } = self;
         gateway.pool.spawn_maintenance();
         crate::budget::spawn(
-            gateway.pool.clone(),
+            &gateway.pool,
             gateway.settings.pool.clone(),
             gateway.settings.backend_timeouts.connect,
             gateway.server_limit.clone(),
         );
+        crate::janitor::spawn(&gateway.pool, &gateway.settings.janitor, &gateway.metrics);
         let admin_addr = admin.local_addr()?;
         let admin_task = tokio::spawn(crate::admin::serve(admin, gateway.clone()));
         let http_addr = http.as_ref().and_then(|(l, _)| l.local_addr().ok());
