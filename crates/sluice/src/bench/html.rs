@@ -73,7 +73,13 @@ impl Report {
         let points: Vec<String> = m
             .samples
             .iter()
-            .map(|s| format!("{:.1},{:.1}", x(s.t_ms as f64), y(s.user_connections as f64)))
+            .map(|s| {
+                format!(
+                    "{:.1},{:.1}",
+                    x(s.t_ms as f64),
+                    y(s.user_connections as f64)
+                )
+            })
             .collect();
         let name = m.mode.name();
         format!(

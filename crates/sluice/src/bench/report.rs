@@ -183,8 +183,7 @@ pub struct Report {
 }
 
 /// The latency columns' header: successes only, then every attempt.
-const LATENCY_HEADER: &str =
-    "  ok p50   ok p95   ok p99 | all p50  all p95  all p99";
+const LATENCY_HEADER: &str = "  ok p50   ok p95   ok p99 | all p50  all p95  all p99";
 
 fn latency_cells(c: &Calls) -> String {
     format!(
@@ -221,7 +220,15 @@ impl Report {
         let _ = writeln!(
             out,
             "{:<8} {:>9} {:>7} {:>7}  {:<22} {LATENCY_HEADER} {:>9} {:>7} {:>8} {:>6}",
-            "mode", "attempted", "ok", "ok %", "errors by kind", "connect99", "peak db", "final db", "wall s"
+            "mode",
+            "attempted",
+            "ok",
+            "ok %",
+            "errors by kind",
+            "connect99",
+            "peak db",
+            "final db",
+            "wall s"
         );
         for m in &self.modes {
             let c = &m.calls;
