@@ -82,6 +82,12 @@ impl Calls {
         }
     }
 
+    /// p50, p95, p99 of successes, then of every attempt: the columns every table shows.
+    pub(super) fn latency_columns(&self) -> [f64; 6] {
+        let (ok, all) = (self.latency_ok_ms, self.latency_all_ms);
+        [ok.p50, ok.p95, ok.p99, all.p50, all.p95, all.p99]
+    }
+
     /// Total failed invocations.
     pub fn error_count(&self) -> usize {
         self.errors.values().sum()
@@ -185,15 +191,15 @@ pub struct Report {
 /// The latency columns' header: successes only, then every attempt.
 const LATENCY_HEADER: &str = "  ok p50   ok p95   ok p99 | all p50  all p95  all p99";
 
-fn latency_cells(c: &Calls) -> String {
+/// Attempts, successes, rate, errors and both latency views, as table cells.
+fn calls_cells(c: &Calls) -> String {
+    let [o50, o95, o99, a50, a95, a99] = c.latency_columns();
     format!(
-        "{:>8.2} {:>8.2} {:>8.2} | {:>7.2} {:>8.2} {:>8.2}",
-        c.latency_ok_ms.p50,
-        c.latency_ok_ms.p95,
-        c.latency_ok_ms.p99,
-        c.latency_all_ms.p50,
-        c.latency_all_ms.p95,
-        c.latency_all_ms.p99
+        "{:>9} {:>7} {:>6.1}%  {:<22} {o50:>8.2} {o95:>8.2} {o99:>8.2} | {a50:>7.2} {a95:>8.2} {a99:>8.2}",
+        c.attempted,
+        c.ok,
+        c.success_pct,
+        c.errors_text()
     )
 }
 
@@ -231,16 +237,11 @@ impl Report {
             "wall s"
         );
         for m in &self.modes {
-            let c = &m.calls;
             let _ = writeln!(
                 out,
-                "{:<8} {:>9} {:>7} {:>6.1}%  {:<22} {} {:>9.2} {:>7} {:>8} {:>6.1}",
+                "{:<8} {} {:>9.2} {:>7} {:>8} {:>6.1}",
                 m.mode.name(),
-                c.attempted,
-                c.ok,
-                c.success_pct,
-                c.errors_text(),
-                latency_cells(c),
+                calls_cells(&m.calls),
                 m.connect_ms.p99,
                 m.peak_db_connections,
                 m.final_db_connections,
@@ -256,17 +257,12 @@ impl Report {
             );
             for m in &self.modes {
                 for a in &m.apps {
-                    let c = &a.calls;
                     let _ = writeln!(
                         out,
-                        "{:<8} {:<8} {:>9} {:>7} {:>6.1}%  {:<22} {}",
+                        "{:<8} {:<8} {}",
                         m.mode.name(),
                         a.name,
-                        c.attempted,
-                        c.ok,
-                        c.success_pct,
-                        c.errors_text(),
-                        latency_cells(c)
+                        calls_cells(&a.calls)
                     );
                 }
             }
