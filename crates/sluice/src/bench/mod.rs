@@ -3,13 +3,17 @@
 //! Simulated function containers run invocations against the database directly (naive and
 //! "managed" the way the serverless-mysql module does it) and through sluice, one mode after
 //! another on the same database, while a sampler records how many connections the database
-//! holds. The report puts the modes side by side.
+//! holds. The report puts the modes side by side. With `--apps`, several applications
+//! share the burst and the budget, and the report shows each one's share.
 
+mod apps;
+mod html;
 mod report;
 mod sampler;
 mod workload;
 
-pub use report::{ModeReport, Report};
+pub use apps::AppSpec;
+pub use report::{AppReport, Calls, ModeReport, Percentiles, Report};
 pub use workload::{BurstOptions, Mode};
 
 use std::time::Duration;
@@ -29,31 +33,42 @@ pub async fn run_burst(options: &BurstOptions, progress: bool) -> anyhow::Result
         .await
         .context("preparing the benchmark table")?;
     let max_connections = workload::max_connections(&database).await?;
+    let apps = apps::prepare(&options.apps, options.containers, &database)
+        .await
+        .context("creating the applications' database users")?;
+    let users: Vec<String> = apps.iter().map(|a| a.target.user.clone()).collect();
+    let names: Vec<String> = apps.iter().map(|a| a.name.clone()).collect();
     let mut modes = Vec::new();
     for mode in &options.modes {
-        workload::wait_until_closed(&database).await?;
-        let (target, _gateway) = match mode {
+        workload::wait_until_closed(&database, &users).await?;
+        let (targets, _gateway) = match mode {
             Mode::Gateway => {
-                let (addr, gateway) = gateway_for(options).await?;
-                let target = BackendTarget {
-                    host: addr.ip().to_string(),
-                    port: addr.port(),
-                    ..database.clone()
+                let (addr, gateway) = gateway_for(options, &apps).await?;
+                let at_gateway = |app: &apps::AppRun| apps::AppRun {
+                    target: BackendTarget {
+                        host: addr.ip().to_string(),
+                        port: addr.port(),
+                        ..app.target.clone()
+                    },
+                    ..app.clone()
                 };
-                (target, gateway)
+                (apps.iter().map(at_gateway).collect(), gateway)
             }
-            Mode::Direct | Mode::Managed => (database.clone(), None),
+            Mode::Direct | Mode::Managed => (apps.clone(), None),
         };
-        let sampler =
-            sampler::Sampler::start(database.clone(), Duration::from_millis(options.sample_ms))
-                .await?;
-        let (outcome, frozen) =
-            workload::run_mode(*mode, options, &target, max_connections, progress).await;
+        let sampler = sampler::Sampler::start(
+            database.clone(),
+            &users,
+            Duration::from_millis(options.sample_ms),
+        )
+        .await?;
+        let run = workload::run_mode(*mode, options, &targets, max_connections, progress).await;
         // The last sample still sees the frozen containers' connections: what a real
         // platform would leave behind. Then the tool cleans up after itself.
         let samples = sampler.stop().await;
-        workload::close_all(frozen).await;
-        modes.push(ModeReport::new(*mode, outcome, samples));
+        workload::close_all(run.frozen).await;
+        let per_app = names.iter().cloned().zip(run.apps).collect();
+        modes.push(ModeReport::new(*mode, per_app, run.wall, samples));
     }
     Ok(Report {
         settings: options.clone(),
@@ -62,10 +77,12 @@ pub async fn run_burst(options: &BurstOptions, progress: bool) -> anyhow::Result
     })
 }
 
-/// The sluice to measure: the one at `--gateway`, or a fresh one in this process with the
-/// database's credentials as its only user and `--pool` connections.
+/// The sluice to measure: the one at `--gateway`, or a fresh one in this process with
+/// `--pool` connections and, as users, the database's credentials or (with `--apps`) one
+/// login per application running as its own database user.
 async fn gateway_for(
     options: &BurstOptions,
+    apps: &[apps::AppRun],
 ) -> anyhow::Result<(std::net::SocketAddr, Option<GatewayGuard>)> {
     if let Some(addr) = &options.gateway {
         let addr = tokio::net::lookup_host(addr)
@@ -80,6 +97,9 @@ async fn gateway_for(
         ..Default::default()
     };
     config.backend.url = options.database.clone();
+    if !options.apps.is_empty() {
+        config.users = apps::gateway_users(apps);
+    }
     config.pool.max_db_connections = options.pool;
     config.pool.borrow_timeout = Duration::from_millis(options.borrow_timeout_ms);
     let settings = config

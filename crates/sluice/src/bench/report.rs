@@ -1,10 +1,11 @@
-//! Summaries of a burst run: a terminal table, JSON, and a self-contained HTML page.
+//! Summaries of a burst run: a terminal table and JSON (the HTML page is in `html.rs`).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use super::sampler::Sample;
 use super::workload::{BurstOptions, Mode, Outcome};
+use std::time::Duration;
 
 /// Latency percentiles in milliseconds.
 #[derive(Debug, Clone, Copy, Default, serde::Serialize)]
@@ -38,40 +39,127 @@ impl Percentiles {
     }
 }
 
+/// Attempts, successes and latency of a set of invocations, so a mode or an application
+/// is never judged by the latency of its successes alone.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Calls {
+    /// Invocations attempted.
+    pub attempted: usize,
+    /// Invocations that succeeded.
+    pub ok: usize,
+    /// `ok / attempted` in percent (100 when nothing was attempted).
+    pub success_pct: f64,
+    /// Failed invocations by error (MySQL code, or `timeout`/`io`/`connect`).
+    pub errors: BTreeMap<String, usize>,
+    /// Latency of the successful invocations only (cold starts included).
+    pub latency_ok_ms: Percentiles,
+    /// Latency of every attempt, a failure counted as the time until its error.
+    pub latency_all_ms: Percentiles,
+}
+
+impl Calls {
+    /// Summarises an outcome.
+    pub fn of(outcome: &Outcome) -> Calls {
+        let failed: usize = outcome.errors.values().sum();
+        let attempted = outcome.ok + failed;
+        let all: Vec<f64> = outcome
+            .latencies_ms
+            .iter()
+            .chain(&outcome.failure_ms)
+            .copied()
+            .collect();
+        Calls {
+            attempted,
+            ok: outcome.ok,
+            success_pct: if attempted == 0 {
+                100.0
+            } else {
+                outcome.ok as f64 * 100.0 / attempted as f64
+            },
+            errors: outcome.errors.clone(),
+            latency_ok_ms: Percentiles::of(&outcome.latencies_ms),
+            latency_all_ms: Percentiles::of(&all),
+        }
+    }
+
+    /// p50, p95, p99 of successes, then of every attempt: the columns every table shows.
+    pub(super) fn latency_columns(&self) -> [f64; 6] {
+        let (ok, all) = (self.latency_ok_ms, self.latency_all_ms);
+        [ok.p50, ok.p95, ok.p99, all.p50, all.p95, all.p99]
+    }
+
+    /// Total failed invocations.
+    pub fn error_count(&self) -> usize {
+        self.errors.values().sum()
+    }
+
+    /// Errors as `code:count` pairs, `-` when none.
+    pub(super) fn errors_text(&self) -> String {
+        if self.errors.is_empty() {
+            return "-".into();
+        }
+        self.errors
+            .iter()
+            .map(|(code, n)| format!("{code}:{n}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}
+
+/// One application's share of a mode's run.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct AppReport {
+    /// Its name (`app` when the run has one application).
+    pub name: String,
+    /// What its invocations got.
+    pub calls: Calls,
+}
+
 /// One mode's results.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ModeReport {
     /// Which mode.
     pub mode: Mode,
-    /// Successful invocations.
-    pub ok: usize,
-    /// Failed invocations by error code.
-    pub errors: BTreeMap<String, usize>,
-    /// Invocation latency (cold starts included).
-    pub latency_ms: Percentiles,
+    /// Every application's invocations together.
+    pub calls: Calls,
+    /// Each application's invocations, in `--apps` order.
+    pub apps: Vec<AppReport>,
     /// Connection-open latency.
     pub connect_ms: Percentiles,
-    /// Most connections of the benchmark user the database held at once.
+    /// Most connections of the benchmark users the database held at once.
     pub peak_db_connections: u64,
-    /// Connections of the benchmark user still held when the burst ended (before clean-up).
+    /// Connections of the benchmark users still held when the burst ended (before clean-up).
     pub final_db_connections: u64,
     /// Highest `Threads_connected` seen (all users).
     pub peak_threads_connected: u64,
     /// Wall time in seconds.
     pub wall_s: f64,
-    /// The samples, for charts.
+    /// The samples, for this mode's connections-over-time panel.
     pub samples: Vec<Sample>,
 }
 
 impl ModeReport {
-    /// Summarises one mode's outcome and samples.
-    pub fn new(mode: Mode, outcome: Outcome, samples: Vec<Sample>) -> ModeReport {
+    /// Summarises one mode's per-application outcomes and samples.
+    pub fn new(
+        mode: Mode,
+        apps: Vec<(String, Outcome)>,
+        wall: Duration,
+        samples: Vec<Sample>,
+    ) -> ModeReport {
+        let mut total = Outcome::default();
+        let mut reports = Vec::new();
+        for (name, outcome) in apps {
+            reports.push(AppReport {
+                name,
+                calls: Calls::of(&outcome),
+            });
+            total.merge(outcome);
+        }
         ModeReport {
             mode,
-            ok: outcome.ok,
-            errors: outcome.errors,
-            latency_ms: Percentiles::of(&outcome.latencies_ms),
-            connect_ms: Percentiles::of(&outcome.connect_ms),
+            calls: Calls::of(&total),
+            apps: reports,
+            connect_ms: Percentiles::of(&total.connect_ms),
             peak_db_connections: samples
                 .iter()
                 .map(|s| s.user_connections)
@@ -83,25 +171,9 @@ impl ModeReport {
                 .map(|s| s.threads_connected)
                 .max()
                 .unwrap_or(0),
-            wall_s: outcome.wall.as_secs_f64(),
+            wall_s: wall.as_secs_f64(),
             samples,
         }
-    }
-
-    /// Total failed invocations.
-    pub fn error_count(&self) -> usize {
-        self.errors.values().sum()
-    }
-
-    fn errors_text(&self) -> String {
-        if self.errors.is_empty() {
-            return "-".into();
-        }
-        self.errors
-            .iter()
-            .map(|(code, n)| format!("{code}:{n}"))
-            .collect::<Vec<_>>()
-            .join(" ")
     }
 }
 
@@ -116,25 +188,49 @@ pub struct Report {
     pub modes: Vec<ModeReport>,
 }
 
+/// The latency columns' header: successes only, then every attempt.
+const LATENCY_HEADER: &str = "  ok p50   ok p95   ok p99 | all p50  all p95  all p99";
+
+/// Attempts, successes, rate, errors and both latency views, as table cells.
+fn calls_cells(c: &Calls) -> String {
+    let [o50, o95, o99, a50, a95, a99] = c.latency_columns();
+    format!(
+        "{:>9} {:>7} {:>6.1}%  {:<22} {o50:>8.2} {o95:>8.2} {o99:>8.2} | {a50:>7.2} {a95:>8.2} {a99:>8.2}",
+        c.attempted,
+        c.ok,
+        c.success_pct,
+        c.errors_text()
+    )
+}
+
 impl Report {
-    /// A table for the terminal.
+    /// A table for the terminal: per mode, attempts and success rate beside the latency of
+    /// successes ("ok") and of every attempt ("all", failures timed until their error);
+    /// with several applications, a second table of each one's share.
     pub fn table(&self) -> String {
         let s = &self.settings;
+        let load = if s.apps.is_empty() {
+            format!("{} containers", s.containers)
+        } else {
+            let apps: Vec<String> = s
+                .apps
+                .iter()
+                .map(|a| format!("{}:{}", a.name, a.containers))
+                .collect();
+            format!("apps {}", apps.join(","))
+        };
         let mut out = format!(
-            "burst: {} containers x {} invocations x {} waves, zombie ratio {}, db max_connections {}, sluice pool {}\n",
-            s.containers, s.invocations, s.waves, s.zombie_ratio, self.max_connections, s.pool
+            "burst: {load} x {} invocations x {} waves, zombie ratio {}, db max_connections {}, sluice pool {}\n",
+            s.invocations, s.waves, s.zombie_ratio, self.max_connections, s.pool
         );
         let _ = writeln!(
             out,
-            "{:<8} {:>8} {:>7} {:<18} {:>8} {:>8} {:>8} {:>8} {:>10} {:>9} {:>9} {:>7}",
+            "{:<8} {:>9} {:>7} {:>7}  {:<22} {LATENCY_HEADER} {:>9} {:>7} {:>8} {:>6}",
             "mode",
+            "attempted",
             "ok",
-            "errors",
-            "by code",
-            "p50 ms",
-            "p95 ms",
-            "p99 ms",
-            "max ms",
+            "ok %",
+            "errors by kind",
             "connect99",
             "peak db",
             "final db",
@@ -143,167 +239,36 @@ impl Report {
         for m in &self.modes {
             let _ = writeln!(
                 out,
-                "{:<8} {:>8} {:>7} {:<18} {:>8.2} {:>8.2} {:>8.2} {:>8.1} {:>10.2} {:>9} {:>9} {:>7.1}",
+                "{:<8} {} {:>9.2} {:>7} {:>8} {:>6.1}",
                 m.mode.name(),
-                m.ok,
-                m.error_count(),
-                m.errors_text(),
-                m.latency_ms.p50,
-                m.latency_ms.p95,
-                m.latency_ms.p99,
-                m.latency_ms.max,
+                calls_cells(&m.calls),
                 m.connect_ms.p99,
                 m.peak_db_connections,
                 m.final_db_connections,
                 m.wall_s
             );
         }
+        out.push_str("latency in ms; ok = successes only, all = every attempt, a failure timed until its error\n");
+        if !s.apps.is_empty() {
+            let _ = writeln!(
+                out,
+                "\nper application (one budget):\n{:<8} {:<8} {:>9} {:>7} {:>7}  {:<22} {LATENCY_HEADER}",
+                "mode", "app", "attempted", "ok", "ok %", "errors by kind"
+            );
+            for m in &self.modes {
+                for a in &m.apps {
+                    let _ = writeln!(
+                        out,
+                        "{:<8} {:<8} {}",
+                        m.mode.name(),
+                        a.name,
+                        calls_cells(&a.calls)
+                    );
+                }
+            }
+        }
         out
     }
-
-    /// A self-contained HTML page: the table, database connections over time, and latency
-    /// percentiles per mode, drawn as inline SVG (no scripts, no external files).
-    pub fn html(&self) -> String {
-        const COLORS: [&str; 4] = ["#d62728", "#ff7f0e", "#1f77b4", "#2ca02c"];
-        let mut rows = String::new();
-        for m in &self.modes {
-            let _ = write!(
-                rows,
-                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.2}</td><td>{:.2}</td><td>{:.2}</td><td>{:.1}</td><td>{:.2}</td><td>{}</td><td>{}</td><td>{:.1}</td></tr>",
-                m.mode.name(), m.ok, m.error_count(), escape(&m.errors_text()), m.latency_ms.p50, m.latency_ms.p95,
-                m.latency_ms.p99, m.latency_ms.max, m.connect_ms.p99, m.peak_db_connections, m.final_db_connections, m.wall_s
-            );
-        }
-        // Chart 1: connections over time.
-        let (w, h, pad) = (760.0, 300.0, 50.0);
-        let t_max = self
-            .modes
-            .iter()
-            .flat_map(|m| m.samples.iter().map(|s| s.t_ms))
-            .max()
-            .unwrap_or(1)
-            .max(1) as f64;
-        let c_max = self
-            .modes
-            .iter()
-            .flat_map(|m| m.samples.iter().map(|s| s.user_connections))
-            .max()
-            .unwrap_or(1)
-            .max(self.max_connections)
-            .max(1) as f64;
-        let x = |t: f64| pad + t / t_max * (w - 2.0 * pad);
-        let y = |c: f64| h - pad - c / c_max * (h - 2.0 * pad);
-        let mut lines = String::new();
-        for (i, m) in self.modes.iter().enumerate() {
-            let points: Vec<String> = m
-                .samples
-                .iter()
-                .map(|s| {
-                    format!(
-                        "{:.1},{:.1}",
-                        x(s.t_ms as f64),
-                        y(s.user_connections as f64)
-                    )
-                })
-                .collect();
-            let _ = write!(
-                lines,
-                r#"<polyline fill="none" stroke="{}" stroke-width="2" points="{}"/><text x="{}" y="{}" fill="{}">{}</text>"#,
-                COLORS[i % 4],
-                points.join(" "),
-                w - pad - 90.0,
-                pad + 16.0 * i as f64,
-                COLORS[i % 4],
-                m.mode.name()
-            );
-        }
-        let limit = y(self.max_connections as f64);
-        let conn_chart = format!(
-            r##"<svg width="{w}" height="{h}" role="img" aria-label="database connections over time">
-<line x1="{pad}" y1="{b}" x2="{r}" y2="{b}" stroke="#333"/><line x1="{pad}" y1="{pad}" x2="{pad}" y2="{b}" stroke="#333"/>
-<line x1="{pad}" y1="{limit:.1}" x2="{r}" y2="{limit:.1}" stroke="#999" stroke-dasharray="4"/><text x="{l2}" y="{lt:.1}" fill="#666">max_connections {mc}</text>
-<text x="4" y="{pad}" fill="#333">{cm}</text><text x="4" y="{b}" fill="#333">0</text><text x="{r}" y="{tb}" text-anchor="end" fill="#333">{ts:.1} s</text>
-{lines}</svg>"##,
-            b = h - pad,
-            r = w - pad,
-            l2 = pad + 4.0,
-            lt = limit - 4.0,
-            mc = self.max_connections,
-            cm = c_max as u64,
-            tb = h - pad + 18.0,
-            ts = t_max / 1e3
-        );
-        // Chart 2: latency percentiles, grouped bars on a log scale.
-        let l_max = self
-            .modes
-            .iter()
-            .map(|m| m.latency_ms.p99)
-            .fold(1.0f64, f64::max);
-        let ly = |v: f64| {
-            h - pad - (v.max(0.01).log10() + 2.0) / (l_max.log10() + 2.0) * (h - 2.0 * pad)
-        };
-        let mut bars = String::new();
-        let group = (w - 2.0 * pad) / self.modes.len().max(1) as f64;
-        for (i, m) in self.modes.iter().enumerate() {
-            for (j, (label, v)) in [
-                ("p50", m.latency_ms.p50),
-                ("p95", m.latency_ms.p95),
-                ("p99", m.latency_ms.p99),
-            ]
-            .into_iter()
-            .enumerate()
-            {
-                let bx = pad + group * i as f64 + 10.0 + j as f64 * (group - 20.0) / 3.0;
-                let top = ly(v);
-                let _ = write!(
-                    bars,
-                    r#"<rect x="{bx:.1}" y="{top:.1}" width="{bw:.1}" height="{bh:.1}" fill="{c}" opacity="{o}"/><text x="{tx:.1}" y="{ty:.1}" font-size="11" text-anchor="middle">{label} {v:.1}</text>"#,
-                    bw = (group - 20.0) / 3.0 - 4.0,
-                    bh = (h - pad - top).max(0.0),
-                    c = COLORS[i % 4],
-                    o = 1.0 - 0.25 * j as f64,
-                    tx = bx + (group - 20.0) / 6.0,
-                    ty = top - 4.0
-                );
-            }
-            let _ = write!(
-                bars,
-                r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{}</text>"#,
-                pad + group * (i as f64 + 0.5),
-                h - pad + 18.0,
-                m.mode.name()
-            );
-        }
-        let latency_chart = format!(
-            r##"<svg width="{w}" height="{h}" role="img" aria-label="latency percentiles per mode"><line x1="{pad}" y1="{b}" x2="{r}" y2="{b}" stroke="#333"/>{bars}</svg>"##,
-            b = h - pad,
-            r = w - pad
-        );
-        let s = &self.settings;
-        format!(
-            r#"<!doctype html><html><head><meta charset="utf-8"><title>sluice burst report</title>
-<style>body{{font-family:sans-serif;margin:24px;color:#222}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}td:first-child,th:first-child{{text-align:left}}svg{{background:#fafafa;border:1px solid #ddd;margin:8px 0}}</style></head><body>
-<h1>sluice burst report</h1>
-<p>{} containers &times; {} invocations &times; {} waves, zombie ratio {}, think time {} ms; database max_connections {}; sluice pool {}.</p>
-<table><tr><th>mode</th><th>ok</th><th>errors</th><th>by code</th><th>p50 ms</th><th>p95 ms</th><th>p99 ms</th><th>max ms</th><th>connect p99 ms</th><th>peak db conns</th><th>final db conns</th><th>wall s</th></tr>{rows}</table>
-<h2>Database connections over time</h2>{conn_chart}
-<h2>Invocation latency (ms, log scale)</h2>{latency_chart}
-</body></html>"#,
-            s.containers,
-            s.invocations,
-            s.waves,
-            s.zombie_ratio,
-            s.think_time_ms,
-            self.max_connections,
-            s.pool
-        )
-    }
-}
-
-fn escape(text: &str) -> String {
-    text.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
 }
 
 #[cfg(test)]

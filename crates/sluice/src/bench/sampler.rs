@@ -13,7 +13,7 @@ use crate::config::BackendTarget;
 pub struct Sample {
     /// Milliseconds since the mode started.
     pub t_ms: u64,
-    /// Connections of the benchmark's database user (the sampler's own excluded).
+    /// Connections of the benchmark's database users (the sampler's own excluded).
     pub user_connections: u64,
     /// The server's `Threads_connected`, all users.
     pub threads_connected: u64,
@@ -26,13 +26,18 @@ pub struct Sampler {
 }
 
 impl Sampler {
-    /// Connects (before the burst, so it is never refused) and starts sampling.
-    pub async fn start(target: BackendTarget, every: Duration) -> anyhow::Result<Sampler> {
+    /// Connects (before the burst, so it is never refused) and starts sampling the
+    /// connections of `users`.
+    pub async fn start(
+        target: BackendTarget,
+        users: &[String],
+        every: Duration,
+    ) -> anyhow::Result<Sampler> {
         let mut conn =
             BackendConn::connect(&target, Flavor::INTERNAL, Duration::from_secs(10)).await?;
-        let user = target.user.replace('\'', "''");
+        let users = super::workload::user_list(users);
         let sql = format!(
-            "SELECT (SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE USER = '{user}' AND ID <> CONNECTION_ID()), \
+            "SELECT (SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE USER IN ({users}) AND ID <> CONNECTION_ID()), \
              (SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS WHERE VARIABLE_NAME = 'THREADS_CONNECTED')"
         );
         let (stop, mut stopped) = oneshot::channel();

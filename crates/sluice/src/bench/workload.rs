@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use sluice_protocol::response::ErrFields;
 use tokio::task::JoinSet;
 
+use super::apps::{AppRun, AppSpec};
 use crate::backend::{BackendConn, BackendError, Flavor};
 use crate::config::BackendTarget;
 
@@ -80,6 +81,11 @@ pub struct BurstOptions {
     /// How often the database's connection count is sampled, in milliseconds.
     #[arg(long, default_value_t = 100)]
     pub sample_ms: u64,
+    /// Several applications at once through the same target, one budget: `NAME:CONTAINERS`
+    /// each (e.g. `hot:180,cold:20`), each running as its own database user
+    /// `sluice_bench_NAME` that the tool creates. Replaces `--containers`.
+    #[arg(long, value_delimiter = ',')]
+    pub apps: Vec<AppSpec>,
 }
 
 /// Writes a database URL into reports without its password.
@@ -95,7 +101,7 @@ const TABLE_ROWS: u32 = 1000;
 /// The schema and table the tool creates.
 const TABLE: &str = "sluice_bench.burst";
 
-/// What one mode's run produced.
+/// What one application's containers produced in one mode.
 #[derive(Debug, Default)]
 pub struct Outcome {
     /// Invocations that succeeded.
@@ -104,13 +110,39 @@ pub struct Outcome {
     pub errors: BTreeMap<String, usize>,
     /// Latency of each successful invocation, including its connect when cold, in ms.
     pub latencies_ms: Vec<f64>,
+    /// Time each failed invocation took until its error, in ms: a fast failure must not
+    /// make a mode look fast, so the report also shows latency over every attempt.
+    pub failure_ms: Vec<f64>,
     /// Time to open each connection, in ms.
     pub connect_ms: Vec<f64>,
-    /// Wall time of the whole mode.
-    pub wall: Duration,
 }
 
-async fn connect(target: &BackendTarget) -> Result<BackendConn, BackendError> {
+impl Outcome {
+    /// Adds another outcome's figures to this one (containers into applications,
+    /// applications into a mode).
+    pub fn merge(&mut self, other: Outcome) {
+        self.ok += other.ok;
+        for (code, n) in other.errors {
+            *self.errors.entry(code).or_default() += n;
+        }
+        self.latencies_ms.extend(other.latencies_ms);
+        self.failure_ms.extend(other.failure_ms);
+        self.connect_ms.extend(other.connect_ms);
+    }
+}
+
+/// What one mode's run produced.
+pub struct ModeRun {
+    /// One outcome per application, in `--apps` order.
+    pub apps: Vec<Outcome>,
+    /// Wall time of the whole mode.
+    pub wall: Duration,
+    /// The frozen containers' connections, still open.
+    pub frozen: Vec<BackendConn>,
+}
+
+/// Opens one connection the way a function's driver would.
+pub(super) async fn connect(target: &BackendTarget) -> Result<BackendConn, BackendError> {
     BackendConn::connect(target, Flavor::INTERNAL, Duration::from_secs(30)).await
 }
 
@@ -160,15 +192,24 @@ pub async fn max_connections(target: &BackendTarget) -> anyhow::Result<u64> {
         .ok_or_else(|| anyhow::anyhow!("could not read max_connections"))
 }
 
-/// Waits, up to 5 s, until the server holds no connection of the benchmark's user but the
+/// An SQL list of the database users whose connections the benchmark counts.
+pub(super) fn user_list(users: &[String]) -> String {
+    users
+        .iter()
+        .map(|u| format!("'{}'", u.replace('\'', "''")))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Waits, up to 5 s, until the server holds no connection of the benchmark's users but the
 /// one asking: a closed connection leaves the process list a moment after its goodbye, and
 /// one mode's stragglers must not count in the next mode's peak.
-pub async fn wait_until_closed(target: &BackendTarget) -> anyhow::Result<()> {
+pub async fn wait_until_closed(target: &BackendTarget, users: &[String]) -> anyhow::Result<()> {
     let mut conn = connect(target).await?;
-    let user = target.user.replace('\'', "''");
     let count = format!(
         "SELECT COUNT(*) FROM information_schema.PROCESSLIST \
-         WHERE USER = '{user}' AND ID <> CONNECTION_ID()"
+         WHERE USER IN ({}) AND ID <> CONNECTION_ID()",
+        user_list(users)
     );
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
@@ -188,18 +229,19 @@ pub async fn wait_until_closed(target: &BackendTarget) -> anyhow::Result<()> {
     }
 }
 
-/// Runs one mode: every wave of containers, each running its invocations. Returns the
-/// outcome and the frozen containers' connections, still open.
+/// Runs one mode: every wave of containers of every application at once, each container
+/// running its invocations.
 pub async fn run_mode(
     mode: Mode,
     options: &BurstOptions,
-    target: &BackendTarget,
+    apps: &[AppRun],
     max_connections: u64,
     progress: bool,
-) -> (Outcome, Vec<BackendConn>) {
+) -> ModeRun {
     let started = Instant::now();
     let done = Arc::new(AtomicUsize::new(0));
-    let total = options.containers * options.invocations * options.waves;
+    let containers: usize = apps.iter().map(|a| a.containers).sum();
+    let total = containers * options.invocations * options.waves;
     let ticker = progress.then(|| {
         let done = done.clone();
         let name = mode.name();
@@ -217,28 +259,27 @@ pub async fn run_mode(
             }
         })
     });
-    let mut outcome = Outcome::default();
+    let mut outcomes: Vec<Outcome> = apps.iter().map(|_| Outcome::default()).collect();
     let mut frozen = Vec::new();
     for _wave in 0..options.waves {
         let mut containers = JoinSet::new();
-        for _ in 0..options.containers {
-            let container = Container {
-                mode,
-                target: target.clone(),
-                options: options.clone(),
-                max_connections,
-                done: done.clone(),
-            };
-            containers.spawn(container.run());
+        for (index, app) in apps.iter().enumerate() {
+            for _ in 0..app.containers {
+                let container = Container {
+                    mode,
+                    target: app.target.clone(),
+                    options: options.clone(),
+                    max_connections,
+                    done: done.clone(),
+                };
+                containers.spawn(async move { (index, container.run().await) });
+            }
         }
         while let Some(joined) = containers.join_next().await {
-            let Ok((result, conn)) = joined else { continue };
-            outcome.ok += result.ok;
-            for (code, n) in result.errors {
-                *outcome.errors.entry(code).or_default() += n;
-            }
-            outcome.latencies_ms.extend(result.latencies_ms);
-            outcome.connect_ms.extend(result.connect_ms);
+            let Ok((index, (result, conn))) = joined else {
+                continue;
+            };
+            outcomes[index].merge(result);
             if let Some(conn) = conn {
                 if rand::random_range(0.0..1.0) < options.zombie_ratio {
                     drop(conn); // died: the socket closes without COM_QUIT
@@ -248,17 +289,21 @@ pub async fn run_mode(
             }
         }
     }
-    outcome.wall = started.elapsed();
+    let wall = started.elapsed();
     if let Some(ticker) = ticker {
         ticker.abort();
         eprintln!(
             "\r{:>8} done: {total} invocations in {:.1?}{:20}",
             mode.name(),
-            outcome.wall,
+            wall,
             ""
         );
     }
-    (outcome, frozen)
+    ModeRun {
+        apps: outcomes,
+        wall,
+        frozen,
+    }
 }
 
 /// Closes the frozen containers' connections politely (COM_QUIT), as the tool's clean-up.
@@ -295,14 +340,16 @@ impl Container {
             }
             let started = Instant::now();
             let outcome = self.invoke(&mut conn, &mut result).await;
+            let elapsed_ms = started.elapsed().as_secs_f64() * 1e3;
             match outcome {
                 Ok(()) => {
                     result.ok += 1;
-                    result
-                        .latencies_ms
-                        .push(started.elapsed().as_secs_f64() * 1e3);
+                    result.latencies_ms.push(elapsed_ms);
                 }
-                Err(label) => *result.errors.entry(label).or_default() += 1,
+                Err(label) => {
+                    *result.errors.entry(label).or_default() += 1;
+                    result.failure_ms.push(elapsed_ms);
+                }
             }
             self.done.fetch_add(1, Ordering::Relaxed);
         }
