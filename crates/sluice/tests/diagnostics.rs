@@ -47,12 +47,14 @@ async fn same_both_ways(gw: &TestGateway, program: &str, script: &str) -> String
         (DB_PORT, gw.backend_user.as_str(), "backend-pw"),
         (gw.addr.port(), "app", "secret"),
     ] {
-        let out = tokio::process::Command::new(program)
-            .arg(clients_dir().join(script))
-            .args([&port.to_string(), user, password, TEST_DB])
-            .output()
-            .await
-            .unwrap_or_else(|e| panic!("{program} must be installed (scripts/ensure-deps): {e}"));
+        let args = [
+            clients_dir().join(script).display().to_string(),
+            port.to_string(),
+            user.to_owned(),
+            password.to_owned(),
+            TEST_DB.to_owned(),
+        ];
+        let out = run_client(program, &args, None).await;
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
         assert!(
             out.status.success(),

@@ -13,24 +13,10 @@ fn clients_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/clients")
 }
 
-/// Runs `program args...` in `tests/clients` (where the Node packages are) and returns its
-/// standard output, failing on a non-zero exit.
+/// Runs `program args...` (see [`run_client`]) and returns its standard output, failing on
+/// a non-zero exit.
 async fn output(program: &str, args: &[String], stdin: Option<&str>) -> String {
-    use tokio::io::AsyncWriteExt;
-    let mut child = tokio::process::Command::new(program)
-        .args(args)
-        .current_dir(clients_dir())
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("{program} must be installed (scripts/ensure-deps): {e}"));
-    let mut pipe = child.stdin.take().unwrap();
-    pipe.write_all(stdin.unwrap_or("").as_bytes())
-        .await
-        .unwrap();
-    drop(pipe);
-    let out = child.wait_with_output().await.unwrap();
+    let out = run_client(program, args, stdin).await;
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
