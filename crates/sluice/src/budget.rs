@@ -7,10 +7,9 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
-use crate::backend::{first_value, BackendConn, BackendError, Flavor};
-use crate::config::{BackendTarget, PoolConfig};
+use crate::backend::first_value;
+use crate::config::PoolConfig;
 use crate::pool::Pool;
 
 /// The connections the budget allows with `config` when the server's `max_connections`
@@ -39,14 +38,12 @@ impl ServerLimit {
 
 /// Reads the server's limit now and every `budget_refresh`, resizing `pool` to the budget
 /// and recording the limit in `server`, until the pool is gone.
-pub fn spawn(pool: &Pool, config: PoolConfig, timeout: Duration, server: Arc<ServerLimit>) {
+pub fn spawn(pool: &Pool, config: PoolConfig, server: Arc<ServerLimit>) {
     let weak = pool.downgrade();
-    let target = pool.target().clone();
     tokio::spawn(async move {
         let mut last: Option<(u64, usize)> = None;
-        while weak.upgrade().is_some() {
-            if let Some(server_max) = read_server_max(&target, timeout).await {
-                let Some(pool) = weak.upgrade() else { break };
+        while let Some(pool) = weak.upgrade() {
+            if let Some(server_max) = read_server_max(&pool).await {
                 server.0.store(server_max, Ordering::Relaxed);
                 let budget = effective(&config, server_max);
                 if last != Some((server_max, budget)) {
@@ -81,24 +78,37 @@ fn report(config: &PoolConfig, server_max: u64, budget: usize) {
     }
 }
 
-/// The server's `max_connections`, read on a connection of sluice's own login opened for
-/// the purpose and closed at once: the pool may be fully lent exactly when the budget
-/// matters, and this one connection, for a moment once per refresh, is what
-/// `reserved_connections` leaves room for. `None` when the read failed (logged).
-async fn read_server_max(target: &BackendTarget, timeout: Duration) -> Option<u64> {
-    let read = async {
-        let mut conn = BackendConn::connect(target, Flavor::INTERNAL, timeout).await?;
-        let rows = conn.query_text("SELECT @@GLOBAL.max_connections").await?;
-        conn.quit().await;
-        Ok::<_, BackendError>(rows)
+/// The server's `max_connections`, read on a pooled connection of sluice's own login,
+/// borrowed in line like any other: a connection opened beside the pool would take the
+/// database one past the cap the operator set, exactly when the pool is full. `None` when
+/// no connection came within `borrow_timeout` or the read failed (logged); the next
+/// refresh tries again.
+async fn read_server_max(pool: &Pool) -> Option<u64> {
+    let mut lease = match pool.borrow_internal().await {
+        Ok(lease) => lease,
+        Err(e) => {
+            tracing::warn!(error = %e, "no connection to read the server's max_connections");
+            return None;
+        }
     };
-    match read.await {
-        Ok(Ok(rows)) => first_value::<u64>(&rows),
+    match lease
+        .conn()
+        .query_text("SELECT @@GLOBAL.max_connections")
+        .await
+    {
+        Ok(Ok(rows)) => {
+            // A read of a global leaves the session as it was.
+            pool.release(lease);
+            first_value::<u64>(&rows)
+        }
         Ok(Err(err)) => {
+            pool.release(lease);
             tracing::warn!(error = %err, "could not read the server's max_connections");
             None
         }
         Err(e) => {
+            // Dropping the lease closes the broken connection.
+            drop(lease);
             tracing::warn!(error = %e, "could not read the server's max_connections");
             None
         }

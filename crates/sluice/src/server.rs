@@ -101,7 +101,6 @@ impl Server {
         crate::budget::spawn(
             &gateway.pool,
             gateway.settings.pool.clone(),
-            gateway.settings.backend_timeouts.connect,
             gateway.server_limit.clone(),
         );
         crate::janitor::spawn(&gateway.pool, &gateway.settings.janitor, &gateway.metrics);
