@@ -429,13 +429,14 @@ impl Pool {
         &self.inner.target
     }
 
-    /// Changes the budget to `limit` connections (at least 1). A larger budget takes effect
-    /// at once; a smaller one as connections come back: each permit given up waits its turn
-    /// in line with borrowers, and the least recently used idle connection is closed to
-    /// free its slot. Resizes must not overlap (one task owns them, see `budget`).
+    /// Changes the budget to `limit` connections (0 lends nothing until raised: a fleet
+    /// member without slots). A larger budget takes effect at once; a smaller one as
+    /// connections come back: each permit given up waits its turn in line with borrowers,
+    /// and the least recently used idle connection is closed to free its slot, so when
+    /// this returns at most `limit` connections exist. Resizes must not overlap (one task
+    /// owns them: `budget::follow`, or the fleet member).
     pub async fn set_limit(&self, limit: usize) {
         let inner = &self.inner;
-        let limit = limit.max(1);
         inner.limit.store(limit, Ordering::Relaxed);
         let capacity = inner.capacity.load(Ordering::Relaxed);
         if limit > capacity {
