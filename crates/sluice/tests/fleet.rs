@@ -1,0 +1,220 @@
+//! Several gateways sharing one database budget through leases in Redis (127.0.0.1:6379,
+//! scripts/ensure-deps makes sure it runs): the database never sees more connections than
+//! the budget, a dead instance's lease expires, and without Redis an instance runs on its
+//! static share. Each test has its own Redis key and backend users (`sl_fleet_<test>_*`).
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{metric_value, start_with, PeakWatcher, TestGateway};
+use mysql_async::prelude::*;
+use sluice::config::FleetConfig;
+
+/// The budget every test shares among three gateways.
+const BUDGET: usize = 6;
+/// Each gateway's static share of it.
+const SHARE: usize = BUDGET / 3;
+const REDIS: &str = "redis://127.0.0.1:6379";
+const TTL: Duration = Duration::from_secs(2);
+
+/// The Redis key of one test's leases, unique per run.
+fn budget_key(test: &str) -> String {
+    format!("fleet_test:{test}:{}", std::process::id())
+}
+
+/// Starts gateway `name` of `test`'s fleet on `redis_url`, in the current runtime.
+async fn member(test: &str, name: &str, redis_url: &str) -> TestGateway {
+    let (key, url) = (budget_key(test), redis_url.to_owned());
+    start_with(&format!("fleet_{test}_{name}"), move |config| {
+        config.pool.max_db_connections = BUDGET;
+        config.pool.borrow_timeout = Duration::from_secs(60);
+        config.fleet = Some(FleetConfig {
+            redis_url: url,
+            instance_id: None,
+            lease_ttl: TTL,
+            heartbeat: Duration::from_millis(200),
+            expected_instances: 3,
+            budget_key: key,
+        });
+    })
+    .await
+}
+
+/// Starts `clients` connections through `gw`, each running `rounds` short transactions;
+/// the future (needing nothing of `gw`) gives the errors the clients saw.
+fn load(
+    gw: &TestGateway,
+    clients: usize,
+    rounds: usize,
+) -> impl std::future::Future<Output = Vec<String>> + 'static {
+    let tasks: Vec<_> = (0..clients)
+        .map(|_| {
+            let opts = gw.opts("app", "secret", Some(common::TEST_DB));
+            tokio::spawn(async move {
+                let mut errors = Vec::new();
+                let mut conn = match mysql_async::Conn::new(opts).await {
+                    Ok(conn) => conn,
+                    Err(e) => return vec![e.to_string()],
+                };
+                for _ in 0..rounds {
+                    let tx = "BEGIN; SELECT SLEEP(0.03); COMMIT";
+                    if let Err(e) = conn.query_drop(tx).await {
+                        errors.push(e.to_string());
+                    }
+                }
+                let _ = conn.disconnect().await;
+                errors
+            })
+        })
+        .collect();
+    async move {
+        let mut errors = Vec::new();
+        for task in tasks {
+            errors.extend(task.await.expect("client task"));
+        }
+        errors
+    }
+}
+
+/// The live leases in Redis under `test`'s key, by instance id.
+async fn leases(test: &str) -> std::collections::HashMap<String, String> {
+    let client = redis::Client::open(REDIS).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    redis::cmd("HGETALL")
+        .arg(budget_key(test))
+        .query_async(&mut conn)
+        .await
+        .unwrap()
+}
+
+/// Waits up to `limit` for `done`, polling every 50 ms; whether it came true.
+async fn eventually(limit: Duration, mut done: impl AsyncFnMut() -> bool) -> bool {
+    let until = Instant::now() + limit;
+    while Instant::now() < until {
+        if done().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fleet_burst_through_three_gateways_stays_within_the_budget_and_idle_slots_move() {
+    let test = "burst";
+    let a = member(test, "a", REDIS).await;
+    let b = member(test, "b", REDIS).await;
+    let c = member(test, "c", REDIS).await;
+    let watcher = PeakWatcher::start(&format!("sl_fleet_{test}_%"));
+    // Uneven: a has waiters, b and c little use, so their idle slots should move to a.
+    let (ea, eb, ec) = tokio::join!(load(&a, 10, 12), load(&b, 2, 12), load(&c, 1, 12));
+    let grew = eventually(Duration::from_secs(20), async || {
+        let (_, more) = tokio::join!(load(&a, 8, 4), async {
+            a.gateway.fleet.as_ref().unwrap().view().lease > SHARE
+        });
+        more
+    })
+    .await;
+    let peak = watcher.stop().await;
+    assert_eq!((ea, eb, ec), (vec![], vec![], vec![]), "no client error");
+    assert!(
+        peak <= BUDGET,
+        "the fleet held {peak} connections on a budget of {BUDGET}"
+    );
+    assert!(grew, "the busy gateway's lease grew past its share");
+    let view = a.gateway.fleet.as_ref().unwrap().view();
+    assert_eq!(view.instances.len(), 3, "{view:?}");
+    assert!(view.instances.iter().map(|l| l.lease).sum::<usize>() <= BUDGET);
+    let status = common::http_get(a.admin, "/status").await;
+    assert!(status.contains("\"mode\":\"redis\""), "{status}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fleet_a_killed_instance_s_lease_expires_and_survivors_serve_on() {
+    let test = "kill";
+    let a = member(test, "a", REDIS).await;
+    let b = member(test, "b", REDIS).await;
+    // The victim runs in a runtime of its own, so it can die at once, mid-heartbeat,
+    // without a goodbye: like kill -9.
+    let doomed = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let c = doomed
+        .spawn(async move { member(test, "c", REDIS).await })
+        .await
+        .unwrap();
+    // Named once its listener runs.
+    let board = c.gateway.fleet.clone().unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), async || {
+            let id = board.view().instance_id;
+            !id.is_empty() && leases(test).await.contains_key(&id)
+        })
+        .await,
+        "the victim holds a lease"
+    );
+    let victim = board.view().instance_id;
+    drop(board);
+    let watcher = PeakWatcher::start(&format!("sl_fleet_{test}_%"));
+    let (la, lb) = (load(&a, 4, 30), load(&b, 4, 30));
+    let survivors = tokio::spawn(async move { tokio::join!(la, lb) });
+    let victims_clients = tokio::spawn(load(&c, 3, 100));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    doomed.shutdown_background();
+    let killed = Instant::now();
+    // Its sockets close with its pool, as a killed process's would.
+    drop(c);
+    let returned = eventually(Duration::from_secs(20), async || {
+        !leases(test).await.contains_key(&victim)
+    })
+    .await;
+    eprintln!(
+        "fleet: the killed instance's lease was gone {:?} after the kill (lease_ttl {TTL:?})",
+        killed.elapsed()
+    );
+    let (ea, eb) = survivors.await.unwrap();
+    victims_clients.abort();
+    let peak = watcher.stop().await;
+    assert!(returned, "the killed instance's lease expired");
+    assert_eq!(
+        (ea, eb),
+        (vec![], vec![]),
+        "no survivor's client saw an error"
+    );
+    assert!(peak <= BUDGET, "{peak} connections on a budget of {BUDGET}");
+    let view = a.gateway.fleet.as_ref().unwrap().view();
+    assert!(view.instances.iter().all(|l| l.id != victim), "{view:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fleet_without_redis_an_instance_runs_on_its_static_share() {
+    let test = "noredis";
+    // Port 1: nothing listens there.
+    let lost = member(test, "a", "redis://127.0.0.1:1").await;
+    let b = member(test, "b", REDIS).await;
+    let c = member(test, "c", REDIS).await;
+    let watcher = PeakWatcher::start(&format!("sl_fleet_{test}_%"));
+    let (ea, eb, ec) = tokio::join!(load(&lost, 8, 10), load(&b, 8, 10), load(&c, 8, 10));
+    let peak = watcher.stop().await;
+    assert_eq!((ea, eb, ec), (vec![], vec![], vec![]), "no client error");
+    assert!(peak <= BUDGET, "{peak} connections on a budget of {BUDGET}");
+    let view = lost.gateway.fleet.as_ref().unwrap().view();
+    assert_eq!(view.mode, sluice::fleet::Mode::Static, "{view:?}");
+    assert!(view.pool_limit <= SHARE, "{view:?}");
+    assert!(view.redis_error.is_some(), "{view:?}");
+    let metrics = lost.metrics().await;
+    assert_eq!(
+        metric_value(&metrics, "sluice_fleet_mode{mode=\"static\"}"),
+        1.0
+    );
+    assert!(metric_value(&metrics, "sluice_fleet_redis_errors_total") >= 1.0);
+    let live = leases(test).await;
+    assert_eq!(
+        live.len(),
+        2,
+        "only the two with Redis hold leases: {live:?}"
+    );
+}
