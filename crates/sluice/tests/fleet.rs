@@ -218,3 +218,111 @@ async fn fleet_without_redis_an_instance_runs_on_its_static_share() {
         "only the two with Redis hold leases: {live:?}"
     );
 }
+
+/// A Redis of one test's own on a free port (the shared one on 6379 is never stopped).
+struct PrivateRedis {
+    port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl PrivateRedis {
+    fn start() -> PrivateRedis {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .unwrap()
+            .port();
+        let mut redis = PrivateRedis { port, child: None };
+        redis.restart();
+        redis
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts the server (again) on its port, returning once it answers.
+    fn restart(&mut self) {
+        let child = std::process::Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server (scripts/ensure-deps installs it)");
+        self.child = Some(child);
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("private redis-server did not start on {}", self.port);
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fleet_redis_stopped_and_restarted_mid_run_the_fleet_serves_on_the_static_share() {
+    let test = "restart";
+    let mut redis = PrivateRedis::start();
+    let gateways = [
+        member(test, "a", &redis.url()).await,
+        member(test, "b", &redis.url()).await,
+        member(test, "c", &redis.url()).await,
+    ];
+    let modes = || {
+        gateways
+            .iter()
+            .map(|g| g.gateway.fleet.as_ref().unwrap().view().mode)
+            .collect::<Vec<_>>()
+    };
+    use sluice::fleet::Mode;
+    let all = |mode: Mode| modes().iter().all(|m| *m == mode);
+    assert!(
+        eventually(Duration::from_secs(10), async || all(Mode::Redis)).await,
+        "{:?}",
+        modes()
+    );
+    let watcher = PeakWatcher::start(&format!("sl_fleet_{test}_%"));
+    let clients: Vec<_> = gateways.iter().map(|g| load(g, 4, 120)).collect();
+    let clients = tokio::spawn(all_errors(clients));
+    redis.stop();
+    let went_static = eventually(Duration::from_secs(15), async || all(Mode::Static)).await;
+    let static_modes = modes();
+    let limits: Vec<usize> = gateways
+        .iter()
+        .map(|g| g.gateway.fleet.as_ref().unwrap().view().pool_limit)
+        .collect();
+    redis.restart();
+    let recovered = eventually(Duration::from_secs(15), async || all(Mode::Redis)).await;
+    let errors = clients.await.unwrap();
+    let peak = watcher.stop().await;
+    assert!(went_static, "without Redis, past the TTL: {static_modes:?}");
+    assert!(
+        limits.iter().all(|l| *l <= SHARE),
+        "static limits {limits:?}"
+    );
+    assert!(recovered, "back on leases: {:?}", modes());
+    assert_eq!(errors, Vec::<String>::new(), "no client error");
+    assert!(peak <= BUDGET, "{peak} connections on a budget of {BUDGET}");
+}
+
+/// Every client's errors, of several [`load`]s.
+async fn all_errors(loads: Vec<impl std::future::Future<Output = Vec<String>>>) -> Vec<String> {
+    let mut errors = Vec::new();
+    for l in loads {
+        errors.extend(l.await);
+    }
+    errors
+}
