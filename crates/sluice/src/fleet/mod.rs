@@ -118,9 +118,11 @@ fn default_instance_id(port: u16) -> String {
 }
 
 /// Names the instance (`instance_id`, else [`default_instance_id`] with the MySQL
-/// listener's `port`), sets the pool to its static share of the current budget (before any
-/// connection opens, so the instance never starts above it), then spawns the task that
-/// owns the pool limit from then on, until the pool is gone.
+/// listener's `port`) and, before any client is served, sizes the pool by a first
+/// heartbeat: what Redis grants out of the static share (a new instance beside a fleet that
+/// holds the whole budget may get nothing until demand moves slots), or the static share
+/// when Redis does not answer. Then spawns the task that owns the pool limit from then on,
+/// until the pool is gone.
 pub async fn start(
     pool: &Pool,
     config: FleetConfig,
@@ -134,7 +136,7 @@ pub async fn start(
     board.update(|v| v.instance_id = id);
     let share = plan::share(*budget.borrow(), config.expected_instances);
     pool.set_limit(share).await;
-    let member = Member {
+    let mut member = Member {
         client: redis::Client::open(config.redis_url.as_str()),
         conn: None,
         config,
@@ -147,6 +149,12 @@ pub async fn start(
         others_waiting: 0,
         failing: false,
     };
+    member.beat(pool).await;
+    if let Some((target, task)) = member.resizing.take() {
+        // The pool is empty yet: the shrink is immediate.
+        let _ = task.await;
+        member.held = target;
+    }
     tokio::spawn(member.run(pool.downgrade()));
 }
 
