@@ -326,3 +326,161 @@ async fn all_errors(loads: Vec<impl std::future::Future<Output = Vec<String>>>) 
     }
     errors
 }
+
+/// A `sluice serve` process of the rolling-restart test.
+struct Process(std::process::Child);
+
+impl Process {
+    /// Starts `sluice serve` on `port` (shared) with its own admin port; returns it and its
+    /// admin address once `/status` shows it on a lease.
+    async fn start(
+        dir: &std::path::Path,
+        name: &str,
+        port: u16,
+        user: &str,
+    ) -> (Process, std::net::SocketAddr) {
+        let admin = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .unwrap();
+        let config = format!(
+            r#"
+listen = "127.0.0.1:{port}"
+admin_listen = "{admin}"
+shutdown_timeout = "10s"
+
+[backend]
+url = "mysql://{user}:backend-pw@127.0.0.1:3306"
+
+[pool]
+max_db_connections = {BUDGET}
+borrow_timeout = "30s"
+
+[[users]]
+name = "app"
+password = "secret"
+backend = "shared"
+
+[fleet]
+redis_url = "{REDIS}"
+instance_id = "{name}"
+lease_ttl = "2s"
+heartbeat = "200ms"
+expected_instances = 2
+budget_key = "{key}"
+"#,
+            key = budget_key("rolling")
+        );
+        let path = dir.join(format!("{name}.toml"));
+        std::fs::write(&path, config).unwrap();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .arg("serve")
+            .arg("--config")
+            .arg(&path)
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let process = Process(child);
+        // common::http_get panics on a refused connection: wait for the listener first.
+        let ready = eventually(Duration::from_secs(30), async || {
+            tokio::net::TcpStream::connect(admin).await.is_ok()
+                && common::http_get(admin, "/status")
+                    .await
+                    .contains("\"mode\":\"redis\"")
+        })
+        .await;
+        assert!(ready, "{name} serves on a lease");
+        (process, admin)
+    }
+
+    /// SIGTERM, then waits for the drain to end.
+    async fn drain(mut self) {
+        let pid = self.0.id().to_string();
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap();
+        let status = tokio::task::spawn_blocking(move || self.0.wait()).await;
+        assert!(matches!(status, Ok(Ok(s)) if s.success()), "{status:?}");
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fleet_rolling_restart_on_a_shared_port_under_load_loses_no_transaction() {
+    let user = common::create_backend_user("fleet_rolling").await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port();
+    let (old, _) = Process::start(dir.path(), "old", port, &user).await;
+    let watcher = PeakWatcher::start(&user);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Serverless-style clients: connect, one transaction, disconnect, again. A client
+    // that reached the old instance just before its drain began is told 1053 (08S01,
+    // "Server shutdown in progress") at its first command, nothing having run: like
+    // drivers that retry on a fresh connection after 08S01, it tries once more.
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let opts = mysql_async::OptsBuilder::default()
+                    .ip_or_hostname("127.0.0.1")
+                    .tcp_port(port)
+                    .user(Some("app"))
+                    .pass(Some("secret"))
+                    .db_name(Some(common::TEST_DB))
+                    .prefer_socket(false);
+                let once = async || {
+                    let mut conn = mysql_async::Conn::new(opts.clone()).await?;
+                    conn.query_drop("BEGIN; SELECT SLEEP(0.02); COMMIT").await?;
+                    conn.disconnect().await
+                };
+                let (mut done, mut retried, mut errors) = (0, 0, Vec::new());
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let mut outcome = once().await;
+                    if outcome
+                        .as_ref()
+                        .is_err_and(|e| common::server_code(e) == Some(1053))
+                    {
+                        retried += 1;
+                        outcome = once().await;
+                    }
+                    match outcome {
+                        Ok(()) => done += 1,
+                        Err(e) => errors.push(e.to_string()),
+                    }
+                }
+                (done, retried, errors)
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (new, _) = Process::start(dir.path(), "new", port, &user).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    old.drain().await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut done, mut retried, mut errors) = (0, 0, Vec::new());
+    for client in clients {
+        let (d, r, e) = client.await.unwrap();
+        done += d;
+        retried += r;
+        errors.extend(e);
+    }
+    let peak = watcher.stop().await;
+    drop(new);
+    eprintln!(
+        "fleet: rolling restart: {done} transactions, {retried} retried after 1053, {} errors",
+        errors.len()
+    );
+    assert!(done > 0);
+    assert_eq!(errors, Vec::<String>::new(), "no client error");
+    assert!(peak <= BUDGET, "{peak} connections on a budget of {BUDGET}");
+}
