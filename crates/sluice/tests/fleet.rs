@@ -258,6 +258,26 @@ impl PrivateRedis {
         panic!("private redis-server did not start on {}", self.port);
     }
 
+    /// Scripts the server has run since it started (`EVALSHA` and `EVAL` calls): the
+    /// fleet's round trips (the commands inside a script are not round trips).
+    async fn commands(&self) -> u64 {
+        let client = redis::Client::open(self.url()).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        let info: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        info.lines()
+            .filter_map(|l| {
+                let calls = l
+                    .strip_prefix("cmdstat_evalsha:calls=")
+                    .or_else(|| l.strip_prefix("cmdstat_eval:calls="))?;
+                calls.split(',').next()?.parse::<u64>().ok()
+            })
+            .sum()
+    }
+
     fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
@@ -297,6 +317,14 @@ async fn fleet_redis_stopped_and_restarted_mid_run_the_fleet_serves_on_the_stati
     let watcher = PeakWatcher::start(&format!("sl_fleet_{test}_%"));
     let clients: Vec<_> = gateways.iter().map(|g| load(g, 4, 120)).collect();
     let clients = tokio::spawn(all_errors(clients));
+    // Borrows never talk to Redis: its commands follow the heartbeats, not the load.
+    let (commands_before, borrows_before) = (redis.commands().await, borrows(&gateways).await);
+    let measured = Instant::now();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let commands = redis.commands().await - commands_before;
+    let borrowed = borrows(&gateways).await - borrows_before;
+    let heartbeats = 3 * (measured.elapsed().as_millis() as u64 / 200 + 1);
+    eprintln!("fleet: {borrowed} borrows, {commands} Redis round trips, {heartbeats} heartbeats");
     redis.stop();
     let went_static = eventually(Duration::from_secs(15), async || all(Mode::Static)).await;
     let static_modes = modes();
@@ -314,8 +342,20 @@ async fn fleet_redis_stopped_and_restarted_mid_run_the_fleet_serves_on_the_stati
         "static limits {limits:?}"
     );
     assert!(recovered, "back on leases: {:?}", modes());
+    assert!(
+        commands <= 2 * heartbeats + 2 && borrowed > commands,
+        "{commands} Redis round trips for {borrowed} borrows and {heartbeats} heartbeats"
+    );
     assert_eq!(errors, Vec::<String>::new(), "no client error");
     assert!(peak <= BUDGET, "{peak} connections on a budget of {BUDGET}");
+}
+
+/// Database connections lent by `gateways` so far.
+async fn borrows(gateways: &[TestGateway]) -> u64 {
+    gateways
+        .iter()
+        .map(|g| g.gateway.metrics.borrows.get())
+        .sum()
 }
 
 /// Every client's errors, of several [`load`]s.
