@@ -106,15 +106,19 @@ impl Server {
             gateway.settings.pool.clone(),
             gateway.server_limit.clone(),
         );
-        match (&gateway.settings.fleet, &gateway.fleet) {
+        let membership = match (&gateway.settings.fleet, &gateway.fleet) {
             (Some(config), Some(board)) => {
                 let port = listener.local_addr()?.port();
                 let (config, board) = (config.clone(), board.clone());
                 let metrics = gateway.metrics.clone();
-                crate::fleet::start(&gateway.pool, config, port, budget, board, metrics).await;
+                let pool = &gateway.pool;
+                Some(crate::fleet::start(pool, config, port, budget, board, metrics).await)
             }
-            _ => crate::budget::follow(&gateway.pool, budget),
-        }
+            _ => {
+                crate::budget::follow(&gateway.pool, budget);
+                None
+            }
+        };
         gateway.pool.spawn_maintenance();
         crate::janitor::spawn(&gateway.pool, &gateway.settings.janitor, &gateway.metrics);
         let admin_addr = admin.local_addr()?;
@@ -190,6 +194,9 @@ impl Server {
         admin_task.abort();
         // Database connections say goodbye (COM_QUIT), so the server logs no aborted ones.
         let closed = gateway.pool.close_idle();
+        if let Some(membership) = membership {
+            membership.leave().await;
+        }
         info!(db_connections_closed = closed, "drained; stopped");
         Ok(())
     }

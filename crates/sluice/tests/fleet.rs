@@ -505,6 +505,9 @@ async fn fleet_rolling_restart_on_a_shared_port_under_load_loses_no_transaction(
     let (new, _) = Process::start(dir.path(), "new", port, &user).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     old.drain().await;
+    // A graceful stop gives the lease back at once, not after the TTL.
+    let live = leases("rolling").await;
+    assert!(!live.contains_key("old"), "{live:?}");
     tokio::time::sleep(Duration::from_millis(1000)).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let (mut done, mut retried, mut errors) = (0, 0, Vec::new());

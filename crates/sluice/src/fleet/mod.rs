@@ -13,6 +13,9 @@
 //! its static share at once, so the shrink is done by then), then runs on the static share
 //! (budget / `expected_instances`), which Redis keeps free for absent instances. It goes
 //! back to leases as soon as Redis answers.
+//!
+//! An instance that stops gracefully gives its lease back once its pool has closed every
+//! connection ([`Membership::leave`]), so its slots return at once rather than after the TTL.
 
 pub mod plan;
 pub mod script;
@@ -22,7 +25,7 @@ use std::time::Instant;
 
 use redis::aio::MultiplexedConnection;
 use serde::Serialize;
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 
@@ -117,12 +120,28 @@ fn default_instance_id(port: u16) -> String {
     format!("{host}:{port}:{}", std::process::id())
 }
 
+/// The running fleet member of this instance, for the server to end it.
+pub struct Membership {
+    leave: oneshot::Sender<()>,
+    task: JoinHandle<()>,
+}
+
+impl Membership {
+    /// At the end of a drain: gives the lease back in Redis once the pool has closed every
+    /// connection (waiting up to `lease_ttl`; past that the lease is left to expire), and
+    /// stops the member.
+    pub async fn leave(self) {
+        let _ = self.leave.send(());
+        let _ = self.task.await;
+    }
+}
+
 /// Names the instance (`instance_id`, else [`default_instance_id`] with the MySQL
 /// listener's `port`) and, before any client is served, sizes the pool by a first
 /// heartbeat: what Redis grants out of the static share (a new instance beside a fleet that
 /// holds the whole budget may get nothing until demand moves slots), or the static share
 /// when Redis does not answer. Then spawns the task that owns the pool limit from then on,
-/// until the pool is gone.
+/// until the pool is gone or the instance leaves.
 pub async fn start(
     pool: &Pool,
     config: FleetConfig,
@@ -130,7 +149,7 @@ pub async fn start(
     budget: watch::Receiver<usize>,
     board: Arc<Board>,
     metrics: Metrics,
-) {
+) -> Membership {
     let id = (config.instance_id.clone()).unwrap_or_else(|| default_instance_id(port));
     info!(instance_id = %id, redis = %config.redis_url, "fleet: sharing the budget through Redis leases");
     board.update(|v| v.instance_id = id);
@@ -155,7 +174,9 @@ pub async fn start(
         let _ = task.await;
         member.held = target;
     }
-    tokio::spawn(member.run(pool.downgrade()));
+    let (leave, left) = oneshot::channel();
+    let task = tokio::spawn(member.run(pool.downgrade(), left));
+    Membership { leave, task }
 }
 
 /// The fleet task's state: one instance's membership.
@@ -168,7 +189,7 @@ struct Member {
     metrics: Metrics,
     /// What the pool may hold now: during a shrink, still the old limit.
     held: usize,
-    /// A shrink in flight and its target: one resize at a time (`Pool::set_limit`).
+    /// A resize in flight and its target: one at a time (`Pool::set_limit`).
     resizing: Option<(usize, JoinHandle<()>)>,
     /// Until when the last grant holds without renewal.
     lease_until: Option<Instant>,
@@ -179,13 +200,43 @@ struct Member {
 }
 
 impl Member {
-    async fn run(mut self, pool: crate::pool::WeakPool) {
+    async fn run(mut self, pool: crate::pool::WeakPool, mut leave: oneshot::Receiver<()>) {
         let mut tick = tokio::time::interval(self.config.heartbeat);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tick.tick().await;
-            let Some(pool) = pool.upgrade() else { break };
-            self.beat(&pool).await;
+            tokio::select! {
+                _ = tick.tick() => {
+                    let Some(pool) = pool.upgrade() else { break };
+                    self.beat(&pool).await;
+                }
+                Ok(()) = &mut leave => {
+                    if let Some(pool) = pool.upgrade() {
+                        self.release(&pool).await;
+                    }
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Deletes this instance's lease once `pool` holds no connection, so no slot is given
+    /// back while a connection of it is still open.
+    async fn release(&mut self, pool: &Pool) {
+        let until = Instant::now() + self.config.lease_ttl;
+        while pool.stats().total > 0 {
+            if Instant::now() >= until {
+                warn!("fleet: connections still open; leaving the lease to expire");
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        let Some(conn) = &mut self.conn else { return };
+        let id = self.board.view().instance_id;
+        let released = script::release(conn, &self.config.budget_key, &id);
+        match tokio::time::timeout(self.config.heartbeat, released).await {
+            Ok(Ok(())) => info!("fleet: lease given back"),
+            Ok(Err(e)) => warn!(error = %e, "fleet: could not give the lease back; it expires"),
+            Err(_) => warn!("fleet: Redis did not answer; the lease expires"),
         }
     }
 

@@ -118,6 +118,20 @@ pub async fn grant(
     parse(&reply).ok_or_else(|| LeaseError::Reply(reply.join(" ")))
 }
 
+/// Deletes instance `id`'s lease on `key` (its own field: no other instance writes it).
+pub async fn release(
+    conn: &mut MultiplexedConnection,
+    key: &str,
+    id: &str,
+) -> Result<(), LeaseError> {
+    redis::cmd("HDEL")
+        .arg(key)
+        .arg(id)
+        .query_async::<()>(conn)
+        .await?;
+    Ok(())
+}
+
 /// Reads the script's reply.
 fn parse(reply: &[String]) -> Option<Granted> {
     let (head, rest) = reply.split_at_checked(2)?;
