@@ -214,7 +214,7 @@ pub struct Metrics {
     /// Janitor rounds that read the processlist, whether they killed anything or not.
     pub janitor_rounds: IntCounter,
     /// 1 for where the pool's slots come from now (`mode`: `redis` lease or `static`
-    /// share), 0 for the other; both 0 when the fleet is off.
+    /// share), 0 for the other; no series when the fleet is off.
     pub fleet_mode: IntGaugeVec,
     /// Slots this instance's fleet lease holds in Redis.
     pub fleet_lease_slots: IntGauge,
