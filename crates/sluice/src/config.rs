@@ -14,6 +14,7 @@ use serde::Deserialize;
 use sluice_protocol::auth::Credential;
 
 use crate::pool::BackendTimeouts;
+use crate::queue::{LaneKey, Quota};
 use crate::tls::{BackendTls, BackendTlsMode, TlsMode};
 
 /// The configuration file as written by the operator.
@@ -545,6 +546,19 @@ pub struct UserConfig {
     /// bucket of that size); more are refused with ERR 1226 and may be retried.
     #[serde(default)]
     pub max_statements_per_second: Option<u32>,
+    /// Database connections reserved for this user's clients: other users are never lent
+    /// the ones it may still need.
+    #[serde(default)]
+    pub min_connections: usize,
+    /// Most database connections this user's clients may hold at once; more wait.
+    #[serde(default)]
+    pub max_connections: Option<usize>,
+    /// Its share of free connections, relative to other users waiting at the same time.
+    #[serde(default)]
+    pub weight: Option<u32>,
+    /// Most clients of this user connected at once; more are refused with 1040.
+    #[serde(default)]
+    pub max_client_connections: Option<usize>,
 }
 
 /// One problem found in the configuration, with where it is.
@@ -709,6 +723,17 @@ pub struct Settings {
     pub janitor: JanitorConfig,
 }
 
+impl Settings {
+    /// The configured users' shares of the pool, by lane; users without an entry (found by
+    /// the auth query) get the default.
+    pub fn quotas(&self) -> HashMap<LaneKey, Quota> {
+        self.users
+            .iter()
+            .map(|(name, user)| (LaneKey::app(name), user.quota))
+            .collect()
+    }
+}
+
 /// A PEM certificate chain and its private key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsFiles {
@@ -733,6 +758,10 @@ pub struct User {
     pub tls_mode: TlsMode,
     /// Its statement rate limit, if any.
     pub max_statements_per_second: Option<std::num::NonZeroU32>,
+    /// Its share of the database connections.
+    pub quota: Quota,
+    /// Most of its clients connected at once, if limited.
+    pub max_client_connections: Option<usize>,
 }
 
 /// The database login of a configured user.
@@ -1011,6 +1040,16 @@ impl Config {
                 },
                 None => None,
             };
+            let Some(quota) = user.quota(&key, pool.max_db_connections, &mut issue) else {
+                continue;
+            };
+            if user.max_client_connections == Some(0) {
+                issue(
+                    &format!("{key}.max_client_connections"),
+                    "must be at least 1 (leave it out for no limit)".into(),
+                );
+                continue;
+            }
             let entry = User {
                 credential,
                 pool_mode: user.pool_mode.unwrap_or(self.pool_mode),
@@ -1018,6 +1057,8 @@ impl Config {
                 backend,
                 tls_mode: user_tls,
                 max_statements_per_second,
+                quota,
+                max_client_connections: user.max_client_connections,
             };
             if users.insert(user.name.clone(), entry).is_some() {
                 issue(
@@ -1025,6 +1066,16 @@ impl Config {
                     format!("user {:?} is defined twice", user.name),
                 );
             }
+        }
+        let reserved: usize = self.users.iter().map(|u| u.min_connections).sum();
+        if reserved > pool.max_db_connections {
+            issue(
+                "users.min_connections",
+                format!(
+                    "the users reserve {reserved} connections in all, more than pool.max_db_connections ({})",
+                    pool.max_db_connections
+                ),
+            );
         }
         self.auth.check(!self.users.is_empty(), &mut issue);
         self.janitor.check(&mut issue);
@@ -1055,6 +1106,8 @@ impl Config {
                     backend: UserBackend::Shared,
                     tls_mode,
                     max_statements_per_second: None,
+                    quota: Quota::default(),
+                    max_client_connections: None,
                 },
             );
         }
@@ -1152,6 +1205,43 @@ fn one_password<const N: usize>(
 }
 
 impl UserConfig {
+    /// Its share of the `pool` connections, or `None` after reporting under `key` what is
+    /// wrong with it.
+    fn quota(
+        &self,
+        key: &str,
+        pool: usize,
+        issue: &mut impl FnMut(&str, String),
+    ) -> Option<Quota> {
+        let mut ok = true;
+        let mut problem = |field: &str, reason: String| {
+            issue(&format!("{key}.{field}"), reason);
+            ok = false;
+        };
+        if let Some(max) = self.max_connections {
+            if !(1..=pool).contains(&max) {
+                problem(
+                    "max_connections",
+                    format!("must be between 1 and pool.max_db_connections ({pool})"),
+                );
+            }
+            if self.min_connections > max {
+                problem(
+                    "min_connections",
+                    format!("{} exceeds its max_connections ({max})", self.min_connections),
+                );
+            }
+        }
+        if self.weight.is_some_and(|w| !(1..=1000).contains(&w)) {
+            problem("weight", "must be between 1 and 1000".into());
+        }
+        ok.then(|| Quota {
+            min: self.min_connections,
+            max: self.max_connections,
+            weight: self.weight.unwrap_or(1),
+        })
+    }
+
     /// The database login this entry names, or `None` after reporting under `key` why it
     /// names none, or names it twice.
     fn backend_login(
