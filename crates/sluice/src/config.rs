@@ -1207,12 +1207,7 @@ fn one_password<const N: usize>(
 impl UserConfig {
     /// Its share of the `pool` connections, or `None` after reporting under `key` what is
     /// wrong with it.
-    fn quota(
-        &self,
-        key: &str,
-        pool: usize,
-        issue: &mut impl FnMut(&str, String),
-    ) -> Option<Quota> {
+    fn quota(&self, key: &str, pool: usize, issue: &mut impl FnMut(&str, String)) -> Option<Quota> {
         let mut ok = true;
         let mut problem = |field: &str, reason: String| {
             issue(&format!("{key}.{field}"), reason);
@@ -1228,7 +1223,10 @@ impl UserConfig {
             if self.min_connections > max {
                 problem(
                     "min_connections",
-                    format!("{} exceeds its max_connections ({max})", self.min_connections),
+                    format!(
+                        "{} exceeds its max_connections ({max})",
+                        self.min_connections
+                    ),
                 );
             }
         }

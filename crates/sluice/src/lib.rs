@@ -139,7 +139,12 @@ impl Gateway {
         let login = &target.identity.backend;
         let mut side = match self
             .pool
-            .borrow(&queue::LaneKey::Sluice, login, backend::Flavor::INTERNAL, None)
+            .borrow(
+                &queue::LaneKey::Sluice,
+                login,
+                backend::Flavor::INTERNAL,
+                None,
+            )
             .await
         {
             Ok(side) => side,

@@ -549,7 +549,8 @@ impl Pool {
     /// statements (auth queries, kills, probes), waiting in line like any borrower.
     pub async fn borrow_internal(&self) -> Result<Lease, BorrowError> {
         let own = self.inner.target.clone();
-        self.borrow(&LaneKey::Sluice, &own, Flavor::INTERNAL, None).await
+        self.borrow(&LaneKey::Sluice, &own, Flavor::INTERNAL, None)
+            .await
     }
 
     /// Lends a connection logged in as `login` with `flavor`, waiting in `lane` up to
@@ -563,7 +564,9 @@ impl Pool {
         schema: Option<&str>,
     ) -> Result<Lease, BorrowError> {
         let started = Instant::now();
-        let lent = self.borrow_since(started, lane, login, flavor, schema).await;
+        let lent = self
+            .borrow_since(started, lane, login, flavor, schema)
+            .await;
         let waited = started.elapsed().as_secs_f64();
         self.inner.metrics.borrow_wait.observe(waited);
         lent

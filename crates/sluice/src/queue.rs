@@ -5,9 +5,12 @@
 //! connection and keep a quiet one waiting behind its own queue. Each lane has a
 //! [`Quota`]: a floor of connections reserved for it (others never take the last ones it
 //! may need), a ceiling it never passes, and a weight. When a connection comes back it goes
-//! to the waiting lane furthest below its floor, else to the one holding the fewest
-//! connections for its weight, so free capacity is shared in proportion to the weights
-//! between the floors and the ceilings.
+//! to a waiting lane below its floor, else to the one holding the fewest connections for
+//! its weight, so free capacity is shared in proportion to the weights between the floors
+//! and the ceilings; among those holding equally, to the one served least lately for its
+//! weight (start-time fair queueing: each grant moves a lane's tag on by 1/weight, and a
+//! lane that starts waiting starts at the tag of the last grant), so a quiet user is
+//! served next rather than behind a hot user's whole queue.
 //!
 //! A [`Ticket`] is the right to hold one connection (lent out or being opened); the pool's
 //! slots, not tickets, bound the connections that exist.
@@ -127,7 +130,12 @@ struct Waiter {
 struct Lane {
     borrowed: usize,
     waiting: VecDeque<Waiter>,
+    /// The virtual time of its next grant (see [`Lines::now`]).
+    tag: u64,
 }
+
+/// One grant's worth of virtual time at weight 1; divisible by every weight up to 16.
+const GRANT: u64 = 720_720;
 
 struct Lines {
     /// Tickets that may be out at once (the pool's budget).
@@ -139,6 +147,10 @@ struct Lines {
     /// Lanes with a ticket out or a waiter; empty ones are removed.
     lanes: HashMap<LaneKey, Lane>,
     next_seq: u64,
+    /// Virtual time: the tag of the last grant. A lane that starts waiting starts here, so
+    /// it neither jumps the line with credit saved while quiet nor queues behind the
+    /// service others received before it came.
+    now: u64,
 }
 
 impl Lines {
@@ -175,13 +187,22 @@ impl Lines {
     /// others, and room under its own ceiling.
     fn may_take(&self, key: &LaneKey) -> bool {
         let free = self.capacity.saturating_sub(self.out);
-        let under_ceiling = self.quota(key).max.is_none_or(|max| self.borrowed(key) < max);
+        let under_ceiling = self
+            .quota(key)
+            .max
+            .is_none_or(|max| self.borrowed(key) < max);
         under_ceiling && free > self.reserved_for_others(key)
     }
 
     fn take(&mut self, key: &LaneKey) {
+        let step = GRANT / u64::from(self.quota(key).weight.max(1));
+        let now = self.now;
+        let lane = self.lanes.entry(key.clone()).or_default();
+        lane.borrowed += 1;
+        lane.tag = lane.tag.max(now);
+        self.now = lane.tag;
+        lane.tag += step;
         self.out += 1;
-        self.lanes.entry(key.clone()).or_default().borrowed += 1;
     }
 
     fn returned(&mut self, key: &LaneKey) {
@@ -203,7 +224,8 @@ impl Lines {
     }
 
     /// The waiting lane to serve next, if any may take a ticket: below its floor first,
-    /// then the fewest connections held per unit of weight, then the longest waiting.
+    /// then the fewest connections held per unit of weight, then the earliest tag, then
+    /// the longest waiting.
     fn next_lane(&self) -> Option<LaneKey> {
         self.lanes
             .iter()
@@ -218,6 +240,7 @@ impl Lines {
                 a_floor
                     .cmp(&b_floor)
                     .then((a.borrowed as u64 * b_weight).cmp(&(b.borrowed as u64 * a_weight)))
+                    .then(a.tag.max(self.now).cmp(&b.tag.max(self.now)))
                     .then(a.waiting[0].seq.cmp(&b.waiting[0].seq))
             })
             .map(|(key, _)| key.clone())
@@ -276,6 +299,7 @@ impl Line {
                     quotas,
                     lanes: HashMap::new(),
                     next_seq: 0,
+                    now: 0,
                 }),
             }),
         }
@@ -414,7 +438,10 @@ mod tests {
     }
 
     /// Starts a borrower of `lane` and lets it join the line before returning.
-    async fn waiter(line: &Line, lane: LaneKey) -> tokio::task::JoinHandle<Result<Ticket, Refused>> {
+    async fn waiter(
+        line: &Line,
+        lane: LaneKey,
+    ) -> tokio::task::JoinHandle<Result<Ticket, Refused>> {
         let line2 = line.clone();
         let handle = tokio::spawn(async move { line2.acquire(&lane, soon()).await });
         tokio::task::yield_now().await;
@@ -452,6 +479,25 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_quiet_lane_goes_ahead_of_a_hot_lane_s_queue_on_one_connection() {
+        let line = Line::new(1, HashMap::new());
+        let held = line.acquire(&app("hot"), soon()).await.unwrap();
+        let mut hot = Vec::new();
+        for _ in 0..3 {
+            hot.push(waiter(&line, app("hot")).await);
+        }
+        let quiet = waiter(&line, app("quiet")).await;
+        drop(held);
+        let served = quiet.await.unwrap().unwrap();
+        assert!(hot.iter().all(|h| !h.is_finished()));
+        drop(served);
+        // Then the hot lane's queue, in its own order.
+        let first = hot.remove(0).await.unwrap().unwrap();
+        assert!(hot.iter().all(|h| !h.is_finished()));
+        drop(first);
+    }
+
+    #[tokio::test]
     async fn weights_share_capacity_in_proportion() {
         let line = Line::new(4, quotas(&[("big", 0, None, 3), ("small", 0, None, 1)]));
         let mut big_waiters = Vec::new();
@@ -469,8 +515,18 @@ mod tests {
         }
         drop(blockers);
         tokio::task::yield_now().await;
-        let big = line.lanes().iter().find(|l| l.user.as_deref() == Some("big")).unwrap().borrowed;
-        let small = line.lanes().iter().find(|l| l.user.as_deref() == Some("small")).unwrap().borrowed;
+        let big = line
+            .lanes()
+            .iter()
+            .find(|l| l.user.as_deref() == Some("big"))
+            .unwrap()
+            .borrowed;
+        let small = line
+            .lanes()
+            .iter()
+            .find(|l| l.user.as_deref() == Some("small"))
+            .unwrap()
+            .borrowed;
         assert_eq!((big, small), (3, 1));
     }
 

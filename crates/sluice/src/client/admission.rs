@@ -303,7 +303,10 @@ mod tests {
         assert!(admission.seat("other", Some(2)).is_ok());
         drop(a);
         assert!(admission.seat("capped", Some(2)).is_ok());
-        assert!(admission.per_user().get("other").is_none(), "dropped seats leave no count");
+        assert!(
+            admission.per_user().get("other").is_none(),
+            "dropped seats leave no count"
+        );
     }
 
     #[test]

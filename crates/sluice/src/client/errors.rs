@@ -59,7 +59,9 @@ pub fn too_many_user_clients(user: &str, max: usize) -> ErrFields {
     ErrFields::new(
         1203,
         "42000",
-        format!("User {user} already has more than 'max_client_connections' active connections ({max})"),
+        format!(
+            "User {user} already has more than 'max_client_connections' active connections ({max})"
+        ),
     )
 }
 
