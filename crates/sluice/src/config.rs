@@ -326,6 +326,10 @@ pub struct PoolConfig {
     pub max_db_connections: usize,
     /// Idle connections kept open even when unused.
     pub min_idle: usize,
+    /// Most idle connections kept: one given back beyond them is closed at once, so a
+    /// quiet pool gives connections back to the database soon after a burst (none when
+    /// unset: `idle_timeout` alone trims).
+    pub max_idle: Option<usize>,
     /// An idle connection beyond `min_idle` is closed after this long.
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
@@ -370,6 +374,7 @@ impl Default for PoolConfig {
         PoolConfig {
             max_db_connections: 20,
             min_idle: 0,
+            max_idle: None,
             idle_timeout: Duration::from_secs(600),
             max_lifetime: Duration::from_secs(3600),
             ping_after_idle: Duration::from_secs(5),
@@ -887,6 +892,17 @@ impl Config {
         }
         if pool.budget_refresh.is_zero() {
             issue("pool.budget_refresh", "must be greater than zero".into());
+        }
+        if let Some(max_idle) = pool.max_idle {
+            if max_idle == 0 || max_idle < pool.min_idle {
+                issue(
+                    "pool.max_idle",
+                    format!(
+                        "must be at least 1 and at least pool.min_idle ({})",
+                        pool.min_idle
+                    ),
+                );
+            }
         }
         if pool.min_idle > pool.max_db_connections {
             issue(

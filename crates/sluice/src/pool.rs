@@ -886,7 +886,7 @@ impl Pool {
     }
 
     /// Puts a connection whose session is known to be clean back in the idle list (or
-    /// closes it: past `max_lifetime`, or the pool is draining).
+    /// closes it: past `max_lifetime`, `max_idle` already idle, or the pool is draining).
     fn put_idle(&self, mut lease: Lease) {
         let inner = &self.inner;
         if let Some(mut pooled) = lease.conn.take() {
@@ -897,9 +897,13 @@ impl Pool {
             pooled.conn.touch();
             pooled.conn.diagnostics.returned();
             let mut state = inner.state();
-            if state.draining {
+            let full = inner
+                .config
+                .max_idle
+                .is_some_and(|max| state.idle.len() >= max);
+            if state.draining || full {
                 drop(state);
-                inner.close(pooled, "shutdown");
+                inner.close(pooled, if full { "max_idle" } else { "shutdown" });
             } else {
                 state.idle.push(pooled);
             }
