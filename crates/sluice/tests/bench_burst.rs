@@ -149,16 +149,16 @@ async fn two_applications_share_one_budget() {
         query: None,
         think_time_ms: 0,
         write_ratio: 0.0,
-        modes: vec![Mode::Direct, Mode::Gateway],
+        modes: vec![Mode::Direct, Mode::Gateway, Mode::Quotas],
         database: format!("mysql://root@{DB_HOST}:{DB_PORT}"),
         gateway: None,
         pool: 4,
         borrow_timeout_ms: 300,
         sample_ms: 50,
-        apps: vec!["hot2:24".parse().unwrap(), "cold2:3".parse().unwrap()],
+        apps: vec!["hot2:24".parse().unwrap(), "cold2:3:min=2".parse().unwrap()],
     };
     let report = run_burst(&options, false).await.unwrap();
-    assert_eq!(report.modes.len(), 2);
+    assert_eq!(report.modes.len(), 3);
     for mode in &report.modes {
         let names: Vec<&str> = mode.apps.iter().map(|a| a.name.as_str()).collect();
         assert_eq!(names, ["hot2", "cold2"], "{:?}", mode.mode);
@@ -180,6 +180,15 @@ async fn two_applications_share_one_budget() {
     );
     // Through sluice the two applications' pools share the one budget of 4.
     assert!(report.modes[1].peak_db_connections <= 4);
+    assert!(report.modes[2].peak_db_connections <= 4);
+    // With two connections reserved for it, the cold application's three containers never
+    // wait behind the hot one's 24: every call succeeds.
+    assert_eq!(
+        report.modes[2].apps[1].calls.ok,
+        3 * 2,
+        "{:?}",
+        report.modes[2].apps[1].calls
+    );
     let table = report.table();
     assert!(table.contains("per application") && table.contains("cold2"));
     assert!(report.html().contains("Per application"));
