@@ -158,6 +158,13 @@ async fn the_dashboard_shows_the_live_status_and_follows_a_burst() {
     );
     let users = dom.split("id=\"users\"").nth(1).unwrap();
     assert!(users.contains("<td>app</td>"), "a row for the user app");
+    // The line: app holds three and has two waiting, as /status says.
+    let lanes = dom.split("id=\"lanes\"").nth(1).unwrap();
+    assert!(
+        lanes.contains("<td class=\"left\">app</td><td>3</td><td class=\"warn\">2</td>"),
+        "the line shows app holding 3 with 2 waiting: {}",
+        &lanes[..lanes.len().min(600)]
+    );
 
     for mut conn in holders {
         conn.query_drop("COMMIT").await.unwrap();
