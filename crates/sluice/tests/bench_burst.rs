@@ -4,8 +4,6 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::*;
 use mysql_async::prelude::*;
 use sluice::bench::{run_burst, BurstOptions, Calls, Mode, ModeReport};
@@ -101,14 +99,7 @@ async fn small_burst_in_every_mode() {
     );
 
     // The tool leaves nothing behind.
-    let mut left = usize::MAX;
-    for _ in 0..50 {
-        left = db_connections_of("sl_burst").await;
-        if left == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let left = db_connections_settle("sl_burst", 0).await;
     assert_eq!(left, 0, "connections left behind");
     admin.disconnect().await.unwrap();
 }
@@ -194,14 +185,7 @@ async fn two_applications_share_one_budget() {
     assert!(report.html().contains("Per application"));
     for app in ["hot2", "cold2"] {
         let user = format!("sluice_bench_{app}");
-        let mut left = usize::MAX;
-        for _ in 0..50 {
-            left = db_connections_of(&user).await;
-            if left == 0 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let left = db_connections_settle(&user, 0).await;
         assert_eq!(left, 0, "{user}'s connections left behind");
     }
 }

@@ -108,12 +108,7 @@ async fn connections_killed_while_idle_are_never_lent() {
             .unwrap();
     }
     admin.disconnect().await.unwrap();
-    for _ in 0..100 {
-        if db_connections_of(&gw.backend_user).await == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    db_connections_settle(&gw.backend_user, 0).await;
     // Each of the next clients gets a good answer, none a dead connection.
     for i in 0..POOL as u32 {
         let mut conn = gw.connect().await;
@@ -284,14 +279,7 @@ async fn connections_beyond_max_idle_close_when_given_back() {
     }
     gw.wait_idle().await;
     assert_eq!(gw.gateway.pool.stats().idle, 2);
-    let mut open = usize::MAX;
-    for _ in 0..100 {
-        open = db_connections_of(&gw.backend_user).await;
-        if open <= 2 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let open = db_connections_settle(&gw.backend_user, 2).await;
     assert_eq!(open, 2, "the database still sees {open}");
     let metrics = gw.metrics().await;
     assert!(

@@ -102,6 +102,20 @@ pub async fn db_connections_of(user: &str) -> usize {
     count.unwrap_or(0)
 }
 
+/// Polls the processlist (for up to 5 s) until `user` has at most `at_most` connections,
+/// and returns the last count: connections close asynchronously after COM_QUIT.
+pub async fn db_connections_settle(user: &str, at_most: usize) -> usize {
+    let mut open = usize::MAX;
+    for _ in 0..100 {
+        open = db_connections_of(user).await;
+        if open <= at_most {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    open
+}
+
 /// Starts a gateway with client users `app`/`secret` and `empty`/(none), after `tweak`
 /// has adjusted the default configuration.
 /// `test` names the backend user (`sl_<test>`); it must be unique per test.
