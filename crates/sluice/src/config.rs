@@ -13,6 +13,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use sluice_protocol::auth::Credential;
 
+use crate::admin::console::ConsoleSettings;
 use crate::pool::BackendTimeouts;
 use crate::queue::{LaneKey, Quota};
 use crate::tls::{BackendTls, BackendTlsMode, TlsMode};
@@ -87,6 +88,56 @@ pub struct Config {
     pub tls_mode: Option<TlsMode>,
     /// `[janitor]`: kills sleeping connections that bypass sluice when the server fills up.
     pub janitor: JanitorConfig,
+    /// `[console]`: the MySQL-protocol admin console, off unless `listen` is set.
+    pub console: ConsoleConfig,
+}
+
+/// `[console]`: where the admin console listens and who may log in.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConsoleConfig {
+    /// Its address; the console is off when unset.
+    pub listen: Option<SocketAddr>,
+    /// The login name it accepts (default `admin`).
+    pub user: Option<String>,
+    /// Its password in plain text; or
+    pub password: Option<String>,
+    /// its native hash (`SELECT PASSWORD('...')`).
+    pub password_hash: Option<String>,
+}
+
+impl ConsoleConfig {
+    /// The console's settings when it is on, after reporting what is wrong with them.
+    fn validate(&self, issue: &mut impl FnMut(&str, String)) -> Option<ConsoleSettings> {
+        let listen = self.listen?;
+        let credential = match (self.password.as_deref(), self.password_hash.as_deref()) {
+            (Some(plain), None) if !plain.is_empty() => Credential::Hash(
+                sluice_protocol::auth::NativeHash::from_password(plain.as_bytes()),
+            ),
+            (None, Some(hash)) => match sluice_protocol::auth::NativeHash::parse(hash) {
+                Some(hash) => Credential::Hash(hash),
+                None => {
+                    issue(
+                        "console.password_hash",
+                        "must be '*' followed by 40 hex digits, as printed by SELECT PASSWORD('...')".into(),
+                    );
+                    return None;
+                }
+            },
+            _ => {
+                issue(
+                    "console",
+                    "the console needs exactly one of a non-empty password or password_hash".into(),
+                );
+                return None;
+            }
+        };
+        Some(ConsoleSettings {
+            listen,
+            user: self.user.clone().unwrap_or_else(|| "admin".into()),
+            credential,
+        })
+    }
 }
 
 impl Default for Config {
@@ -117,6 +168,7 @@ impl Default for Config {
             tls_key: None,
             tls_mode: None,
             janitor: JanitorConfig::default(),
+            console: ConsoleConfig::default(),
         }
     }
 }
@@ -726,6 +778,8 @@ pub struct Settings {
     pub tls_mode: TlsMode,
     /// The janitor of connections that bypass sluice.
     pub janitor: JanitorConfig,
+    /// The admin console, when it is on.
+    pub console: Option<ConsoleSettings>,
 }
 
 impl Settings {
@@ -1095,6 +1149,7 @@ impl Config {
         }
         self.auth.check(!self.users.is_empty(), &mut issue);
         self.janitor.check(&mut issue);
+        let console = self.console.validate(&mut issue);
         if !issues.is_empty() {
             return Err(ConfigError(issues));
         }
@@ -1169,6 +1224,7 @@ impl Config {
             tls,
             tls_mode,
             janitor: self.janitor.clone(),
+            console,
         })
     }
 }

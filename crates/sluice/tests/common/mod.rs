@@ -30,6 +30,8 @@ pub struct TestGateway {
     pub admin: SocketAddr,
     /// The Data API address, when the test turned it on (`http_listen`).
     pub http: Option<SocketAddr>,
+    /// The admin console's address, when the test turned it on (`[console]`).
+    pub console: Option<SocketAddr>,
     pub gateway: Arc<Gateway>,
     /// The dedicated backend user, so the processlist shows only this gateway's connections.
     pub backend_user: String,
@@ -150,6 +152,7 @@ pub async fn start_with(test: &str, tweak: impl FnOnce(&mut Config)) -> TestGate
     let addr = server.local_addr().unwrap();
     let admin = server.admin_addr().unwrap();
     let http = server.http_addr();
+    let console = server.console_addr();
     let gateway = server.gateway();
     let (stop, stopped) = oneshot::channel();
     tokio::spawn(server.run(async {
@@ -159,6 +162,7 @@ pub async fn start_with(test: &str, tweak: impl FnOnce(&mut Config)) -> TestGate
         addr,
         admin,
         http,
+        console,
         gateway,
         backend_user,
         stop: Some(stop),
