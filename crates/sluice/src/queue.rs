@@ -144,6 +144,10 @@ struct Lines {
     out: usize,
     /// Quotas of configured applications; others get the default.
     quotas: HashMap<LaneKey, Quota>,
+    /// The lanes with a floor, and their floors' sum: what every grant checks, kept apart
+    /// so a check costs the few floors, not every configured user.
+    floored: Vec<LaneKey>,
+    floors_total: usize,
     /// Lanes with a ticket out or a waiter; empty ones are removed.
     lanes: HashMap<LaneKey, Lane>,
     next_seq: u64,
@@ -166,18 +170,28 @@ impl Lines {
     /// budget cannot honour every floor in full.
     fn floor(&self, key: &LaneKey) -> usize {
         let min = self.quota(key).min;
-        let total: usize = self.quotas.values().map(|q| q.min).sum();
-        if total <= self.capacity {
+        if self.floors_total <= self.capacity {
             min
         } else {
-            min * self.capacity / total
+            min * self.capacity / self.floors_total
         }
+    }
+
+    /// Replaces the quotas and what is derived from them.
+    fn set_quotas(&mut self, quotas: HashMap<LaneKey, Quota>) {
+        self.floored = quotas
+            .iter()
+            .filter(|(_, q)| q.min > 0)
+            .map(|(k, _)| k.clone())
+            .collect();
+        self.floors_total = quotas.values().map(|q| q.min).sum();
+        self.quotas = quotas;
     }
 
     /// Reserved connections that lanes other than `key` have not taken yet.
     fn reserved_for_others(&self, key: &LaneKey) -> usize {
-        self.quotas
-            .keys()
+        self.floored
+            .iter()
             .filter(|k| *k != key)
             .map(|k| self.floor(k).saturating_sub(self.borrowed(k)))
             .sum()
@@ -291,16 +305,20 @@ impl Drop for Place<'_> {
 impl Line {
     /// A line for `capacity` connections with `quotas` for the applications named there.
     pub fn new(capacity: usize, quotas: HashMap<LaneKey, Quota>) -> Line {
+        let mut lines = Lines {
+            capacity,
+            out: 0,
+            quotas: HashMap::new(),
+            floored: Vec::new(),
+            floors_total: 0,
+            lanes: HashMap::new(),
+            next_seq: 0,
+            now: 0,
+        };
+        lines.set_quotas(quotas);
         Line {
             shared: Arc::new(Shared {
-                lines: Mutex::new(Lines {
-                    capacity,
-                    out: 0,
-                    quotas,
-                    lanes: HashMap::new(),
-                    next_seq: 0,
-                    now: 0,
-                }),
+                lines: Mutex::new(lines),
             }),
         }
     }
@@ -316,7 +334,7 @@ impl Line {
     /// Replaces the applications' quotas (a reload); tickets out stay out.
     pub fn set_quotas(&self, quotas: HashMap<LaneKey, Quota>) {
         let mut lines = self.shared.lock();
-        lines.quotas = quotas;
+        lines.set_quotas(quotas);
         lines.dispatch(&self.shared);
     }
 
