@@ -242,7 +242,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> PacketStream<S> {
     pub async fn flush(&mut self) -> Result<(), ProtocolError> {
         if !self.write_buf.is_empty() {
             self.mid_write = true;
-            if let Err(e) = self.io.write_all(&self.write_buf).await {
+            // Flushed too: a layer underneath may hold bytes until then (compression frames
+            // what it was given; TLS seals it).
+            let written = match self.io.write_all(&self.write_buf).await {
+                Ok(()) => self.io.flush().await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = written {
                 self.failed = true;
                 return Err(e.into());
             }

@@ -143,6 +143,8 @@ pub struct Metrics {
     /// Client logins received (before the password check), by `transport`: `tls` or
     /// `plain`.
     pub client_logins: IntCounterVec,
+    /// Client sessions that switched to the compressed protocol (`CLIENT_COMPRESS`).
+    pub compressed_sessions: IntCounter,
     /// `caching_sha2_password` exchanges, by `path`: `fast` (from the cache), `full_tls`
     /// (the password inside TLS), `full_rsa` (RSA-encrypted), `empty` (no password).
     pub caching_sha2_exchanges: IntCounterVec,
@@ -375,6 +377,10 @@ impl Metrics {
                 "client_logins_total",
                 "Client logins received, by transport (tls, plain)",
                 "transport",
+            ),
+            compressed_sessions: counter(
+                "client_compressed_sessions_total",
+                "Client sessions that switched to the compressed protocol",
             ),
             caching_sha2_exchanges: counter_vec(
                 "caching_sha2_exchanges_total",

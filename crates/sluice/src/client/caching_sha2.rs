@@ -49,7 +49,7 @@ pub async fn proof(
     }
     stream.write_packet(seq, &PERFORM_FULL_AUTH).await?;
     let mut answer = read(stream, seq).await?;
-    let password = if stream.get_ref().get_ref().is_tls() {
+    let password = if super::socket_of(stream).is_tls() {
         count("full_tls");
         password_from(answer, &[])
     } else {

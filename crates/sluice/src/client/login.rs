@@ -38,6 +38,7 @@ const OFFERED: CapabilityFlags = CapabilityFlags::from_bits_truncate(
         | CapabilityFlags::CLIENT_CONNECT_ATTRS.bits()
         | CapabilityFlags::CLIENT_PLUGIN_AUTH_LENENC_CLIENT_DATA.bits()
         | CapabilityFlags::CLIENT_SESSION_TRACK.bits()
+        | CapabilityFlags::CLIENT_COMPRESS.bits()
         | CapabilityFlags::CLIENT_DEPRECATE_EOF.bits(),
 );
 

@@ -207,8 +207,8 @@ pub async fn forward(
 /// read side is watched for the peer's FIN instead, looking again now and then while bytes
 /// wait unread.
 async fn client_gone(client: &ClientStream) {
-    let socket = client.get_ref().get_ref();
-    let Some(tcp) = socket.tcp().filter(|_| client.buffered_len() == 0) else {
+    let socket = super::socket_of(client);
+    let Some(tcp) = socket.tcp().filter(|_| super::unread_len(client) == 0) else {
         return std::future::pending().await;
     };
     if !socket.is_tls() {

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sluice_protocol::auth::{CACHING_SHA2_PASSWORD, NATIVE_PASSWORD};
+use sluice_protocol::compress::Compressed;
 use sluice_protocol::handshake::ChangeUser;
 use sluice_protocol::packet::MAX_FRAME_PAYLOAD;
 use sluice_protocol::response::{self, ErrFields, OkFields};
@@ -232,7 +233,7 @@ async fn run(
     // Writes that make no progress for client_write_timeout fail: a client that stops
     // reading cannot hold its database connection (or sluice's buffers) indefinitely.
     let socket = Stall::new(
-        Socket::Plain(socket),
+        Compressed::new(Socket::Plain(socket)),
         None,
         Some(gateway.settings.client_write_timeout),
     );
@@ -380,7 +381,17 @@ async fn serve_authenticated(
     session.release_if_free().await;
     let end = match attached {
         Ok(()) => match session.send_ok(&mut seq).await {
-            Ok(()) => session.command_loop().await,
+            Ok(()) => {
+                if session
+                    .capabilities
+                    .contains(CapabilityFlags::CLIENT_COMPRESS)
+                {
+                    // Everything after the login's OK travels compressed.
+                    session.stream.get_mut().get_mut().start(0);
+                    session.gateway.metrics.compressed_sessions.inc();
+                }
+                session.command_loop().await
+            }
             Err(e) => End::Error(e.to_string()),
         },
         Err(err) => {
@@ -1332,7 +1343,7 @@ impl Session {
             // The client's proof will answer a switch request: give it a fresh salt.
             self.salt = sluice_protocol::auth::new_salt();
         }
-        let socket = self.stream.get_ref().get_ref();
+        let socket = super::socket_of(&self.stream);
         let peer = socket
             .tcp()
             .and_then(|tcp| tcp.peer_addr().ok())
