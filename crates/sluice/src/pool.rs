@@ -21,6 +21,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
+use prometheus::IntCounter;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, warn};
 
@@ -101,6 +102,9 @@ pub struct WantedSession<'a> {
     pub owner: Owner,
     /// The lane it waits in for a connection: its application's quota.
     pub lane: &'a LaneKey,
+    /// The borrower's user's series of `sluice_user_borrows_total` (see
+    /// `UserMetrics::borrows`), so a borrow costs no label lookup.
+    pub borrows: &'a IntCounter,
 }
 
 /// Why no connection on the wanted session could be had.
@@ -777,11 +781,7 @@ impl Pool {
                 .await
                 .map_err(SessionError::Borrow)?;
             metrics.borrows.inc();
-            metrics
-                .users
-                .borrows
-                .with_label_values(&[metrics.users.label(&login.user)])
-                .inc();
+            session.borrows.inc();
             let charset = match self
                 .login_charset(&mut lease, login, flavor.collation)
                 .await

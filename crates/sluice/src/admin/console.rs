@@ -167,7 +167,7 @@ async fn log_in(
         stream.write_packet(&mut seq, &switch).await?;
         let answer = stream.read_packet().await?;
         seq = answer.next_seq;
-        proof = answer.payload;
+        proof = answer.payload.to_vec();
     }
     if login.user != settings.user || !settings.credential.verify(&salt, &proof) {
         tracing::warn!(user = %login.user, "console login refused");

@@ -82,5 +82,5 @@ pub async fn proof(
 async fn read(stream: &mut ClientStream, seq: &mut u8) -> Result<Vec<u8>, ProtocolError> {
     let packet = stream.read_packet().await?;
     *seq = packet.next_seq;
-    Ok(packet.payload)
+    Ok(packet.payload.to_vec())
 }

@@ -260,7 +260,7 @@ pub async fn client_proof(
             stream.write_packet(seq, &switch).await?;
             let packet = stream.read_packet().await?;
             *seq = packet.next_seq;
-            answer = packet.payload;
+            answer = packet.payload.to_vec();
             (plugin, answer.as_slice())
         }
     };

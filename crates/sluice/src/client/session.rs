@@ -13,6 +13,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use prometheus::IntCounter;
 use sluice_protocol::auth::{CACHING_SHA2_PASSWORD, NATIVE_PASSWORD};
 use sluice_protocol::compress::Compressed;
 use sluice_protocol::handshake::ChangeUser;
@@ -75,6 +76,8 @@ struct Session {
     identity: Arc<Identity>,
     /// Counts the client under its database user in `sluice_user_client_connections`.
     counted: Held,
+    /// Its database user's `sluice_user_borrows_total`, looked up once.
+    borrows: IntCounter,
     /// The user's statement rate limit, if it has one.
     rate: Option<Arc<crate::rate::UserRate>>,
     salt: [u8; 20],
@@ -338,6 +341,7 @@ async fn serve_authenticated(
     debug!(%user, backend_user = %identity.backend.user, "client authenticated");
     let registration = gateway.sessions.register(id, &identity);
     let counted = gateway.metrics.users.client(&identity.user);
+    let borrows = gateway.metrics.users.borrows(&identity.user);
     let timing = CommandTiming::new(gateway.metrics.users.latency(&identity.user));
     let tracking = capabilities
         .contains(CapabilityFlags::CLIENT_SESSION_TRACK)
@@ -351,6 +355,7 @@ async fn serve_authenticated(
         capabilities,
         mariadb_capabilities,
         counted,
+        borrows,
         identity,
         salt,
         collation,
@@ -428,6 +433,7 @@ impl Session {
             multi_statements: Some(self.multi_statements),
             owner: self.owner,
             lane: &self.identity.lane,
+            borrows: &self.borrows,
         };
         match self
             .gateway
@@ -727,11 +733,7 @@ impl Session {
                     .await;
                 return End::Error("empty command packet".into());
             };
-            self.gateway
-                .metrics
-                .commands
-                .with_label_values(&[command::name(command_byte)])
-                .inc();
+            self.gateway.metrics.commands.count(command_byte);
             let mut seq = packet.next_seq;
             if matches!(
                 command_byte,
@@ -1381,6 +1383,7 @@ impl Session {
         // A new entry: kills aimed at the old user's session do not reach the new one.
         self.registration = self.gateway.sessions.register(self.id, &identity);
         self.counted = self.gateway.metrics.users.client(&identity.user);
+        self.borrows = self.gateway.metrics.users.borrows(&identity.user);
         self.timing
             .set_latency(self.gateway.metrics.users.latency(&identity.user));
         self.rate = self.gateway.rate_limits.of(&identity.user);

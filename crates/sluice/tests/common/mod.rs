@@ -359,7 +359,7 @@ pub fn vanish(conn: BackendConn) {
 pub async fn request(conn: &mut BackendConn, payload: &[u8]) -> Vec<u8> {
     let mut seq = 0;
     conn.stream.write_packet(&mut seq, payload).await.unwrap();
-    conn.stream.read_packet().await.unwrap().payload
+    conn.stream.read_packet().await.unwrap().payload.to_vec()
 }
 
 /// The error code of an ERR packet (0 for anything else).
