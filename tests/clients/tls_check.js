@@ -4,7 +4,8 @@
 //
 //   node tls_check.js PORT USER PASSWORD DATABASE [CA_FILE]
 //
-// Without CA_FILE the connection is plain. Prints one line per check and "N passed, M failed";
+// Without CA_FILE the connection is plain. With MYSQL2_COMPRESS=1 in the environment it asks
+// for the compressed protocol (also used by crates/sluice/tests/compression.rs). Prints one line per check and "N passed, M failed";
 // exits 1 when any check failed.
 'use strict';
 
@@ -16,6 +17,9 @@ const [port, user, password, database, caFile] = process.argv.slice(2);
 const options = { host: '127.0.0.1', port: Number(port), user, password, database };
 if (caFile) {
   options.ssl = { ca: fs.readFileSync(caFile), rejectUnauthorized: true };
+}
+if (process.env.MYSQL2_COMPRESS === '1') {
+  options.compress = true;
 }
 
 async function main() {
@@ -38,6 +42,12 @@ async function main() {
   await check('query', async () => {
     const [rows] = await conn.query('SELECT 40 + 2 AS n');
     assert.equal(rows[0].n, 42);
+  });
+  await check('large result', async () => {
+    const [rows] = await conn.query("SELECT REPEAT('ab', 600000) AS s, MD5(REPEAT('ab', 600000)) AS m");
+    const md5 = require('node:crypto').createHash('md5').update(rows[0].s).digest('hex');
+    assert.equal(rows[0].s.length, 1200000);
+    assert.equal(md5, rows[0].m);
   });
   await check('prepared statement', async () => {
     const [rows] = await conn.execute('SELECT ? * 2 AS n, CONCAT(?, ?) AS s', [21, 'a', 'b']);

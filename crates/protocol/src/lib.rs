@@ -9,6 +9,7 @@
 pub mod auth;
 pub mod caching_sha2;
 pub mod command;
+pub mod compress;
 pub mod error;
 pub mod handshake;
 pub mod lenenc;

@@ -41,6 +41,12 @@ impl FrameHeader {
     }
 }
 
+/// The header of a frame carrying `len` (below [`MAX_FRAME_PAYLOAD`] or equal to it) payload
+/// bytes with sequence id `seq`.
+pub fn header(len: usize, seq: u8) -> [u8; HEADER_LEN] {
+    [len as u8, (len >> 8) as u8, (len >> 16) as u8, seq]
+}
+
 /// Appends `payload` to `out` as one logical packet, split into frames as needed, starting at
 /// sequence id `*seq` and leaving `*seq` at the id the next packet must carry.
 pub fn write_packet(out: &mut Vec<u8>, seq: &mut u8, payload: &[u8]) {
@@ -48,7 +54,7 @@ pub fn write_packet(out: &mut Vec<u8>, seq: &mut u8, payload: &[u8]) {
     loop {
         let chunk = chunks.next().unwrap_or(&[]);
         let len = chunk.len();
-        out.extend_from_slice(&[len as u8, (len >> 8) as u8, (len >> 16) as u8, *seq]);
+        out.extend_from_slice(&header(len, *seq));
         out.extend_from_slice(chunk);
         *seq = seq.wrapping_add(1);
         if len < MAX_FRAME_PAYLOAD {

@@ -74,22 +74,30 @@ pub fn parse_terminator(payload: &[u8]) -> Option<(StatusFlags, u16)> {
 /// client without that capability expects: the session-state block and its status flag are
 /// dropped. (Servers send the info string length-encoded either way, and clients read it so.)
 pub fn strip_session_track(payload: &[u8]) -> Result<Vec<u8>, ProtocolError> {
-    let ok = parse_ok(payload)?;
     let mut out = Vec::with_capacity(payload.len());
+    strip_session_track_into(payload, &mut out)?;
+    Ok(out)
+}
+
+/// [`strip_session_track`], appending the rewritten packet to `out` (e.g. straight into a
+/// write buffer); on error `out` may hold part of it.
+pub fn strip_session_track_into(payload: &[u8], out: &mut Vec<u8>) -> Result<(), ProtocolError> {
+    let ok = parse_ok(payload)?;
+    let start = out.len();
     out.push(payload[0]);
-    lenenc::put_int(&mut out, ok.affected_rows);
-    lenenc::put_int(&mut out, ok.last_insert_id);
+    lenenc::put_int(out, ok.affected_rows);
+    lenenc::put_int(out, ok.last_insert_id);
     let status = ok.status - StatusFlags::SERVER_SESSION_STATE_CHANGED;
     out.extend_from_slice(&status.bits().to_le_bytes());
     out.extend_from_slice(&ok.warnings.to_le_bytes());
-    let fixed_len = out.len();
+    let fixed_len = out.len() - start;
     if let Some(info_field) = payload.get(fixed_len..).filter(|rest| !rest.is_empty()) {
         let (info, _) = lenenc::read_bytes(info_field)?;
         if !info.is_empty() {
-            lenenc::put_bytes(&mut out, info);
+            lenenc::put_bytes(out, info);
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Encodes an OK packet for a client with capabilities `caps`.

@@ -4,7 +4,7 @@
 //! are collected in a buffer and sent by [`PacketStream::flush`], so a proxy can forward a
 //! burst of frames with one write.
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::packet::{self, FrameHeader, HEADER_LEN};
@@ -27,7 +27,7 @@ pub struct Packet {
     /// Sequence id the next packet in this exchange must carry.
     pub next_seq: u8,
     /// The joined payload.
-    pub payload: Vec<u8>,
+    pub payload: BytesMut,
 }
 
 /// One frame exactly as received: header and payload.
@@ -43,6 +43,12 @@ impl Frame {
     /// The payload bytes without the header.
     pub fn payload(&self) -> &[u8] {
         &self.bytes[HEADER_LEN..]
+    }
+
+    /// The payload bytes without the header, owned (the same memory, not a copy).
+    pub fn into_payload(mut self) -> BytesMut {
+        self.bytes.advance(HEADER_LEN);
+        self.bytes
     }
 }
 
@@ -157,13 +163,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> PacketStream<S> {
         Ok(Frame { header, bytes })
     }
 
-    /// Reads one logical packet, joining continuation frames, within the size limit.
+    /// Reads one logical packet, joining continuation frames, within the size limit. A
+    /// packet of one frame (nearly all) is the read buffer's own bytes, not a copy.
     pub async fn read_packet(&mut self) -> Result<Packet, ProtocolError> {
         let first = self.read_frame().await?;
         let seq = first.header.seq;
         let mut next_seq = seq.wrapping_add(1);
         let mut continues = first.header.continues();
-        let mut payload = first.payload().to_vec();
+        let mut payload = first.into_payload();
         if payload.len() > self.max_packet {
             return Err(ProtocolError::TooLarge {
                 size: payload.len(),
@@ -200,7 +207,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> PacketStream<S> {
         Ok(Packet {
             seq: frame.header.seq,
             next_seq: frame.header.seq.wrapping_add(1),
-            payload: frame.payload().to_vec(),
+            payload: frame.into_payload(),
         })
     }
 
@@ -228,6 +235,34 @@ impl<S: AsyncRead + AsyncWrite + Unpin> PacketStream<S> {
         packet::write_packet(&mut self.write_buf, seq, payload);
     }
 
+    /// Queues a packet whose payload `build` appends to the buffer it is given, starting at
+    /// sequence id `*seq` and advancing it: a packet rewritten on its way through (an OK
+    /// packet) goes out without a buffer of its own. Nothing is queued when `build` fails.
+    pub fn queue_packet_with<E>(
+        &mut self,
+        seq: &mut u8,
+        build: impl FnOnce(&mut Vec<u8>) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let start = self.write_buf.len();
+        let payload_at = start + HEADER_LEN;
+        self.write_buf.resize(payload_at, 0);
+        if let Err(e) = build(&mut self.write_buf) {
+            self.write_buf.truncate(start);
+            return Err(e);
+        }
+        let len = self.write_buf.len() - payload_at;
+        if len < packet::MAX_FRAME_PAYLOAD {
+            self.write_buf[start..payload_at].copy_from_slice(&packet::header(len, *seq));
+            *seq = seq.wrapping_add(1);
+        } else {
+            // Too long for one frame (never an OK packet in practice): framed as usual.
+            let payload = self.write_buf.split_off(payload_at);
+            self.write_buf.truncate(start);
+            packet::write_packet(&mut self.write_buf, seq, &payload);
+        }
+        Ok(())
+    }
+
     /// Queues bytes that are already framed (forwarded frames).
     pub fn queue_raw(&mut self, bytes: &[u8]) {
         self.write_buf.extend_from_slice(bytes);
@@ -242,7 +277,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> PacketStream<S> {
     pub async fn flush(&mut self) -> Result<(), ProtocolError> {
         if !self.write_buf.is_empty() {
             self.mid_write = true;
-            if let Err(e) = self.io.write_all(&self.write_buf).await {
+            // Flushed too: a layer underneath may hold bytes until then (compression frames
+            // what it was given; TLS seals it).
+            let written = match self.io.write_all(&self.write_buf).await {
+                Ok(()) => self.io.flush().await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = written {
                 self.failed = true;
                 return Err(e.into());
             }
@@ -283,11 +324,37 @@ mod tests {
         assert_eq!(first.payload.len(), big.len());
         assert_eq!((first.seq, first.next_seq), (0, 2));
         let second = stream.read_packet().await.unwrap();
-        assert_eq!(second.payload, b"\x0ehi");
+        assert_eq!(&second.payload[..], b"\x0ehi");
         assert!(matches!(
             stream.read_packet().await,
             Err(ProtocolError::Closed)
         ));
+    }
+
+    #[test]
+    fn packets_built_in_place_are_framed_like_any_other() {
+        let mut stream = PacketStream::new(std::io::Cursor::new(Vec::new()), 64 << 20);
+        let mut seq = 5;
+        stream
+            .queue_packet_with(&mut seq, |out| {
+                out.extend_from_slice(b"abc");
+                Ok::<_, ()>(())
+            })
+            .unwrap();
+        assert_eq!(stream.queue_packet_with(&mut seq, |_| Err(())), Err(()));
+        let big = vec![7u8; MAX_FRAME_PAYLOAD];
+        stream
+            .queue_packet_with(&mut seq, |out| {
+                out.extend_from_slice(&big);
+                Ok::<_, ()>(())
+            })
+            .unwrap();
+        let mut expected = Vec::new();
+        let mut expected_seq = 5;
+        packet::write_packet(&mut expected, &mut expected_seq, b"abc");
+        packet::write_packet(&mut expected, &mut expected_seq, &big);
+        assert_eq!(stream.write_buf, expected);
+        assert_eq!(seq, expected_seq);
     }
 
     #[tokio::test]

@@ -351,8 +351,9 @@ fn parse_text_row(mut payload: &[u8]) -> Result<Vec<Option<String>>, ProtocolErr
 pub struct LoginCharset {
     /// The login's collation id.
     pub collation: u8,
-    /// The variables it set, by name.
-    pub vars: BTreeMap<String, String>,
+    /// The variables it set, by name; shared, since every borrow hands them to the
+    /// connection it lends.
+    pub vars: Arc<BTreeMap<String, String>>,
 }
 
 /// What the server said about itself when sluice connected.
@@ -409,7 +410,7 @@ pub struct BackendConn {
     /// The character-set variables the login of the client it serves (`flavor.collation`)
     /// gives: what a variable some client set returns to for a client that never set it
     /// (not the server's global default).
-    pub login_vars: BTreeMap<String, String>,
+    pub login_vars: Arc<BTreeMap<String, String>>,
     /// What COM_RESET_CONNECTION returns the character sets to: the server's own login
     /// state of this connection (its handshake or last COM_CHANGE_USER).
     reset_login: LoginCharset,
@@ -501,10 +502,10 @@ impl BackendConn {
             secret: target.secret.clone(),
             schema: Some(target.database.clone()),
             vars: BTreeMap::new(),
-            login_vars: BTreeMap::new(),
+            login_vars: Arc::default(),
             reset_login: LoginCharset {
                 collation: flavor.collation,
-                vars: BTreeMap::new(),
+                vars: Arc::default(),
             },
             statements: BackendStatements::default(),
             multi_statements: Some(
@@ -674,7 +675,7 @@ impl BackendConn {
         let reply = self.stream.read_packet().await?;
         self.last_used = Instant::now();
         match reply.payload.first() {
-            Some(&response::ERR_HEADER | &response::OK_HEADER) => Ok(reply.payload),
+            Some(&response::ERR_HEADER | &response::OK_HEADER) => Ok(reply.payload.to_vec()),
             _ => Err(ProtocolError::Malformed("expected OK or ERR").into()),
         }
     }
@@ -845,16 +846,16 @@ impl BackendConn {
                 return Ok(Err(err));
             }
         }
-        let back_to = match (&self.schema, &key.schema) {
+        let back_to = match (&self.schema, key.schema()) {
             (Some(Some(current)), Some(wanted)) if current != wanted => Some(current.clone()),
             _ => None,
         };
-        if let (Some(_), Some(wanted)) = (&back_to, &key.schema) {
+        if let (Some(_), Some(wanted)) = (&back_to, key.schema()) {
             if let Err(err) = self.init_db(wanted).await? {
                 return Ok(Err(err));
             }
         }
-        let mut prepared = self.prepare(&key.sql).await?;
+        let mut prepared = self.prepare(key.sql()).await?;
         if matches!(&prepared, Err(err) if err.code == MAX_PREPARED_STMT_COUNT_REACHED)
             && !self.statements.is_empty()
         {
@@ -866,7 +867,7 @@ impl BackendConn {
                 metrics.statement_evictions.inc();
                 self.queue_close(id);
             }
-            prepared = self.prepare(&key.sql).await?;
+            prepared = self.prepare(key.sql()).await?;
         }
         if let Some(schema) = back_to {
             if let Err(err) = self.init_db(&schema).await? {
@@ -903,7 +904,7 @@ impl BackendConn {
         let names: std::collections::BTreeSet<&str> =
             crate::statements::PARSE_VARIABLES.into_iter().collect();
         let current = |name: &str| value_in(&self.vars, &self.login_vars, name);
-        let wanted = |name: &str| value_in(&key.parse_vars, &self.login_vars, name);
+        let wanted = |name: &str| value_in(key.parse_vars(), &self.login_vars, name);
         (
             change_statement(&names, current, wanted).unwrap_or_default(),
             change_statement(&names, wanted, current).unwrap_or_default(),
@@ -933,7 +934,7 @@ impl BackendConn {
     async fn read_definitions(&mut self, count: u16) -> Result<Vec<Vec<u8>>, BackendError> {
         let mut defs = Vec::with_capacity(usize::from(count));
         for _ in 0..count {
-            defs.push(self.stream.read_packet().await?.payload);
+            defs.push(self.stream.read_packet().await?.payload.to_vec());
         }
         if count > 0 && !self.flavor.deprecate_eof() {
             let eof = self.stream.read_packet().await?;
@@ -974,10 +975,12 @@ impl BackendConn {
         for slot in &mut self.server.tracking_defaults {
             *slot = values.next().unwrap_or_default();
         }
-        self.login_vars = LOGIN_VARIABLES
-            .iter()
-            .map(|name| (name.to_string(), values.next().unwrap_or_default()))
-            .collect();
+        self.login_vars = Arc::new(
+            LOGIN_VARIABLES
+                .iter()
+                .map(|name| (name.to_string(), values.next().unwrap_or_default()))
+                .collect(),
+        );
         Ok(())
     }
 
@@ -1029,6 +1032,11 @@ impl BackendConn {
         if let Err(err) = self.use_schema(target, schema).await? {
             return Ok(Err(err));
         }
+        if *vars == self.vars && login.vars == self.login_vars {
+            // The usual case: the connection's last client had the same session.
+            self.flavor.collation = login.collation;
+            return Ok(Ok(OkFields::default()));
+        }
         let mut names: std::collections::BTreeSet<&str> = vars
             .keys()
             .chain(self.vars.keys())
@@ -1052,7 +1060,7 @@ impl BackendConn {
                 return Ok(reply);
             }
         }
-        self.vars = vars.clone();
+        self.vars.clone_from(vars);
         self.login_vars = login.vars.clone();
         self.flavor.collation = login.collation;
         Ok(Ok(OkFields::default()))

@@ -31,6 +31,7 @@ pub mod identity;
 pub mod janitor;
 pub mod metrics;
 pub mod pool;
+pub mod queue;
 pub mod rate;
 pub mod registry;
 pub mod server;
@@ -86,6 +87,7 @@ impl Gateway {
             settings.backend_timeouts,
             metrics.clone(),
         );
+        pool.set_quotas(settings.quotas());
         let client_tls = client_tls(&settings);
         let fleet = settings
             .fleet
@@ -147,7 +149,12 @@ impl Gateway {
         let login = &target.identity.backend;
         let mut side = match self
             .pool
-            .borrow(login, backend::Flavor::INTERNAL, None)
+            .borrow(
+                &queue::LaneKey::Sluice,
+                login,
+                backend::Flavor::INTERNAL,
+                None,
+            )
             .await
         {
             Ok(side) => side,

@@ -1,7 +1,7 @@
 //! Prometheus metrics, one registry per running gateway (so tests can run several).
 
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
@@ -90,6 +90,12 @@ impl UserMetrics {
         Held::new(self.db_connections.with_label_values(&[self.label(user)]))
     }
 
+    /// `user`'s series of `sluice_user_borrows_total`, looked up once per session so that
+    /// a borrow costs no label lookup.
+    pub fn borrows(&self, user: &str) -> IntCounter {
+        self.borrows.with_label_values(&[self.label(user)])
+    }
+
     /// The latency histograms of `user`'s commands, looked up once per session so that a
     /// command's timing costs two atomic observations and no lookup.
     pub fn latency(&self, user: &str) -> QueryLatency {
@@ -98,6 +104,35 @@ impl UserMetrics {
             response: self.query_response.with_label_values(&label),
             database: self.query_database.with_label_values(&label),
         }
+    }
+}
+
+/// `sluice_commands_total` by command byte. Each label's counter is looked up in the
+/// vector once, the first time its command arrives, so counting a command costs one atomic
+/// add and no label hashing or lock on the hot path. Series appear only for commands seen,
+/// as with plain label lookups.
+#[derive(Clone)]
+pub struct CommandCounters {
+    vec: IntCounterVec,
+    by_byte: Arc<[OnceLock<IntCounter>; 256]>,
+}
+
+impl CommandCounters {
+    fn new(vec: IntCounterVec) -> CommandCounters {
+        CommandCounters {
+            vec,
+            by_byte: Arc::new(std::array::from_fn(|_| OnceLock::new())),
+        }
+    }
+
+    /// Counts one client command whose first payload byte is `command`.
+    pub fn count(&self, command: u8) {
+        self.by_byte[usize::from(command)]
+            .get_or_init(|| {
+                self.vec
+                    .with_label_values(&[sluice_protocol::command::name(command)])
+            })
+            .inc();
     }
 }
 
@@ -143,6 +178,8 @@ pub struct Metrics {
     /// Client logins received (before the password check), by `transport`: `tls` or
     /// `plain`.
     pub client_logins: IntCounterVec,
+    /// Client sessions that switched to the compressed protocol (`CLIENT_COMPRESS`).
+    pub compressed_sessions: IntCounter,
     /// `caching_sha2_password` exchanges, by `path`: `fast` (from the cache), `full_tls`
     /// (the password inside TLS), `full_rsa` (RSA-encrypted), `empty` (no password).
     pub caching_sha2_exchanges: IntCounterVec,
@@ -179,7 +216,7 @@ pub struct Metrics {
     /// Client statements killed at `backend.query_timeout`.
     pub query_timeouts: IntCounter,
     /// Client commands forwarded, by command name.
-    pub commands: IntCounterVec,
+    pub commands: CommandCounters,
     /// Clients cut for idling, by `kind` (`client`, `transaction`).
     pub idle_timeouts: IntCounterVec,
     /// Clients pinned to their database connection, by reason.
@@ -383,6 +420,10 @@ impl Metrics {
                 "Client logins received, by transport (tls, plain)",
                 "transport",
             ),
+            compressed_sessions: counter(
+                "client_compressed_sessions_total",
+                "Client sessions that switched to the compressed protocol",
+            ),
             caching_sha2_exchanges: counter_vec(
                 "caching_sha2_exchanges_total",
                 "caching_sha2_password exchanges with clients, by path",
@@ -433,7 +474,11 @@ impl Metrics {
                 "query_timeouts_total",
                 "Client statements killed because their reply was not done within backend.query_timeout",
             ),
-            commands: counter_vec("commands_total", "Client commands by type", "command"),
+            commands: CommandCounters::new(counter_vec(
+                "commands_total",
+                "Client commands by type",
+                "command",
+            )),
             pins: counter_vec(
                 "pins_total",
                 "Clients pinned to one database connection by session state sluice cannot carry",
@@ -510,5 +555,24 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Metrics::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_are_counted_under_their_names() {
+        let metrics = Metrics::new();
+        for command in [3, 3, 0x17, 0xee, 0xef] {
+            metrics.commands.count(command);
+        }
+        let text = metrics.render();
+        assert!(text.contains("sluice_commands_total{command=\"COM_QUERY\"} 2"));
+        assert!(text.contains("sluice_commands_total{command=\"COM_STMT_EXECUTE\"} 1"));
+        // Bytes without a name share one series.
+        assert!(text.contains("sluice_commands_total{command=\"unknown command\"} 2"));
+        assert!(!text.contains("COM_PING"), "only commands seen have series");
     }
 }

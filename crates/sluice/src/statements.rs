@@ -7,6 +7,7 @@
 //! so no client can exhaust the server's `max_prepared_stmt_count`.
 
 use std::collections::BTreeMap;
+use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
 
 use lru::LruCache;
@@ -22,20 +23,24 @@ pub const PARSE_VARIABLES: [&str; 5] = [
     "collation_connection",
 ];
 
-/// What makes two prepares the same statement.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+/// What makes two prepares the same statement. Its hash is computed once, when it is made,
+/// so that finding a statement on every execute costs no hashing of its text; the key never
+/// changes after that (its parts are read through accessors).
+#[derive(Debug, Clone)]
 pub struct StatementKey {
     /// The sluice user who prepared it.
-    pub user: String,
+    user: String,
     /// The schema it was prepared in (unqualified names resolve there).
-    pub schema: Option<String>,
+    schema: Option<String>,
     /// The connection collation and the [`PARSE_VARIABLES`] the client set.
-    pub context: String,
+    context: String,
     /// The [`PARSE_VARIABLES`] the client had set, by name: a copy prepared on another
     /// connection is prepared under them (literals keep the collation of prepare time).
-    pub parse_vars: BTreeMap<String, String>,
+    parse_vars: BTreeMap<String, String>,
     /// The statement text.
-    pub sql: Vec<u8>,
+    sql: Vec<u8>,
+    /// The hash of all of the above.
+    hash: u64,
 }
 
 impl StatementKey {
@@ -62,7 +67,9 @@ impl StatementKey {
             schema: schema.map(str::to_owned),
             context,
             sql: sql.to_vec(),
+            hash: 0,
         }
+        .hashed()
     }
 
     /// The same statement for a client whose column definitions carry MariaDB's extended
@@ -71,7 +78,58 @@ impl StatementKey {
         if extended {
             self.context.push_str(";extended_metadata");
         }
+        self.hashed()
+    }
+
+    /// The schema it was prepared in.
+    pub fn schema(&self) -> &Option<String> {
+        &self.schema
+    }
+
+    /// The [`PARSE_VARIABLES`] the client had set.
+    pub fn parse_vars(&self) -> &BTreeMap<String, String> {
+        &self.parse_vars
+    }
+
+    /// The statement text.
+    pub fn sql(&self) -> &[u8] {
+        &self.sql
+    }
+
+    /// The key with its hash computed from its parts.
+    fn hashed(mut self) -> StatementKey {
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        (
+            &self.user,
+            &self.schema,
+            &self.context,
+            &self.parse_vars,
+            &self.sql,
+        )
+            .hash(&mut hasher);
+        self.hash = hasher.finish();
         self
+    }
+}
+
+impl PartialEq for StatementKey {
+    fn eq(&self, other: &StatementKey) -> bool {
+        // The same key (one client's statement on its connections) needs no comparison.
+        std::ptr::eq(self, other)
+            || (self.hash == other.hash
+                && self.sql == other.sql
+                && self.user == other.user
+                && self.schema == other.schema
+                && self.context == other.context
+                && self.parse_vars == other.parse_vars)
+    }
+}
+
+impl Eq for StatementKey {}
+
+impl Hash for StatementKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(self.hash);
     }
 }
 
@@ -140,8 +198,9 @@ pub struct BackendStatement {
     /// Its `?` placeholders.
     pub params: u16,
     /// The parameter types last bound to it there (the server reuses them when an execute
-    /// binds none).
-    pub types: Option<Vec<u8>>,
+    /// binds none); shared with the client statement that bound them, so an execute copies
+    /// no bytes.
+    pub types: Option<Arc<[u8]>>,
 }
 
 /// The statements prepared on one database connection, least recently used first out.
@@ -239,12 +298,23 @@ mod tests {
     }
 
     #[test]
+    fn keys_made_apart_find_each_other() {
+        let mut statements = BackendStatements::default();
+        statements.insert(key("SELECT ?"), 1, 1, 8);
+        assert_eq!(statements.get_mut(&key("SELECT ?")).map(|s| s.id), Some(1));
+        let extended = Arc::new((*key("SELECT ?")).clone().with_extended_metadata(true));
+        assert!(statements.get_mut(&extended).is_none());
+        let plain = (*key("SELECT ?")).clone().with_extended_metadata(false);
+        assert_eq!(statements.get_mut(&plain).map(|s| s.id), Some(1));
+    }
+
+    #[test]
     fn backend_statements_evict_least_recently_used() {
         let mut statements = BackendStatements::default();
         assert!(statements.insert(key("a"), 1, 0, 2).is_empty());
         assert!(statements.insert(key("b"), 2, 0, 2).is_empty());
         // Using "a" makes "b" the oldest.
-        statements.get_mut(&key("a")).unwrap().types = Some(vec![8, 0]);
+        statements.get_mut(&key("a")).unwrap().types = Some(Arc::from([8, 0]));
         assert_eq!(statements.insert(key("c"), 3, 0, 2), vec![2]);
         assert_eq!(
             statements.insert(key("c"), 4, 0, 2),
@@ -253,8 +323,8 @@ mod tests {
         );
         assert!(statements.get_mut(&key("b")).is_none());
         assert_eq!(
-            statements.get_mut(&key("a")).unwrap().types,
-            Some(vec![8, 0])
+            statements.get_mut(&key("a")).unwrap().types.as_deref(),
+            Some(&[8, 0][..])
         );
         statements.clear();
         assert!(statements.get_mut(&key("a")).is_none());

@@ -402,7 +402,7 @@ async fn malformed_executes_get_the_servers_errors_and_the_session_goes_on() {
                 }
             }
         }
-        reply
+        reply.to_vec()
     }
     let direct_target = direct_target();
     let mut direct = BackendConn::connect(&direct_target, Flavor::INTERNAL, Duration::from_secs(5))

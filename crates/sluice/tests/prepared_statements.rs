@@ -374,7 +374,7 @@ async fn read_until_terminator(conn: &mut BackendConn) -> (Vec<Vec<u8>>, u16) {
             return (packets, status);
         }
         assert_ne!(payload[0], 0xff, "unexpected ERR {payload:?}");
-        packets.push(payload);
+        packets.push(payload.to_vec());
     }
 }
 

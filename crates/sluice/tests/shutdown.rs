@@ -42,34 +42,47 @@ impl Binary {
             ),
         )
         .unwrap();
-        let (port, admin) = (free_port(), free_port());
-        let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
-            .args(["serve", "--config"])
-            .arg(&config)
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let binary = Binary {
-            child,
-            port,
-            admin,
-            backend_user,
-        };
-        for _ in 0..200 {
-            if tokio::net::TcpStream::connect(("127.0.0.1", admin))
-                .await
-                .is_ok()
-            {
+        // A free port can be taken by another test before sluice binds it: then sluice
+        // exits, and it starts again on other ports.
+        for _ in 0..3 {
+            let (port, admin) = (free_port(), free_port());
+            let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+                .args(["serve", "--config"])
+                .arg(&config)
+                .args(["--listen", &format!("127.0.0.1:{port}")])
+                .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            let mut binary = Binary {
+                child,
+                port,
+                admin,
+                backend_user: backend_user.clone(),
+            };
+            if binary.listening().await {
                 // The config file is read; the directory may go.
                 drop(dir);
                 return binary;
             }
-            tokio::time::sleep(Duration::from_millis(25)).await;
         }
         panic!("sluice did not start");
+    }
+
+    /// Waits until both ports accept, while the process lives; false if it exited.
+    async fn listening(&mut self) -> bool {
+        for _ in 0..200 {
+            if self.child.try_wait().unwrap().is_some() {
+                return false;
+            }
+            let connects = |port: u16| tokio::net::TcpStream::connect(("127.0.0.1", port));
+            if connects(self.admin).await.is_ok() && connects(self.port).await.is_ok() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("sluice did not start listening");
     }
 
     fn opts(&self) -> mysql_async::OptsBuilder {

@@ -49,7 +49,7 @@ pub async fn proof(
     }
     stream.write_packet(seq, &PERFORM_FULL_AUTH).await?;
     let mut answer = read(stream, seq).await?;
-    let password = if stream.get_ref().get_ref().is_tls() {
+    let password = if super::socket_of(stream).is_tls() {
         count("full_tls");
         password_from(answer, &[])
     } else {
@@ -82,5 +82,5 @@ pub async fn proof(
 async fn read(stream: &mut ClientStream, seq: &mut u8) -> Result<Vec<u8>, ProtocolError> {
     let packet = stream.read_packet().await?;
     *seq = packet.next_seq;
-    Ok(packet.payload)
+    Ok(packet.payload.to_vec())
 }

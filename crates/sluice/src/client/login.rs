@@ -38,6 +38,7 @@ const OFFERED: CapabilityFlags = CapabilityFlags::from_bits_truncate(
         | CapabilityFlags::CLIENT_CONNECT_ATTRS.bits()
         | CapabilityFlags::CLIENT_PLUGIN_AUTH_LENENC_CLIENT_DATA.bits()
         | CapabilityFlags::CLIENT_SESSION_TRACK.bits()
+        | CapabilityFlags::CLIENT_COMPRESS.bits()
         | CapabilityFlags::CLIENT_DEPRECATE_EOF.bits(),
 );
 
@@ -259,7 +260,7 @@ pub async fn client_proof(
             stream.write_packet(seq, &switch).await?;
             let packet = stream.read_packet().await?;
             *seq = packet.next_seq;
-            answer = packet.payload;
+            answer = packet.payload.to_vec();
             (plugin, answer.as_slice())
         }
     };

@@ -21,15 +21,28 @@ pub use session::serve_client;
 
 use std::time::Duration;
 
+use sluice_protocol::compress::Compressed;
 use sluice_protocol::response::ErrFields;
 use sluice_protocol::stall::Stall;
 use sluice_protocol::stream::PacketStream;
 
 use crate::tls::Socket;
 
-/// A client connection: packets over a socket, plain or TLS, whose writes time out when the
-/// client stops reading (`client_write_timeout`).
-pub type ClientStream = PacketStream<Stall<Socket>>;
+/// A client connection: packets, compressed once a login asks for it (`CLIENT_COMPRESS`),
+/// over a socket, plain or TLS, whose writes time out when the client stops reading
+/// (`client_write_timeout`).
+pub type ClientStream = PacketStream<Stall<Compressed<Socket>>>;
+
+/// The socket under a client's packets.
+fn socket_of(stream: &ClientStream) -> &Socket {
+    stream.get_ref().get_ref().get_ref()
+}
+
+/// Bytes the client sent that sluice read off the socket and has not handled yet: in the
+/// packet buffer, or still inside the compression layer.
+fn unread_len(stream: &ClientStream) -> usize {
+    stream.buffered_len() + stream.get_ref().get_ref().buffered_len()
+}
 
 /// How long a refused oversized packet's remaining bytes are read and dropped before the
 /// socket closes, and how many at most.

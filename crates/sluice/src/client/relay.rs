@@ -153,21 +153,28 @@ pub async fn forward(
             outcome.last_ok = Some(ok);
             // An OK with the EOF header ends a result set; a plain OK is a statement's result.
             outcome.rows = (frame.payload()[0] == response::EOF_HEADER).then(|| tracker.rows());
-            let rewritten = match tracking {
-                Some(tracking) if tracking.wants_everything() && hidden.is_empty() => None,
-                Some(tracking) => Some(session_state::filter_tracked_ok(
-                    frame.payload(),
-                    |kind, data| tracking.keeps(kind, data) && !Tracking::names(kind, data, hidden),
-                )),
-                None => Some(response::strip_session_track(frame.payload())),
-            };
-            match rewritten {
-                None => client.queue_raw(&frame.bytes),
-                Some(packet) => {
-                    let packet = packet.map_err(|e| backend_err(e, next_seq))?;
-                    let mut seq = frame.header.seq;
+            let tracked = ok
+                .status
+                .contains(StatusFlags::SERVER_SESSION_STATE_CHANGED);
+            let mut seq = frame.header.seq;
+            match tracking {
+                // Nothing to take out: the packet goes as it came.
+                Some(_) if !tracked => client.queue_raw(&frame.bytes),
+                Some(tracking) if tracking.wants_everything() && hidden.is_empty() => {
+                    client.queue_raw(&frame.bytes)
+                }
+                Some(tracking) => {
+                    let packet = session_state::filter_tracked_ok(frame.payload(), |kind, data| {
+                        tracking.keeps(kind, data) && !Tracking::names(kind, data, hidden)
+                    })
+                    .map_err(|e| backend_err(e, next_seq))?;
                     client.queue_packet(&mut seq, &packet);
                 }
+                None => client
+                    .queue_packet_with(&mut seq, |out| {
+                        response::strip_session_track_into(frame.payload(), out)
+                    })
+                    .map_err(|e| backend_err(e, next_seq))?,
             }
         } else {
             if let Step::Done(Some(status)) = step {
@@ -207,8 +214,8 @@ pub async fn forward(
 /// read side is watched for the peer's FIN instead, looking again now and then while bytes
 /// wait unread.
 async fn client_gone(client: &ClientStream) {
-    let socket = client.get_ref().get_ref();
-    let Some(tcp) = socket.tcp().filter(|_| client.buffered_len() == 0) else {
+    let socket = super::socket_of(client);
+    let Some(tcp) = socket.tcp().filter(|_| super::unread_len(client) == 0) else {
         return std::future::pending().await;
     };
     if !socket.is_tls() {

@@ -13,7 +13,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use prometheus::IntCounter;
 use sluice_protocol::auth::{CACHING_SHA2_PASSWORD, NATIVE_PASSWORD};
+use sluice_protocol::compress::Compressed;
 use sluice_protocol::handshake::ChangeUser;
 use sluice_protocol::packet::MAX_FRAME_PAYLOAD;
 use sluice_protocol::response::{self, ErrFields, OkFields};
@@ -33,7 +35,7 @@ use self::own_statements::ReadBack;
 use self::prepared::ClientStatements;
 use self::timing::CommandTiming;
 use self::transaction::{Defaults, NextTransaction};
-use super::admission::{PendingLogin, Seat};
+use super::admission::{NoSeat, PendingLogin, Seat};
 use super::errors;
 use super::login::{self, Authenticated, LoginFailure};
 use super::relay::{self, Pipelined, RelayError, ReplyOutcome};
@@ -74,6 +76,8 @@ struct Session {
     identity: Arc<Identity>,
     /// Counts the client under its database user in `sluice_user_client_connections`.
     counted: Held,
+    /// Its database user's `sluice_user_borrows_total`, looked up once.
+    borrows: IntCounter,
     /// The user's statement rate limit, if it has one.
     rate: Option<Arc<crate::rate::UserRate>>,
     salt: [u8; 20],
@@ -232,7 +236,7 @@ async fn run(
     // Writes that make no progress for client_write_timeout fail: a client that stops
     // reading cannot hold its database connection (or sluice's buffers) indefinitely.
     let socket = Stall::new(
-        Socket::Plain(socket),
+        Compressed::new(Socket::Plain(socket)),
         None,
         Some(gateway.settings.client_write_timeout),
     );
@@ -284,13 +288,28 @@ async fn run(
         }
     };
     drop(pending);
-    let Some(seat) = gateway.admission.seat() else {
-        gateway.metrics.client_connections_refused.inc();
-        warn!(user = %auth.user, "refusing client: max_client_connections reached");
-        let mut seq = auth.next_seq;
-        let err = errors::too_many_clients(settings.max_client_connections);
-        let _ = stream.write_packet(&mut seq, &err.encode()).await;
-        return End::Refused;
+    let user_max = settings
+        .users
+        .get(&auth.user)
+        .and_then(|u| u.max_client_connections);
+    let seat = match gateway.admission.seat(&auth.user, user_max) {
+        Ok(seat) => seat,
+        Err(no_seat) => {
+            gateway.metrics.client_connections_refused.inc();
+            let err = match no_seat {
+                NoSeat::Full => {
+                    warn!(user = %auth.user, "refusing client: max_client_connections reached");
+                    errors::too_many_clients(settings.max_client_connections)
+                }
+                NoSeat::UserFull(max) => {
+                    warn!(user = %auth.user, "refusing client: the user's max_client_connections reached");
+                    errors::too_many_user_clients(&auth.user, max)
+                }
+            };
+            let mut seq = auth.next_seq;
+            let _ = stream.write_packet(&mut seq, &err.encode()).await;
+            return End::Refused;
+        }
     };
     let gauge = ClientGauge::new(gateway.clone(), seat);
     stream.set_max_packet(settings.max_packet_size);
@@ -322,6 +341,7 @@ async fn serve_authenticated(
     debug!(%user, backend_user = %identity.backend.user, "client authenticated");
     let registration = gateway.sessions.register(id, &identity);
     let counted = gateway.metrics.users.client(&identity.user);
+    let borrows = gateway.metrics.users.borrows(&identity.user);
     let timing = CommandTiming::new(gateway.metrics.users.latency(&identity.user));
     let tracking = capabilities
         .contains(CapabilityFlags::CLIENT_SESSION_TRACK)
@@ -335,6 +355,7 @@ async fn serve_authenticated(
         capabilities,
         mariadb_capabilities,
         counted,
+        borrows,
         identity,
         salt,
         collation,
@@ -365,7 +386,17 @@ async fn serve_authenticated(
     session.release_if_free().await;
     let end = match attached {
         Ok(()) => match session.send_ok(&mut seq).await {
-            Ok(()) => session.command_loop().await,
+            Ok(()) => {
+                if session
+                    .capabilities
+                    .contains(CapabilityFlags::CLIENT_COMPRESS)
+                {
+                    // Everything after the login's OK travels compressed.
+                    session.stream.get_mut().get_mut().start(0);
+                    session.gateway.metrics.compressed_sessions.inc();
+                }
+                session.command_loop().await
+            }
             Err(e) => End::Error(e.to_string()),
         },
         Err(err) => {
@@ -401,6 +432,8 @@ impl Session {
             vars: &self.state.vars,
             multi_statements: Some(self.multi_statements),
             owner: self.owner,
+            lane: &self.identity.lane,
+            borrows: &self.borrows,
         };
         match self
             .gateway
@@ -700,11 +733,7 @@ impl Session {
                     .await;
                 return End::Error("empty command packet".into());
             };
-            self.gateway
-                .metrics
-                .commands
-                .with_label_values(&[command::name(command_byte)])
-                .inc();
+            self.gateway.metrics.commands.count(command_byte);
             let mut seq = packet.next_seq;
             if matches!(
                 command_byte,
@@ -1316,7 +1345,7 @@ impl Session {
             // The client's proof will answer a switch request: give it a fresh salt.
             self.salt = sluice_protocol::auth::new_salt();
         }
-        let socket = self.stream.get_ref().get_ref();
+        let socket = super::socket_of(&self.stream);
         let peer = socket
             .tcp()
             .and_then(|tcp| tcp.peer_addr().ok())
@@ -1354,6 +1383,7 @@ impl Session {
         // A new entry: kills aimed at the old user's session do not reach the new one.
         self.registration = self.gateway.sessions.register(self.id, &identity);
         self.counted = self.gateway.metrics.users.client(&identity.user);
+        self.borrows = self.gateway.metrics.users.borrows(&identity.user);
         self.timing
             .set_latency(self.gateway.metrics.users.latency(&identity.user));
         self.rate = self.gateway.rate_limits.of(&identity.user);

@@ -15,7 +15,7 @@ pub async fn accept(
     tls: &ServerTls,
 ) -> Result<(), ProtocolError> {
     let acceptor = tls.acceptor();
-    let socket = stream.get_mut().get_mut();
+    let socket = stream.get_mut().get_mut().get_mut();
     if let Err(e) = socket.accept_tls(&acceptor).await {
         let reason = crate::tls::failure_reason(&e);
         gateway

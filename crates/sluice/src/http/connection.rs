@@ -143,6 +143,8 @@ impl Api {
             vars: self.session_vars(&server),
             multi_statements: None,
             owner: Owner::fresh(),
+            lane: &caller.identity.lane,
+            borrows: &self.gateway.metrics.users.borrows(&caller.identity.user),
         };
         match pool
             .borrow_for(&caller.identity.backend, Flavor::INTERNAL, &wanted)

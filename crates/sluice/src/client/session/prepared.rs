@@ -26,7 +26,7 @@ const MAX_CLIENT_STATEMENTS: usize = 16_382;
 struct ClientStatement {
     meta: Arc<StatementMeta>,
     /// Parameter types the client bound last.
-    types: Option<Vec<u8>>,
+    types: Option<Arc<[u8]>>,
     /// `COM_STMT_SEND_LONG_DATA` chunks waiting for the next execute, in order.
     long_data: Vec<(u16, Vec<u8>)>,
     long_data_len: usize,
@@ -42,7 +42,7 @@ struct ExecuteParts<'a> {
     /// The located `COM_STMT_EXECUTE` (`None` for `COM_STMT_BULK_EXECUTE`).
     execute: Option<Execute<'a>>,
     /// The parameter types the client bound last.
-    types: Option<Vec<u8>>,
+    types: Option<Arc<[u8]>>,
     /// Long data sent since the last execute, to replay first.
     long_data: Vec<(u16, Vec<u8>)>,
 }
@@ -315,7 +315,7 @@ impl Session {
             let execute = Execute::parse(payload, statement.meta.params())
                 .map_err(|_| errors::wrong_execute_arguments())?;
             if let Some(types) = execute.types() {
-                statement.types = Some(types.to_vec());
+                statement.types = Some(Arc::from(types));
             }
             Some(execute)
         } else {
