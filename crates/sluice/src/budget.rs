@@ -2,11 +2,15 @@
 //! the server's `max_connections` and the headroom to leave for others.
 //!
 //! The server's limit can change (`SET GLOBAL max_connections`, a new instance class), so it
-//! is read at start and every `pool.budget_refresh`, and the pool resized to follow. A cap
-//! above what the server allows is reported, since that many could never be opened.
+//! is read at start and every `pool.budget_refresh`, and the budget published on a watch
+//! channel. The pool limit has one owner, which follows it: [`follow`] for a lone instance,
+//! the fleet member (`crate::fleet`) when several share the budget. A cap above what the
+//! server allows is reported, since that many could never be opened.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+
+use tokio::sync::watch;
 
 use crate::backend::first_value;
 use crate::config::PoolConfig;
@@ -36,10 +40,12 @@ impl ServerLimit {
     }
 }
 
-/// Reads the server's limit now and every `budget_refresh`, resizing `pool` to the budget
-/// and recording the limit in `server`, until the pool is gone.
-pub fn spawn(pool: &Pool, config: PoolConfig, server: Arc<ServerLimit>) {
+/// Reads the server's limit now and every `budget_refresh`, publishing the budget on the
+/// returned channel (first `max_db_connections`, what the pool starts at) and recording the
+/// limit in `server`, until the pool is gone.
+pub fn spawn(pool: &Pool, config: PoolConfig, server: Arc<ServerLimit>) -> watch::Receiver<usize> {
     let weak = pool.downgrade();
+    let (budget_tx, budget_rx) = watch::channel(config.max_db_connections);
     tokio::spawn(async move {
         let mut last: Option<(u64, usize)> = None;
         while let Some(pool) = weak.upgrade() {
@@ -48,11 +54,26 @@ pub fn spawn(pool: &Pool, config: PoolConfig, server: Arc<ServerLimit>) {
                 let budget = effective(&config, server_max);
                 if last != Some((server_max, budget)) {
                     report(&config, server_max, budget);
-                    pool.set_limit(budget).await;
+                    budget_tx.send_replace(budget);
                     last = Some((server_max, budget));
                 }
             }
+            drop(pool);
             tokio::time::sleep(config.budget_refresh).await;
+        }
+    });
+    budget_rx
+}
+
+/// Owns the pool limit of a lone instance: resizes `pool` to each budget published, until
+/// the pool or the budget task is gone.
+pub fn follow(pool: &Pool, mut budget: watch::Receiver<usize>) {
+    let weak = pool.downgrade();
+    tokio::spawn(async move {
+        while budget.changed().await.is_ok() {
+            let limit = *budget.borrow_and_update();
+            let Some(pool) = weak.upgrade() else { break };
+            pool.set_limit(limit).await;
         }
     });
 }

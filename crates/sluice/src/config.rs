@@ -88,6 +88,9 @@ pub struct Config {
     pub tls_mode: Option<TlsMode>,
     /// `[janitor]`: kills sleeping connections that bypass sluice when the server fills up.
     pub janitor: JanitorConfig,
+    /// `[fleet]`: several instances sharing one database budget through leases in Redis;
+    /// off (one instance owns the whole budget) when absent.
+    pub fleet: Option<FleetConfig>,
     /// `[console]`: the MySQL-protocol admin console, off unless `listen` is set.
     pub console: ConsoleConfig,
 }
@@ -168,7 +171,71 @@ impl Default for Config {
             tls_key: None,
             tls_mode: None,
             janitor: JanitorConfig::default(),
+            fleet: None,
             console: ConsoleConfig::default(),
+        }
+    }
+}
+
+/// `[fleet]`: the budget is shared by several sluice instances, each leasing slots of it
+/// in Redis with a TTL renewed by heartbeat, so a dead instance's slots come back.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FleetConfig {
+    /// Where the leases live (`redis://host:port/db`).
+    pub redis_url: String,
+    /// This instance's name in the leases; unique in the fleet (default: host name, pid and
+    /// listen port).
+    pub instance_id: Option<String>,
+    /// A lease not renewed for this long expires and its slots go back to the fleet.
+    #[serde(with = "humantime_serde")]
+    pub lease_ttl: Duration,
+    /// How often the lease is renewed, usage published and the grant adjusted.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat: Duration,
+    /// Instances the budget is shared by: the share each may use without Redis
+    /// (budget / expected_instances), which Redis also keeps free for absent ones.
+    pub expected_instances: usize,
+    /// The Redis key of the leases; one per database.
+    pub budget_key: String,
+}
+
+impl Default for FleetConfig {
+    fn default() -> Self {
+        FleetConfig {
+            redis_url: "redis://127.0.0.1:6379".into(),
+            instance_id: None,
+            lease_ttl: Duration::from_secs(5),
+            heartbeat: Duration::from_secs(1),
+            expected_instances: 2,
+            budget_key: "sluice:budget".into(),
+        }
+    }
+}
+
+impl FleetConfig {
+    /// Reports what is wrong with `[fleet]`.
+    fn check(&self, issue: &mut impl FnMut(&str, String)) {
+        if self.heartbeat.is_zero() {
+            issue("fleet.heartbeat", "must be greater than zero".into());
+        }
+        if self.lease_ttl < self.heartbeat * 2 {
+            issue(
+                "fleet.lease_ttl",
+                "must be at least twice fleet.heartbeat, or a late renewal loses the lease".into(),
+            );
+        }
+        if self.expected_instances == 0 {
+            issue("fleet.expected_instances", "must be at least 1".into());
+        }
+        if self.budget_key.is_empty() {
+            issue("fleet.budget_key", "must not be empty".into());
+        }
+        if redis::parse_redis_url(&self.redis_url).is_none() {
+            issue(
+                "fleet.redis_url",
+                format!("{:?} is not a redis:// URL", self.redis_url),
+            );
         }
     }
 }
@@ -778,6 +845,8 @@ pub struct Settings {
     pub tls_mode: TlsMode,
     /// The janitor of connections that bypass sluice.
     pub janitor: JanitorConfig,
+    /// Sharing the budget with other instances, when configured.
+    pub fleet: Option<FleetConfig>,
     /// The admin console, when it is on.
     pub console: Option<ConsoleSettings>,
 }
@@ -1149,6 +1218,9 @@ impl Config {
         }
         self.auth.check(!self.users.is_empty(), &mut issue);
         self.janitor.check(&mut issue);
+        if let Some(fleet) = &self.fleet {
+            fleet.check(&mut issue);
+        }
         let console = self.console.validate(&mut issue);
         if !issues.is_empty() {
             return Err(ConfigError(issues));
@@ -1224,6 +1296,7 @@ impl Config {
             tls,
             tls_mode,
             janitor: self.janitor.clone(),
+            fleet: self.fleet.clone(),
             console,
         })
     }
@@ -1982,5 +2055,32 @@ mod tests {
         let settings = on.validate("t").unwrap();
         assert_eq!(settings.janitor.users, vec!["fn".to_owned()]);
         assert_eq!(settings.janitor.min_idle, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn fleet_section_is_off_by_default_and_checked() {
+        assert_eq!(Config::default().validate("defaults").unwrap().fleet, None);
+        let text = r#"
+            [fleet]
+            redis_url = "http://nope"
+            heartbeat = "1s"
+            lease_ttl = "1s"
+            expected_instances = 0
+            budget_key = ""
+        "#;
+        let (_, keys) = refused(text);
+        assert_eq!(
+            keys,
+            vec![
+                "fleet.lease_ttl",
+                "fleet.expected_instances",
+                "fleet.budget_key",
+                "fleet.redis_url"
+            ]
+        );
+        let on: Config = toml::from_str("[fleet]\nexpected_instances = 3\n").unwrap();
+        let fleet = on.validate("t").unwrap().fleet.unwrap();
+        assert_eq!(fleet.expected_instances, 3);
+        assert_eq!(fleet.lease_ttl, Duration::from_secs(5));
     }
 }

@@ -8,7 +8,8 @@
 //! - [`server`]: accepting clients; [`shutdown`]: draining them on SIGTERM;
 //! - `client`: one task per client connection (login, commands, relaying replies);
 //! - [`identity`]: who a client is, and as whom its database connections log in;
-//! - [`pool`] and [`backend`]: the database connections;
+//! - [`pool`] and [`backend`]: the database connections; [`budget`]: how many;
+//!   [`fleet`]: one budget shared by several instances through leases in Redis;
 //! - [`janitor`]: kills sleeping connections that bypass sluice when the server fills up;
 //! - [`admin`] and [`metrics`]: health, Prometheus, `/status` and the live dashboard;
 //! - [`http`]: the SQL-over-HTTP Data API, sharing the pool;
@@ -24,6 +25,7 @@ mod client;
 pub mod config;
 pub mod diagnostics;
 pub mod fd_budget;
+pub mod fleet;
 pub mod http;
 pub mod identity;
 pub mod janitor;
@@ -70,6 +72,9 @@ pub struct Gateway {
     pub server_limit: Arc<budget::ServerLimit>,
     /// Per-user statement rate limits.
     pub rate_limits: rate::RateLimits,
+    /// The fleet as this instance sees it, when `[fleet]` is on (written by its member
+    /// task once the listener's port is known).
+    pub fleet: Option<Arc<fleet::Board>>,
 }
 
 impl Gateway {
@@ -84,7 +89,12 @@ impl Gateway {
         );
         pool.set_quotas(settings.quotas());
         let client_tls = client_tls(&settings);
+        let fleet = settings
+            .fleet
+            .as_ref()
+            .map(|_| Arc::new(fleet::Board::new()));
         Arc::new(Gateway {
+            fleet,
             client_tls,
             server_limit: Arc::default(),
             rate_limits: rate::RateLimits::new(&settings),

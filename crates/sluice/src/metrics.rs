@@ -250,6 +250,13 @@ pub struct Metrics {
     pub janitor_kills: IntCounterVec,
     /// Janitor rounds that read the processlist, whether they killed anything or not.
     pub janitor_rounds: IntCounter,
+    /// 1 for where the pool's slots come from now (`mode`: `redis` lease or `static`
+    /// share), 0 for the other; no series when the fleet is off.
+    pub fleet_mode: IntGaugeVec,
+    /// Slots this instance's fleet lease holds in Redis.
+    pub fleet_lease_slots: IntGauge,
+    /// Fleet heartbeats that failed to reach Redis.
+    pub fleet_redis_errors: IntCounter,
 }
 
 impl Metrics {
@@ -512,6 +519,25 @@ impl Metrics {
             janitor_rounds: counter(
                 "janitor_rounds_total",
                 "Janitor rounds that read the server's processlist",
+            ),
+            fleet_mode: registered(
+                &registry,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "fleet_mode",
+                        "1 for where the pool's slots come from: a Redis lease or the static share",
+                    ),
+                    &["mode"],
+                )
+                .expect("valid metric"),
+            ),
+            fleet_lease_slots: gauge(
+                "fleet_lease_slots",
+                "Connection slots this instance's fleet lease holds in Redis",
+            ),
+            fleet_redis_errors: counter(
+                "fleet_redis_errors_total",
+                "Fleet heartbeats that failed to reach Redis",
             ),
             registry,
         }

@@ -450,13 +450,14 @@ impl Pool {
         &self.inner.target
     }
 
-    /// Changes the budget to `limit` connections (at least 1). A larger budget takes effect
-    /// at once; a smaller one as connections come back: no more than `limit` are lent from
-    /// now on, and the least recently used idle connections are closed until no more than
-    /// `limit` exist. Resizes must not overlap (one task owns them, see `budget`).
+    /// Changes the budget to `limit` connections (0 lends nothing until raised: a fleet
+    /// member without slots). A larger budget takes effect at once; a smaller one as
+    /// connections come back: no more than `limit` are lent from now on, and the least
+    /// recently used idle connections are closed until no more than `limit` exist, so when
+    /// this returns at most `limit` connections exist. Resizes must not overlap (one task
+    /// owns them: `budget::follow`, or the fleet member).
     pub async fn set_limit(&self, limit: usize) {
         let inner = &self.inner;
-        let limit = limit.max(1);
         inner.limit.store(limit, Ordering::Relaxed);
         inner.line.set_capacity(limit);
         let capacity = inner.capacity.load(Ordering::Relaxed);

@@ -28,6 +28,9 @@ fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
         tokio::net::TcpSocket::new_v6()?
     };
     socket.set_reuseaddr(true)?;
+    // A new instance may bind the same port while the old one drains (rolling restarts):
+    // the kernel spreads new connections over both until the old one closes its listener.
+    socket.set_reuseport(true)?;
     socket.bind(addr)?;
     socket.listen(LISTEN_BACKLOG)
 }
@@ -110,12 +113,26 @@ impl Server {
             http,
             console,
         } = self;
-        gateway.pool.spawn_maintenance();
-        crate::budget::spawn(
+        // The fleet member first: it sizes the pool to its share before anything opens.
+        let budget = crate::budget::spawn(
             &gateway.pool,
             gateway.settings.pool.clone(),
             gateway.server_limit.clone(),
         );
+        let membership = match (&gateway.settings.fleet, &gateway.fleet) {
+            (Some(config), Some(board)) => {
+                let port = listener.local_addr()?.port();
+                let (config, board) = (config.clone(), board.clone());
+                let metrics = gateway.metrics.clone();
+                let pool = &gateway.pool;
+                Some(crate::fleet::start(pool, config, port, budget, board, metrics).await)
+            }
+            _ => {
+                crate::budget::follow(&gateway.pool, budget);
+                None
+            }
+        };
+        gateway.pool.spawn_maintenance();
         crate::janitor::spawn(&gateway.pool, &gateway.settings.janitor, &gateway.metrics);
         let admin_addr = admin.local_addr()?;
         let admin_task = tokio::spawn(crate::admin::serve(admin, gateway.clone()));
@@ -203,6 +220,9 @@ impl Server {
         }
         // Database connections say goodbye (COM_QUIT), so the server logs no aborted ones.
         let closed = gateway.pool.close_idle();
+        if let Some(membership) = membership {
+            membership.leave().await;
+        }
         info!(db_connections_closed = closed, "drained; stopped");
         Ok(())
     }

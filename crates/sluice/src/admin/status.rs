@@ -41,6 +41,8 @@ pub struct Status {
     pub lanes: Vec<crate::queue::LaneStats>,
     /// The clients connected over the MySQL protocol.
     pub clients: Clients,
+    /// The instances sharing the budget and their leases (`null` without `[fleet]`).
+    pub fleet: Option<crate::fleet::FleetView>,
 }
 
 /// The budget sluice keeps under, and the server's own limit.
@@ -362,5 +364,6 @@ pub fn snapshot(gateway: &Gateway, server_max_connections: Option<u64>) -> Statu
             shown: census.listed.len(),
             list: census.listed,
         },
+        fleet: gateway.fleet.as_ref().map(|board| board.view()),
     }
 }

@@ -90,12 +90,13 @@ pub async fn aborted_in_log(user: &str) -> Option<usize> {
     )
 }
 
-/// Counts the database connections of `user` right now.
+/// Counts the database connections of `user` right now (a `LIKE` pattern: a fleet's
+/// users together, e.g. `sl_fleet_burst_%`).
 pub async fn db_connections_of(user: &str) -> usize {
     let mut conn = direct().await;
     let count: Option<usize> = conn
         .exec_first(
-            "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE USER = ?",
+            "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE USER LIKE ?",
             (user,),
         )
         .await
@@ -375,7 +376,7 @@ pub struct PeakWatcher {
 }
 
 impl PeakWatcher {
-    /// Starts watching `user`'s connections.
+    /// Starts watching the connections of `user` (a `LIKE` pattern, see [`db_connections_of`]).
     pub fn start(user: &str) -> PeakWatcher {
         use std::sync::atomic::Ordering;
         let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));

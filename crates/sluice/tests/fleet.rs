@@ -1,0 +1,529 @@
+//! Several gateways sharing one database budget through leases in Redis (127.0.0.1:6379,
+//! scripts/ensure-deps makes sure it runs): the database never sees more connections than
+//! the budget, a dead instance's lease expires, and without Redis an instance runs on its
+//! static share. Each test has its own Redis key and backend users (`sl_fleet_<test>_*`).
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{metric_value, start_with, PeakWatcher, TestGateway};
+use mysql_async::prelude::*;
+use sluice::config::FleetConfig;
+
+/// The budget every test shares among three gateways.
+const BUDGET: usize = 6;
+/// Each gateway's static share of it.
+const SHARE: usize = BUDGET / 3;
+const REDIS: &str = "redis://127.0.0.1:6379";
+const TTL: Duration = Duration::from_secs(2);
+
+/// The Redis key of one test's leases, unique per run.
+fn budget_key(test: &str) -> String {
+    format!("fleet_test:{test}:{}", std::process::id())
+}
+
+/// Starts gateway `name` of `test`'s fleet on `redis_url`, in the current runtime.
+async fn member(test: &str, name: &str, redis_url: &str) -> TestGateway {
+    let (key, url) = (budget_key(test), redis_url.to_owned());
+    start_with(&format!("fleet_{test}_{name}"), move |config| {
+        config.pool.max_db_connections = BUDGET;
+        config.pool.borrow_timeout = Duration::from_secs(60);
+        config.fleet = Some(FleetConfig {
+            redis_url: url,
+            instance_id: None,
+            lease_ttl: TTL,
+            heartbeat: Duration::from_millis(200),
+            expected_instances: 3,
+            budget_key: key,
+        });
+    })
+    .await
+}
+
+/// Starts `clients` connections through `gw`, each running `rounds` short transactions;
+/// the future (needing nothing of `gw`) gives the errors the clients saw.
+fn load(
+    gw: &TestGateway,
+    clients: usize,
+    rounds: usize,
+) -> impl std::future::Future<Output = Vec<String>> + 'static {
+    let tasks: Vec<_> = (0..clients)
+        .map(|_| {
+            let opts = gw.opts("app", "secret", Some(common::TEST_DB));
+            tokio::spawn(async move {
+                let mut errors = Vec::new();
+                let mut conn = match mysql_async::Conn::new(opts).await {
+                    Ok(conn) => conn,
+                    Err(e) => return vec![e.to_string()],
+                };
+                for _ in 0..rounds {
+                    let tx = "BEGIN; SELECT SLEEP(0.03); COMMIT";
+                    if let Err(e) = conn.query_drop(tx).await {
+                        errors.push(e.to_string());
+                    }
+                }
+                let _ = conn.disconnect().await;
+                errors
+            })
+        })
+        .collect();
+    async move {
+        let mut errors = Vec::new();
+        for task in tasks {
+            errors.extend(task.await.expect("client task"));
+        }
+        errors
+    }
+}
+
+/// The live leases in Redis under `test`'s key, by instance id.
+async fn leases(test: &str) -> std::collections::HashMap<String, String> {
+    let client = redis::Client::open(REDIS).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    redis::cmd("HGETALL")
+        .arg(budget_key(test))
+        .query_async(&mut conn)
+        .await
+        .unwrap()
+}
+
+/// Waits up to `limit` for `done`, polling every 50 ms; whether it came true.
+async fn eventually(limit: Duration, mut done: impl AsyncFnMut() -> bool) -> bool {
+    let until = Instant::now() + limit;
+    while Instant::now() < until {
+        if done().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fleet_burst_through_three_gateways_stays_within_the_budget_and_idle_slots_move() {
+    let test = "burst";
+    let a = member(test, "a", REDIS).await;
+    let b = member(test, "b", REDIS).await;
+    let c = member(test, "c", REDIS).await;
+    let watcher = PeakWatcher::start(&format!("sl_fleet_{test}_%"));
+    // Uneven: a has waiters, b and c little use, so their idle slots should move to a.
+    let (ea, eb, ec) = tokio::join!(load(&a, 10, 12), load(&b, 2, 12), load(&c, 1, 12));
+    let grew = eventually(Duration::from_secs(20), async || {
+        let (_, more) = tokio::join!(load(&a, 8, 4), async {
+            a.gateway.fleet.as_ref().unwrap().view().lease > SHARE
+        });
+        more
+    })
+    .await;
+    let peak = watcher.stop().await;
+    assert_eq!((ea, eb, ec), (vec![], vec![], vec![]), "no client error");
+    assert!(
+        peak <= BUDGET,
+        "the fleet held {peak} connections on a budget of {BUDGET}"
+    );
+    assert!(grew, "the busy gateway's lease grew past its share");
+    let view = a.gateway.fleet.as_ref().unwrap().view();
+    assert_eq!(view.instances.len(), 3, "{view:?}");
+    assert!(view.instances.iter().map(|l| l.lease).sum::<usize>() <= BUDGET);
+    let status = common::http_get(a.admin, "/status").await;
+    assert!(status.contains("\"mode\":\"redis\""), "{status}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fleet_a_killed_instance_s_lease_expires_and_survivors_serve_on() {
+    let test = "kill";
+    let a = member(test, "a", REDIS).await;
+    let b = member(test, "b", REDIS).await;
+    // The victim runs in a runtime of its own, so it can die at once, mid-heartbeat,
+    // without a goodbye: like kill -9.
+    let doomed = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let c = doomed
+        .spawn(async move { member(test, "c", REDIS).await })
+        .await
+        .unwrap();
+    // Named once its listener runs.
+    let board = c.gateway.fleet.clone().unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), async || {
+            let id = board.view().instance_id;
+            !id.is_empty() && leases(test).await.contains_key(&id)
+        })
+        .await,
+        "the victim holds a lease"
+    );
+    let victim = board.view().instance_id;
+    drop(board);
+    let watcher = PeakWatcher::start(&format!("sl_fleet_{test}_%"));
+    let (la, lb) = (load(&a, 4, 30), load(&b, 4, 30));
+    let survivors = tokio::spawn(async move { tokio::join!(la, lb) });
+    let victims_clients = tokio::spawn(load(&c, 3, 100));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    doomed.shutdown_background();
+    let killed = Instant::now();
+    // Its sockets close with its pool, as a killed process's would.
+    drop(c);
+    let returned = eventually(Duration::from_secs(20), async || {
+        !leases(test).await.contains_key(&victim)
+    })
+    .await;
+    eprintln!(
+        "fleet: the killed instance's lease was gone {:?} after the kill (lease_ttl {TTL:?})",
+        killed.elapsed()
+    );
+    let (ea, eb) = survivors.await.unwrap();
+    victims_clients.abort();
+    let peak = watcher.stop().await;
+    assert!(returned, "the killed instance's lease expired");
+    assert_eq!(
+        (ea, eb),
+        (vec![], vec![]),
+        "no survivor's client saw an error"
+    );
+    assert!(peak <= BUDGET, "{peak} connections on a budget of {BUDGET}");
+    let view = a.gateway.fleet.as_ref().unwrap().view();
+    assert!(view.instances.iter().all(|l| l.id != victim), "{view:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fleet_without_redis_an_instance_runs_on_its_static_share() {
+    let test = "noredis";
+    // Port 1: nothing listens there.
+    let lost = member(test, "a", "redis://127.0.0.1:1").await;
+    let b = member(test, "b", REDIS).await;
+    let c = member(test, "c", REDIS).await;
+    let watcher = PeakWatcher::start(&format!("sl_fleet_{test}_%"));
+    let (ea, eb, ec) = tokio::join!(load(&lost, 8, 10), load(&b, 8, 10), load(&c, 8, 10));
+    let peak = watcher.stop().await;
+    assert_eq!((ea, eb, ec), (vec![], vec![], vec![]), "no client error");
+    assert!(peak <= BUDGET, "{peak} connections on a budget of {BUDGET}");
+    let view = lost.gateway.fleet.as_ref().unwrap().view();
+    assert_eq!(view.mode, sluice::fleet::Mode::Static, "{view:?}");
+    assert!(view.pool_limit <= SHARE, "{view:?}");
+    assert!(view.redis_error.is_some(), "{view:?}");
+    let metrics = lost.metrics().await;
+    assert_eq!(
+        metric_value(&metrics, "sluice_fleet_mode{mode=\"static\"}"),
+        1.0
+    );
+    assert!(metric_value(&metrics, "sluice_fleet_redis_errors_total") >= 1.0);
+    let live = leases(test).await;
+    assert_eq!(
+        live.len(),
+        2,
+        "only the two with Redis hold leases: {live:?}"
+    );
+}
+
+/// A Redis of one test's own on a free port (the shared one on 6379 is never stopped).
+struct PrivateRedis {
+    port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl PrivateRedis {
+    fn start() -> PrivateRedis {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .unwrap()
+            .port();
+        let mut redis = PrivateRedis { port, child: None };
+        redis.restart();
+        redis
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts the server (again) on its port, returning once it answers.
+    fn restart(&mut self) {
+        let child = std::process::Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server (scripts/ensure-deps installs it)");
+        self.child = Some(child);
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("private redis-server did not start on {}", self.port);
+    }
+
+    /// Scripts the server has run since it started (`EVALSHA` and `EVAL` calls): the
+    /// fleet's round trips (the commands inside a script are not round trips).
+    async fn commands(&self) -> u64 {
+        let client = redis::Client::open(self.url()).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        let info: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        info.lines()
+            .filter_map(|l| {
+                let calls = l
+                    .strip_prefix("cmdstat_evalsha:calls=")
+                    .or_else(|| l.strip_prefix("cmdstat_eval:calls="))?;
+                calls.split(',').next()?.parse::<u64>().ok()
+            })
+            .sum()
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fleet_redis_stopped_and_restarted_mid_run_the_fleet_serves_on_the_static_share() {
+    let test = "restart";
+    let mut redis = PrivateRedis::start();
+    let gateways = [
+        member(test, "a", &redis.url()).await,
+        member(test, "b", &redis.url()).await,
+        member(test, "c", &redis.url()).await,
+    ];
+    let modes = || {
+        gateways
+            .iter()
+            .map(|g| g.gateway.fleet.as_ref().unwrap().view().mode)
+            .collect::<Vec<_>>()
+    };
+    use sluice::fleet::Mode;
+    let all = |mode: Mode| modes().iter().all(|m| *m == mode);
+    assert!(
+        eventually(Duration::from_secs(10), async || all(Mode::Redis)).await,
+        "{:?}",
+        modes()
+    );
+    let watcher = PeakWatcher::start(&format!("sl_fleet_{test}_%"));
+    let clients: Vec<_> = gateways.iter().map(|g| load(g, 4, 120)).collect();
+    let clients = tokio::spawn(all_errors(clients));
+    // Borrows never talk to Redis: its commands follow the heartbeats, not the load.
+    let (commands_before, borrows_before) = (redis.commands().await, borrows(&gateways).await);
+    let measured = Instant::now();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let commands = redis.commands().await - commands_before;
+    let borrowed = borrows(&gateways).await - borrows_before;
+    let heartbeats = 3 * (measured.elapsed().as_millis() as u64 / 200 + 1);
+    eprintln!("fleet: {borrowed} borrows, {commands} Redis round trips, {heartbeats} heartbeats");
+    redis.stop();
+    let went_static = eventually(Duration::from_secs(15), async || all(Mode::Static)).await;
+    let static_modes = modes();
+    let limits: Vec<usize> = gateways
+        .iter()
+        .map(|g| g.gateway.fleet.as_ref().unwrap().view().pool_limit)
+        .collect();
+    redis.restart();
+    let recovered = eventually(Duration::from_secs(15), async || all(Mode::Redis)).await;
+    let errors = clients.await.unwrap();
+    let peak = watcher.stop().await;
+    assert!(went_static, "without Redis, past the TTL: {static_modes:?}");
+    assert!(
+        limits.iter().all(|l| *l <= SHARE),
+        "static limits {limits:?}"
+    );
+    assert!(recovered, "back on leases: {:?}", modes());
+    assert!(
+        commands <= 2 * heartbeats + 2 && borrowed > commands,
+        "{commands} Redis round trips for {borrowed} borrows and {heartbeats} heartbeats"
+    );
+    assert_eq!(errors, Vec::<String>::new(), "no client error");
+    assert!(peak <= BUDGET, "{peak} connections on a budget of {BUDGET}");
+}
+
+/// Database connections lent by `gateways` so far.
+async fn borrows(gateways: &[TestGateway]) -> u64 {
+    gateways
+        .iter()
+        .map(|g| g.gateway.metrics.borrows.get())
+        .sum()
+}
+
+/// Every client's errors, of several [`load`]s.
+async fn all_errors(loads: Vec<impl std::future::Future<Output = Vec<String>>>) -> Vec<String> {
+    let mut errors = Vec::new();
+    for l in loads {
+        errors.extend(l.await);
+    }
+    errors
+}
+
+/// A `sluice serve` process of the rolling-restart test.
+struct Process(std::process::Child);
+
+impl Process {
+    /// Starts `sluice serve` on `port` (shared) with its own admin port; returns it and its
+    /// admin address once `/status` shows it on a lease.
+    async fn start(
+        dir: &std::path::Path,
+        name: &str,
+        port: u16,
+        user: &str,
+    ) -> (Process, std::net::SocketAddr) {
+        let admin = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .unwrap();
+        let config = format!(
+            r#"
+listen = "127.0.0.1:{port}"
+admin_listen = "{admin}"
+shutdown_timeout = "10s"
+
+[backend]
+url = "mysql://{user}:backend-pw@127.0.0.1:3306"
+
+[pool]
+max_db_connections = {BUDGET}
+borrow_timeout = "30s"
+
+[[users]]
+name = "app"
+password = "secret"
+backend = "shared"
+
+[fleet]
+redis_url = "{REDIS}"
+instance_id = "{name}"
+lease_ttl = "2s"
+heartbeat = "200ms"
+expected_instances = 2
+budget_key = "{key}"
+"#,
+            key = budget_key("rolling")
+        );
+        let path = dir.join(format!("{name}.toml"));
+        std::fs::write(&path, config).unwrap();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .arg("serve")
+            .arg("--config")
+            .arg(&path)
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let process = Process(child);
+        // common::http_get panics on a refused connection: wait for the listener first.
+        let ready = eventually(Duration::from_secs(30), async || {
+            tokio::net::TcpStream::connect(admin).await.is_ok()
+                && common::http_get(admin, "/status")
+                    .await
+                    .contains("\"mode\":\"redis\"")
+        })
+        .await;
+        assert!(ready, "{name} serves on a lease");
+        (process, admin)
+    }
+
+    /// SIGTERM, then waits for the drain to end.
+    async fn drain(mut self) {
+        let pid = self.0.id().to_string();
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap();
+        let status = tokio::task::spawn_blocking(move || self.0.wait()).await;
+        assert!(matches!(status, Ok(Ok(s)) if s.success()), "{status:?}");
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fleet_rolling_restart_on_a_shared_port_under_load_loses_no_transaction() {
+    let user = common::create_backend_user("fleet_rolling").await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port();
+    let (old, _) = Process::start(dir.path(), "old", port, &user).await;
+    let watcher = PeakWatcher::start(&user);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Serverless-style clients: connect, one transaction, disconnect, again. A client
+    // that reached the old instance just before its drain began is told 1053 (08S01,
+    // "Server shutdown in progress") at its first command, nothing having run: like
+    // drivers that retry on a fresh connection after 08S01, it tries once more.
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let opts = mysql_async::OptsBuilder::default()
+                    .ip_or_hostname("127.0.0.1")
+                    .tcp_port(port)
+                    .user(Some("app"))
+                    .pass(Some("secret"))
+                    .db_name(Some(common::TEST_DB))
+                    .prefer_socket(false);
+                let once = async || {
+                    let mut conn = mysql_async::Conn::new(opts.clone()).await?;
+                    conn.query_drop("BEGIN; SELECT SLEEP(0.02); COMMIT").await?;
+                    conn.disconnect().await
+                };
+                let (mut done, mut retried, mut errors) = (0, 0, Vec::new());
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let mut outcome = once().await;
+                    if outcome
+                        .as_ref()
+                        .is_err_and(|e| common::server_code(e) == Some(1053))
+                    {
+                        retried += 1;
+                        outcome = once().await;
+                    }
+                    match outcome {
+                        Ok(()) => done += 1,
+                        Err(e) => errors.push(e.to_string()),
+                    }
+                }
+                (done, retried, errors)
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (new, _) = Process::start(dir.path(), "new", port, &user).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    old.drain().await;
+    // A graceful stop gives the lease back at once, not after the TTL.
+    let live = leases("rolling").await;
+    assert!(!live.contains_key("old"), "{live:?}");
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut done, mut retried, mut errors) = (0, 0, Vec::new());
+    for client in clients {
+        let (d, r, e) = client.await.unwrap();
+        done += d;
+        retried += r;
+        errors.extend(e);
+    }
+    let peak = watcher.stop().await;
+    drop(new);
+    eprintln!(
+        "fleet: rolling restart: {done} transactions, {retried} retried after 1053, {} errors",
+        errors.len()
+    );
+    assert!(done > 0);
+    assert_eq!(errors, Vec::<String>::new(), "no client error");
+    assert!(peak <= BUDGET, "{peak} connections on a budget of {BUDGET}");
+}
