@@ -252,9 +252,17 @@ async fn run(
         }
     };
     let settings = &gateway.settings;
+    // Boxed: the login's state is large and over once the client is in, while the task
+    // holding this future lives as long as the client, idle or not.
     let login = tokio::time::timeout(
         settings.login_timeout,
-        login::authenticate(&gateway, &mut stream, &server, id, peer),
+        Box::pin(login::authenticate(
+            &gateway,
+            &mut stream,
+            &server,
+            id,
+            peer,
+        )),
     );
     let outcome = tokio::select! {
         auth = login => auth.map_err(|_| "timeout"),
