@@ -240,7 +240,8 @@ async fn run(
         Some(gateway.settings.client_write_timeout),
     );
     let mut stream = PacketStream::new(socket, login::MAX_LOGIN_PACKET);
-    let server = match gateway.pool.server_info().await {
+    // Boxed, like the login below: this task lives as long as the client.
+    let server = match Box::pin(gateway.pool.server_info()).await {
         Ok(server) => server,
         Err(e) => {
             warn!(error = %e, "refusing client: database unreachable");
