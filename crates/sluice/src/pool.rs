@@ -728,7 +728,11 @@ impl Pool {
         let inner = &self.inner;
         let mut delay = inner.config.reconnect_backoff_initial;
         loop {
-            match BackendConn::connect(login, flavor, inner.timeouts.connect).await {
+            // Boxed: a connect's state (TLS and login included) is large, and every future
+            // that may borrow (each client session's, idle or not) would otherwise carry
+            // room for it; this way only a connect in progress costs it.
+            let connect = Box::pin(BackendConn::connect(login, flavor, inner.timeouts.connect));
+            match connect.await {
                 Ok(mut conn) => {
                     inner.metrics.db_connections_opened.inc();
                     conn.set_stall_timeout(Some(inner.timeouts.stall));

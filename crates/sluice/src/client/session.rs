@@ -241,7 +241,8 @@ async fn run(
         Some(gateway.settings.client_write_timeout),
     );
     let mut stream = PacketStream::new(socket, login::MAX_LOGIN_PACKET);
-    let server = match gateway.pool.server_info().await {
+    // Boxed, like the login below: this task lives as long as the client.
+    let server = match Box::pin(gateway.pool.server_info()).await {
         Ok(server) => server,
         Err(e) => {
             warn!(error = %e, "refusing client: database unreachable");
@@ -253,9 +254,17 @@ async fn run(
         }
     };
     let settings = &gateway.settings;
+    // Boxed: the login's state is large and over once the client is in, while the task
+    // holding this future lives as long as the client, idle or not.
     let login = tokio::time::timeout(
         settings.login_timeout,
-        login::authenticate(&gateway, &mut stream, &server, id, peer),
+        Box::pin(login::authenticate(
+            &gateway,
+            &mut stream,
+            &server,
+            id,
+            peer,
+        )),
     );
     let outcome = tokio::select! {
         auth = login => auth.map_err(|_| "timeout"),
