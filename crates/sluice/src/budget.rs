@@ -3,7 +3,9 @@
 //!
 //! The server's limit can change (`SET GLOBAL max_connections`, a new instance class), so it
 //! is read at start and every `pool.budget_refresh`, and the pool resized to follow. A cap
-//! above what the server allows is reported, since that many could never be opened.
+//! above what the server allows is reported, since that many could never be opened. A
+//! reload that changes `[pool]` wakes the task, which recomputes the budget at once: it is
+//! the one owner of the pool's size.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -36,23 +38,38 @@ impl ServerLimit {
     }
 }
 
-/// Reads the server's limit now and every `budget_refresh`, resizing `pool` to the budget
-/// and recording the limit in `server`, until the pool is gone.
-pub fn spawn(pool: &Pool, config: PoolConfig, server: Arc<ServerLimit>) {
+/// Reads the server's limit now, every `budget_refresh` and whenever the pool's
+/// configuration changes (a reload), resizing `pool` to the budget and recording the limit
+/// in `server`, until the pool is gone. Until the server's limit is first read, a reloaded
+/// `max_db_connections` is the budget.
+pub fn spawn(pool: &Pool, server: Arc<ServerLimit>) {
     let weak = pool.downgrade();
+    let mut configs = pool.watch_config();
     tokio::spawn(async move {
-        let mut last: Option<(u64, usize)> = None;
+        // The pool starts at max_db_connections.
+        let mut last = (None, configs.borrow().max_db_connections);
+        let mut server_max = None;
         while let Some(pool) = weak.upgrade() {
-            if let Some(server_max) = read_server_max(&pool).await {
-                server.0.store(server_max, Ordering::Relaxed);
-                let budget = effective(&config, server_max);
-                if last != Some((server_max, budget)) {
-                    report(&config, server_max, budget);
-                    pool.set_limit(budget).await;
-                    last = Some((server_max, budget));
-                }
+            let config = configs.borrow_and_update().clone();
+            if let Some(read) = read_server_max(&pool).await {
+                server.0.store(read, Ordering::Relaxed);
+                server_max = Some(read);
             }
-            tokio::time::sleep(config.budget_refresh).await;
+            let budget = server_max.map_or(config.max_db_connections, |server_max| {
+                effective(&config, server_max)
+            });
+            if last != (server_max, budget) {
+                if let Some(server_max) = server_max {
+                    report(&config, server_max, budget);
+                }
+                pool.set_limit(budget).await;
+                last = (server_max, budget);
+            }
+            drop(pool);
+            tokio::select! {
+                () = tokio::time::sleep(config.budget_refresh) => {}
+                changed = configs.changed() => if changed.is_err() { break },
+            }
         }
     });
 }

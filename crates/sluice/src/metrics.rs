@@ -213,6 +213,9 @@ pub struct Metrics {
     pub janitor_kills: IntCounterVec,
     /// Janitor rounds that read the processlist, whether they killed anything or not.
     pub janitor_rounds: IntCounter,
+    /// Configuration reloads (SIGHUP, `POST /reload`) by `result`: `ok` (applied) or
+    /// `refused` (invalid; the old configuration stays).
+    pub config_reloads: IntCounterVec,
 }
 
 impl Metrics {
@@ -467,6 +470,11 @@ impl Metrics {
             janitor_rounds: counter(
                 "janitor_rounds_total",
                 "Janitor rounds that read the server's processlist",
+            ),
+            config_reloads: counter_vec(
+                "config_reloads_total",
+                "Configuration reloads, applied (ok) or refused as invalid (refused)",
+                "result",
             ),
             registry,
         }

@@ -43,13 +43,15 @@ pub struct Server {
 impl Server {
     /// Binds the MySQL and admin listeners from the gateway's settings.
     pub async fn bind(gateway: Arc<Gateway>) -> std::io::Result<Server> {
-        let listener = listen(gateway.settings.listen)?;
-        let admin = TcpListener::bind(gateway.settings.admin_listen).await?;
-        let http = match gateway.settings.http_listen {
+        let listener = listen(gateway.settings().listen)?;
+        let admin = TcpListener::bind(gateway.settings().admin_listen).await?;
+        let http = match gateway.settings().http_listen {
             Some(addr) => {
-                let tls = match (&gateway.settings.http.tls, &gateway.client_tls) {
+                let tls = match (&gateway.settings().http.tls, &gateway.client_tls) {
                     // The same files as the MySQL port: one certificate, reloaded once.
-                    (Some(files), Some(shared)) if gateway.settings.tls.as_ref() == Some(files) => {
+                    (Some(files), Some(shared))
+                        if gateway.settings().tls.as_ref() == Some(files) =>
+                    {
                         Some(shared.clone())
                     }
                     (Some(files), _) => Some(ServerTls::load(&files.cert, &files.key)?),
@@ -98,12 +100,8 @@ impl Server {
             http,
         } = self;
         gateway.pool.spawn_maintenance();
-        crate::budget::spawn(
-            &gateway.pool,
-            gateway.settings.pool.clone(),
-            gateway.server_limit.clone(),
-        );
-        crate::janitor::spawn(&gateway.pool, &gateway.settings.janitor, &gateway.metrics);
+        crate::budget::spawn(&gateway.pool, gateway.server_limit.clone());
+        crate::janitor::spawn(&gateway.pool, &gateway.settings().janitor, &gateway.metrics);
         let admin_addr = admin.local_addr()?;
         let admin_task = tokio::spawn(crate::admin::serve(admin, gateway.clone()));
         let http_addr = http.as_ref().and_then(|(l, _)| l.local_addr().ok());
@@ -117,8 +115,8 @@ impl Server {
             listen = %listener.local_addr()?,
             admin = %admin_addr,
             http = ?http_addr,
-            backend = ?gateway.settings.backend,
-            max_db_connections = gateway.settings.pool.max_db_connections,
+            backend = ?gateway.settings().backend,
+            max_db_connections = gateway.settings().pool.max_db_connections,
             "sluice is ready"
         );
         let next_id = AtomicU32::new(1);
@@ -151,7 +149,7 @@ impl Server {
         if let Some(task) = http_task {
             task.abort();
         }
-        let timeout = gateway.settings.shutdown_timeout;
+        let timeout = gateway.settings().shutdown_timeout;
         info!(
             ?timeout,
             clients = gateway.admission.occupied(),

@@ -38,6 +38,9 @@ pub struct Status {
     pub users: Vec<UserRow>,
     /// The clients connected over the MySQL protocol.
     pub clients: Clients,
+    /// The last configuration reload (SIGHUP or `POST /reload`): when, its result, and
+    /// what was refused or waits for a restart; `null` before the first.
+    pub last_reload: Option<crate::reload::Report>,
 }
 
 /// The budget sluice keeps under, and the server's own limit.
@@ -358,5 +361,6 @@ pub fn snapshot(gateway: &Gateway, server_max_connections: Option<u64>) -> Statu
             shown: census.listed.len(),
             list: census.listed,
         },
+        last_reload: gateway.reloads.last(),
     }
 }
