@@ -92,7 +92,10 @@ impl Reloadable {
 
 /// The MySQL error code of a login that must fail.
 fn refused_with(login: Result<mysql_async::Conn, mysql_async::Error>) -> Option<u16> {
-    server_code(&login.err().expect("the login was refused"))
+    let Err(err) = login else {
+        panic!("the login was accepted")
+    };
+    server_code(&err)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
