@@ -13,7 +13,9 @@ use std::time::Duration;
 use serde::Deserialize;
 use sluice_protocol::auth::Credential;
 
+use crate::admin::console::ConsoleSettings;
 use crate::pool::BackendTimeouts;
+use crate::queue::{LaneKey, Quota};
 use crate::tls::{BackendTls, BackendTlsMode, TlsMode};
 
 /// The configuration file as written by the operator.
@@ -86,6 +88,56 @@ pub struct Config {
     pub tls_mode: Option<TlsMode>,
     /// `[janitor]`: kills sleeping connections that bypass sluice when the server fills up.
     pub janitor: JanitorConfig,
+    /// `[console]`: the MySQL-protocol admin console, off unless `listen` is set.
+    pub console: ConsoleConfig,
+}
+
+/// `[console]`: where the admin console listens and who may log in.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConsoleConfig {
+    /// Its address; the console is off when unset.
+    pub listen: Option<SocketAddr>,
+    /// The login name it accepts (default `admin`).
+    pub user: Option<String>,
+    /// Its password in plain text; or
+    pub password: Option<String>,
+    /// its native hash (`SELECT PASSWORD('...')`).
+    pub password_hash: Option<String>,
+}
+
+impl ConsoleConfig {
+    /// The console's settings when it is on, after reporting what is wrong with them.
+    fn validate(&self, issue: &mut impl FnMut(&str, String)) -> Option<ConsoleSettings> {
+        let listen = self.listen?;
+        let credential = match (self.password.as_deref(), self.password_hash.as_deref()) {
+            (Some(plain), None) if !plain.is_empty() => Credential::Hash(
+                sluice_protocol::auth::NativeHash::from_password(plain.as_bytes()),
+            ),
+            (None, Some(hash)) => match sluice_protocol::auth::NativeHash::parse(hash) {
+                Some(hash) => Credential::Hash(hash),
+                None => {
+                    issue(
+                        "console.password_hash",
+                        "must be '*' followed by 40 hex digits, as printed by SELECT PASSWORD('...')".into(),
+                    );
+                    return None;
+                }
+            },
+            _ => {
+                issue(
+                    "console",
+                    "the console needs exactly one of a non-empty password or password_hash".into(),
+                );
+                return None;
+            }
+        };
+        Some(ConsoleSettings {
+            listen,
+            user: self.user.clone().unwrap_or_else(|| "admin".into()),
+            credential,
+        })
+    }
 }
 
 impl Default for Config {
@@ -116,6 +168,7 @@ impl Default for Config {
             tls_key: None,
             tls_mode: None,
             janitor: JanitorConfig::default(),
+            console: ConsoleConfig::default(),
         }
     }
 }
@@ -325,6 +378,10 @@ pub struct PoolConfig {
     pub max_db_connections: usize,
     /// Idle connections kept open even when unused.
     pub min_idle: usize,
+    /// Most idle connections kept: one given back beyond them is closed at once, so a
+    /// quiet pool gives connections back to the database soon after a burst (none when
+    /// unset: `idle_timeout` alone trims).
+    pub max_idle: Option<usize>,
     /// An idle connection beyond `min_idle` is closed after this long.
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
@@ -369,6 +426,7 @@ impl Default for PoolConfig {
         PoolConfig {
             max_db_connections: 20,
             min_idle: 0,
+            max_idle: None,
             idle_timeout: Duration::from_secs(600),
             max_lifetime: Duration::from_secs(3600),
             ping_after_idle: Duration::from_secs(5),
@@ -545,6 +603,19 @@ pub struct UserConfig {
     /// bucket of that size); more are refused with ERR 1226 and may be retried.
     #[serde(default)]
     pub max_statements_per_second: Option<u32>,
+    /// Database connections reserved for this user's clients: other users are never lent
+    /// the ones it may still need.
+    #[serde(default)]
+    pub min_connections: usize,
+    /// Most database connections this user's clients may hold at once; more wait.
+    #[serde(default)]
+    pub max_connections: Option<usize>,
+    /// Its share of free connections, relative to other users waiting at the same time.
+    #[serde(default)]
+    pub weight: Option<u32>,
+    /// Most clients of this user connected at once; more are refused with 1040.
+    #[serde(default)]
+    pub max_client_connections: Option<usize>,
 }
 
 /// One problem found in the configuration, with where it is.
@@ -707,6 +778,19 @@ pub struct Settings {
     pub tls_mode: TlsMode,
     /// The janitor of connections that bypass sluice.
     pub janitor: JanitorConfig,
+    /// The admin console, when it is on.
+    pub console: Option<ConsoleSettings>,
+}
+
+impl Settings {
+    /// The configured users' shares of the pool, by lane; users without an entry (found by
+    /// the auth query) get the default.
+    pub fn quotas(&self) -> HashMap<LaneKey, Quota> {
+        self.users
+            .iter()
+            .map(|(name, user)| (LaneKey::app(name), user.quota))
+            .collect()
+    }
 }
 
 /// A PEM certificate chain and its private key.
@@ -733,6 +817,10 @@ pub struct User {
     pub tls_mode: TlsMode,
     /// Its statement rate limit, if any.
     pub max_statements_per_second: Option<std::num::NonZeroU32>,
+    /// Its share of the database connections.
+    pub quota: Quota,
+    /// Most of its clients connected at once, if limited.
+    pub max_client_connections: Option<usize>,
 }
 
 /// The database login of a configured user.
@@ -858,6 +946,17 @@ impl Config {
         }
         if pool.budget_refresh.is_zero() {
             issue("pool.budget_refresh", "must be greater than zero".into());
+        }
+        if let Some(max_idle) = pool.max_idle {
+            if max_idle == 0 || max_idle < pool.min_idle {
+                issue(
+                    "pool.max_idle",
+                    format!(
+                        "must be at least 1 and at least pool.min_idle ({})",
+                        pool.min_idle
+                    ),
+                );
+            }
         }
         if pool.min_idle > pool.max_db_connections {
             issue(
@@ -1011,6 +1110,16 @@ impl Config {
                 },
                 None => None,
             };
+            let Some(quota) = user.quota(&key, pool.max_db_connections, &mut issue) else {
+                continue;
+            };
+            if user.max_client_connections == Some(0) {
+                issue(
+                    &format!("{key}.max_client_connections"),
+                    "must be at least 1 (leave it out for no limit)".into(),
+                );
+                continue;
+            }
             let entry = User {
                 credential,
                 pool_mode: user.pool_mode.unwrap_or(self.pool_mode),
@@ -1018,6 +1127,8 @@ impl Config {
                 backend,
                 tls_mode: user_tls,
                 max_statements_per_second,
+                quota,
+                max_client_connections: user.max_client_connections,
             };
             if users.insert(user.name.clone(), entry).is_some() {
                 issue(
@@ -1026,8 +1137,19 @@ impl Config {
                 );
             }
         }
+        let reserved: usize = self.users.iter().map(|u| u.min_connections).sum();
+        if reserved > pool.max_db_connections {
+            issue(
+                "users.min_connections",
+                format!(
+                    "the users reserve {reserved} connections in all, more than pool.max_db_connections ({})",
+                    pool.max_db_connections
+                ),
+            );
+        }
         self.auth.check(!self.users.is_empty(), &mut issue);
         self.janitor.check(&mut issue);
+        let console = self.console.validate(&mut issue);
         if !issues.is_empty() {
             return Err(ConfigError(issues));
         }
@@ -1055,6 +1177,8 @@ impl Config {
                     backend: UserBackend::Shared,
                     tls_mode,
                     max_statements_per_second: None,
+                    quota: Quota::default(),
+                    max_client_connections: None,
                 },
             );
         }
@@ -1100,6 +1224,7 @@ impl Config {
             tls,
             tls_mode,
             janitor: self.janitor.clone(),
+            console,
         })
     }
 }
@@ -1152,6 +1277,41 @@ fn one_password<const N: usize>(
 }
 
 impl UserConfig {
+    /// Its share of the `pool` connections, or `None` after reporting under `key` what is
+    /// wrong with it.
+    fn quota(&self, key: &str, pool: usize, issue: &mut impl FnMut(&str, String)) -> Option<Quota> {
+        let mut ok = true;
+        let mut problem = |field: &str, reason: String| {
+            issue(&format!("{key}.{field}"), reason);
+            ok = false;
+        };
+        if let Some(max) = self.max_connections {
+            if !(1..=pool).contains(&max) {
+                problem(
+                    "max_connections",
+                    format!("must be between 1 and pool.max_db_connections ({pool})"),
+                );
+            }
+            if self.min_connections > max {
+                problem(
+                    "min_connections",
+                    format!(
+                        "{} exceeds its max_connections ({max})",
+                        self.min_connections
+                    ),
+                );
+            }
+        }
+        if self.weight.is_some_and(|w| !(1..=1000).contains(&w)) {
+            problem("weight", "must be between 1 and 1000".into());
+        }
+        ok.then(|| Quota {
+            min: self.min_connections,
+            max: self.max_connections,
+            weight: self.weight.unwrap_or(1),
+        })
+    }
+
     /// The database login this entry names, or `None` after reporting under `key` why it
     /// names none, or names it twice.
     fn backend_login(

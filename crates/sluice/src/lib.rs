@@ -29,6 +29,7 @@ pub mod identity;
 pub mod janitor;
 pub mod metrics;
 pub mod pool;
+pub mod queue;
 pub mod rate;
 pub mod registry;
 pub mod reload;
@@ -104,6 +105,7 @@ impl Gateway {
             settings.backend_timeouts,
             metrics.clone(),
         );
+        pool.set_quotas(settings.quotas());
         let client_tls = client_tls(&settings);
         Arc::new(Gateway {
             client_tls,
@@ -166,7 +168,12 @@ impl Gateway {
         let login = &target.identity.backend;
         let mut side = match self
             .pool
-            .borrow(login, backend::Flavor::INTERNAL, None)
+            .borrow(
+                &queue::LaneKey::Sluice,
+                login,
+                backend::Flavor::INTERNAL,
+                None,
+            )
             .await
         {
             Ok(side) => side,

@@ -3,11 +3,11 @@
 //! At most `max_db_connections` connections exist at once, counting idle ones, busy ones and
 //! ones being opened: each holds a *slot* (a permit of a semaphore the size of the cap) from
 //! before it is opened until it is closed, so the count can neither pass the cap nor drift.
-//! Borrowers queue on a second fair (FIFO) semaphore with one permit per connection, so the
-//! first to wait is the first served, and give up after `borrow_timeout`. Every connection
-//! lent out or being opened holds one of these permits (maintenance's openings too), so a
-//! borrower that finds no idle connection of its flavor and no free slot always finds an
-//! idle one to evict.
+//! Borrowers wait in a [`Line`] with one ticket per connection of the budget: one lane per
+//! application, weighted fair across lanes with floors and ceilings, first come first served
+//! within one; they give up after `borrow_timeout`. Every connection lent out or being
+//! opened holds a ticket (maintenance's openings too), so a borrower that finds no idle
+//! connection of its flavor and no free slot always finds an idle one to evict.
 //!
 //! Every connection comes in through one path (`Pool::open`) and leaves through another
 //! (`Inner::close`), which counts why. Idle connections are vetted before they are lent:
@@ -35,6 +35,7 @@ use crate::backend::{BackendConn, BackendError, Flavor, LoginCharset, ServerInfo
 use crate::config::{BackendTarget, PoolConfig};
 use crate::diagnostics::Owner;
 use crate::metrics::{Held, Metrics};
+use crate::queue::{LaneKey, LaneStats, Line, Quota, Refused, Ticket};
 use sluice_protocol::response::ErrFields;
 
 /// Why a borrower got no connection.
@@ -59,6 +60,20 @@ pub enum BorrowError {
     )]
     UserCeiling {
         /// The database user.
+        user: String,
+        /// Its ceiling.
+        max: usize,
+        /// How long the borrower waited.
+        waited: Duration,
+    },
+    /// The borrower's application held its `max_connections` for the whole
+    /// `borrow_timeout`.
+    #[error(
+        "user {user} has all of its {max} database connections ([[users]] max_connections) \
+         in use and none came back within {waited:?}"
+    )]
+    AppCeiling {
+        /// The client user (application).
         user: String,
         /// Its ceiling.
         max: usize,
@@ -91,6 +106,8 @@ pub struct WantedSession<'a> {
     pub multi_statements: Option<bool>,
     /// Who borrows: warnings and errors someone else left on the connection are emptied.
     pub owner: Owner,
+    /// The lane it waits in for a connection: its application's quota.
+    pub lane: &'a LaneKey,
 }
 
 /// Why no connection on the wanted session could be had.
@@ -198,17 +215,17 @@ struct Inner {
     /// Limits and timers in force; a reload sends new ones, which the budget task watches.
     config: watch::Sender<Arc<PoolConfig>>,
     timeouts: ArcSwap<BackendTimeouts>,
-    /// One per connection lent out or being opened; borrowers wait here in FIFO order.
-    permits: Arc<Semaphore>,
     /// One per connection that exists (idle, lent or being opened): the hard cap.
     slots: Arc<Semaphore>,
     /// The budget now: how many connections may exist (see [`Pool::set_limit`]).
     limit: AtomicUsize,
-    /// Permits `permits` and `slots` each hold in all: above `limit` while a smaller budget
-    /// waits for connections to come back.
+    /// Permits `slots` holds in all: above `limit` while a smaller budget waits for
+    /// connections to come back.
     capacity: AtomicUsize,
     /// Whether new borrows wait (an operator's pause for maintenance).
     paused: tokio::sync::watch::Sender<bool>,
+    /// The line borrowers wait in; one ticket per connection lent out or being opened.
+    line: Line,
     /// Per database user, one permit per connection it may have lent at once
     /// (`max_db_connections_per_user`).
     ceilings: ceilings::Ceilings,
@@ -343,7 +360,7 @@ pub struct BackendTimeouts {
 /// connection instead (the right thing when its state is unknown, e.g. mid-reply).
 pub struct Lease {
     conn: Option<Pooled>,
-    permit: Option<OwnedSemaphorePermit>,
+    ticket: Option<Ticket>,
     /// The borrower's place under `max_db_connections_per_user`, when there is a ceiling.
     user_permit: Option<OwnedSemaphorePermit>,
     pool: Arc<Inner>,
@@ -376,7 +393,7 @@ impl Drop for Lease {
             self.pool.close(pooled, "discarded");
         }
         // The slot went first, so the next borrower finds room.
-        drop(self.permit.take());
+        drop(self.ticket.take());
         drop(self.user_permit.take());
     }
 }
@@ -414,7 +431,7 @@ impl Pool {
         Pool {
             inner: Arc::new(Inner {
                 ceilings: ceilings::Ceilings::new(config.max_db_connections_per_user),
-                permits: Arc::new(Semaphore::new(config.max_db_connections)),
+                line: Line::new(config.max_db_connections, HashMap::new()),
                 slots: Arc::new(Semaphore::new(config.max_db_connections)),
                 limit: AtomicUsize::new(config.max_db_connections),
                 paused: tokio::sync::watch::Sender::new(false),
@@ -457,27 +474,23 @@ impl Pool {
     }
 
     /// Changes the budget to `limit` connections (at least 1). A larger budget takes effect
-    /// at once; a smaller one as connections come back: each permit given up waits its turn
-    /// in line with borrowers, and the least recently used idle connection is closed to
-    /// free its slot. Resizes must not overlap (one task owns them, see `budget`).
+    /// at once; a smaller one as connections come back: no more than `limit` are lent from
+    /// now on, and the least recently used idle connections are closed until no more than
+    /// `limit` exist. Resizes must not overlap (one task owns them, see `budget`).
     pub async fn set_limit(&self, limit: usize) {
         let inner = &self.inner;
         let limit = limit.max(1);
         inner.limit.store(limit, Ordering::Relaxed);
+        inner.line.set_capacity(limit);
         let capacity = inner.capacity.load(Ordering::Relaxed);
         if limit > capacity {
-            inner.permits.add_permits(limit - capacity);
             inner.slots.add_permits(limit - capacity);
             inner.capacity.store(limit, Ordering::Relaxed);
             return;
         }
         for _ in limit..capacity {
-            let Ok(permit) = inner.permits.acquire().await else {
-                return;
-            };
-            permit.forget();
-            // With one permit less, connections come back idle: close the least recently
-            // used until a slot is free.
+            // With fewer lent, connections come back idle: close the least recently used
+            // until a slot is free.
             loop {
                 if let Ok(slot) = inner.slots.try_acquire() {
                     slot.forget();
@@ -494,6 +507,16 @@ impl Pool {
             }
             inner.capacity.fetch_sub(1, Ordering::Relaxed);
         }
+    }
+
+    /// Sets the applications' quotas (at start and on reload); connections lent stay lent.
+    pub fn set_quotas(&self, quotas: HashMap<LaneKey, Quota>) {
+        self.inner.line.set_quotas(quotas);
+    }
+
+    /// Every application's use of the line and its quota, for `/status`.
+    pub fn lanes(&self) -> Vec<LaneStats> {
+        self.inner.line.lanes()
     }
 
     /// Pauses or resumes new borrows (`paused`), for a maintenance window: while paused,
@@ -553,20 +576,24 @@ impl Pool {
     /// statements (auth queries, kills, probes), waiting in line like any borrower.
     pub async fn borrow_internal(&self) -> Result<Lease, BorrowError> {
         let own = self.inner.target.clone();
-        self.borrow(&own, Flavor::INTERNAL, None).await
+        self.borrow(&LaneKey::Sluice, &own, Flavor::INTERNAL, None)
+            .await
     }
 
-    /// Lends a connection logged in as `login` with `flavor`, waiting in line up to
+    /// Lends a connection logged in as `login` with `flavor`, waiting in `lane` up to
     /// `borrow_timeout`. Among idle connections it prefers one already on `schema`, sparing
     /// a `COM_INIT_DB`. The wait, success or not, goes into `sluice_borrow_wait_seconds`.
     pub async fn borrow(
         &self,
+        lane: &LaneKey,
         login: &BackendTarget,
         flavor: Flavor,
         schema: Option<&str>,
     ) -> Result<Lease, BorrowError> {
         let started = Instant::now();
-        let lent = self.borrow_since(started, login, flavor, schema).await;
+        let lent = self
+            .borrow_since(started, lane, login, flavor, schema)
+            .await;
         let waited = started.elapsed().as_secs_f64();
         self.inner.metrics.borrow_wait.observe(waited);
         lent
@@ -576,6 +603,7 @@ impl Pool {
     async fn borrow_since(
         &self,
         started: Instant,
+        lane: &LaneKey,
         login: &BackendTarget,
         flavor: Flavor,
         schema: Option<&str>,
@@ -619,15 +647,25 @@ impl Pool {
                 }
             }
         };
-        let Ok(Ok(permit)) =
-            tokio::time::timeout_at(deadline.into(), inner.permits.clone().acquire_owned()).await
-        else {
-            return Err(exhausted());
+        let ticket = match inner.line.acquire(lane, deadline).await {
+            Ok(ticket) => ticket,
+            Err(Refused::Exhausted) => return Err(exhausted()),
+            Err(Refused::Ceiling(max)) => {
+                inner.metrics.borrow_timeouts.inc();
+                return Err(BorrowError::AppCeiling {
+                    user: match lane {
+                        LaneKey::App(name) => name.to_string(),
+                        LaneKey::Sluice => String::new(),
+                    },
+                    max,
+                    waited: started.elapsed(),
+                });
+            }
         };
         drop(waiting);
         let mut lease = Lease {
             conn: None,
-            permit: Some(permit),
+            ticket: Some(ticket),
             user_permit,
             pool: inner.clone(),
         };
@@ -756,7 +794,7 @@ impl Pool {
         let mut last_error = None;
         for _ in 0..ATTEMPTS {
             let mut lease = self
-                .borrow(login, flavor, hint)
+                .borrow(session.lane, login, flavor, hint)
                 .await
                 .map_err(SessionError::Borrow)?;
             metrics.borrows.inc();
@@ -869,7 +907,7 @@ impl Pool {
     }
 
     /// Puts a connection whose session is known to be clean back in the idle list (or
-    /// closes it: past `max_lifetime`, or the pool is draining).
+    /// closes it: past `max_lifetime`, `max_idle` already idle, or the pool is draining).
     fn put_idle(&self, mut lease: Lease) {
         let inner = &self.inner;
         if let Some(mut pooled) = lease.conn.take() {
@@ -880,9 +918,13 @@ impl Pool {
             pooled.conn.touch();
             pooled.conn.diagnostics.returned();
             let mut state = inner.state();
-            if state.draining {
+            let full = inner
+                .config()
+                .max_idle
+                .is_some_and(|max| state.idle.len() >= max);
+            if state.draining || full {
                 drop(state);
-                inner.close(pooled, "shutdown");
+                inner.close(pooled, if full { "max_idle" } else { "shutdown" });
             } else {
                 state.idle.push(pooled);
             }
@@ -941,9 +983,9 @@ impl Pool {
         }
         let Some(flavor) = flavor else { return };
         while inner.state().idle.len() < min_idle {
-            // Like a borrower, an opening holds a lending permit and a slot, but only spare
-            // ones: a waiting borrower goes first, and the cap holds.
-            let Ok(permit) = inner.permits.clone().try_acquire_owned() else {
+            // Like a borrower, an opening holds a ticket and a slot, but only spare ones: a
+            // waiting borrower goes first, floors stay free, and the cap holds.
+            let Some(ticket) = inner.line.try_acquire_spare() else {
                 break;
             };
             let Ok(slot) = inner.slots.clone().try_acquire_owned() else {
@@ -957,7 +999,7 @@ impl Pool {
                     break;
                 }
             }
-            drop(permit);
+            drop(ticket);
         }
     }
 

@@ -283,6 +283,7 @@ mod tests {
         let settings = crate::config::Config::default().validate("test").unwrap();
         Arc::new(Identity {
             user: user.to_owned(),
+            lane: crate::queue::LaneKey::app(user),
             backend: Arc::new(settings.backend),
             pool_mode: Default::default(),
             databases: None,

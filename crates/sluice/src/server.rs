@@ -38,6 +38,8 @@ pub struct Server {
     listener: TcpListener,
     admin: TcpListener,
     http: Option<(TcpListener, Option<Arc<ServerTls>>)>,
+    /// The admin console's listener, when `[console]` is on.
+    console: Option<TcpListener>,
 }
 
 impl Server {
@@ -61,11 +63,16 @@ impl Server {
             }
             None => None,
         };
+        let console = match &gateway.settings().console {
+            Some(console) => Some(TcpListener::bind(console.listen).await?),
+            None => None,
+        };
         Ok(Server {
             gateway,
             listener,
             admin,
             http,
+            console,
         })
     }
 
@@ -84,6 +91,11 @@ impl Server {
         self.admin.local_addr()
     }
 
+    /// The admin console's address, when it is on.
+    pub fn console_addr(&self) -> Option<SocketAddr> {
+        self.console.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
     /// The shared state, for tests and status pages.
     pub fn gateway(&self) -> Arc<Gateway> {
         self.gateway.clone()
@@ -98,12 +110,23 @@ impl Server {
             listener,
             admin,
             http,
+            console,
         } = self;
         gateway.pool.spawn_maintenance();
         crate::budget::spawn(&gateway.pool, gateway.server_limit.clone());
         crate::janitor::spawn(&gateway.pool, &gateway.settings().janitor, &gateway.metrics);
         let admin_addr = admin.local_addr()?;
         let admin_task = tokio::spawn(crate::admin::serve(admin, gateway.clone()));
+        let console_task =
+            console
+                .zip(gateway.settings().console.clone())
+                .map(|(listener, settings)| {
+                    tokio::spawn(crate::admin::console::serve(
+                        listener,
+                        gateway.clone(),
+                        Arc::new(settings),
+                    ))
+                });
         let http_addr = http.as_ref().and_then(|(l, _)| l.local_addr().ok());
         let api = http
             .as_ref()
@@ -173,6 +196,9 @@ impl Server {
             );
         }
         admin_task.abort();
+        if let Some(task) = console_task {
+            task.abort();
+        }
         // Database connections say goodbye (COM_QUIT), so the server logs no aborted ones.
         let closed = gateway.pool.close_idle();
         info!(db_connections_closed = closed, "drained; stopped");

@@ -4,8 +4,6 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::*;
 use mysql_async::prelude::*;
 use sluice::bench::{run_burst, BurstOptions, Calls, Mode, ModeReport};
@@ -101,14 +99,7 @@ async fn small_burst_in_every_mode() {
     );
 
     // The tool leaves nothing behind.
-    let mut left = usize::MAX;
-    for _ in 0..50 {
-        left = db_connections_of("sl_burst").await;
-        if left == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let left = db_connections_settle("sl_burst", 0).await;
     assert_eq!(left, 0, "connections left behind");
     admin.disconnect().await.unwrap();
 }
@@ -149,16 +140,16 @@ async fn two_applications_share_one_budget() {
         query: None,
         think_time_ms: 0,
         write_ratio: 0.0,
-        modes: vec![Mode::Direct, Mode::Gateway],
+        modes: vec![Mode::Direct, Mode::Gateway, Mode::Quotas],
         database: format!("mysql://root@{DB_HOST}:{DB_PORT}"),
         gateway: None,
         pool: 4,
         borrow_timeout_ms: 300,
         sample_ms: 50,
-        apps: vec!["hot2:24".parse().unwrap(), "cold2:3".parse().unwrap()],
+        apps: vec!["hot2:24".parse().unwrap(), "cold2:3:min=2".parse().unwrap()],
     };
     let report = run_burst(&options, false).await.unwrap();
-    assert_eq!(report.modes.len(), 2);
+    assert_eq!(report.modes.len(), 3);
     for mode in &report.modes {
         let names: Vec<&str> = mode.apps.iter().map(|a| a.name.as_str()).collect();
         assert_eq!(names, ["hot2", "cold2"], "{:?}", mode.mode);
@@ -180,19 +171,21 @@ async fn two_applications_share_one_budget() {
     );
     // Through sluice the two applications' pools share the one budget of 4.
     assert!(report.modes[1].peak_db_connections <= 4);
+    assert!(report.modes[2].peak_db_connections <= 4);
+    // With two connections reserved for it, the cold application's three containers never
+    // wait behind the hot one's 24: every call succeeds.
+    assert_eq!(
+        report.modes[2].apps[1].calls.ok,
+        3 * 2,
+        "{:?}",
+        report.modes[2].apps[1].calls
+    );
     let table = report.table();
     assert!(table.contains("per application") && table.contains("cold2"));
     assert!(report.html().contains("Per application"));
     for app in ["hot2", "cold2"] {
         let user = format!("sluice_bench_{app}");
-        let mut left = usize::MAX;
-        for _ in 0..50 {
-            left = db_connections_of(&user).await;
-            if left == 0 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let left = db_connections_settle(&user, 0).await;
         assert_eq!(left, 0, "{user}'s connections left behind");
     }
 }

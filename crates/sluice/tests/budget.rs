@@ -84,14 +84,7 @@ async fn a_percentage_budget_follows_the_server_s_max_connections() {
         conn.disconnect().await.unwrap();
     }
     assert_eq!(budget_becomes(&gw, 12).await, 12, "10 % of 120");
-    let mut open = usize::MAX;
-    for _ in 0..200 {
-        open = db_connections_of(&gw.backend_user).await;
-        if open <= 12 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    let open = db_connections_settle(&gw.backend_user, 12).await;
     assert!(
         open <= 12,
         "{open} database connections open on a budget of 12"

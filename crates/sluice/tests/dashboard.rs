@@ -6,20 +6,16 @@ mod common;
 
 use std::time::Duration;
 
-use common::{http_get, metric_value, server_code, start_with, TestGateway};
+use common::{http_ok_body, metric_value, server_code, start_with, status_json, TestGateway};
 use mysql_async::prelude::*;
 use serde_json::Value;
 
-/// The body of a GET on the admin listener.
 async fn admin_get(gateway: &TestGateway, path: &str) -> String {
-    let response = http_get(gateway.admin, path).await;
-    let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
-    assert!(head.starts_with("HTTP/1.1 200"), "{path}: {head}");
-    body.to_owned()
+    http_ok_body(gateway.admin, path).await
 }
 
 async fn status(gateway: &TestGateway) -> Value {
-    serde_json::from_str(&admin_get(gateway, "/status").await).expect("JSON from /status")
+    status_json(gateway.admin).await
 }
 
 /// Polls `/status` until `ready` holds (or fails after 10 s).
@@ -162,6 +158,13 @@ async fn the_dashboard_shows_the_live_status_and_follows_a_burst() {
     );
     let users = dom.split("id=\"users\"").nth(1).unwrap();
     assert!(users.contains("<td>app</td>"), "a row for the user app");
+    // The line: app holds three and has two waiting, as /status says.
+    let lanes = dom.split("id=\"lanes\"").nth(1).unwrap();
+    assert!(
+        lanes.contains("<td class=\"left\">app</td><td>3</td><td class=\"warn\">2</td>"),
+        "the line shows app holding 3 with 2 waiting: {}",
+        &lanes[..lanes.len().min(600)]
+    );
 
     for mut conn in holders {
         conn.query_drop("COMMIT").await.unwrap();

@@ -108,12 +108,7 @@ async fn connections_killed_while_idle_are_never_lent() {
             .unwrap();
     }
     admin.disconnect().await.unwrap();
-    for _ in 0..100 {
-        if db_connections_of(&gw.backend_user).await == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    db_connections_settle(&gw.backend_user, 0).await;
     // Each of the next clients gets a good answer, none a dead connection.
     for i in 0..POOL as u32 {
         let mut conn = gw.connect().await;
@@ -260,5 +255,37 @@ async fn local_infile_is_refused_to_a_client_that_did_not_offer_it() {
         stdout.contains("n\n2\n"),
         "{stdout}{}",
         String::from_utf8_lossy(&allowed.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_max_idle_close_when_given_back() {
+    let gw = start_with("max_idle", |c| {
+        c.pool.max_db_connections = 5;
+        c.pool.max_idle = Some(2);
+    })
+    .await;
+    // A burst of four at once, then quiet.
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        let mut conn = gw.connect().await;
+        conn.query_drop("BEGIN").await.unwrap();
+        conn.query_drop("SELECT 1").await.unwrap();
+        clients.push(conn);
+    }
+    for mut conn in clients {
+        conn.query_drop("COMMIT").await.unwrap();
+        conn.disconnect().await.unwrap();
+    }
+    gw.wait_idle().await;
+    assert_eq!(gw.gateway.pool.stats().idle, 2);
+    let open = db_connections_settle(&gw.backend_user, 2).await;
+    assert_eq!(open, 2, "the database still sees {open}");
+    let metrics = gw.metrics().await;
+    assert!(
+        metric_value(
+            &metrics,
+            "sluice_db_connections_closed_total{reason=\"max_idle\"}"
+        ) >= 2.0
     );
 }

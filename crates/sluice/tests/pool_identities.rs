@@ -14,6 +14,7 @@ use sluice::backend::{first_value, Flavor};
 use sluice::config::{BackendSecret, BackendTarget, PoolConfig};
 use sluice::metrics::Metrics;
 use sluice::pool::{BackendTimeouts, Pool};
+use sluice::queue::LaneKey;
 
 fn login(user: &str) -> BackendTarget {
     BackendTarget {
@@ -27,7 +28,10 @@ fn login(user: &str) -> BackendTarget {
 }
 
 async fn current_user(pool: &Pool, login: &BackendTarget) -> String {
-    let mut lease = pool.borrow(login, Flavor::INTERNAL, None).await.unwrap();
+    let mut lease = pool
+        .borrow(&LaneKey::Sluice, login, Flavor::INTERNAL, None)
+        .await
+        .unwrap();
     let rows = lease
         .conn()
         .query_text("SELECT SUBSTRING_INDEX(CURRENT_USER(), '@', 1)")
@@ -89,11 +93,11 @@ async fn each_database_user_gets_its_own_connections_under_one_budget() {
     // Borrowers of different users share the cap: a third waits for one of two to return.
     let pool = Arc::new(pool);
     let mut held_a = pool
-        .borrow(&logins[0], Flavor::INTERNAL, None)
+        .borrow(&LaneKey::Sluice, &logins[0], Flavor::INTERNAL, None)
         .await
         .unwrap();
     let held_c = pool
-        .borrow(&logins[2], Flavor::INTERNAL, None)
+        .borrow(&LaneKey::Sluice, &logins[2], Flavor::INTERNAL, None)
         .await
         .unwrap();
     let waiting = {
@@ -156,11 +160,14 @@ async fn a_user_at_its_ceiling_waits_without_holding_up_others() {
     };
     let pool = Pool::new(logins[0].clone(), config, timeouts, Metrics::new());
     let held = pool
-        .borrow(&logins[0], Flavor::INTERNAL, None)
+        .borrow(&LaneKey::Sluice, &logins[0], Flavor::INTERNAL, None)
         .await
         .unwrap();
     // a's second borrow waits for its own ceiling and gives up with a clear error...
-    let err = match pool.borrow(&logins[0], Flavor::INTERNAL, None).await {
+    let err = match pool
+        .borrow(&LaneKey::Sluice, &logins[0], Flavor::INTERNAL, None)
+        .await
+    {
         Err(err) => err,
         Ok(_) => panic!("a second connection for a user with a ceiling of 1"),
     };

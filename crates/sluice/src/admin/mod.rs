@@ -15,6 +15,7 @@ use tokio::net::TcpListener;
 use crate::Gateway;
 
 pub mod actions;
+pub mod console;
 pub mod dashboard;
 pub mod status;
 

@@ -36,6 +36,9 @@ pub struct Status {
     pub latency: Latency,
     /// Per user (as labelled in the per-user metrics, so bounded), by name.
     pub users: Vec<UserRow>,
+    /// The line for database connections: per configured or active user, connections
+    /// held, borrowers waiting and its quota; `user: null` is sluice's own statements.
+    pub lanes: Vec<crate::queue::LaneStats>,
     /// The clients connected over the MySQL protocol.
     pub clients: Clients,
     /// The last configuration reload (SIGHUP or `POST /reload`): when, its result, and
@@ -356,6 +359,7 @@ pub fn snapshot(gateway: &Gateway, server_max_connections: Option<u64>) -> Statu
             },
         },
         users,
+        lanes: gateway.pool.lanes(),
         clients: Clients {
             total: census.total,
             shown: census.listed.len(),

@@ -1,31 +1,39 @@
-//! Several applications sharing one database budget (`--apps hot:180,cold:20`).
+//! Several applications sharing one database budget (`--apps hot:180,cold:20:min=4`).
 //!
 //! Each application runs as its own database user, created by the tool, so the database's
-//! process list, sluice's per-user pools and (later) per-user quotas tell them apart, and
-//! the report can show whether a hot application starves a cold one.
+//! process list, sluice's per-user pools and per-user quotas tell them apart, and the report
+//! can show whether a hot application starves a cold one, with and without quotas.
 
 use std::str::FromStr;
 
 use crate::config::{BackendSecret, BackendTarget, UserConfig};
+use crate::queue::Quota;
 
-/// One application of a multi-application burst: a name and its concurrent containers.
+/// One application of a multi-application burst: a name, its concurrent containers and
+/// the quota the `quotas` mode gives it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct AppSpec {
     /// Short name; its database user is `sluice_bench_<name>`.
     pub name: String,
     /// Containers per wave.
     pub containers: usize,
+    /// Its `[[users]]` quota in the `quotas` mode (`min=`, `max=`, `weight=`).
+    #[serde(skip)]
+    pub quota: Quota,
 }
 
 impl FromStr for AppSpec {
     type Err = String;
 
-    /// Parses `NAME:CONTAINERS`; the name is kept to letters, digits and `_` because it
-    /// becomes part of a database user name written into SQL.
+    /// Parses `NAME:CONTAINERS[:min=N][:max=N][:weight=N]`; the name is kept to letters,
+    /// digits and `_` because it becomes part of a database user name written into SQL.
     fn from_str(text: &str) -> Result<AppSpec, String> {
-        let (name, containers) = text
-            .split_once(':')
-            .ok_or_else(|| format!("{text:?}: expected NAME:CONTAINERS, e.g. hot:180"))?;
+        let mut parts = text.split(':');
+        let (Some(name), Some(containers)) = (parts.next(), parts.next()) else {
+            return Err(format!(
+                "{text:?}: expected NAME:CONTAINERS[:min=N][:max=N][:weight=N], e.g. hot:180"
+            ));
+        };
         if name.is_empty()
             || name.len() > 20
             || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
@@ -37,9 +45,32 @@ impl FromStr for AppSpec {
         let containers = containers
             .parse()
             .map_err(|_| format!("{containers:?}: containers must be a whole number"))?;
+        let mut quota = Quota::default();
+        for setting in parts {
+            let (key, value) = setting
+                .split_once('=')
+                .ok_or_else(|| format!("{setting:?}: expected min=N, max=N or weight=N"))?;
+            let number: usize = value
+                .parse()
+                .map_err(|_| format!("{setting:?}: {key} must be a whole number"))?;
+            match key {
+                "min" => quota.min = number,
+                "max" => quota.max = Some(number),
+                "weight" => {
+                    quota.weight =
+                        u32::try_from(number).map_err(|_| format!("{setting:?}: too large"))?
+                }
+                _ => {
+                    return Err(format!(
+                        "{setting:?}: the quota keys are min, max and weight"
+                    ))
+                }
+            }
+        }
         Ok(AppSpec {
             name: name.to_owned(),
             containers,
+            quota,
         })
     }
 }
@@ -60,6 +91,8 @@ pub struct AppRun {
     pub containers: usize,
     /// Its own database login, at the database (retargeted at sluice in gateway mode).
     pub target: BackendTarget,
+    /// Its quota in the `quotas` mode.
+    pub quota: Quota,
 }
 
 /// The applications of this run: the `--apps` list, each created (or re-created with a fresh
@@ -75,6 +108,7 @@ pub async fn prepare(
             name: "app".into(),
             containers,
             target: admin.clone(),
+            quota: Quota::default(),
         }]);
     }
     let mut conn = super::workload::connect(admin).await?;
@@ -98,6 +132,7 @@ pub async fn prepare(
                 secret: BackendSecret::Password(password),
                 ..admin.clone()
             },
+            quota: app.quota,
         });
     }
     Ok(runs)
@@ -105,19 +140,27 @@ pub async fn prepare(
 
 /// The in-process sluice's logins for these applications: each runs as its own database
 /// user with the same name and password, so the gateway keeps one pool per application
-/// inside the one `--pool` budget.
-pub fn gateway_users(apps: &[AppRun]) -> Vec<UserConfig> {
+/// inside the one `--pool` budget; `with_quotas` gives each its quota from `--apps`.
+pub fn gateway_users(apps: &[AppRun], with_quotas: bool) -> Vec<UserConfig> {
     apps.iter()
         .map(|app| {
             let password = match &app.target.secret {
                 BackendSecret::Password(p) => p.clone(),
                 BackendSecret::PasswordSha1(_) => String::new(),
             };
+            let quota = if with_quotas {
+                app.quota
+            } else {
+                Quota::default()
+            };
             UserConfig {
                 name: app.target.user.clone(),
                 password: Some(password.clone()),
                 backend_user: Some(app.target.user.clone()),
                 backend_password: Some(password),
+                min_connections: quota.min,
+                max_connections: quota.max,
+                weight: Some(quota.weight),
                 ..Default::default()
             }
         })
@@ -133,7 +176,25 @@ mod tests {
         let app: AppSpec = "hot:180".parse().unwrap();
         assert_eq!((app.name.as_str(), app.containers), ("hot", 180));
         assert_eq!(app.db_user(), "sluice_bench_hot");
-        for bad in ["hot", "ho't:3", ":3", "hot:x", "hot:-1"] {
+        assert_eq!(app.quota, Quota::default());
+        let cold: AppSpec = "cold:20:min=4:weight=3".parse().unwrap();
+        assert_eq!(
+            cold.quota,
+            Quota {
+                min: 4,
+                max: None,
+                weight: 3
+            }
+        );
+        for bad in [
+            "hot",
+            "ho't:3",
+            ":3",
+            "hot:x",
+            "hot:-1",
+            "hot:3:min",
+            "hot:3:floor=2",
+        ] {
             assert!(bad.parse::<AppSpec>().is_err(), "{bad}");
         }
     }

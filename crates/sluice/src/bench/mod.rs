@@ -29,6 +29,16 @@ use crate::Gateway;
 pub async fn run_burst(options: &BurstOptions, progress: bool) -> anyhow::Result<Report> {
     let database =
         parse_backend_url(&options.database).map_err(|e| anyhow::anyhow!("--database: {e}"))?;
+    if options.modes.contains(&Mode::Quotas) {
+        anyhow::ensure!(
+            options.apps.len() >= 2,
+            "the quotas mode shares one budget between applications: give --apps two or more"
+        );
+        anyhow::ensure!(
+            options.gateway.is_none(),
+            "the quotas mode configures the in-process sluice; with --gateway, set quotas in that sluice's configuration and use the gateway mode"
+        );
+    }
     workload::prepare_table(&database)
         .await
         .context("preparing the benchmark table")?;
@@ -42,8 +52,8 @@ pub async fn run_burst(options: &BurstOptions, progress: bool) -> anyhow::Result
     for mode in &options.modes {
         workload::wait_until_closed(&database, &users).await?;
         let (targets, _gateway) = match mode {
-            Mode::Gateway => {
-                let (addr, gateway) = gateway_for(options, &apps).await?;
+            Mode::Gateway | Mode::Quotas => {
+                let (addr, gateway) = gateway_for(options, &apps, *mode == Mode::Quotas).await?;
                 let at_gateway = |app: &apps::AppRun| apps::AppRun {
                     target: BackendTarget {
                         host: addr.ip().to_string(),
@@ -79,10 +89,12 @@ pub async fn run_burst(options: &BurstOptions, progress: bool) -> anyhow::Result
 
 /// The sluice to measure: the one at `--gateway`, or a fresh one in this process with
 /// `--pool` connections and, as users, the database's credentials or (with `--apps`) one
-/// login per application running as its own database user.
+/// login per application running as its own database user, with its quota when
+/// `with_quotas`.
 async fn gateway_for(
     options: &BurstOptions,
     apps: &[apps::AppRun],
+    with_quotas: bool,
 ) -> anyhow::Result<(std::net::SocketAddr, Option<GatewayGuard>)> {
     if let Some(addr) = &options.gateway {
         let addr = tokio::net::lookup_host(addr)
@@ -98,7 +110,7 @@ async fn gateway_for(
     };
     config.backend.url = options.database.clone();
     if !options.apps.is_empty() {
-        config.users = apps::gateway_users(apps);
+        config.users = apps::gateway_users(apps, with_quotas);
     }
     config.pool.max_db_connections = options.pool;
     config.pool.borrow_timeout = Duration::from_millis(options.borrow_timeout_ms);

@@ -23,6 +23,9 @@ pub enum Mode {
     Managed,
     /// The naive code pointed at sluice.
     Gateway,
+    /// As `gateway`, with each application's quota from `--apps` (`min=`, `max=`,
+    /// `weight=`), to compare per-application latency and errors with and without.
+    Quotas,
 }
 
 impl Mode {
@@ -32,6 +35,7 @@ impl Mode {
             Mode::Direct => "direct",
             Mode::Managed => "managed",
             Mode::Gateway => "gateway",
+            Mode::Quotas => "quotas",
         }
     }
 }
@@ -83,7 +87,8 @@ pub struct BurstOptions {
     pub sample_ms: u64,
     /// Several applications at once through the same target, one budget: `NAME:CONTAINERS`
     /// each (e.g. `hot:180,cold:20`), each running as its own database user
-    /// `sluice_bench_NAME` that the tool creates. Replaces `--containers`.
+    /// `sluice_bench_NAME` that the tool creates. Replaces `--containers`. A quota for the
+    /// `quotas` mode follows as `:min=N`, `:max=N`, `:weight=N` (e.g. `cold:20:min=4`).
     #[arg(long, value_delimiter = ',')]
     pub apps: Vec<AppSpec>,
 }
@@ -366,7 +371,7 @@ impl Container {
             let started = Instant::now();
             let conn = match self.mode {
                 Mode::Managed => self.connect_with_retry().await,
-                Mode::Direct | Mode::Gateway => connect(&self.target).await,
+                Mode::Direct | Mode::Gateway | Mode::Quotas => connect(&self.target).await,
             }
             .map_err(|e| error_label(&e))?;
             result

@@ -5,11 +5,12 @@
 //! (`max_pending_logins`) and, at the cap, the **oldest** pending login is dropped to make
 //! room: a legitimate client finishes its login in milliseconds, so a flood of silent
 //! sockets can only lock it out by opening sockets faster than it logs in. A client takes a
-//! `max_client_connections` seat only once authenticated, so silent sockets never hold one.
+//! `max_client_connections` seat only once authenticated, so silent sockets never hold one,
+//! and a seat of its user's own `max_client_connections` when that user has one.
 //!
 //! Failed logins are throttled per source address and user ([`LoginThrottle`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -26,6 +27,8 @@ pub struct Admission {
     max_pending: usize,
     max_clients: usize,
     seats: Arc<Semaphore>,
+    /// Authenticated clients of each user that has its own limit.
+    per_user: Mutex<HashMap<String, usize>>,
     pending_gauge: IntGauge,
 }
 
@@ -51,8 +54,35 @@ impl Drop for PendingLogin {
     }
 }
 
-/// An authenticated client's place under `max_client_connections`.
-pub type Seat = OwnedSemaphorePermit;
+/// An authenticated client's place under `max_client_connections`, and under its user's
+/// own limit if it has one; dropping it frees both.
+pub struct Seat {
+    _global: OwnedSemaphorePermit,
+    user: Option<(Arc<Admission>, String)>,
+}
+
+impl Drop for Seat {
+    fn drop(&mut self) {
+        if let Some((admission, user)) = self.user.take() {
+            let mut per_user = admission.per_user();
+            if let Some(count) = per_user.get_mut(&user) {
+                *count = count.saturating_sub(1);
+                if *count == 0 {
+                    per_user.remove(&user);
+                }
+            }
+        }
+    }
+}
+
+/// Why an authenticated client got no seat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoSeat {
+    /// sluice holds `max_client_connections` clients.
+    Full,
+    /// The user holds its own `max_client_connections` (the number).
+    UserFull(usize),
+}
 
 impl Admission {
     /// Room for `max_pending` logins in progress (their number shown in `pending_gauge`)
@@ -64,8 +94,13 @@ impl Admission {
             max_pending,
             max_clients,
             seats: Arc::new(Semaphore::new(max_clients)),
+            per_user: Mutex::default(),
             pending_gauge,
         })
+    }
+
+    fn per_user(&self) -> MutexGuard<'_, HashMap<String, usize>> {
+        self.per_user.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn pending(&self) -> MutexGuard<'_, BTreeMap<u64, Arc<Notify>>> {
@@ -102,9 +137,30 @@ impl Admission {
         self.pending().len() + (self.max_clients - self.seats.available_permits())
     }
 
-    /// A seat for an authenticated client, if `max_client_connections` allows one more.
-    pub fn seat(&self) -> Option<Seat> {
-        self.seats.clone().try_acquire_owned().ok()
+    /// A seat for an authenticated client of `user`, if `max_client_connections` allows
+    /// one more, and the user's own `user_max` too.
+    pub fn seat(self: &Arc<Self>, user: &str, user_max: Option<usize>) -> Result<Seat, NoSeat> {
+        let global = self
+            .seats
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| NoSeat::Full)?;
+        let Some(max) = user_max else {
+            return Ok(Seat {
+                _global: global,
+                user: None,
+            });
+        };
+        let mut per_user = self.per_user();
+        let count = per_user.entry(user.to_owned()).or_default();
+        if *count >= max {
+            return Err(NoSeat::UserFull(max));
+        }
+        *count += 1;
+        Ok(Seat {
+            _global: global,
+            user: Some((self.clone(), user.to_owned())),
+        })
     }
 }
 
@@ -225,14 +281,32 @@ mod tests {
     #[test]
     fn seats_are_limited() {
         let admission = Admission::new(1, 2, IntGauge::new("t", "t").unwrap());
-        let a = admission.seat();
-        let b = admission.seat();
-        assert!(a.is_some() && b.is_some());
-        assert!(admission.seat().is_none());
+        let a = admission.seat("u", None);
+        let b = admission.seat("u", None);
+        assert!(a.is_ok() && b.is_ok());
+        assert_eq!(admission.seat("u", None).err(), Some(NoSeat::Full));
         let _login = admission.begin_login();
         assert_eq!(admission.occupied(), 3);
         drop(a);
-        assert!(admission.seat().is_some());
+        assert!(admission.seat("u", None).is_ok());
+    }
+
+    #[test]
+    fn a_user_with_its_own_limit_gets_no_more_seats_and_others_do() {
+        let admission = Admission::new(1, 10, IntGauge::new("t", "t").unwrap());
+        let a = admission.seat("capped", Some(2)).unwrap();
+        let _b = admission.seat("capped", Some(2)).unwrap();
+        assert_eq!(
+            admission.seat("capped", Some(2)).err(),
+            Some(NoSeat::UserFull(2))
+        );
+        assert!(admission.seat("other", Some(2)).is_ok());
+        drop(a);
+        assert!(admission.seat("capped", Some(2)).is_ok());
+        assert!(
+            admission.per_user().get("other").is_none(),
+            "dropped seats leave no count"
+        );
     }
 
     #[test]

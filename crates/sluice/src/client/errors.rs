@@ -53,6 +53,18 @@ pub fn too_many_clients(max: usize) -> ErrFields {
     )
 }
 
+/// 1203, the server's code for an account over its `max_user_connections`: the user
+/// already has its `[[users]] max_client_connections` clients connected.
+pub fn too_many_user_clients(user: &str, max: usize) -> ErrFields {
+    ErrFields::new(
+        1203,
+        "42000",
+        format!(
+            "User {user} already has more than 'max_client_connections' active connections ({max})"
+        ),
+    )
+}
+
 /// No database connection could be had (1040, 08004: drivers treat it as "retry later"):
 /// the pool stayed exhausted, or the database cannot be reached.
 pub fn borrow_failed(err: &BorrowError) -> ErrFields {
@@ -65,6 +77,11 @@ pub fn borrow_failed(err: &BorrowError) -> ErrFields {
             1226,
             "42000",
             format!("User '{user}' has exceeded the 'max_db_connections_per_user' resource (current value: {max})"),
+        ),
+        BorrowError::AppCeiling { user, max, .. } => ErrFields::new(
+            1226,
+            "42000",
+            format!("User '{user}' has exceeded the 'max_connections' resource (current value: {max}): all of its database connections stayed in use"),
         ),
         BorrowError::Unavailable(BackendError::Refused(refused)) => ErrFields::new(
             1040,

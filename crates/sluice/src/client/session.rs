@@ -33,7 +33,7 @@ use self::own_statements::ReadBack;
 use self::prepared::ClientStatements;
 use self::timing::CommandTiming;
 use self::transaction::{Defaults, NextTransaction};
-use super::admission::{PendingLogin, Seat};
+use super::admission::{NoSeat, PendingLogin, Seat};
 use super::errors;
 use super::login::{self, Authenticated, LoginFailure};
 use super::relay::{self, Pipelined, RelayError, ReplyOutcome};
@@ -282,13 +282,28 @@ async fn run(
         }
     };
     drop(pending);
-    let Some(seat) = gateway.admission.seat() else {
-        gateway.metrics.client_connections_refused.inc();
-        warn!(user = %auth.user, "refusing client: max_client_connections reached");
-        let mut seq = auth.next_seq;
-        let err = errors::too_many_clients(settings.max_client_connections);
-        let _ = stream.write_packet(&mut seq, &err.encode()).await;
-        return End::Refused;
+    let user_max = settings
+        .users
+        .get(&auth.user)
+        .and_then(|u| u.max_client_connections);
+    let seat = match gateway.admission.seat(&auth.user, user_max) {
+        Ok(seat) => seat,
+        Err(no_seat) => {
+            gateway.metrics.client_connections_refused.inc();
+            let err = match no_seat {
+                NoSeat::Full => {
+                    warn!(user = %auth.user, "refusing client: max_client_connections reached");
+                    errors::too_many_clients(settings.max_client_connections)
+                }
+                NoSeat::UserFull(max) => {
+                    warn!(user = %auth.user, "refusing client: the user's max_client_connections reached");
+                    errors::too_many_user_clients(&auth.user, max)
+                }
+            };
+            let mut seq = auth.next_seq;
+            let _ = stream.write_packet(&mut seq, &err.encode()).await;
+            return End::Refused;
+        }
     };
     let gauge = ClientGauge::new(gateway.clone(), seat);
     stream.set_max_packet(settings.max_packet_size);
@@ -397,6 +412,7 @@ impl Session {
             vars: &self.state.vars,
             multi_statements: Some(self.multi_statements),
             owner: self.owner,
+            lane: &self.identity.lane,
         };
         match self
             .gateway

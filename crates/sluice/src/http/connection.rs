@@ -143,6 +143,7 @@ impl Api {
             vars: self.session_vars(&server),
             multi_statements: None,
             owner: Owner::fresh(),
+            lane: &caller.identity.lane,
         };
         match pool
             .borrow_for(&caller.identity.backend, Flavor::INTERNAL, &wanted)

@@ -187,6 +187,7 @@ impl From<BorrowError> for ApiError {
         match err {
             BorrowError::Exhausted { .. }
             | BorrowError::UserCeiling { .. }
+            | BorrowError::AppCeiling { .. }
             | BorrowError::Paused { .. } => ApiError::new(Status::Unavailable, err.to_string()),
             // Where the database is and why it cannot be reached go to the log only.
             BorrowError::Unavailable(cause) => {

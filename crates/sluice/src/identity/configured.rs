@@ -44,6 +44,7 @@ impl ConfiguredUsers {
                 };
                 let identity = Arc::new(Identity {
                     user: name.clone(),
+                    lane: crate::queue::LaneKey::app(name),
                     backend,
                     pool_mode: user.pool_mode,
                     databases: user.databases.clone(),

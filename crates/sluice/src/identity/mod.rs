@@ -42,6 +42,8 @@ use configured::ConfiguredUsers;
 pub struct Identity {
     /// The user name the client logged in with.
     pub user: String,
+    /// Its lane in the line for connections (its quota), made once per login.
+    pub lane: crate::queue::LaneKey,
     /// The database login its connections use.
     pub backend: Arc<BackendTarget>,
     /// How long its clients keep a database connection.
@@ -223,6 +225,7 @@ impl Identities {
         };
         Ok(Arc::new(Identity {
             user: user.to_owned(),
+            lane: crate::queue::LaneKey::app(user),
             backend: Arc::new(backend),
             pool_mode: self.configured.load().pool_mode,
             databases: None,

@@ -4,9 +4,10 @@
 //!
 //! New logins, statements and borrows see the new settings; connected clients stay
 //! connected. Users and passwords (a client logged in with an old password stays; a new
-//! login needs the new one; a removed user cannot log in again), per-user statement rates
-//! and `pool.max_db_connections_per_user`, the pool's budget and timers, and client
-//! timeouts apply at once; the TLS certificate files are read again. What cannot change
+//! login needs the new one; a removed user cannot log in again), per-user statement rates,
+//! quotas (`min_connections`, `max_connections`, `weight`, `max_client_connections`) and
+//! `pool.max_db_connections_per_user`, the pool's budget and timers, and client timeouts
+//! apply at once; the TLS certificate files are read again. What cannot change
 //! while serving keeps its running value and is reported as needing a restart (see
 //! [`restart`]). An invalid configuration is refused with every problem listed, and the
 //! running one stays in force.
@@ -124,6 +125,7 @@ fn apply(gateway: &Gateway, new: Settings) -> Vec<&'static str> {
     gateway
         .pool
         .reconfigure(settings.pool.clone(), settings.backend_timeouts);
+    gateway.pool.set_quotas(settings.quotas());
     if let Some(tls) = &gateway.client_tls {
         tls.reload();
     }

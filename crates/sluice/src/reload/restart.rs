@@ -1,5 +1,6 @@
-//! The settings a running sluice cannot change: its listeners, the database it pools
-//! connections to, and the caps and tasks sized or started once at start. A reload keeps
+//! The settings a running sluice cannot change: its listeners (the admin console's
+//! included), the database it pools connections to, and the caps and tasks sized or started
+//! once at start. A reload keeps
 //! their running values and names each one whose new value waits for a restart, so an edit
 //! the process cannot honour is reported, never silently ignored.
 
@@ -31,6 +32,7 @@ pub fn keep_running(running: &Settings, mut new: Settings) -> (Settings, Vec<&'s
         "pool.statement_cache_size" => pool.statement_cache_size;
         "auth" => auth;
         "janitor" => janitor;
+        "console" => console;
         "http.tls" => http.tls;
         "http.max_connections" => http.max_connections;
         "http.max_concurrent_requests" => http.max_concurrent_requests;

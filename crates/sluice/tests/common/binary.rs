@@ -25,7 +25,8 @@ pub struct Binary {
     pub backend_user: String,
     /// The configuration file it was started with.
     pub config: PathBuf,
-    _dir: tempfile::TempDir,
+    /// The configuration's directory, kept while the binary runs.
+    _dir: Option<tempfile::TempDir>,
 }
 
 /// The configuration file's text: `top` (top-level keys), the test's `[backend]` and
@@ -43,7 +44,7 @@ pub fn shared_user(name: &str, password: &str) -> String {
 
 impl Binary {
     /// Starts the binary with `top` as the configuration's top-level keys and a user `app`
-    /// (password `secret`); returns once its admin listener answers.
+    /// (password `secret`); returns once both its listeners answer.
     pub async fn start(test: &str, top: &str) -> Binary {
         let backend_user = create_backend_user(test).await;
         let dir = tempfile::tempdir().unwrap();
@@ -53,34 +54,48 @@ impl Binary {
             config_text(&backend_user, top, &shared_user("app", "secret")),
         )
         .unwrap();
-        let (port, admin) = (free_port(), free_port());
-        let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
-            .args(["serve", "--config"])
-            .arg(&config)
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let binary = Binary {
-            child,
-            port,
-            admin,
-            backend_user,
-            config,
-            _dir: dir,
-        };
-        for _ in 0..200 {
-            if tokio::net::TcpStream::connect(("127.0.0.1", admin))
-                .await
-                .is_ok()
-            {
+        // A free port can be taken by another test before sluice binds it: then sluice
+        // exits, and it starts again on other ports.
+        for _ in 0..3 {
+            let (port, admin) = (free_port(), free_port());
+            let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+                .args(["serve", "--config"])
+                .arg(&config)
+                .args(["--listen", &format!("127.0.0.1:{port}")])
+                .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            let mut binary = Binary {
+                child,
+                port,
+                admin,
+                backend_user: backend_user.clone(),
+                config: config.clone(),
+                _dir: None,
+            };
+            if binary.listening().await {
+                binary._dir = Some(dir);
                 return binary;
+            }
+        }
+        panic!("sluice did not start");
+    }
+
+    /// Waits until both ports accept, while the process lives; false if it exited.
+    async fn listening(&mut self) -> bool {
+        for _ in 0..200 {
+            if !self.running() {
+                return false;
+            }
+            let connects = |port: u16| tokio::net::TcpStream::connect(("127.0.0.1", port));
+            if connects(self.admin).await.is_ok() && connects(self.port).await.is_ok() {
+                return true;
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
-        panic!("sluice did not start");
+        panic!("sluice did not start listening");
     }
 
     /// Connection options for `app`/`secret`.
