@@ -357,3 +357,25 @@ async fn reload_on_sighup_of_the_binary() {
     connected.disconnect().await.unwrap();
     rotated.disconnect().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_changes_a_user_s_lane_quota_live() {
+    let user = |extra: &str| shared_user("reload_lane", "pw") + extra;
+    let pool = "[pool]\nborrow_timeout = \"300ms\"\n";
+    let sluice = Reloadable::start("reload_lane", pool, &user("")).await;
+    let mut a = sluice.login("reload_lane", "pw").await.unwrap();
+    let mut b = sluice.login("reload_lane", "pw").await.unwrap();
+    a.query_drop("BEGIN").await.unwrap();
+    b.query_drop("SELECT 1").await.unwrap();
+
+    let (code, report) = sluice.reload(pool, &user("max_connections = 1\n")).await;
+    assert_eq!(code, 200, "{report}");
+    // The lent connection stays lent; a second one waits past borrow_timeout, then 1226.
+    let err = b.query_drop("SELECT 2").await.unwrap_err();
+    assert_eq!(server_code(&err), Some(1226), "{err}");
+    assert!(err.to_string().contains("max_connections"), "{err}");
+    a.query_drop("COMMIT").await.unwrap();
+    b.query_drop("SELECT 3").await.unwrap();
+    a.disconnect().await.unwrap();
+    b.disconnect().await.unwrap();
+}
