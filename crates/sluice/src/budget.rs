@@ -2,10 +2,11 @@
 //! the server's `max_connections` and the headroom to leave for others.
 //!
 //! The server's limit can change (`SET GLOBAL max_connections`, a new instance class), so it
-//! is read at start and every `pool.budget_refresh`, and the budget published on a watch
-//! channel. The pool limit has one owner, which follows it: [`follow`] for a lone instance,
-//! the fleet member (`crate::fleet`) when several share the budget. A cap above what the
-//! server allows is reported, since that many could never be opened.
+//! is read at start, every `pool.budget_refresh` and whenever a reload changes `[pool]`,
+//! and the budget published on a watch channel. The pool limit has one owner, which follows
+//! it: [`follow`] for a lone instance, the fleet member (`crate::fleet`) when several share
+//! the budget. A cap above what the server allows is reported, since that many could never
+//! be opened.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -40,26 +41,40 @@ impl ServerLimit {
     }
 }
 
-/// Reads the server's limit now and every `budget_refresh`, publishing the budget on the
-/// returned channel (first `max_db_connections`, what the pool starts at) and recording the
-/// limit in `server`, until the pool is gone.
-pub fn spawn(pool: &Pool, config: PoolConfig, server: Arc<ServerLimit>) -> watch::Receiver<usize> {
+/// Reads the server's limit now, every `budget_refresh` and whenever the pool's
+/// configuration changes (a reload), publishing the budget on the returned channel (first
+/// `max_db_connections`, what the pool starts at) and recording the limit in `server`,
+/// until the pool is gone. Until the server's limit is first read, a reloaded
+/// `max_db_connections` is the budget.
+pub fn spawn(pool: &Pool, server: Arc<ServerLimit>) -> watch::Receiver<usize> {
     let weak = pool.downgrade();
-    let (budget_tx, budget_rx) = watch::channel(config.max_db_connections);
+    let mut configs = pool.watch_config();
+    let (budget_tx, budget_rx) = watch::channel(configs.borrow().max_db_connections);
     tokio::spawn(async move {
-        let mut last: Option<(u64, usize)> = None;
+        // The pool starts at max_db_connections.
+        let mut last = (None, configs.borrow().max_db_connections);
+        let mut server_max = None;
         while let Some(pool) = weak.upgrade() {
-            if let Some(server_max) = read_server_max(&pool).await {
-                server.0.store(server_max, Ordering::Relaxed);
-                let budget = effective(&config, server_max);
-                if last != Some((server_max, budget)) {
+            let config = configs.borrow_and_update().clone();
+            if let Some(read) = read_server_max(&pool).await {
+                server.0.store(read, Ordering::Relaxed);
+                server_max = Some(read);
+            }
+            let budget = server_max.map_or(config.max_db_connections, |server_max| {
+                effective(&config, server_max)
+            });
+            if last != (server_max, budget) {
+                if let Some(server_max) = server_max {
                     report(&config, server_max, budget);
-                    budget_tx.send_replace(budget);
-                    last = Some((server_max, budget));
                 }
+                budget_tx.send_replace(budget);
+                last = (server_max, budget);
             }
             drop(pool);
-            tokio::time::sleep(config.budget_refresh).await;
+            tokio::select! {
+                () = tokio::time::sleep(config.budget_refresh) => {}
+                changed = configs.changed() => if changed.is_err() { break },
+            }
         }
     });
     budget_rx

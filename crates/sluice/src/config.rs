@@ -522,7 +522,7 @@ pub enum PoolMode {
 }
 
 /// `[auth]`: the sources of identities, tried in order until one knows the user name.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
     /// Which sources are on, in the order they are asked; the first that knows a user
@@ -737,7 +737,7 @@ impl Config {
 }
 
 /// Where and as whom sluice connects to the database.
-#[derive(Clone)]
+#[derive(Clone, PartialEq)]
 pub struct BackendTarget {
     /// Host name or address.
     pub host: String,

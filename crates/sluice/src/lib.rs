@@ -4,7 +4,7 @@
 //! own user list and serves them over a small, bounded pool of real database connections.
 //!
 //! - [`config`]: the file, defaults and validation; [`fd_budget`]: caps that fit the
-//!   descriptor limit;
+//!   descriptor limit; [`reload`]: a new configuration while serving (SIGHUP, `POST /reload`);
 //! - [`server`]: accepting clients; [`shutdown`]: draining them on SIGTERM;
 //! - `client`: one task per client connection (login, commands, relaying replies);
 //! - [`identity`]: who a client is, and as whom its database connections log in;
@@ -34,6 +34,7 @@ pub mod pool;
 pub mod queue;
 pub mod rate;
 pub mod registry;
+pub mod reload;
 pub mod server;
 pub mod shutdown;
 pub mod statements;
@@ -41,14 +42,17 @@ pub mod tls;
 
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use config::Settings;
 use metrics::Metrics;
 use pool::Pool;
 
 /// Everything client sessions share: settings, the pool, the metrics, and who is connected.
 pub struct Gateway {
-    /// Validated settings.
-    pub settings: Settings,
+    /// The validated settings in force. A reload swaps them whole (see [`reload`]), so each
+    /// new login, statement or borrow reads the current ones through [`Gateway::settings`]
+    /// while connected clients carry on.
+    pub(crate) settings: ArcSwap<Settings>,
     /// The database connection pool.
     pub pool: Pool,
     /// Exported metrics.
@@ -75,11 +79,30 @@ pub struct Gateway {
     /// The fleet as this instance sees it, when `[fleet]` is on (written by its member
     /// task once the listener's port is known).
     pub fleet: Option<Arc<fleet::Board>>,
+    /// Where a reload reads the configuration from, and how the last one went.
+    pub reloads: reload::Reloads,
 }
 
 impl Gateway {
-    /// Builds the shared state for `settings`; no connection is opened yet.
+    /// Builds the shared state for `settings`; no connection is opened yet. Without a
+    /// source to read them again, a reload is refused (see [`Gateway::reloadable`]).
     pub fn new(settings: Settings) -> Arc<Gateway> {
+        Gateway::build(settings, None)
+    }
+
+    /// [`Gateway::new`] for a gateway whose configuration `source` can read again: SIGHUP
+    /// and `POST /reload` apply what it returns.
+    pub fn reloadable(settings: Settings, source: reload::Source) -> Arc<Gateway> {
+        Gateway::build(settings, Some(source))
+    }
+
+    /// The settings in force now: a reload may replace them at any time, so callers read
+    /// them when they start a piece of work rather than keep them.
+    pub fn settings(&self) -> Arc<Settings> {
+        self.settings.load_full()
+    }
+
+    fn build(settings: Settings, source: Option<reload::Source>) -> Arc<Gateway> {
         let metrics = Metrics::new();
         let pool = Pool::new(
             settings.backend.clone(),
@@ -110,10 +133,11 @@ impl Gateway {
                 settings.failed_login_delay,
                 settings.failed_login_delay_max,
             ),
-            settings,
+            settings: ArcSwap::from_pointee(settings),
             pool,
             metrics,
             sessions: registry::Registry::default(),
+            reloads: reload::Reloads::new(source),
         })
     }
 }
@@ -123,17 +147,22 @@ impl Gateway {
 /// TLS off, logged, and `require` users refused.
 fn client_tls(settings: &Settings) -> Option<Arc<tls::ServerTls>> {
     let files = settings.tls.as_ref()?;
-    let wanted = settings.tls_mode != tls::TlsMode::Off
-        || settings
-            .users
-            .values()
-            .any(|u| u.tls_mode != tls::TlsMode::Off);
-    if !wanted {
+    if !tls_wanted(settings) {
         return None;
     }
     tls::ServerTls::load(&files.cert, &files.key)
         .map_err(|e| tracing::error!(error = %e, "TLS toward clients is off"))
         .ok()
+}
+
+/// Whether some login may use TLS on the MySQL port (the global or a user's `tls_mode` is
+/// not `off`): only then is `CLIENT_SSL` offered.
+fn tls_wanted(settings: &Settings) -> bool {
+    settings.tls_mode != tls::TlsMode::Off
+        || settings
+            .users
+            .values()
+            .any(|u| u.tls_mode != tls::TlsMode::Off)
 }
 
 impl Gateway {

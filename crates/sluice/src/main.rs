@@ -3,8 +3,10 @@
 mod cli;
 
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::Parser;
+use sluice::config::{ConfigError, Settings};
 use sluice::server::Server;
 use sluice::Gateway;
 use tracing_subscriber::EnvFilter;
@@ -65,14 +67,16 @@ fn main() -> ExitCode {
             }
         },
         cli::Command::Serve(args) => {
-            let settings = match args.settings() {
+            let settings = match fitted_settings(&args) {
                 Ok(settings) => settings,
                 Err(e) => {
                     eprintln!("{e}");
                     return ExitCode::from(2);
                 }
             };
-            match serve(settings) {
+            // A reload reads the same file with the same flags on top.
+            let source: sluice::reload::Source = Arc::new(move || fitted_settings(&args));
+            match serve(settings, source) {
                 Ok(Stop::Drained) => ExitCode::SUCCESS,
                 Ok(Stop::Forced) => ExitCode::FAILURE,
                 Err(e) => {
@@ -92,15 +96,24 @@ enum Stop {
     Forced,
 }
 
-fn serve(mut settings: sluice::config::Settings) -> anyhow::Result<Stop> {
+/// The settings of `args`, with the client caps fitted to the descriptor limit.
+fn fitted_settings(args: &cli::ConfigArgs) -> Result<Settings, ConfigError> {
+    let mut settings = args.settings()?;
     sluice::fd_budget::raise_and_fit(&mut settings);
+    Ok(settings)
+}
+
+fn serve(settings: Settings, source: sluice::reload::Source) -> anyhow::Result<Stop> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async {
         let listen = settings.listen;
         let admin = settings.admin_listen;
-        let server = Server::bind(Gateway::new(settings))
+        let gateway = Gateway::reloadable(settings, source);
+        // Before the listeners open: SIGHUP's default action would end the process.
+        reload_on_hangup(gateway.clone())?;
+        let server = Server::bind(gateway)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {listen} / {admin}: {e}"))?;
         let signals = count_signals()?;
@@ -112,6 +125,18 @@ fn serve(mut settings: sluice::config::Settings) -> anyhow::Result<Stop> {
             }
         }
     })
+}
+
+/// Reloads the configuration on each SIGHUP (the outcome is logged, see `sluice::reload`).
+fn reload_on_hangup(gateway: Arc<Gateway>) -> std::io::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hangups = signal(SignalKind::hangup())?;
+    tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            sluice::reload::reload(&gateway).await;
+        }
+    });
+    Ok(())
 }
 
 /// Counts SIGTERM and SIGINT (Ctrl-C) as they arrive: the first drains, the second stops.

@@ -257,6 +257,9 @@ pub struct Metrics {
     pub fleet_lease_slots: IntGauge,
     /// Fleet heartbeats that failed to reach Redis.
     pub fleet_redis_errors: IntCounter,
+    /// Configuration reloads (SIGHUP, `POST /reload`) by `result`: `ok` (applied) or
+    /// `refused` (invalid; the old configuration stays).
+    pub config_reloads: IntCounterVec,
 }
 
 impl Metrics {
@@ -538,6 +541,11 @@ impl Metrics {
             fleet_redis_errors: counter(
                 "fleet_redis_errors_total",
                 "Fleet heartbeats that failed to reach Redis",
+            ),
+            config_reloads: counter_vec(
+                "config_reloads_total",
+                "Configuration reloads, applied (ok) or refused as invalid (refused)",
+                "result",
             ),
             registry,
         }

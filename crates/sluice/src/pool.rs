@@ -15,14 +15,21 @@
 //! `ping_after_idle` or when they sat idle across a breakage the pool saw on another
 //! connection (a database restart breaks them all). A background task trims idle
 //! connections, retires old ones and keeps `min_idle` open.
+//!
+//! A reload hands the pool new limits and timers ([`Pool::reconfigure`]): borrows, checks
+//! and connections that start afterwards follow them; the budget task (`budget`) watches
+//! them and resizes the pool, the one owner of its size.
+
+mod ceilings;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use prometheus::IntCounter;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, warn};
 
 use crate::backend::{BackendConn, BackendError, Flavor, LoginCharset, ServerInfo};
@@ -209,8 +216,9 @@ const QUIT_WAIT: Duration = Duration::from_secs(1);
 
 struct Inner {
     target: BackendTarget,
-    config: PoolConfig,
-    timeouts: BackendTimeouts,
+    /// Limits and timers in force; a reload sends new ones, which the budget task watches.
+    config: watch::Sender<Arc<PoolConfig>>,
+    timeouts: ArcSwap<BackendTimeouts>,
     /// One per connection that exists (idle, lent or being opened): the hard cap.
     slots: Arc<Semaphore>,
     /// The budget now: how many connections may exist (see [`Pool::set_limit`]).
@@ -223,8 +231,8 @@ struct Inner {
     /// The line borrowers wait in; one ticket per connection lent out or being opened.
     line: Line,
     /// Per database user, one permit per connection it may have lent at once
-    /// (`max_db_connections_per_user`); made on first use.
-    user_permits: Mutex<HashMap<String, Arc<Semaphore>>>,
+    /// (`max_db_connections_per_user`).
+    ceilings: ceilings::Ceilings,
     state: Mutex<State>,
     server: RwLock<Option<ServerInfo>>,
     /// What a login with each collation gives (learned from real logins).
@@ -238,6 +246,10 @@ struct Inner {
 }
 
 impl Inner {
+    fn config(&self) -> Arc<PoolConfig> {
+        self.config.borrow().clone()
+    }
+
     fn state(&self) -> MutexGuard<'_, State> {
         // A panic while holding this lock would be a bug; keep serving with the data as is.
         self.state
@@ -290,7 +302,7 @@ impl Inner {
     }
 
     fn expired(&self, conn: &BackendConn) -> bool {
-        conn.created().elapsed() >= self.config.max_lifetime
+        conn.created().elapsed() >= self.config().max_lifetime
     }
 
     /// Takes an idle connection of `login` (its user and secret) that serves `flavor`
@@ -422,6 +434,7 @@ impl Pool {
     ) -> Pool {
         Pool {
             inner: Arc::new(Inner {
+                ceilings: ceilings::Ceilings::new(config.max_db_connections_per_user),
                 line: Line::new(config.max_db_connections, HashMap::new()),
                 slots: Arc::new(Semaphore::new(config.max_db_connections)),
                 limit: AtomicUsize::new(config.max_db_connections),
@@ -434,12 +447,11 @@ impl Pool {
                 }),
                 server: RwLock::new(None),
                 logins: Mutex::default(),
-                user_permits: Mutex::default(),
                 broken_at: Mutex::new(None),
                 threads: ThreadIds::default(),
                 target,
-                config,
-                timeouts,
+                config: watch::Sender::new(Arc::new(config)),
+                timeouts: ArcSwap::from_pointee(timeouts),
                 metrics,
             }),
         }
@@ -448,6 +460,21 @@ impl Pool {
     /// The database this pool connects to.
     pub fn target(&self) -> &BackendTarget {
         &self.inner.target
+    }
+
+    /// Takes new limits and timers (a reload): borrows and connections that start from now
+    /// on follow them, a changed `max_db_connections_per_user` applies to each user as
+    /// [`ceilings::Ceilings::set`] says, and the budget task recomputes the pool's size.
+    pub fn reconfigure(&self, config: PoolConfig, timeouts: BackendTimeouts) {
+        let inner = &self.inner;
+        inner.ceilings.set(config.max_db_connections_per_user);
+        inner.timeouts.store(Arc::new(timeouts));
+        inner.config.send_replace(Arc::new(config));
+    }
+
+    /// The pool's limits and timers, now and as a reload changes them (for the budget task).
+    pub fn watch_config(&self) -> watch::Receiver<Arc<PoolConfig>> {
+        self.inner.config.subscribe()
     }
 
     /// Changes the budget to `limit` connections (0 lends nothing until raised: a fleet
@@ -587,7 +614,7 @@ impl Pool {
         schema: Option<&str>,
     ) -> Result<Lease, BorrowError> {
         let inner = &self.inner;
-        let deadline = started + inner.config.borrow_timeout;
+        let deadline = started + inner.config().borrow_timeout;
         // Counted in `sluice_borrow_waiters` until a lending permit is ours (or never is).
         let waiting = Held::new(inner.metrics.borrow_waiters.clone());
         let exhausted = || {
@@ -609,16 +636,9 @@ impl Pool {
         }
         // A user at its ceiling waits before taking a place in the common line, so its
         // wait never holds up another user's borrower.
-        let user_permit = match inner.config.max_db_connections_per_user {
+        let user_permit = match inner.ceilings.of(&login.user) {
             None => None,
-            Some(max) => {
-                let permits = inner
-                    .user_permits
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .entry(login.user.clone())
-                    .or_insert_with(|| Arc::new(Semaphore::new(max)))
-                    .clone();
+            Some((max, permits)) => {
                 match tokio::time::timeout_at(deadline.into(), permits.acquire_owned()).await {
                     Ok(Ok(permit)) => Some(permit),
                     _ => {
@@ -703,7 +723,7 @@ impl Pool {
             inner.close(pooled, "closed_by_server");
             return None;
         }
-        if conn.last_used().elapsed() >= inner.config.ping_after_idle || inner.suspect(conn) {
+        if conn.last_used().elapsed() >= inner.config().ping_after_idle || inner.suspect(conn) {
             if let Err(e) = conn.ping().await {
                 warn!(thread_id = conn.thread_id, error = %e, "idle database connection failed its ping; replacing it");
                 inner.note_broken();
@@ -726,16 +746,17 @@ impl Pool {
         deadline: Instant,
     ) -> Result<Pooled, BackendError> {
         let inner = &self.inner;
-        let mut delay = inner.config.reconnect_backoff_initial;
+        let (config, timeouts) = (inner.config(), inner.timeouts.load_full());
+        let mut delay = config.reconnect_backoff_initial;
         loop {
             // Boxed: a connect's state (TLS and login included) is large, and every future
             // that may borrow (each client session's, idle or not) would otherwise carry
             // room for it; this way only a connect in progress costs it.
-            let connect = Box::pin(BackendConn::connect(login, flavor, inner.timeouts.connect));
+            let connect = Box::pin(BackendConn::connect(login, flavor, timeouts.connect));
             match connect.await {
                 Ok(mut conn) => {
                     inner.metrics.db_connections_opened.inc();
-                    conn.set_stall_timeout(Some(inner.timeouts.stall));
+                    conn.set_stall_timeout(Some(timeouts.stall));
                     if let Ok(mut server) = inner.server.write() {
                         *server = Some(conn.server.clone());
                     }
@@ -759,7 +780,7 @@ impl Pool {
                     }
                     warn!(error = %e, retry_in = ?jittered, "database connection failed; retrying");
                     tokio::time::sleep(jittered).await;
-                    delay = (delay * 2).min(inner.config.reconnect_backoff_max);
+                    delay = (delay * 2).min(config.reconnect_backoff_max);
                 }
             }
         }
@@ -903,7 +924,7 @@ impl Pool {
             pooled.conn.diagnostics.returned();
             let mut state = inner.state();
             let full = inner
-                .config
+                .config()
                 .max_idle
                 .is_some_and(|max| state.idle.len() >= max);
             if state.draining || full {
@@ -939,14 +960,15 @@ impl Pool {
     /// opens connections up to `min_idle`. Called periodically by [`Pool::spawn_maintenance`].
     pub async fn maintain(&self) {
         let inner = &self.inner;
-        let min_idle = inner.config.min_idle;
+        let config = inner.config();
+        let min_idle = config.min_idle;
         let (closed, flavor) = {
             let mut state = inner.state();
             let mut keep = Vec::with_capacity(state.idle.len());
             let mut closed = Vec::new();
             // Newest last: keep the most recently used ones when trimming.
             for pooled in state.idle.drain(..).rev() {
-                let idle_too_long = pooled.conn.last_used().elapsed() >= inner.config.idle_timeout
+                let idle_too_long = pooled.conn.last_used().elapsed() >= config.idle_timeout
                     && keep.len() >= min_idle;
                 if idle_too_long {
                     closed.push((pooled, "idle_timeout"));

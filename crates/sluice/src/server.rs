@@ -48,13 +48,15 @@ pub struct Server {
 impl Server {
     /// Binds the MySQL and admin listeners from the gateway's settings.
     pub async fn bind(gateway: Arc<Gateway>) -> std::io::Result<Server> {
-        let listener = listen(gateway.settings.listen)?;
-        let admin = TcpListener::bind(gateway.settings.admin_listen).await?;
-        let http = match gateway.settings.http_listen {
+        let listener = listen(gateway.settings().listen)?;
+        let admin = TcpListener::bind(gateway.settings().admin_listen).await?;
+        let http = match gateway.settings().http_listen {
             Some(addr) => {
-                let tls = match (&gateway.settings.http.tls, &gateway.client_tls) {
+                let tls = match (&gateway.settings().http.tls, &gateway.client_tls) {
                     // The same files as the MySQL port: one certificate, reloaded once.
-                    (Some(files), Some(shared)) if gateway.settings.tls.as_ref() == Some(files) => {
+                    (Some(files), Some(shared))
+                        if gateway.settings().tls.as_ref() == Some(files) =>
+                    {
                         Some(shared.clone())
                     }
                     (Some(files), _) => Some(ServerTls::load(&files.cert, &files.key)?),
@@ -64,7 +66,7 @@ impl Server {
             }
             None => None,
         };
-        let console = match &gateway.settings.console {
+        let console = match &gateway.settings().console {
             Some(console) => Some(TcpListener::bind(console.listen).await?),
             None => None,
         };
@@ -114,12 +116,9 @@ impl Server {
             console,
         } = self;
         // The fleet member first: it sizes the pool to its share before anything opens.
-        let budget = crate::budget::spawn(
-            &gateway.pool,
-            gateway.settings.pool.clone(),
-            gateway.server_limit.clone(),
-        );
-        let membership = match (&gateway.settings.fleet, &gateway.fleet) {
+        let settings = gateway.settings();
+        let budget = crate::budget::spawn(&gateway.pool, gateway.server_limit.clone());
+        let membership = match (&settings.fleet, &gateway.fleet) {
             (Some(config), Some(board)) => {
                 let port = listener.local_addr()?.port();
                 let (config, board) = (config.clone(), board.clone());
@@ -133,12 +132,13 @@ impl Server {
             }
         };
         gateway.pool.spawn_maintenance();
-        crate::janitor::spawn(&gateway.pool, &gateway.settings.janitor, &gateway.metrics);
+        crate::janitor::spawn(&gateway.pool, &settings.janitor, &gateway.metrics);
+        drop(settings);
         let admin_addr = admin.local_addr()?;
         let admin_task = tokio::spawn(crate::admin::serve(admin, gateway.clone()));
         let console_task =
             console
-                .zip(gateway.settings.console.clone())
+                .zip(gateway.settings().console.clone())
                 .map(|(listener, settings)| {
                     tokio::spawn(crate::admin::console::serve(
                         listener,
@@ -157,8 +157,8 @@ impl Server {
             listen = %listener.local_addr()?,
             admin = %admin_addr,
             http = ?http_addr,
-            backend = ?gateway.settings.backend,
-            max_db_connections = gateway.settings.pool.max_db_connections,
+            backend = ?gateway.settings().backend,
+            max_db_connections = gateway.settings().pool.max_db_connections,
             "sluice is ready"
         );
         let next_id = AtomicU32::new(1);
@@ -191,7 +191,7 @@ impl Server {
         if let Some(task) = http_task {
             task.abort();
         }
-        let timeout = gateway.settings.shutdown_timeout;
+        let timeout = gateway.settings().shutdown_timeout;
         info!(
             ?timeout,
             clients = gateway.admission.occupied(),

@@ -41,18 +41,6 @@ impl Drop for ServerMax {
     }
 }
 
-/// Waits until the pool's budget is `want`, returning what it was last.
-async fn budget_becomes(gw: &TestGateway, want: usize) -> usize {
-    for _ in 0..200 {
-        let max = gw.gateway.pool.stats().max;
-        if max == want {
-            return max;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    gw.gateway.pool.stats().max
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_percentage_budget_follows_the_server_s_max_connections() {
     let _setting = SERVER_SETTING.lock().await;
@@ -142,16 +130,6 @@ async fn a_cap_above_what_the_server_allows_is_cut_to_leave_the_headroom() {
     );
 }
 
-/// `POST` to the admin listener with `token` as bearer; returns the status and the body.
-async fn admin_post(gw: &TestGateway, path: &str, token: Option<&str>) -> (u16, String) {
-    let mut request = common::data_api::plain_client().post(format!("http://{}{path}", gw.admin));
-    if let Some(token) = token {
-        request = request.bearer_auth(token);
-    }
-    let response = request.send().await.unwrap();
-    (response.status().as_u16(), response.text().await.unwrap())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pause_holds_new_borrows_until_resume_and_lent_ones_carry_on() {
     let gw = start_with("budget_pause", |c| {
@@ -165,9 +143,9 @@ async fn pause_holds_new_borrows_until_resume_and_lent_ones_carry_on() {
     in_transaction.query_drop("BEGIN").await.unwrap();
     in_transaction.query_drop("SELECT 1").await.unwrap();
 
-    assert_eq!(admin_post(&gw, "/pause", None).await.0, 401);
-    assert_eq!(admin_post(&gw, "/pause", Some("guess")).await.0, 401);
-    let (code, body) = admin_post(&gw, "/pause", Some("op-token")).await;
+    assert_eq!(admin_post(gw.admin, "/pause", None).await.0, 401);
+    assert_eq!(admin_post(gw.admin, "/pause", Some("guess")).await.0, 401);
+    let (code, body) = admin_post(gw.admin, "/pause", Some("op-token")).await;
     assert_eq!(code, 200, "{body}");
     assert!(body.contains("\"paused\":true"), "{body}");
     assert!(http_get(gw.admin, "/status")
@@ -189,7 +167,7 @@ async fn pause_holds_new_borrows_until_resume_and_lent_ones_carry_on() {
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!query.is_finished(), "served while paused");
-    let (code, body) = admin_post(&gw, "/resume", Some("op-token")).await;
+    let (code, body) = admin_post(gw.admin, "/resume", Some("op-token")).await;
     assert_eq!(code, 200, "{body}");
     assert!(body.contains("\"was_paused\":true"), "{body}");
     assert_eq!(query.await.unwrap(), Some(4));
@@ -198,7 +176,7 @@ async fn pause_holds_new_borrows_until_resume_and_lent_ones_carry_on() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_actions_are_off_without_a_token() {
     let gw = start("budget_no_token").await;
-    let (code, body) = admin_post(&gw, "/pause", Some("anything")).await;
+    let (code, body) = admin_post(gw.admin, "/pause", Some("anything")).await;
     assert_eq!(code, 403, "{body}");
     assert!(body.contains("admin_token_sha256"), "{body}");
     assert!(!gw.gateway.pool.is_paused());

@@ -4,141 +4,15 @@
 
 mod common;
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use common::binary::Binary;
 use common::*;
 use mysql_async::prelude::*;
 
-/// A port nobody listens on right now.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// The `sluice` binary serving on fresh ports as backend user `sl_<test>`.
-struct Binary {
-    child: Child,
-    port: u16,
-    admin: u16,
-    backend_user: String,
-}
-
-impl Binary {
-    async fn start(test: &str, shutdown_timeout: &str) -> Binary {
-        let backend_user = create_backend_user(test).await;
-        let dir = tempfile::tempdir().unwrap();
-        let config = dir.path().join("sluice.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "shutdown_timeout = \"{shutdown_timeout}\"\n\
-                 [backend]\nurl = \"mysql://{backend_user}:backend-pw@{DB_HOST}:{DB_PORT}/{TEST_DB}\"\n\
-                 [[users]]\nname = \"app\"\npassword = \"secret\"\nbackend = \"shared\"\n"
-            ),
-        )
-        .unwrap();
-        // A free port can be taken by another test before sluice binds it: then sluice
-        // exits, and it starts again on other ports.
-        for _ in 0..3 {
-            let (port, admin) = (free_port(), free_port());
-            let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
-                .args(["serve", "--config"])
-                .arg(&config)
-                .args(["--listen", &format!("127.0.0.1:{port}")])
-                .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap();
-            let mut binary = Binary {
-                child,
-                port,
-                admin,
-                backend_user: backend_user.clone(),
-            };
-            if binary.listening().await {
-                // The config file is read; the directory may go.
-                drop(dir);
-                return binary;
-            }
-        }
-        panic!("sluice did not start");
-    }
-
-    /// Waits until both ports accept, while the process lives; false if it exited.
-    async fn listening(&mut self) -> bool {
-        for _ in 0..200 {
-            if self.child.try_wait().unwrap().is_some() {
-                return false;
-            }
-            let connects = |port: u16| tokio::net::TcpStream::connect(("127.0.0.1", port));
-            if connects(self.admin).await.is_ok() && connects(self.port).await.is_ok() {
-                return true;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        panic!("sluice did not start listening");
-    }
-
-    fn opts(&self) -> mysql_async::OptsBuilder {
-        mysql_async::OptsBuilder::default()
-            .ip_or_hostname("127.0.0.1")
-            .tcp_port(self.port)
-            .user(Some("app"))
-            .pass(Some("secret"))
-            .prefer_socket(false)
-    }
-
-    fn signal(&self, name: &str) {
-        let status = Command::new("kill")
-            .args([&format!("-{name}"), &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-
-    /// Waits for the process to exit; its exit code.
-    async fn exit_code(&mut self, within: Duration) -> i32 {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status.code().unwrap_or(-1);
-            }
-            assert!(Instant::now() < deadline, "sluice still running");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    async fn healthz_status(&self) -> Option<String> {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut socket = tokio::net::TcpStream::connect(("127.0.0.1", self.admin))
-            .await
-            .ok()?;
-        socket
-            .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            .await
-            .ok()?;
-        let mut reply = String::new();
-        socket.read_to_string(&mut reply).await.ok()?;
-        reply.lines().next().map(str::to_owned)
-    }
-}
-
-impl Drop for Binary {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_a_transaction_commit_tells_idle_clients_and_exits_0() {
-    let mut sluice = Binary::start("sigterm", "20s").await;
+    let mut sluice = Binary::start("sigterm", "shutdown_timeout = \"20s\"").await;
     let aborted_before = aborted_in_log(&sluice.backend_user).await;
     let mut setup = direct().await;
     setup
@@ -201,7 +75,7 @@ async fn sigterm_lets_a_transaction_commit_tells_idle_clients_and_exits_0() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_transaction_open_past_shutdown_timeout_is_rolled_back_and_a_second_signal_stops_at_once()
 {
-    let mut sluice = Binary::start("sigterm_timeout", "1s").await;
+    let mut sluice = Binary::start("sigterm_timeout", "shutdown_timeout = \"1s\"").await;
     let mut setup = direct().await;
     setup
         .query_drop("CREATE OR REPLACE TABLE abandoned (id INT PRIMARY KEY)")
@@ -228,7 +102,7 @@ async fn a_transaction_open_past_shutdown_timeout_is_rolled_back_and_a_second_si
     setup.query_drop("DROP TABLE abandoned").await.unwrap();
 
     // A second signal does not wait for the drain.
-    let mut sluice = Binary::start("sigterm_twice", "60s").await;
+    let mut sluice = Binary::start("sigterm_twice", "shutdown_timeout = \"60s\"").await;
     let mut busy = mysql_async::Conn::new(sluice.opts()).await.unwrap();
     busy.query_drop("BEGIN").await.unwrap();
     sluice.signal("TERM");

@@ -35,7 +35,7 @@ const REFUSAL_DELAY: Duration = Duration::from_secs(1);
 const UTF8MB4: u8 = 45;
 
 /// Who may log in to the console (`[console]`).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ConsoleSettings {
     /// Where it listens.
     pub listen: std::net::SocketAddr,

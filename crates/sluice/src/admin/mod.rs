@@ -35,6 +35,7 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .route("/metrics", get(metrics))
         .route("/pause", post(actions::pause))
         .route("/resume", post(actions::resume))
+        .route("/reload", post(actions::reload))
         .with_state(admin)
 }
 

@@ -43,6 +43,9 @@ pub struct Status {
     pub clients: Clients,
     /// The instances sharing the budget and their leases (`null` without `[fleet]`).
     pub fleet: Option<crate::fleet::FleetView>,
+    /// The last configuration reload (SIGHUP or `POST /reload`): when, its result, and
+    /// what was refused or waits for a restart; `null` before the first.
+    pub last_reload: Option<crate::reload::Report>,
 }
 
 /// The budget sluice keeps under, and the server's own limit.
@@ -365,5 +368,6 @@ pub fn snapshot(gateway: &Gateway, server_max_connections: Option<u64>) -> Statu
             list: census.listed,
         },
         fleet: gateway.fleet.as_ref().map(|board| board.view()),
+        last_reload: gateway.reloads.last(),
     }
 }

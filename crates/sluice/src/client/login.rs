@@ -107,7 +107,7 @@ pub async fn authenticate(
         offered_mariadb,
         server.collation,
         &salt,
-        gateway.settings.auth.default_plugin.name(),
+        gateway.settings().auth.default_plugin.name(),
     );
     let mut seq = 0;
     stream.write_packet(&mut seq, &greeting.encode()).await?;
@@ -248,7 +248,7 @@ pub async fn client_proof(
     salt: &[u8; SALT_LEN],
 ) -> Result<Proof, ProtocolError> {
     let answer;
-    let wanted = gateway.settings.auth.default_plugin.name();
+    let wanted = gateway.settings().auth.default_plugin.name();
     let (plugin, response) = match plugin {
         None => (NATIVE_PASSWORD, auth_response),
         // As MySQL 8 does for caching_sha2_password accounts: clients that answered with the

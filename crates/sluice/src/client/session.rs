@@ -78,8 +78,6 @@ struct Session {
     counted: Held,
     /// Its database user's `sluice_user_borrows_total`, looked up once.
     borrows: IntCounter,
-    /// The user's statement rate limit, if it has one.
-    rate: Option<Arc<crate::rate::UserRate>>,
     salt: [u8; 20],
     collation: u8,
     backend: Option<Lease>,
@@ -238,7 +236,7 @@ async fn run(
     let socket = Stall::new(
         Compressed::new(Socket::Plain(socket)),
         None,
-        Some(gateway.settings.client_write_timeout),
+        Some(gateway.settings().client_write_timeout),
     );
     let mut stream = PacketStream::new(socket, login::MAX_LOGIN_PACKET);
     // Boxed, like the login below: this task lives as long as the client.
@@ -253,7 +251,7 @@ async fn run(
             return End::Refused;
         }
     };
-    let settings = &gateway.settings;
+    let settings = gateway.settings();
     // Boxed: the login's state is large and over once the client is in, while the task
     // holding this future lives as long as the client, idle or not.
     let login = tokio::time::timeout(
@@ -355,9 +353,7 @@ async fn serve_authenticated(
     let tracking = capabilities
         .contains(CapabilityFlags::CLIENT_SESSION_TRACK)
         .then(|| tracking_defaults(server));
-    let rate = gateway.rate_limits.of(&identity.user);
     let mut session = Session {
-        rate,
         gateway,
         id,
         stream,
@@ -630,15 +626,18 @@ impl Session {
     }
 
     async fn command_loop(&mut self) -> End {
-        let settings = &self.gateway.settings;
-        let (client_limit, transaction_limit, diagnostics_hold) = (
-            settings.idle_client_timeout,
-            settings.idle_transaction_timeout,
-            settings.diagnostics_hold,
-        );
         let mut transaction_expired = false;
         let mut shutdown = self.gateway.shutdown.watch();
         loop {
+            // Read before each command, so a reload's timeouts apply to connected clients.
+            let (client_limit, transaction_limit, diagnostics_hold) = {
+                let settings = self.gateway.settings();
+                (
+                    settings.idle_client_timeout,
+                    settings.idle_transaction_timeout,
+                    settings.diagnostics_hold,
+                )
+            };
             // An open cursor, or characteristics set for the next transaction, hold a
             // connection just as an open transaction does.
             let in_transaction = (self.status.contains(StatusFlags::SERVER_STATUS_IN_TRANS)
@@ -747,12 +746,19 @@ impl Session {
             if matches!(
                 command_byte,
                 command::QUERY | command::STMT_EXECUTE | command::STMT_BULK_EXECUTE
-            ) && !self.rate.as_ref().is_none_or(|rate| rate.allows())
-            {
-                if let Err(end) = self.refuse_over_rate(seq).await {
-                    return end;
+            ) {
+                // Looked up per statement, so a reloaded limit applies to connected clients.
+                let over = self
+                    .gateway
+                    .rate_limits
+                    .of(&self.identity.user)
+                    .filter(|rate| !rate.allows());
+                if let Some(rate) = over {
+                    if let Err(end) = self.refuse_over_rate(seq, &rate).await {
+                        return end;
+                    }
+                    continue;
                 }
-                continue;
             }
             self.timing.start(&self.registration.handle.activity);
             let outcome = match command_byte {
@@ -796,10 +802,11 @@ impl Session {
 
     /// Refuses a statement over the user's `max_statements_per_second` (sequence id
     /// `seq`), counting it; the session goes on.
-    async fn refuse_over_rate(&mut self, mut seq: u8) -> Result<(), End> {
-        let Some(rate) = self.rate.clone() else {
-            return Ok(());
-        };
+    async fn refuse_over_rate(
+        &mut self,
+        mut seq: u8,
+        rate: &crate::rate::UserRate,
+    ) -> Result<(), End> {
         let users = &self.gateway.metrics.users;
         users
             .rate_limited
@@ -1267,7 +1274,7 @@ impl Session {
             payload,
             accounting.pipelined,
         );
-        let relayed = match self.gateway.settings.query_timeout {
+        let relayed = match self.gateway.settings().query_timeout {
             Some(limit) => {
                 within_query_timeout(relay, limit, &self.gateway, &self.registration.handle).await
             }
@@ -1366,7 +1373,7 @@ impl Session {
         // A client that goes quiet in the middle of an authentication exchange gets no
         // longer than at login.
         let proof = tokio::time::timeout(
-            self.gateway.settings.login_timeout,
+            self.gateway.settings().login_timeout,
             login::client_proof(
                 &self.gateway,
                 &mut self.stream,
@@ -1395,7 +1402,6 @@ impl Session {
         self.borrows = self.gateway.metrics.users.borrows(&identity.user);
         self.timing
             .set_latency(self.gateway.metrics.users.latency(&identity.user));
-        self.rate = self.gateway.rate_limits.of(&identity.user);
         self.identity = identity;
         if let Some(collation) = request.collation {
             self.collation = collation;

@@ -110,7 +110,7 @@ pub async fn limit_requests(State(api): State<Arc<Api>>, request: Request, next:
         Rejection::MaxConcurrentRequests
             .counter(&api.gateway.metrics)
             .inc();
-        let limit = api.gateway.settings.http.max_concurrent_requests;
+        let limit = api.gateway.settings().http.max_concurrent_requests;
         let refusal = ApiError::new(
             Status::Unavailable,
             format!(

@@ -61,7 +61,7 @@ impl FromRequestParts<Arc<Api>> for Caller {
         let digest: [u8; 32] = sha2::Sha256::digest(key.as_bytes()).into();
         let gateway = &api.gateway;
         let user = gateway
-            .settings
+            .settings()
             .http
             .api_keys
             .get(&digest)

@@ -18,7 +18,7 @@ impl<T: DeserializeOwned> FromRequest<Arc<Api>> for Body<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, api: &Arc<Api>) -> Result<Body<T>, ApiError> {
-        let http = &api.gateway.settings.http;
+        let http = &api.gateway.settings().http;
         let limit = http.max_body_size;
         let timeout = http.body_read_timeout;
         let read = tokio::time::timeout(timeout, axum::body::to_bytes(req.into_body(), limit));

@@ -344,7 +344,7 @@ pub async fn begin(
         .database
         .or_else(|| api.gateway.pool.target().database.clone());
     let id = api.transactions.open(&caller.name, database, lease);
-    let http = &api.gateway.settings.http;
+    let http = &api.gateway.settings().http;
     Ok(success(
         "transaction started",
         json!({

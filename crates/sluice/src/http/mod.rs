@@ -74,7 +74,7 @@ pub struct Api {
 impl Api {
     /// The Data API over `gateway`; starts the transaction reaper.
     pub fn new(gateway: Arc<Gateway>) -> Arc<Api> {
-        let http = &gateway.settings.http;
+        let http = &gateway.settings().http;
         let transactions = Arc::new(Transactions::new(
             http.transaction_idle_timeout,
             http.transaction_max_lifetime,
@@ -99,7 +99,7 @@ impl Api {
 
     /// Requests being served and transactions open: what a shutdown drain waits for.
     pub fn in_flight(&self) -> usize {
-        let max = self.gateway.settings.http.max_concurrent_requests;
+        let max = self.gateway.settings().http.max_concurrent_requests;
         max - self.requests.available_permits() + self.transactions.count()
     }
 
@@ -110,7 +110,7 @@ impl Api {
 
     /// A fresh result allowance for one request.
     fn budget(&self) -> Budget {
-        let http = &self.gateway.settings.http;
+        let http = &self.gateway.settings().http;
         Budget {
             bytes_left: http.max_result_size,
             max_bytes: http.max_result_size,
@@ -183,7 +183,7 @@ const MAX_BUF: usize = 64 * 1024;
 /// holding at most `http.max_connections` connections.
 pub async fn serve(listener: TcpListener, api: Arc<Api>, tls: Option<Arc<ServerTls>>) {
     let gateway = api.gateway.clone();
-    let settings = &gateway.settings.http;
+    let settings = &gateway.settings().http;
     let slots = Arc::new(Semaphore::new(settings.max_connections));
     let answer = admission::full_answer(settings.max_connections);
     let refused = Rejection::MaxConnections.counter(&gateway.metrics);
@@ -219,7 +219,7 @@ pub async fn serve(listener: TcpListener, api: Arc<Api>, tls: Option<Arc<ServerT
 /// stall past `http.write_timeout` (sluice-protocol's `Stall`: the connection ends, and
 /// with it the request and the database connection it holds), TLS when configured.
 async fn serve_socket(socket: TcpStream, gateway: &Gateway, app: Router, tls: Option<TlsAcceptor>) {
-    let http = &gateway.settings.http;
+    let http = &gateway.settings().http;
     let metrics = &gateway.metrics;
     let arrivals = Arrivals::default();
     let clock = HeadClock::new(

@@ -157,7 +157,7 @@ pub async fn run(
         sql.as_bytes(),
     ));
     let gateway = statements.gateway;
-    let capacity = gateway.settings.pool.max_prepared_statements;
+    let capacity = gateway.settings().pool.max_prepared_statements;
     let (id, placeholders) = match conn.statement_id(&key, capacity, &gateway.metrics).await {
         Ok(Ok(found)) => found,
         Ok(Err(err)) => return Err((0, RunError::Refused(ApiError::database(&err)))),

@@ -1,5 +1,6 @@
 //! The `[[users]]` of the configuration: a password sluice checks itself, and the database
-//! login each user's clients run as (the shared `[backend]` account, or its own).
+//! login each user's clients run as (the shared `[backend]` account, or its own), with the
+//! pool and TLS modes of users no entry names: everything a reload replaces at once.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -7,7 +8,7 @@ use std::sync::Arc;
 use sluice_protocol::auth::Credential;
 
 use super::{Denied, Identity};
-use crate::config::{BackendTarget, Settings, UserBackend};
+use crate::config::{BackendTarget, PoolMode, Settings, UserBackend};
 use crate::tls::TlsMode;
 
 /// A configured user: its credential and identity.
@@ -17,9 +18,13 @@ struct Configured {
     tls_mode: TlsMode,
 }
 
-/// The configured users by name.
+/// The configured users by name, and the defaults for others.
 pub struct ConfiguredUsers {
     users: HashMap<String, Configured>,
+    /// The pool mode of database users found by the auth query.
+    pub pool_mode: PoolMode,
+    /// Whether clients without an entry of their own may or must use TLS.
+    tls_mode: TlsMode,
 }
 
 impl ConfiguredUsers {
@@ -52,7 +57,11 @@ impl ConfiguredUsers {
                 (name.clone(), configured)
             })
             .collect();
-        ConfiguredUsers { users }
+        ConfiguredUsers {
+            users,
+            pool_mode: settings.pool_mode,
+            tls_mode: settings.tls_mode,
+        }
     }
 
     /// Checks `user`'s `mysql_native_password` proof against `salt`.
@@ -65,9 +74,9 @@ impl ConfiguredUsers {
             .ok_or(Denied::BadPassword)
     }
 
-    /// The `tls_mode` of a configured user; `None` for a name not configured.
-    pub fn tls_mode(&self, user: &str) -> Option<TlsMode> {
-        self.users.get(user).map(|c| c.tls_mode)
+    /// The `tls_mode` of a configured user, or the global one for a name not configured.
+    pub fn tls_mode(&self, user: &str) -> TlsMode {
+        self.users.get(user).map_or(self.tls_mode, |c| c.tls_mode)
     }
 
     /// The identity of a configured user, without a proof (a Data API key names it).

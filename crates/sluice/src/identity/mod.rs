@@ -25,6 +25,7 @@ pub use self::sha2::{CachingSha2, RsaKey};
 use std::num::NonZeroUsize;
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use sluice_protocol::auth::Proven;
 use tracing::warn;
 
@@ -102,12 +103,10 @@ enum Source {
 /// The sources of identities.
 pub struct Identities {
     sources: Vec<Source>,
-    configured: ConfiguredUsers,
+    /// The `[[users]]` and the defaults for other users; a reload swaps them whole, so a
+    /// login sees one configuration or the other, never a mix.
+    configured: ArcSwap<ConfiguredUsers>,
     shared: Arc<BackendTarget>,
-    /// The pool mode of database users found by the auth query.
-    pool_mode: PoolMode,
-    /// Whether clients without an entry of their own may or must use TLS.
-    tls_mode: TlsMode,
     /// `caching_sha2_password`'s fast-path cache and RSA key.
     pub caching_sha2: CachingSha2,
 }
@@ -147,19 +146,25 @@ impl Identities {
             .collect();
         Identities {
             sources,
-            configured: ConfiguredUsers::new(settings, &shared),
+            configured: ArcSwap::from_pointee(ConfiguredUsers::new(settings, &shared)),
             shared,
-            pool_mode: settings.pool_mode,
-            tls_mode: settings.tls_mode,
             caching_sha2: CachingSha2::new(auth.cache_size, auth.rsa_private_key.clone()),
         }
+    }
+
+    /// Takes the users, passwords, pool modes and TLS modes of `settings` (a reload): new
+    /// logins are checked against them; clients already logged in keep their identity. The
+    /// auth query's sources and the `[backend]` account stay as they started.
+    pub fn reload(&self, settings: &Settings) {
+        self.configured
+            .store(Arc::new(ConfiguredUsers::new(settings, &self.shared)));
     }
 
     /// Whether logins of `user` may or must use TLS: its `[[users]]` entry's `tls_mode`, or
     /// the global one. Asked before the password is checked, so a refusal for want of TLS
     /// says nothing about the password.
     pub fn tls_mode(&self, user: &str) -> TlsMode {
-        self.configured.tls_mode(user).unwrap_or(self.tls_mode)
+        self.configured.load().tls_mode(user)
     }
 
     /// The login of sluice's own connections (probes, the Data API's shared account).
@@ -177,7 +182,7 @@ impl Identities {
     ) -> Result<Arc<Identity>, Denied> {
         for source in &self.sources {
             let outcome = match source {
-                Source::Users => self.configured.verify(user, salt, proof),
+                Source::Users => self.configured.load().verify(user, salt, proof),
                 Source::AuthQuery(cache) => self.database_user(cache, user, salt, proof).await,
             };
             if !matches!(outcome, Err(Denied::UnknownUser)) {
@@ -222,13 +227,13 @@ impl Identities {
             user: user.to_owned(),
             lane: crate::queue::LaneKey::app(user),
             backend: Arc::new(backend),
-            pool_mode: self.pool_mode,
+            pool_mode: self.configured.load().pool_mode,
             databases: None,
         }))
     }
 
     /// The identity a Data API key acts as (its user must be configured).
     pub fn of_configured(&self, user: &str) -> Option<Arc<Identity>> {
-        self.configured.get(user)
+        self.configured.load().get(user)
     }
 }

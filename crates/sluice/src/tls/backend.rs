@@ -12,7 +12,7 @@
 //! "Not checked" protects against eavesdropping only, not against a man in the middle, as
 //! with the MySQL clients.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::Deserialize;
@@ -62,6 +62,15 @@ pub struct BackendTls {
     pub mode: BackendTlsMode,
     /// The connector, unless the mode is `disable`.
     connector: Option<TlsConnector>,
+    /// The authority file it was built with, so a reload can tell whether it changed.
+    ca: Option<PathBuf>,
+}
+
+/// Two are the same when built from the same mode and authority file.
+impl PartialEq for BackendTls {
+    fn eq(&self, other: &BackendTls) -> bool {
+        self.mode == other.mode && self.ca == other.ca
+    }
 }
 
 impl std::fmt::Debug for BackendTls {
@@ -75,6 +84,7 @@ impl BackendTls {
     pub const DISABLED: BackendTls = BackendTls {
         mode: BackendTlsMode::Disable,
         connector: None,
+        ca: None,
     };
 
     /// Builds the client side of `mode`; `ca` (PEM, one or more certificates) is read now
@@ -87,6 +97,7 @@ impl BackendTls {
                 return Ok(BackendTls {
                     mode,
                     connector: None,
+                    ca: ca.map(Path::to_path_buf),
                 })
             }
             (BackendTlsMode::Prefer | BackendTlsMode::Require, _) => Arc::new(Lenient {
@@ -126,6 +137,7 @@ impl BackendTls {
         Ok(BackendTls {
             mode,
             connector: Some(TlsConnector::from(Arc::new(config))),
+            ca: ca.map(Path::to_path_buf),
         })
     }
 

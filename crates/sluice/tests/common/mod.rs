@@ -2,6 +2,7 @@
 //! MariaDB on 127.0.0.1:3306 (scripts/ensure-deps makes sure it is there).
 #![allow(dead_code)]
 
+pub mod binary;
 pub mod certs;
 pub mod data_api;
 
@@ -149,7 +150,13 @@ pub async fn start_with(test: &str, tweak: impl FnOnce(&mut Config)) -> TestGate
     ];
     tweak(&mut config);
     let settings = config.validate("test").expect("valid test config");
-    let server = Server::bind(Gateway::new(settings)).await.unwrap();
+    serve(Gateway::new(settings), backend_user).await
+}
+
+/// Serves `gateway` (whose backend user is `backend_user`) on the ports of its settings
+/// until the returned handle is dropped.
+pub async fn serve(gateway: Arc<Gateway>, backend_user: String) -> TestGateway {
+    let server = Server::bind(gateway).await.unwrap();
     let addr = server.local_addr().unwrap();
     let admin = server.admin_addr().unwrap();
     let http = server.http_addr();
@@ -241,6 +248,18 @@ impl TestGateway {
     }
 }
 
+/// Waits until the pool's budget is `want`, returning what it was last.
+pub async fn budget_becomes(gw: &TestGateway, want: usize) -> usize {
+    for _ in 0..200 {
+        let max = gw.gateway.pool.stats().max;
+        if max == want {
+            return max;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    gw.gateway.pool.stats().max
+}
+
 /// The repository's root directory (for `tests/clients`).
 pub fn repo_root() -> std::path::PathBuf {
     std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -297,6 +316,17 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> String {
     let mut out = String::new();
     socket.read_to_string(&mut out).await.unwrap();
     out
+}
+
+/// A `POST` to the admin listener at `admin`, with `token` as the bearer token: the status
+/// code and body.
+pub async fn admin_post(admin: SocketAddr, path: &str, token: Option<&str>) -> (u16, String) {
+    let mut request = data_api::plain_client().post(format!("http://{admin}{path}"));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().await.unwrap();
+    (response.status().as_u16(), response.text().await.unwrap())
 }
 
 /// The value of an unlabelled or labelled sample in Prometheus text, e.g.

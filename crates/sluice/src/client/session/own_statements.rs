@@ -182,7 +182,7 @@ impl Session {
     /// `raised` conditions or not; `holds` is whether the diagnostics area still holds
     /// something, when that was read back (otherwise it is as before the command).
     pub(super) fn keep_diagnostics(&mut self, raised: bool, holds: Option<bool>) {
-        let hold = !self.gateway.settings.diagnostics_hold.is_zero();
+        let hold = !self.gateway.settings().diagnostics_hold.is_zero();
         self.keeps_diagnostics = hold && (raised || holds.unwrap_or(self.keeps_diagnostics));
     }
 }

@@ -306,7 +306,7 @@ impl Session {
             return Err(errors::malformed_packet());
         }
         let id = self.statements.known_id(payload)?;
-        let limit = self.gateway.settings.max_packet_size;
+        let limit = self.gateway.settings().max_packet_size;
         let Some(statement) = self.statements.by_id.get_mut(&id) else {
             return Err(errors::unknown_statement(id, payload[0]));
         };
@@ -337,7 +337,7 @@ impl Session {
     /// COM_STMT_SEND_LONG_DATA: kept until the execute (the server answers nothing, and
     /// reports problems at the execute, as sluice does).
     pub(super) fn stmt_send_long_data(&mut self, payload: &[u8]) {
-        let limit = self.gateway.settings.max_packet_size;
+        let limit = self.gateway.settings().max_packet_size;
         let Ok((id, param, data)) = prepared::parse_long_data(payload) else {
             return;
         };
@@ -450,7 +450,7 @@ impl Session {
         key: &Arc<StatementKey>,
     ) -> Result<Result<u32, ErrFields>, BackendError> {
         let gateway = self.gateway.clone();
-        let capacity = gateway.settings.pool.max_prepared_statements;
+        let capacity = gateway.settings().pool.max_prepared_statements;
         let found = self.held_connection()?;
         let found = found.statement_id(key, capacity, &gateway.metrics).await?;
         Ok(found.map(|(id, _params)| id))
@@ -462,7 +462,7 @@ impl Session {
         key: &Arc<StatementKey>,
     ) -> Result<Result<Prepared, ErrFields>, BackendError> {
         let gateway = self.gateway.clone();
-        let capacity = gateway.settings.pool.max_prepared_statements;
+        let capacity = gateway.settings().pool.max_prepared_statements;
         self.held_connection()?
             .prepare_kept(key, capacity, &gateway.metrics)
             .await
