@@ -348,7 +348,7 @@ async fn serve_authenticated(
     debug!(%user, backend_user = %identity.backend.user, "client authenticated");
     let registration = gateway.sessions.register(id, &identity);
     let counted = gateway.metrics.users.client(&identity.user);
-    let borrows = gateway.metrics.users.borrows(&identity.user);
+    let borrows = gateway.metrics.users.borrows(&identity.backend.user);
     let timing = CommandTiming::new(gateway.metrics.users.latency(&identity.user));
     let tracking = capabilities
         .contains(CapabilityFlags::CLIENT_SESSION_TRACK)
@@ -1399,7 +1399,7 @@ impl Session {
         // A new entry: kills aimed at the old user's session do not reach the new one.
         self.registration = self.gateway.sessions.register(self.id, &identity);
         self.counted = self.gateway.metrics.users.client(&identity.user);
-        self.borrows = self.gateway.metrics.users.borrows(&identity.user);
+        self.borrows = self.gateway.metrics.users.borrows(&identity.backend.user);
         self.timing
             .set_latency(self.gateway.metrics.users.latency(&identity.user));
         self.identity = identity;

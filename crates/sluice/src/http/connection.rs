@@ -144,7 +144,11 @@ impl Api {
             multi_statements: None,
             owner: Owner::fresh(),
             lane: &caller.identity.lane,
-            borrows: &self.gateway.metrics.users.borrows(&caller.identity.user),
+            borrows: &self
+                .gateway
+                .metrics
+                .users
+                .borrows(&caller.identity.backend.user),
         };
         match pool
             .borrow_for(&caller.identity.backend, Flavor::INTERNAL, &wanted)
