@@ -78,11 +78,6 @@ impl<S> Compressed<S> {
         self.next_seq = next_seq;
     }
 
-    /// Whether compression is on.
-    pub fn is_on(&self) -> bool {
-        self.on
-    }
-
     /// Bytes read from the peer and not yet handed on (a pipelined command, say).
     pub fn buffered_len(&self) -> usize {
         self.raw.len() + self.plain.len()
@@ -406,6 +401,5 @@ mod tests {
         let mut got = [0u8; 5];
         theirs.read_exact(&mut got).await.unwrap();
         assert_eq!(&got, b"plain");
-        assert!(!stream.is_on());
     }
 }

@@ -396,16 +396,6 @@ impl Line {
         })
     }
 
-    /// Borrowers waiting now, all lanes together.
-    pub fn waiting(&self) -> usize {
-        self.shared
-            .lock()
-            .lanes
-            .values()
-            .map(|l| l.waiting.len())
-            .sum()
-    }
-
     /// Every lane in use or configured, applications by name, sluice's own last.
     pub fn lanes(&self) -> Vec<LaneStats> {
         let lines = self.shared.lock();
@@ -614,7 +604,7 @@ mod tests {
         let leaving = waiter(&line, app("a")).await;
         leaving.abort();
         let _ = leaving.await;
-        assert_eq!(line.waiting(), 0);
+        assert_eq!(line.lanes().iter().map(|l| l.waiting).sum::<usize>(), 0);
         drop(held);
         assert!(line.acquire(&app("b"), soon()).await.is_ok());
         assert_eq!(line.lanes().iter().map(|l| l.borrowed).sum::<usize>(), 0);

@@ -133,7 +133,6 @@ impl Server {
         };
         gateway.pool.spawn_maintenance();
         crate::janitor::spawn(&gateway.pool, &settings.janitor, &gateway.metrics);
-        drop(settings);
         let admin_addr = admin.local_addr()?;
         let admin_task = tokio::spawn(crate::admin::serve(admin, gateway.clone()));
         let console_task =

@@ -8,6 +8,27 @@ use common::*;
 use mysql_async::prelude::*;
 use sluice::bench::{run_burst, BurstOptions, Calls, Mode, ModeReport};
 
+/// A burst small enough for a test: one wave of two invocations, sampled every 50 ms,
+/// against the local MariaDB as root; each test sets what it is about.
+fn small_burst() -> BurstOptions {
+    BurstOptions {
+        containers: 1,
+        invocations: 2,
+        waves: 1,
+        zombie_ratio: 0.0,
+        query: None,
+        think_time_ms: 0,
+        write_ratio: 0.0,
+        modes: vec![Mode::Gateway],
+        database: format!("mysql://root@{DB_HOST}:{DB_PORT}"),
+        gateway: None,
+        pool: 4,
+        borrow_timeout_ms: 500,
+        sample_ms: 50,
+        apps: Vec::new(),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn small_burst_in_every_mode() {
     // A dedicated database user, so the sampler counts only this burst's connections.
@@ -22,19 +43,13 @@ async fn small_burst_in_every_mode() {
         .unwrap();
     let options = BurstOptions {
         containers: 30,
-        invocations: 2,
         waves: 2,
-        zombie_ratio: 0.0,
-        query: None,
-        think_time_ms: 0,
         write_ratio: 0.2,
         modes: vec![Mode::Direct, Mode::Managed, Mode::Gateway],
         database: format!("mysql://sl_burst:burst-pw@{DB_HOST}:{DB_PORT}"),
-        gateway: None,
         pool: 5,
         borrow_timeout_ms: 500,
-        sample_ms: 50,
-        apps: Vec::new(),
+        ..small_burst()
     };
     let report = run_burst(&options, false).await.unwrap();
     let total = 30 * 2 * 2;
@@ -134,19 +149,11 @@ fn check_panel(mode: &ModeReport) {
 async fn two_applications_share_one_budget() {
     let options = BurstOptions {
         containers: 0,
-        invocations: 2,
-        waves: 1,
-        zombie_ratio: 0.0,
-        query: None,
-        think_time_ms: 0,
-        write_ratio: 0.0,
         modes: vec![Mode::Direct, Mode::Gateway, Mode::Quotas],
-        database: format!("mysql://root@{DB_HOST}:{DB_PORT}"),
-        gateway: None,
         pool: 4,
         borrow_timeout_ms: 300,
-        sample_ms: 50,
         apps: vec!["hot2:24".parse().unwrap(), "cold2:3:min=2".parse().unwrap()],
+        ..small_burst()
     };
     let report = run_burst(&options, false).await.unwrap();
     assert_eq!(report.modes.len(), 3);

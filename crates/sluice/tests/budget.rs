@@ -41,16 +41,22 @@ impl Drop for ServerMax {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_percentage_budget_follows_the_server_s_max_connections() {
-    let _setting = SERVER_SETTING.lock().await;
+/// The server's `max_connections` now, read directly.
+async fn server_max_connections() -> u64 {
     let mut admin = direct().await;
-    let original: u64 = admin
+    let value: u64 = admin
         .query_first("SELECT @@GLOBAL.max_connections")
         .await
         .unwrap()
         .unwrap();
     admin.disconnect().await.unwrap();
+    value
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_percentage_budget_follows_the_server_s_max_connections() {
+    let _setting = SERVER_SETTING.lock().await;
+    let original = server_max_connections().await;
     let _restore = ServerMax(original);
     ServerMax::set(200).await;
     let gw = start_with("budget_pct", |c| {
@@ -108,13 +114,7 @@ async fn a_percentage_budget_follows_the_server_s_max_connections() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cap_above_what_the_server_allows_is_cut_to_leave_the_headroom() {
     let _setting = SERVER_SETTING.lock().await;
-    let mut admin = direct().await;
-    let server_max: u64 = admin
-        .query_first("SELECT @@GLOBAL.max_connections")
-        .await
-        .unwrap()
-        .unwrap();
-    admin.disconnect().await.unwrap();
+    let server_max = server_max_connections().await;
     let gw = start_with("budget_cap", |c| {
         c.pool.max_db_connections = 100_000;
         c.pool.reserved_connections = 7;
