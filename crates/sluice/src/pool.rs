@@ -198,6 +198,30 @@ struct State {
     draining: bool,
 }
 
+/// What a borrower's session will ask of a connection, so that among idle ones the pool
+/// lends one that already has it: each difference costs a round trip (`COM_INIT_DB`, `SET`)
+/// before the borrower's own command.
+#[derive(Debug, Clone, Copy, Default)]
+struct Fit<'a> {
+    /// The schema it will use.
+    schema: Option<&'a str>,
+    /// The system variables it will adopt (`None`: it takes the connection as it is).
+    vars: Option<&'a BTreeMap<String, String>>,
+}
+
+impl Fit<'_> {
+    /// How many of the round trips setting the borrower's session up `conn` would spare:
+    /// one for being on the schema, one for holding the same variables.
+    fn spared(&self, conn: &BackendConn) -> u8 {
+        let on_schema = conn
+            .schema
+            .as_ref()
+            .is_some_and(|s| s.as_deref() == self.schema);
+        let same_vars = self.vars.is_some_and(|vars| *vars == conn.vars);
+        u8::from(on_schema) + u8::from(same_vars)
+    }
+}
+
 /// What a borrower found under the lock.
 enum Taken {
     /// An idle connection of its flavor, to vet before lending.
@@ -306,15 +330,14 @@ impl Inner {
     }
 
     /// Takes an idle connection of `login` (its user and secret) that serves `flavor`
-    /// (preferring one on `schema`), or else a slot for a new one, evicting the least
-    /// recently used idle connection (of any user or flavor) when the cap is reached: every
-    /// database user draws on the one budget.
-    fn take(&self, login: &BackendTarget, flavor: Flavor, schema: Option<&str>) -> Taken {
+    /// (preferring one that `fit`s the borrower's session), or else a slot for a new one,
+    /// evicting the least recently used idle connection (of any user or flavor) when the cap
+    /// is reached: every database user draws on the one budget.
+    fn take(&self, login: &BackendTarget, flavor: Flavor, fit: Fit<'_>) -> Taken {
         let mut state = self.state();
         state.last_flavor = Some(flavor);
-        let on_schema = |c: &BackendConn| c.schema.as_ref().is_some_and(|s| s.as_deref() == schema);
-        // The most recently used of those on the schema and login collation wanted, else
-        // on the schema, else any.
+        // The one sparing the most round trips (schema, variables), then on the login
+        // collation wanted, then the most recently used.
         let found = state
             .idle
             .iter()
@@ -328,7 +351,7 @@ impl Inner {
             .max_by_key(|(i, p)| {
                 let conn = &p.conn;
                 (
-                    on_schema(conn),
+                    fit.spared(conn),
                     conn.flavor.collation == flavor.collation,
                     *i,
                 )
@@ -595,10 +618,20 @@ impl Pool {
         flavor: Flavor,
         schema: Option<&str>,
     ) -> Result<Lease, BorrowError> {
+        let fit = Fit { schema, vars: None };
+        self.borrow_fitting(lane, login, flavor, fit).await
+    }
+
+    /// [`Pool::borrow`], preferring an idle connection that `fit`s the borrower's session.
+    async fn borrow_fitting(
+        &self,
+        lane: &LaneKey,
+        login: &BackendTarget,
+        flavor: Flavor,
+        fit: Fit<'_>,
+    ) -> Result<Lease, BorrowError> {
         let started = Instant::now();
-        let lent = self
-            .borrow_since(started, lane, login, flavor, schema)
-            .await;
+        let lent = self.borrow_since(started, lane, login, flavor, fit).await;
         let waited = started.elapsed().as_secs_f64();
         self.inner.metrics.borrow_wait.observe(waited);
         lent
@@ -611,7 +644,7 @@ impl Pool {
         lane: &LaneKey,
         login: &BackendTarget,
         flavor: Flavor,
-        schema: Option<&str>,
+        fit: Fit<'_>,
     ) -> Result<Lease, BorrowError> {
         let inner = &self.inner;
         let deadline = started + inner.config().borrow_timeout;
@@ -675,7 +708,7 @@ impl Pool {
             pool: inner.clone(),
         };
         loop {
-            let slot = match inner.take(login, flavor, schema) {
+            let slot = match inner.take(login, flavor, fit) {
                 Taken::Idle(pooled) => match self.vet(pooled).await {
                     Some(pooled) => {
                         lease.conn = Some(pooled);
@@ -787,7 +820,9 @@ impl Pool {
     }
 
     /// Lends a connection logged in as `login` that serves `flavor`, already on `session`
-    /// and on the character sets of the client's login, changing only what differs. Pooled
+    /// and on the character sets of the client's login, changing only what differs (an idle
+    /// connection already on the schema and variables is preferred, so clients with
+    /// different `SET`s each find their own and pay no extra round trip). Pooled
     /// connections that turn out dead (e.g. after a database restart) are replaced a few
     /// times before the borrower is told. Counted in `sluice_borrows_total`.
     pub async fn borrow_for(
@@ -799,11 +834,14 @@ impl Pool {
         const ATTEMPTS: usize = 3;
         let target = login;
         let metrics = &self.inner.metrics;
-        let hint = session.schema.or(target.database.as_deref());
+        let fit = Fit {
+            schema: session.schema.or(target.database.as_deref()),
+            vars: Some(session.vars),
+        };
         let mut last_error = None;
         for _ in 0..ATTEMPTS {
             let mut lease = self
-                .borrow(session.lane, login, flavor, hint)
+                .borrow_fitting(session.lane, login, flavor, fit)
                 .await
                 .map_err(SessionError::Borrow)?;
             metrics.borrows.inc();

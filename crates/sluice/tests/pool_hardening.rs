@@ -9,6 +9,14 @@ use std::time::Duration;
 use common::*;
 use mysql_async::prelude::*;
 
+/// `sluice_session_adoptions_total` of `kind` in a metrics page.
+fn adoptions(metrics: &str, kind: &str) -> f64 {
+    metric_value(
+        metrics,
+        &format!("sluice_session_adoptions_total{{kind=\"{kind}\"}}"),
+    )
+}
+
 /// Waits until the pool holds `idle` idle connections.
 async fn wait_for_idle(gw: &TestGateway, idle: usize) {
     for _ in 0..250 {
@@ -41,6 +49,47 @@ async fn min_idle_connections_serve_clients() {
     }
     gw.wait_idle().await;
     assert!(gw.gateway.pool.stats().total <= 6);
+}
+
+/// Two clients with different session variables, taking turns over a pool of two idle
+/// connections, each find the connection already holding theirs: no `SET` is replayed.
+/// (Before, the most recently used connection was lent, the other client's, and every turn
+/// paid a `SET` round trip.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_with_different_variables_each_find_their_own_connection() {
+    const TURNS: usize = 20;
+    let gw = start_with("fit_vars", |c| c.pool.max_db_connections = 2).await;
+    let mut ansi = gw.connect().await;
+    ansi.query_drop("SET SESSION sql_mode = 'ANSI'")
+        .await
+        .unwrap();
+    let mut plain = gw.connect().await;
+    // Both connections on the clients' schema: each client holds one at once.
+    ansi.query_drop("BEGIN").await.unwrap();
+    plain.query_drop("BEGIN").await.unwrap();
+    ansi.query_drop("COMMIT").await.unwrap();
+    plain.query_drop("COMMIT").await.unwrap();
+    gw.wait_idle().await;
+    let before = adoptions(&gw.metrics().await, "variables");
+    for turn in 0..TURNS {
+        let mode: String = ansi
+            .query_first("SELECT @@sql_mode")
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(mode.contains("ANSI_QUOTES"), "turn {turn}: {mode}");
+        let mode: String = plain
+            .query_first("SELECT @@sql_mode")
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(!mode.contains("ANSI_QUOTES"), "turn {turn}: {mode}");
+    }
+    let replayed = adoptions(&gw.metrics().await, "variables") - before;
+    assert_eq!(replayed, 0.0, "SETs replayed in {} borrows", 2 * TURNS);
+    assert_eq!(db_connections_of(&gw.backend_user).await, 2);
+    ansi.disconnect().await.unwrap();
+    plain.disconnect().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -197,12 +246,7 @@ async fn three_driver_flavours_share_a_pool_of_two_without_evictions() {
         &metrics,
         "sluice_db_connections_closed_total{reason=\"evicted\"}",
     );
-    let adoption = |kind: &str| {
-        metric_value(
-            &metrics,
-            &format!("sluice_session_adoptions_total{{kind=\"{kind}\"}}"),
-        )
-    };
+    let adoption = |kind: &str| adoptions(&metrics, kind);
     println!(
         "{} logins over a pool of 2: {evicted} evictions; adoptions: variables {}, login {}, \
          multi_statements {}, schema {}",
