@@ -105,6 +105,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> PacketStream<S> {
         &mut self.io
     }
 
+    /// Gives the read and write buffers' memory back when they hold nothing, for a peer that
+    /// went quiet: an idle connection then costs no buffer, and one in the middle of a burst
+    /// (whose caller does not call this) no allocation per packet. Bytes not yet consumed
+    /// or sent stay.
+    pub fn release_buffers(&mut self) {
+        if self.read_buf.is_empty() {
+            self.read_buf = BytesMut::new();
+        }
+        if self.write_buf.is_empty() {
+            self.write_buf = Vec::new();
+        }
+    }
+
     /// Bytes read from the peer and not yet consumed.
     pub fn buffered_len(&self) -> usize {
         self.read_buf.len()
@@ -329,6 +342,29 @@ mod tests {
             stream.read_packet().await,
             Err(ProtocolError::Closed)
         ));
+    }
+
+    #[tokio::test]
+    async fn released_buffers_keep_what_is_unread_or_unsent() {
+        let mut wire = Vec::new();
+        let mut seq = 0;
+        packet::write_packet(&mut wire, &mut seq, b"\x03SELECT 1");
+        packet::write_packet(&mut wire, &mut seq, b"\x03SELECT 2");
+        let mut stream = PacketStream::new(std::io::Cursor::new(wire), 64 << 20);
+        stream.read_packet().await.unwrap();
+        // The second packet came in the same read: it stays.
+        stream.release_buffers();
+        assert!(stream.read_buf.capacity() > 0);
+        let second = stream.read_packet().await.unwrap();
+        assert_eq!(&second.payload[..], b"\x03SELECT 2");
+        stream.queue_packet(&mut seq, b"\x00\x00\x00\x02\x00\x00\x00");
+        stream.release_buffers();
+        assert_eq!(stream.queued_len(), 11, "a queued packet is not dropped");
+        drop(second);
+        stream.write_buf.clear();
+        stream.release_buffers();
+        assert_eq!(stream.read_buf.capacity(), 0);
+        assert_eq!(stream.write_buf.capacity(), 0);
     }
 
     #[test]
