@@ -23,13 +23,7 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// This process's resident set, in bytes.
 fn rss() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let kib: u64 = status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS in /proc/self/status");
-    kib * 1024
+    rss_kib("self") * 1024
 }
 
 #[tokio::test]

@@ -19,16 +19,6 @@ const CLIENTS: usize = 1000;
 /// state out of the client's task).
 const BOUND_KIB: f64 = 9.5;
 
-/// Resident set of process `pid`, in KiB.
-fn rss_kib(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_clients_cost_a_bounded_amount_of_memory_each() {
     rlimit::increase_nofile_limit(4 * CLIENTS as u64).unwrap();
@@ -42,14 +32,14 @@ async fn idle_clients_cost_a_bounded_amount_of_memory_each() {
     let mut first = mysql_async::Conn::new(opts.clone()).await.unwrap();
     first.query_drop("DO 1").await.unwrap();
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let before = rss_kib(sluice.pid());
+    let before = rss_kib(&sluice.pid().to_string()) as f64;
     let mut clients = Vec::with_capacity(CLIENTS);
     for _ in 0..CLIENTS {
         clients.push(mysql_async::Conn::new(opts.clone()).await.unwrap());
     }
     // Quiet past the moment sessions give their buffers back.
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    let after = rss_kib(sluice.pid());
+    let after = rss_kib(&sluice.pid().to_string()) as f64;
     let per_client = (after - before) / CLIENTS as f64;
     println!(
         "sluice RSS {:.1} MiB before, {:.1} MiB with {CLIENTS} idle clients: {per_client:.2} KiB each",

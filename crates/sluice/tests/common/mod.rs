@@ -329,6 +329,16 @@ pub async fn admin_post(admin: SocketAddr, path: &str, token: Option<&str>) -> (
     (response.status().as_u16(), response.text().await.unwrap())
 }
 
+/// The resident set of process `pid` (`"self"`: this one), in KiB.
+pub fn rss_kib(pid: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/PID/status")
+}
+
 /// The value of an unlabelled or labelled sample in Prometheus text, e.g.
 /// `metric_value(text, "sluice_auth_failures_total{reason=\"bad_password\"}")`.
 pub fn metric_value(text: &str, sample: &str) -> f64 {
