@@ -32,6 +32,7 @@ use crate::tls::Socket;
 use crate::config::{BackendSecret, BackendTarget};
 use crate::diagnostics::{Diagnostics, Owner, CLEAR_DIAGNOSTICS};
 use crate::metrics::Metrics;
+use crate::pool::Pool;
 use crate::statements::{BackendStatements, StatementKey};
 
 /// Capabilities sluice always asks of the database.
@@ -434,6 +435,28 @@ pub struct BackendConn {
 /// ER_MAX_PREPARED_STMT_COUNT_REACHED: the server holds `max_prepared_stmt_count` statements.
 const MAX_PREPARED_STMT_COUNT_REACHED: u16 = 1461;
 
+/// How a connection keeps the statements it prepares: how many, and what gives way when the
+/// server refuses a prepare at its `max_prepared_stmt_count`, which counts the copies kept
+/// on every connection for other clients.
+pub struct Keeping<'a> {
+    /// Most copies one connection keeps (`pool.max_prepared_statements`).
+    pub capacity: usize,
+    /// Where prepares, re-prepares and evictions are counted.
+    pub metrics: &'a Metrics,
+    /// Whose idle connections may be borrowed to close the copies they keep.
+    pub pool: &'a Pool,
+    /// Statements the client on this connection still holds: never closed to make room
+    /// (its next execute would have to prepare again, and an open cursor would be lost).
+    pub spare: &'a (dyn Fn(&StatementKey) -> bool + Sync),
+}
+
+impl Keeping<'_> {
+    /// Spares nothing: sluice's own statements (auth query, Data API) hold none open.
+    pub fn spare_none(_: &StatementKey) -> bool {
+        false
+    }
+}
+
 /// The result of a command that answers with a single OK or ERR packet.
 pub type SimpleReply = Result<OkFields, ErrFields>;
 
@@ -835,9 +858,9 @@ impl BackendConn {
     pub async fn prepare_kept(
         &mut self,
         key: &Arc<StatementKey>,
-        capacity: usize,
-        metrics: &Metrics,
+        keeping: &Keeping<'_>,
     ) -> Result<Result<Prepared, ErrFields>, BackendError> {
+        let metrics = keeping.metrics;
         // A statement resolves its names in the schema it was first prepared in, as on the
         // server: prepare it there, then come back to the connection's schema.
         let (into_context, back_from_context) = self.parse_context_switch(key);
@@ -856,16 +879,21 @@ impl BackendConn {
             }
         }
         let mut prepared = self.prepare(key.sql()).await?;
-        if matches!(&prepared, Err(err) if err.code == MAX_PREPARED_STMT_COUNT_REACHED)
-            && !self.statements.is_empty()
-        {
-            // The server's max_prepared_stmt_count is reached, partly by copies this
-            // connection keeps for other clients (they are prepared again when next
-            // executed here): close them and try once more, rather than refuse a client
-            // for statements it does not hold.
-            for id in self.statements.take_all() {
-                metrics.statement_evictions.inc();
-                self.queue_close(id);
+        // At the server's max_prepared_stmt_count, reached partly by copies kept for other
+        // clients (prepared again where next executed), those copies give way rather than
+        // a client be refused for statements it does not hold: this connection's first,
+        // then those of idle connections, least recently used first, each followed by one
+        // more try.
+        let mut closed_here = false;
+        while matches!(&prepared, Err(err) if err.code == MAX_PREPARED_STMT_COUNT_REACHED) {
+            let room = if closed_here {
+                false
+            } else {
+                closed_here = true;
+                self.close_kept(keeping.spare, metrics) > 0
+            };
+            if !room && !keeping.pool.free_idle_statements().await {
+                break;
             }
             prepared = self.prepare(key.sql()).await?;
         }
@@ -889,7 +917,7 @@ impl BackendConn {
             key.clone(),
             prepared.ok.statement_id,
             prepared.ok.params,
-            capacity,
+            keeping.capacity,
         );
         for id in evicted {
             metrics.statement_evictions.inc();
@@ -917,15 +945,14 @@ impl BackendConn {
     pub async fn statement_id(
         &mut self,
         key: &Arc<StatementKey>,
-        capacity: usize,
-        metrics: &Metrics,
+        keeping: &Keeping<'_>,
     ) -> Result<Result<(u32, u16), ErrFields>, BackendError> {
         if let Some(statement) = self.statements.get_mut(key) {
             return Ok(Ok((statement.id, statement.params)));
         }
-        metrics.statement_reprepares.inc();
+        keeping.metrics.statement_reprepares.inc();
         Ok(self
-            .prepare_kept(key, capacity, metrics)
+            .prepare_kept(key, keeping)
             .await?
             .map(|prepared| (prepared.ok.statement_id, prepared.ok.params)))
     }
@@ -943,6 +970,22 @@ impl BackendConn {
             }
         }
         Ok(defs)
+    }
+
+    /// Closes the copies this connection keeps but those `spare` names, counting them as
+    /// evictions (they are prepared again where next executed); the closes leave with the
+    /// next command. Returns how many were closed.
+    pub fn close_kept(
+        &mut self,
+        spare: &(dyn Fn(&StatementKey) -> bool + Sync),
+        metrics: &Metrics,
+    ) -> usize {
+        let ids = self.statements.take_unless(spare);
+        for &id in &ids {
+            metrics.statement_evictions.inc();
+            self.queue_close(id);
+        }
+        ids.len()
     }
 
     /// Queues COM_STMT_CLOSE for statement `id`; it leaves with the next command (the server
