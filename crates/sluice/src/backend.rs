@@ -43,7 +43,6 @@ const BASE_CAPABILITIES: CapabilityFlags = CapabilityFlags::from_bits_truncate(
         | CapabilityFlags::CLIENT_TRANSACTIONS.bits()
         | CapabilityFlags::CLIENT_SECURE_CONNECTION.bits()
         | CapabilityFlags::CLIENT_MULTI_RESULTS.bits()
-        | CapabilityFlags::CLIENT_PS_MULTI_RESULTS.bits()
         | CapabilityFlags::CLIENT_PLUGIN_AUTH.bits()
         | CapabilityFlags::CLIENT_PLUGIN_AUTH_LENENC_CLIENT_DATA.bits()
         | CapabilityFlags::CLIENT_CONNECT_ATTRS.bits()
@@ -72,7 +71,10 @@ const ENABLE_TRACKING: &str = "SET SESSION session_track_system_variables = '*',
 /// Client capabilities that change what the server sends and cannot change after login, so
 /// a backend connection must be opened with the same choice of them as the client it
 /// serves (they key the pool): `CLIENT_DEPRECATE_EOF` changes how replies are framed,
-/// `CLIENT_FOUND_ROWS` what `UPDATE` reports as affected rows, `CLIENT_IGNORE_SPACE` how
+/// `CLIENT_FOUND_ROWS` what `UPDATE` reports as affected rows, `CLIENT_PS_MULTI_RESULTS`
+/// whether a `CALL` through the binary protocol answers its OUT and INOUT parameters as
+/// one more result set (`SERVER_PS_OUT_PARAMS`, which a driver that did not ask for it
+/// takes for an ordinary one), `CLIENT_IGNORE_SPACE` how
 /// the server parses function names (its `sql_mode` flag, which a login sets and a `SET`
 /// could undo, so it is kept apart rather than carried). Everything else a client's login
 /// chooses is carried as session state: its collation by `SET NAMES` (see
@@ -82,6 +84,7 @@ const ENABLE_TRACKING: &str = "SET SESSION session_track_system_variables = '*',
 pub const FLAVOR_CAPABILITIES: CapabilityFlags = CapabilityFlags::from_bits_truncate(
     CapabilityFlags::CLIENT_FOUND_ROWS.bits()
         | CapabilityFlags::CLIENT_IGNORE_SPACE.bits()
+        | CapabilityFlags::CLIENT_PS_MULTI_RESULTS.bits()
         | CapabilityFlags::CLIENT_DEPRECATE_EOF.bits(),
 );
 
@@ -108,9 +111,13 @@ pub struct Flavor {
 
 impl Flavor {
     /// The flavor of connections sluice opens for itself (probe, side connections for KILL,
-    /// the burst simulator): modern EOF handling, utf8mb4_general_ci.
+    /// the burst simulator, the Data API): modern EOF handling, OUT parameters of binary
+    /// `CALL`s, utf8mb4_general_ci.
     pub const INTERNAL: Flavor = Flavor {
-        capabilities: CapabilityFlags::CLIENT_DEPRECATE_EOF,
+        capabilities: CapabilityFlags::from_bits_truncate(
+            CapabilityFlags::CLIENT_DEPRECATE_EOF.bits()
+                | CapabilityFlags::CLIENT_PS_MULTI_RESULTS.bits(),
+        ),
         mariadb: MariadbCapabilities::empty(),
         collation: 45,
     };
