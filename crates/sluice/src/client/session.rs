@@ -848,12 +848,12 @@ impl Session {
         let state = &self.state;
         let id = self.id;
         let rewritten = statement::rewrite(sql, &analysis, |function| match function {
-            SessionFunction::ConnectionId => Some(id.to_string()),
+            SessionFunction::ConnectionId => Some(function.typed(id)),
             _ if !unpinned || payload.len() >= MAX_FRAME_PAYLOAD => None,
             // Read on the connection, after `own_insert_id` put the client's value there.
             SessionFunction::LastInsertId => None,
-            SessionFunction::RowCount => Some(state.row_count.to_string()),
-            SessionFunction::FoundRows => Some(state.found_rows.to_string()),
+            SessionFunction::RowCount => Some(function.typed(state.row_count)),
+            SessionFunction::FoundRows => Some(function.typed(state.found_rows)),
         });
         let hidden: Vec<&[u8]> = analysis
             .scope_inserts

@@ -37,6 +37,25 @@ pub enum SessionFunction {
     ConnectionId,
 }
 
+impl SessionFunction {
+    /// The client's `value` of this function as SQL that the server types as it types the
+    /// call itself (an `IF` whose other branch, never taken, is the call): a bare literal
+    /// would change the result's column definition (`-1` is a 2-digit `LONG`, `ROW_COUNT()`
+    /// a 21-digit `LONGLONG`), which drivers read.
+    pub fn typed(self, value: impl std::fmt::Display) -> String {
+        match self {
+            SessionFunction::LastInsertId => {
+                format!("IF(1, CAST({value} AS UNSIGNED), LAST_INSERT_ID())")
+            }
+            SessionFunction::RowCount => format!("IF(1, {value}, ROW_COUNT())"),
+            SessionFunction::FoundRows => format!("IF(1, {value}, FOUND_ROWS())"),
+            SessionFunction::ConnectionId => {
+                format!("IF(1, CAST({value} AS UNSIGNED), CONNECTION_ID())")
+            }
+        }
+    }
+}
+
 /// One call of a session function in the text.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FunctionCall {

@@ -379,3 +379,15 @@ fn transaction_ends_and_access_modes() {
         assert!(!of(sql).starts_with_characteristics, "{sql}");
     }
 }
+
+#[test]
+fn a_function_s_value_keeps_the_call_s_type() {
+    assert_eq!(
+        SessionFunction::RowCount.typed(-1),
+        "IF(1, -1, ROW_COUNT())"
+    );
+    assert_eq!(
+        SessionFunction::ConnectionId.typed(7u32),
+        "IF(1, CAST(7 AS UNSIGNED), CONNECTION_ID())"
+    );
+}
