@@ -1325,6 +1325,10 @@ impl Harness {
         let d = observe(self.d.conns[client].as_mut(), &self.d.names).await;
         match (&s, &d) {
             (Ok(s), Ok(d)) if s == d => {}
+            // The same error on both sides: what the driver makes of a reply cut short by
+            // an error (a procedure's later SELECT on a table not locked with LOCK TABLES)
+            // surfaces at the next query, the observer.
+            (Err(s), Err(d)) if s == d => return Ok(()),
             (Ok(s), Ok(d)) => {
                 let mut sluice = Vec::new();
                 let mut mariadb = Vec::new();
