@@ -238,10 +238,29 @@ pub const CHARSET_VARIABLES: [&str; 4] = [
     "collation_connection",
 ];
 
+/// Not a server variable, but kept among a session's variables: the collation that
+/// `character_set_client` and `character_set_results` carry inside the server, which no
+/// variable shows and result column definitions do (their character set number). It is the
+/// login's collation, or that of the last `SET NAMES`; empty (the character set's default)
+/// once either variable is set on its own. Only `SET NAMES ... COLLATE` can restore it.
+pub const NAMES_COLLATION: &str = "sluice.names_collation";
+
+/// Whether collation `collation` (as SQL, perhaps quoted) belongs to character set
+/// `charset` (as SQL).
+fn collation_of(collation: &str, charset: &str) -> bool {
+    collation
+        .trim_matches('\'')
+        .strip_prefix(charset.trim_matches('\''))
+        .is_some_and(|rest| rest.starts_with('_'))
+}
+
 /// The `SET` that takes variables `names` from the values `from` gives to those `to` gives
 /// (both as SQL), or `None` when nothing differs. Character sets are set together, as
-/// `SET NAMES cs COLLATE coll` when one character set serves all three: only that form sets
-/// what MariaDB uses for parameters of prepared statements, as the client's own did.
+/// `SET NAMES cs COLLATE coll` when one character set serves the client and the results:
+/// only that form sets the collation they carry ([`NAMES_COLLATION`], which result column
+/// definitions show and MariaDB uses for parameters of prepared statements), as the
+/// client's own login or `SET NAMES` did; the connection's collation follows when it
+/// differs.
 fn change_statement(
     names: &std::collections::BTreeSet<&str>,
     from: impl Fn(&str) -> String,
@@ -250,20 +269,36 @@ fn change_statement(
     let mut items = Vec::new();
     let charset_changes = CHARSET_VARIABLES
         .iter()
+        .chain([&NAMES_COLLATION])
         .any(|name| names.contains(name) && from(name) != to(name));
     if charset_changes {
         let [client, connection, results, collation] = CHARSET_VARIABLES.map(&to);
-        if client == connection && client == results && client != "DEFAULT" && client != "NULL" {
-            let charset = client.trim_matches('\'');
-            let fits = collation
-                .trim_matches('\'')
-                .strip_prefix(charset)
-                .is_some_and(|rest| rest.starts_with('_'));
-            if !fits {
-                // A collation of another character set (the login's, say) cannot go with it.
-                items.push(format!("NAMES {client}"));
+        let carried = to(NAMES_COLLATION);
+        if client == results && client != "DEFAULT" && client != "NULL" {
+            // The collation SET NAMES gives all three: the one the client's character set
+            // carries, else (one character set for all) the connection's.
+            let names_collation = if collation_of(&carried, &client) {
+                Some(carried)
+            } else if client == connection && collation_of(&collation, &client) {
+                Some(collation.clone())
             } else {
-                items.push(format!("NAMES {client} COLLATE {collation}"));
+                None
+            };
+            match &names_collation {
+                Some(names_collation) => {
+                    items.push(format!("NAMES {client} COLLATE {names_collation}"))
+                }
+                // A collation of another character set (the login's, say) cannot go with it.
+                None => items.push(format!("NAMES {client}")),
+            }
+            let follows = client == connection
+                && names_collation
+                    .is_some_and(|c| c.trim_matches('\'') == collation.trim_matches('\''));
+            if !follows && collation_of(&collation, &connection) {
+                // Setting the collation sets the connection's character set with it.
+                items.push(format!("@@session.collation_connection = {collation}"));
+            } else if !follows {
+                items.push(format!("@@session.character_set_connection = {connection}"));
             }
         } else {
             for (name, value) in CHARSET_VARIABLES
@@ -274,7 +309,10 @@ fn change_statement(
             }
         }
     }
-    for name in names.iter().filter(|n| !CHARSET_VARIABLES.contains(n)) {
+    for name in names
+        .iter()
+        .filter(|n| !CHARSET_VARIABLES.contains(n) && **n != NAMES_COLLATION)
+    {
         let value = to(name);
         if from(name) != value {
             items.push(format!("@@session.{name} = {value}"));
@@ -1025,12 +1063,17 @@ impl BackendConn {
         for slot in &mut self.server.tracking_defaults {
             *slot = values.next().unwrap_or_default();
         }
-        self.login_vars = Arc::new(
-            LOGIN_VARIABLES
-                .iter()
-                .map(|name| (name.to_string(), values.next().unwrap_or_default()))
-                .collect(),
-        );
+        let mut login: BTreeMap<String, String> = LOGIN_VARIABLES
+            .iter()
+            .map(|name| (name.to_string(), values.next().unwrap_or_default()))
+            .collect();
+        // A login gives the client and the results its own collation.
+        let collation = login
+            .get("collation_connection")
+            .cloned()
+            .unwrap_or_default();
+        login.insert(NAMES_COLLATION.to_owned(), collation);
+        self.login_vars = Arc::new(login);
         Ok(())
     }
 

@@ -5,8 +5,9 @@
 //! `COM_RESET_CONNECTION` (PyMySQL, mysql_async) and `COM_CHANGE_USER` (mysql2,
 //! mysql_async) followed by reads of every kind of session state, multiple result sets
 //! (multi-statements, procedures, OUT/INOUT parameters through the binary protocol), a
-//! cursor in a procedure, `START TRANSACTION WITH CONSISTENT SNAPSHOT`, `LAST_VALUE()`, and
-//! JSON/GEOMETRY/DECIMAL/TIMESTAMP columns in text and binary results.
+//! cursor in a procedure, `START TRANSACTION WITH CONSISTENT SNAPSHOT`, `LAST_VALUE()`,
+//! JSON/GEOMETRY/DECIMAL/TIMESTAMP columns in text and binary results, and the collation
+//! result columns are sent in after the login's or `SET NAMES ... COLLATE`.
 
 mod common;
 
@@ -88,9 +89,14 @@ async fn mysql2_sees_what_mariadb_shows() {
     let output = same_both_ways(&gw, "node", "scenarios.js", SPEC).await;
     assert_session_cleared(&output, "change user");
     // mysql2 does not ask for CLIENT_PS_MULTI_RESULTS: no result set of OUT parameters.
+    // Its login collation (utf8mb4_unicode_ci, 224) stays the results' after a change of
+    // the connection's collation, on whichever connection.
     assert_lines(
         &output,
-        &["multi results #6 a: [in_proc:3/63/11/0/0] (3) ;; "],
+        &[
+            "multi results #6 a: [in_proc:3/63/11/0/0] (3) ;; ",
+            "collation #2 a: [s:253/224/40/0/0 lit:253/224/4/39/1] (x, a)",
+        ],
     );
 }
 
@@ -114,7 +120,12 @@ async fn mysql_async_sees_what_mariadb_shows() {
     // result set of their own.
     assert_lines(
         &sluice,
-        &["multi results #6 a: [in_proc:3/63/11/0/0] (3) ;; \
-             [b:3/63/11/0/0 c:3/63/11/0/0] (6, 13)"],
+        &[
+            "multi results #6 a: [in_proc:3/63/11/0/0] (3) ;; \
+             [b:3/63/11/0/0 c:3/63/11/0/0] (6, 13)",
+            // SET NAMES ... COLLATE utf8mb4_bin (46) outlives a change of the connection's
+            // character set.
+            "collation #7 a: [s:253/46/40/0/0 lit:253/46/4/39/1] (x, a)",
+        ],
     );
 }

@@ -42,7 +42,7 @@ use super::relay::{self, Pipelined, RelayError, ReplyOutcome};
 use super::statement::{self, Analysis, Kill, KillTarget, SessionFunction};
 use super::tracking::{Tracking, OWNED_VARIABLES};
 use super::ClientStream;
-use crate::backend::{first_value, BackendError, Flavor, CHARSET_VARIABLES};
+use crate::backend::{first_value, BackendError, Flavor, CHARSET_VARIABLES, NAMES_COLLATION};
 use crate::config::PoolMode;
 use crate::diagnostics::Owner;
 use crate::identity::Identity;
@@ -540,6 +540,13 @@ impl Session {
                     if OWNED_VARIABLES.contains(&name.as_str()) {
                         continue;
                     }
+                    if name == "character_set_client" || name == "character_set_results" {
+                        // Set on its own, it carries its default collation (a SET NAMES is
+                        // read back whole afterwards, see `after_query`).
+                        for vars in [&mut self.state.vars, &mut conn.vars] {
+                            vars.insert(NAMES_COLLATION.to_owned(), String::new());
+                        }
+                    }
                     self.state.vars.insert(name.clone(), value.clone());
                     conn.vars.insert(name.clone(), value.clone());
                 }
@@ -1026,8 +1033,24 @@ impl Session {
                 .await?;
             match read {
                 Some(Ok(values)) => {
-                    for (name, value) in CHARSET_VARIABLES.iter().zip(values) {
-                        let value = value.unwrap_or_default();
+                    let values: Vec<String> =
+                        values.into_iter().map(Option::unwrap_or_default).collect();
+                    // SET NAMES gives all three character sets the connection's collation;
+                    // SET CHARACTER SET gives the client's and the results' their default.
+                    let names_collation = match values.as_slice() {
+                        _ if !analysis.sets_names => None,
+                        [client, connection, results, collation]
+                            if client == connection && client == results =>
+                        {
+                            Some(collation.clone())
+                        }
+                        _ => Some(String::new()),
+                    };
+                    let names = CHARSET_VARIABLES.iter().chain([&NAMES_COLLATION]);
+                    for (name, value) in
+                        names.zip(values.into_iter().map(Some).chain([names_collation]))
+                    {
+                        let Some(value) = value else { continue };
                         if let Some(lease) = self.backend.as_mut() {
                             lease.conn().vars.insert((*name).into(), value.clone());
                         }

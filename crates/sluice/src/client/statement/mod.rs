@@ -108,6 +108,9 @@ pub struct Analysis {
     /// The character set or collation of the connection is set (`SET NAMES ... COLLATE`):
     /// the server reports the character sets but not the collation.
     pub sets_charset: bool,
+    /// `SET NAMES`, `SET CHARACTER SET` or `SET CHARSET`: besides the character sets, the
+    /// collation that the client's and the results' character sets carry is set.
+    pub sets_names: bool,
     /// Some statement is not one sluice understands: a state change after it pins.
     pub unknown: bool,
     /// Which of the client's own tracking settings are assigned, by their index in
@@ -823,6 +826,7 @@ impl Scanner<'_> {
     /// The character set of `SET NAMES` / `SET CHARACTER SET`, and `COLLATE`, if any.
     fn charset_value(&mut self) {
         self.analysis.sets_charset = true;
+        self.analysis.sets_names = true;
         let Some(value) = self.bump() else { return };
         let sql = self.sql;
         let name = unquoted(sql, &value);

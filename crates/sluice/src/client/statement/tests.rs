@@ -153,6 +153,9 @@ fn set_forms_are_rewritten_to_a_tracked_scope() {
     assert!(of("SELECT 1; insert into t values (1)").may_set_insert_id);
     assert!(!of("UPDATE t SET a = 1").may_set_insert_id);
     assert!(of("SET @@collation_connection = 'latin1_bin'").sets_charset);
+    assert!(!of("SET @@collation_connection = 'latin1_bin'").sets_names);
+    assert!(of("SET NAMES utf8mb4 COLLATE utf8mb4_bin").sets_names);
+    assert!(of("SET CHARACTER SET latin1").sets_names);
     assert!(!of("SET sql_mode = ''").sets_charset);
     assert!(!of("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED").next_transaction);
     let statement = of("SET STATEMENT sql_mode = '' FOR SELECT GET_LOCK('a', 0)");
