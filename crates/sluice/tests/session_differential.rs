@@ -47,7 +47,21 @@
 //!   are compared as root;
 //! - `diagnostics`: warnings, notes and errors (text, multi-statement, binary, `SIGNAL`)
 //!   read back by the client (`SHOW WARNINGS`, `GET DIAGNOSTICS`, ...) or by another client
-//!   that may run on the connection the first just used (see [`diagnostics_step`]).
+//!   that may run on the connection the first just used (see [`diagnostics_step`]);
+//! - `types`: JSON, GEOMETRY, DECIMAL, TIMESTAMP(3) and latin1 columns read and written
+//!   through both protocols ([`types_step`]);
+//! - `multiresult`: multi-statements, procedures of several results, OUT/INOUT parameters
+//!   of a binary `CALL` (a result set of their own), `LAST_VALUE()`, `START TRANSACTION
+//!   WITH CONSISTENT SNAPSHOT` ([`multi_result_step`]);
+//! - `resetstate`: every kind of session state built up, then `COM_RESET_CONNECTION` or
+//!   `COM_CHANGE_USER`, then each read back ([`reset_state_step`]).
+//!
+//! Every result set and prepare answer compares with its column definitions (names, schema,
+//! tables, type, character set, length, decimals, flags), not only its values.
+//! Not generated: malformed `COM_STMT_EXECUTE` packets (a driver cannot send them;
+//! `bad_input.rs` compares them byte for byte with MariaDB) and a lowered
+//! `max_prepared_stmt_count` (a global the shared server's other users feel;
+//! `prepared_limit.rs` covers it in a binary of its own).
 //!
 //! Knobs (environment): `SLUICE_DIFF_SEED` (one seed to replay), `SLUICE_DIFF_SEEDS` (how
 //! many seeds, default 4), `SLUICE_DIFF_FIRST_SEED` (first of them, default 1),
