@@ -1372,3 +1372,79 @@ impl BackendConn {
         self.stream.discard_input(usize::MAX).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The `SET` that takes a connection whose session is `from` to `to` (both
+    /// `name=value` pairs, values as SQL).
+    fn change(from: &[(&str, &str)], to: &[(&str, &str)]) -> Option<String> {
+        let get = |pairs: &[(&str, &str)], name: &str| {
+            pairs
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map_or("DEFAULT".to_owned(), |(_, v)| (*v).to_owned())
+        };
+        let names = from.iter().chain(to).map(|(n, _)| *n).collect();
+        change_statement(&names, |n| get(from, n), |n| get(to, n))
+    }
+
+    fn session<'a>(
+        cs: [&'a str; 3],
+        collation: &'a str,
+        carried: &'a str,
+    ) -> Vec<(&'a str, &'a str)> {
+        vec![
+            ("character_set_client", cs[0]),
+            ("character_set_connection", cs[1]),
+            ("character_set_results", cs[2]),
+            ("collation_connection", collation),
+            (NAMES_COLLATION, carried),
+        ]
+    }
+
+    #[test]
+    fn the_results_collation_is_set_before_the_connection_s() {
+        let plain = session(
+            ["'utf8mb4'"; 3],
+            "'utf8mb4_general_ci'",
+            "'utf8mb4_general_ci'",
+        );
+        // A login with utf8mb4_unicode_ci, then SET collation_connection = latin1_german1_ci.
+        let mixed = session(
+            ["'utf8mb4'", "'latin1'", "'utf8mb4'"],
+            "'latin1_german1_ci'",
+            "'utf8mb4_unicode_ci'",
+        );
+        assert_eq!(
+            change(&plain, &mixed).as_deref(),
+            Some(
+                "SET NAMES 'utf8mb4' COLLATE 'utf8mb4_unicode_ci', \
+                 @@session.collation_connection = 'latin1_german1_ci'"
+            )
+        );
+        // SET NAMES ... COLLATE utf8mb4_bin: one statement says it all.
+        let bin = session(["'utf8mb4'"; 3], "'utf8mb4_bin'", "'utf8mb4_bin'");
+        assert_eq!(
+            change(&plain, &bin).as_deref(),
+            Some("SET NAMES 'utf8mb4' COLLATE 'utf8mb4_bin'")
+        );
+        // character_set_results set on its own carries its default collation.
+        let own = session(
+            ["'utf8mb4'", "'utf8mb4'", "'latin1'"],
+            "'utf8mb4_bin'",
+            "''",
+        );
+        assert_eq!(
+            change(&plain, &own).as_deref(),
+            Some(
+                "SET @@session.character_set_client = 'utf8mb4', \
+                 @@session.character_set_connection = 'utf8mb4', \
+                 @@session.character_set_results = 'latin1', \
+                 @@session.collation_connection = 'utf8mb4_bin'"
+            )
+        );
+        assert_eq!(change(&plain, &plain), None);
+    }
+}
