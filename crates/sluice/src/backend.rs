@@ -245,6 +245,10 @@ pub const CHARSET_VARIABLES: [&str; 4] = [
 /// once either variable is set on its own. Only `SET NAMES ... COLLATE` can restore it.
 pub const NAMES_COLLATION: &str = "sluice.names_collation";
 
+/// Character sets the server takes for the results but refuses as a client's, so as the
+/// character set of `SET NAMES` (ERR 1231).
+const RESULTS_ONLY_CHARSETS: [&str; 4] = ["ucs2", "utf16", "utf16le", "utf32"];
+
 /// Whether collation `collation` (as SQL, perhaps quoted) belongs to character set
 /// `charset` (as SQL).
 fn collation_of(collation: &str, charset: &str) -> bool {
@@ -274,24 +278,33 @@ fn change_statement(
     if charset_changes {
         let [client, connection, results, collation] = CHARSET_VARIABLES.map(&to);
         let carried = to(NAMES_COLLATION);
-        if client == results && client != "DEFAULT" && client != "NULL" {
-            // The collation SET NAMES gives all three: the one the client's character set
-            // carries, else (one character set for all) the connection's.
-            let names_collation = if collation_of(&carried, &client) {
+        let results_only = RESULTS_ONLY_CHARSETS
+            .iter()
+            .any(|cs| results.trim_matches('\'').eq_ignore_ascii_case(cs));
+        if results != "DEFAULT" && results != "NULL" && !results_only {
+            // SET NAMES gives all three the collation the results carry: the one kept for
+            // them, else (one character set for all) the connection's.
+            let names_collation = if collation_of(&carried, &results) {
                 Some(carried)
-            } else if client == connection && collation_of(&collation, &client) {
+            } else if client == results
+                && client == connection
+                && collation_of(&collation, &results)
+            {
                 Some(collation.clone())
             } else {
                 None
             };
             match &names_collation {
                 Some(names_collation) => {
-                    items.push(format!("NAMES {client} COLLATE {names_collation}"))
+                    items.push(format!("NAMES {results} COLLATE {names_collation}"))
                 }
                 // A collation of another character set (the login's, say) cannot go with it.
-                None => items.push(format!("NAMES {client}")),
+                None => items.push(format!("NAMES {results}")),
             }
-            let follows = client == connection
+            if client != results {
+                items.push(format!("@@session.character_set_client = {client}"));
+            }
+            let follows = results == connection
                 && names_collation
                     .is_some_and(|c| c.trim_matches('\'') == collation.trim_matches('\''));
             if !follows && collation_of(&collation, &connection) {
@@ -1430,7 +1443,8 @@ mod tests {
             change(&plain, &bin).as_deref(),
             Some("SET NAMES 'utf8mb4' COLLATE 'utf8mb4_bin'")
         );
-        // character_set_results set on its own carries its default collation.
+        // character_set_results set on its own carries its default collation; the client's
+        // character set set on its own leaves the results' collation.
         let own = session(
             ["'utf8mb4'", "'utf8mb4'", "'latin1'"],
             "'utf8mb4_bin'",
@@ -1439,10 +1453,39 @@ mod tests {
         assert_eq!(
             change(&plain, &own).as_deref(),
             Some(
+                "SET NAMES 'latin1', @@session.character_set_client = 'utf8mb4', \
+                 @@session.collation_connection = 'utf8mb4_bin'"
+            )
+        );
+        let client = session(
+            ["'latin1'", "'utf8mb4'", "'utf8mb4'"],
+            "'utf8mb4_bin'",
+            "'utf8mb4_bin'",
+        );
+        assert_eq!(
+            change(&plain, &client).as_deref(),
+            Some("SET NAMES 'utf8mb4' COLLATE 'utf8mb4_bin', @@session.character_set_client = 'latin1'")
+        );
+        // A results character set no client may have, or none: each variable as it is.
+        let ucs2 = session(
+            ["'utf8mb4'", "'utf8mb4'", "'ucs2'"],
+            "'utf8mb4_general_ci'",
+            "''",
+        );
+        assert!(change(&plain, &ucs2)
+            .is_some_and(|set| set.contains("@@session.character_set_results = 'ucs2'")));
+        let none = session(
+            ["'utf8mb4'", "'utf8mb4'", "NULL"],
+            "'utf8mb4_general_ci'",
+            "''",
+        );
+        assert_eq!(
+            change(&plain, &none).as_deref(),
+            Some(
                 "SET @@session.character_set_client = 'utf8mb4', \
                  @@session.character_set_connection = 'utf8mb4', \
-                 @@session.character_set_results = 'latin1', \
-                 @@session.collation_connection = 'utf8mb4_bin'"
+                 @@session.character_set_results = NULL, \
+                 @@session.collation_connection = 'utf8mb4_general_ci'"
             )
         );
         assert_eq!(change(&plain, &plain), None);

@@ -540,7 +540,7 @@ impl Session {
                     if OWNED_VARIABLES.contains(&name.as_str()) {
                         continue;
                     }
-                    if name == "character_set_client" || name == "character_set_results" {
+                    if name == "character_set_results" {
                         // Set on its own, it carries its default collation (a SET NAMES is
                         // read back whole afterwards, see `after_query`).
                         for vars in [&mut self.state.vars, &mut conn.vars] {
