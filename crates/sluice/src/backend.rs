@@ -239,10 +239,10 @@ pub const CHARSET_VARIABLES: [&str; 4] = [
 ];
 
 /// Not a server variable, but kept among a session's variables: the collation that
-/// `character_set_client` and `character_set_results` carry inside the server, which no
-/// variable shows and result column definitions do (their character set number). It is the
-/// login's collation, or that of the last `SET NAMES`; empty (the character set's default)
-/// once either variable is set on its own. Only `SET NAMES ... COLLATE` can restore it.
+/// `character_set_results` carries inside the server, which no variable shows and result
+/// column definitions do (their character set number). It is the login's collation, or
+/// that of the last `SET NAMES`; empty (the character set's default) once
+/// `character_set_results` is set on its own. Only `SET NAMES ... COLLATE` can restore it.
 pub const NAMES_COLLATION: &str = "sluice.names_collation";
 
 /// Character sets the server takes for the results but refuses as a client's, so as the
@@ -259,12 +259,12 @@ fn collation_of(collation: &str, charset: &str) -> bool {
 }
 
 /// The `SET` that takes variables `names` from the values `from` gives to those `to` gives
-/// (both as SQL), or `None` when nothing differs. Character sets are set together, as
-/// `SET NAMES cs COLLATE coll` when one character set serves the client and the results:
-/// only that form sets the collation they carry ([`NAMES_COLLATION`], which result column
-/// definitions show and MariaDB uses for parameters of prepared statements), as the
-/// client's own login or `SET NAMES` did; the connection's collation follows when it
-/// differs.
+/// (both as SQL), or `None` when nothing differs. Character sets are set together, first
+/// as `SET NAMES cs COLLATE coll` for the results' character set: only that form sets the
+/// collation the results carry ([`NAMES_COLLATION`], which result column definitions show;
+/// the client's character set gets it too, which MariaDB uses for parameters of prepared
+/// statements), as the client's own login or `SET NAMES` did; the client's character set
+/// and the connection's collation follow where they differ.
 fn change_statement(
     names: &std::collections::BTreeSet<&str>,
     from: impl Fn(&str) -> String,

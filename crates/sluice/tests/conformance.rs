@@ -74,12 +74,29 @@ fn assert_session_cleared(output: &str, scenario: &str) {
     );
 }
 
+/// The error of a `KILL` naming no thread (which sluice answers itself) is in the
+/// client's diagnostics area, as a failed statement's error is, and not in another's.
+fn assert_kill_error_kept(output: &str) {
+    let lines: Vec<String> = [
+        "#1 a: [Level:253/45/28/39/1 Code:3/63/4/0/161 Message:253/45/2048/39/1] \
+         (Error, 1094, Unknown thread id: 999999)",
+        "#2 a: [@@warning_count:8/63/21/0/160 @@error_count:8/63/21/0/160] (1, 1)",
+        "#4 b: [Level:253/45/28/39/1 Code:3/63/4/0/161 Message:253/45/2048/39/1] ",
+    ]
+    .iter()
+    .map(|l| format!("kill of an unknown thread {l}"))
+    .collect();
+    let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
+    assert_lines(output, &lines);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pymysql_sees_what_mariadb_shows() {
     let _tables = SCENARIOS.lock().await;
     let gw = two_connections("conf_pymysql").await;
     let output = same_both_ways(&gw, "python3", "scenarios.py", SPEC).await;
     assert_session_cleared(&output, "reset");
+    assert_kill_error_kept(&output);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -116,6 +133,7 @@ async fn mysql_async_sees_what_mariadb_shows() {
     compare_lines("mysql_async", &direct, &sluice);
     assert_session_cleared(&sluice, "reset");
     assert_session_cleared(&sluice, "change user");
+    assert_kill_error_kept(&sluice);
     // mysql_async asks for CLIENT_PS_MULTI_RESULTS: OUT and INOUT parameters come as a
     // result set of their own.
     assert_lines(

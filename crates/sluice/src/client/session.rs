@@ -1163,11 +1163,36 @@ impl Session {
             match gateway.sessions.target(&self.identity.user, id) {
                 Ok(target) if kill.query_only => gateway.kill_query(&target).await,
                 Ok(target) => gateway.kill_session(&target).await,
-                Err(err) => return self.reply_err(seq, &err).await,
+                Err(err) => return self.raise(seq, &err).await,
             }
         }
         let mut seq = seq;
         self.send_ok(&mut seq).await.map_err(client_end)
+    }
+
+    /// Answers `err`, which sluice found itself for a statement the server would have
+    /// failed, as the server does: raised on the client's connection (`SIGNAL`), so that,
+    /// like any failed statement's error, it is in the diagnostics area for the client's
+    /// `SHOW ERRORS`, `@@error_count` or `GET DIAGNOSTICS`. A message `SIGNAL` cannot carry
+    /// as it is (a backslash, whose meaning depends on `sql_mode`, or past 128 characters)
+    /// is only sent to the client.
+    async fn raise(&mut self, seq: u8, err: &ErrFields) -> Result<(), End> {
+        if err.message.contains('\\') || err.message.chars().count() > 128 {
+            return self.reply_err(seq, err).await;
+        }
+        let sql = format!(
+            "SIGNAL SQLSTATE '{}' SET MYSQL_ERRNO = {}, MESSAGE_TEXT = '{}'",
+            String::from_utf8_lossy(&err.sql_state),
+            err.code,
+            err.message.replace('\'', "''")
+        );
+        let mut payload = Vec::with_capacity(sql.len() + 1);
+        payload.push(command::QUERY);
+        payload.extend_from_slice(sql.as_bytes());
+        self.forward_accounted(seq.wrapping_sub(1), &payload, Accounting::default())
+            .await?;
+        self.release_if_free().await;
+        Ok(())
     }
 
     /// COM_SET_OPTION: multi-statements on or off, carried to whichever connection serves
