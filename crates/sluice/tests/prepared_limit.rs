@@ -144,3 +144,39 @@ async fn statements_kept_on_other_connections_give_way_too() {
     last.disconnect().await.unwrap();
     drop(restore);
 }
+
+/// mysql2 (`tests/clients/prepare_loop.js`) prepares, executes and closes three times the
+/// limit of statements, directly and through sluice (one pooled connection, which keeps
+/// copies): both print every answer and no error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql2_prepare_close_loops_pass_as_directly() {
+    let gw = start_with("ps_limit_mysql2", |c| c.pool.max_db_connections = 1).await;
+    let script = common::scenarios::clients_dir().join("prepare_loop.js");
+    let count = 3 * LIMIT;
+    let mut outputs = Vec::new();
+    let lowered = lower_limit().await;
+    for (port, user, password) in [
+        (DB_PORT, gw.backend_user.as_str(), "backend-pw"),
+        (gw.addr.port(), "app", "secret"),
+    ] {
+        let args = [
+            script.display().to_string(),
+            port.to_string(),
+            user.to_owned(),
+            password.to_owned(),
+            TEST_DB.to_owned(),
+            count.to_string(),
+        ];
+        let out = run_client("node", &args, None).await;
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        outputs.push(String::from_utf8_lossy(&out.stdout).into_owned());
+    }
+    drop(lowered);
+    assert_eq!(outputs[1], outputs[0], "through sluice as directly");
+    let expected: String = (0..count).map(|i| format!("{i}: {}\n", i + 1)).collect();
+    assert_eq!(outputs[1], expected);
+}
