@@ -32,6 +32,7 @@ use crate::tls::Socket;
 use crate::config::{BackendSecret, BackendTarget};
 use crate::diagnostics::{Diagnostics, Owner, CLEAR_DIAGNOSTICS};
 use crate::metrics::Metrics;
+use crate::pool::Pool;
 use crate::statements::{BackendStatements, StatementKey};
 
 /// Capabilities sluice always asks of the database.
@@ -42,7 +43,6 @@ const BASE_CAPABILITIES: CapabilityFlags = CapabilityFlags::from_bits_truncate(
         | CapabilityFlags::CLIENT_TRANSACTIONS.bits()
         | CapabilityFlags::CLIENT_SECURE_CONNECTION.bits()
         | CapabilityFlags::CLIENT_MULTI_RESULTS.bits()
-        | CapabilityFlags::CLIENT_PS_MULTI_RESULTS.bits()
         | CapabilityFlags::CLIENT_PLUGIN_AUTH.bits()
         | CapabilityFlags::CLIENT_PLUGIN_AUTH_LENENC_CLIENT_DATA.bits()
         | CapabilityFlags::CLIENT_CONNECT_ATTRS.bits()
@@ -71,7 +71,10 @@ const ENABLE_TRACKING: &str = "SET SESSION session_track_system_variables = '*',
 /// Client capabilities that change what the server sends and cannot change after login, so
 /// a backend connection must be opened with the same choice of them as the client it
 /// serves (they key the pool): `CLIENT_DEPRECATE_EOF` changes how replies are framed,
-/// `CLIENT_FOUND_ROWS` what `UPDATE` reports as affected rows, `CLIENT_IGNORE_SPACE` how
+/// `CLIENT_FOUND_ROWS` what `UPDATE` reports as affected rows, `CLIENT_PS_MULTI_RESULTS`
+/// whether a `CALL` through the binary protocol answers its OUT and INOUT parameters as
+/// one more result set (`SERVER_PS_OUT_PARAMS`, which a driver that did not ask for it
+/// takes for an ordinary one), `CLIENT_IGNORE_SPACE` how
 /// the server parses function names (its `sql_mode` flag, which a login sets and a `SET`
 /// could undo, so it is kept apart rather than carried). Everything else a client's login
 /// chooses is carried as session state: its collation by `SET NAMES` (see
@@ -81,6 +84,7 @@ const ENABLE_TRACKING: &str = "SET SESSION session_track_system_variables = '*',
 pub const FLAVOR_CAPABILITIES: CapabilityFlags = CapabilityFlags::from_bits_truncate(
     CapabilityFlags::CLIENT_FOUND_ROWS.bits()
         | CapabilityFlags::CLIENT_IGNORE_SPACE.bits()
+        | CapabilityFlags::CLIENT_PS_MULTI_RESULTS.bits()
         | CapabilityFlags::CLIENT_DEPRECATE_EOF.bits(),
 );
 
@@ -107,9 +111,13 @@ pub struct Flavor {
 
 impl Flavor {
     /// The flavor of connections sluice opens for itself (probe, side connections for KILL,
-    /// the burst simulator): modern EOF handling, utf8mb4_general_ci.
+    /// the burst simulator, the Data API): modern EOF handling, OUT parameters of binary
+    /// `CALL`s, utf8mb4_general_ci.
     pub const INTERNAL: Flavor = Flavor {
-        capabilities: CapabilityFlags::CLIENT_DEPRECATE_EOF,
+        capabilities: CapabilityFlags::from_bits_truncate(
+            CapabilityFlags::CLIENT_DEPRECATE_EOF.bits()
+                | CapabilityFlags::CLIENT_PS_MULTI_RESULTS.bits(),
+        ),
         mariadb: MariadbCapabilities::empty(),
         collation: 45,
     };
@@ -230,10 +238,33 @@ pub const CHARSET_VARIABLES: [&str; 4] = [
     "collation_connection",
 ];
 
+/// Not a server variable, but kept among a session's variables: the collation that
+/// `character_set_results` carries inside the server, which no variable shows and result
+/// column definitions do (their character set number). It is the login's collation, or
+/// that of the last `SET NAMES`; empty (the character set's default) once
+/// `character_set_results` is set on its own. Only `SET NAMES ... COLLATE` can restore it.
+pub const NAMES_COLLATION: &str = "sluice.names_collation";
+
+/// Character sets the server takes for the results but refuses as a client's, so as the
+/// character set of `SET NAMES` (ERR 1231).
+const RESULTS_ONLY_CHARSETS: [&str; 4] = ["ucs2", "utf16", "utf16le", "utf32"];
+
+/// Whether collation `collation` (as SQL, perhaps quoted) belongs to character set
+/// `charset` (as SQL).
+fn collation_of(collation: &str, charset: &str) -> bool {
+    collation
+        .trim_matches('\'')
+        .strip_prefix(charset.trim_matches('\''))
+        .is_some_and(|rest| rest.starts_with('_'))
+}
+
 /// The `SET` that takes variables `names` from the values `from` gives to those `to` gives
-/// (both as SQL), or `None` when nothing differs. Character sets are set together, as
-/// `SET NAMES cs COLLATE coll` when one character set serves all three: only that form sets
-/// what MariaDB uses for parameters of prepared statements, as the client's own did.
+/// (both as SQL), or `None` when nothing differs. Character sets are set together, first
+/// as `SET NAMES cs COLLATE coll` for the results' character set: only that form sets the
+/// collation the results carry ([`NAMES_COLLATION`], which result column definitions show;
+/// the client's character set gets it too, which MariaDB uses for parameters of prepared
+/// statements), as the client's own login or `SET NAMES` did; the client's character set
+/// and the connection's collation follow where they differ.
 fn change_statement(
     names: &std::collections::BTreeSet<&str>,
     from: impl Fn(&str) -> String,
@@ -242,20 +273,45 @@ fn change_statement(
     let mut items = Vec::new();
     let charset_changes = CHARSET_VARIABLES
         .iter()
+        .chain([&NAMES_COLLATION])
         .any(|name| names.contains(name) && from(name) != to(name));
     if charset_changes {
         let [client, connection, results, collation] = CHARSET_VARIABLES.map(&to);
-        if client == connection && client == results && client != "DEFAULT" && client != "NULL" {
-            let charset = client.trim_matches('\'');
-            let fits = collation
-                .trim_matches('\'')
-                .strip_prefix(charset)
-                .is_some_and(|rest| rest.starts_with('_'));
-            if !fits {
-                // A collation of another character set (the login's, say) cannot go with it.
-                items.push(format!("NAMES {client}"));
+        let carried = to(NAMES_COLLATION);
+        let results_only = RESULTS_ONLY_CHARSETS
+            .iter()
+            .any(|cs| results.trim_matches('\'').eq_ignore_ascii_case(cs));
+        if results != "DEFAULT" && results != "NULL" && !results_only {
+            // SET NAMES gives all three the collation the results carry: the one kept for
+            // them, else (one character set for all) the connection's.
+            let names_collation = if collation_of(&carried, &results) {
+                Some(carried)
+            } else if client == results
+                && client == connection
+                && collation_of(&collation, &results)
+            {
+                Some(collation.clone())
             } else {
-                items.push(format!("NAMES {client} COLLATE {collation}"));
+                None
+            };
+            match &names_collation {
+                Some(names_collation) => {
+                    items.push(format!("NAMES {results} COLLATE {names_collation}"))
+                }
+                // A collation of another character set (the login's, say) cannot go with it.
+                None => items.push(format!("NAMES {results}")),
+            }
+            if client != results {
+                items.push(format!("@@session.character_set_client = {client}"));
+            }
+            let follows = results == connection
+                && names_collation
+                    .is_some_and(|c| c.trim_matches('\'') == collation.trim_matches('\''));
+            if !follows && collation_of(&collation, &connection) {
+                // Setting the collation sets the connection's character set with it.
+                items.push(format!("@@session.collation_connection = {collation}"));
+            } else if !follows {
+                items.push(format!("@@session.character_set_connection = {connection}"));
             }
         } else {
             for (name, value) in CHARSET_VARIABLES
@@ -266,7 +322,10 @@ fn change_statement(
             }
         }
     }
-    for name in names.iter().filter(|n| !CHARSET_VARIABLES.contains(n)) {
+    for name in names
+        .iter()
+        .filter(|n| !CHARSET_VARIABLES.contains(n) && **n != NAMES_COLLATION)
+    {
         let value = to(name);
         if from(name) != value {
             items.push(format!("@@session.{name} = {value}"));
@@ -433,6 +492,28 @@ pub struct BackendConn {
 
 /// ER_MAX_PREPARED_STMT_COUNT_REACHED: the server holds `max_prepared_stmt_count` statements.
 const MAX_PREPARED_STMT_COUNT_REACHED: u16 = 1461;
+
+/// How a connection keeps the statements it prepares: how many, and what gives way when the
+/// server refuses a prepare at its `max_prepared_stmt_count`, which counts the copies kept
+/// on every connection for other clients.
+pub struct Keeping<'a> {
+    /// Most copies one connection keeps (`pool.max_prepared_statements`).
+    pub capacity: usize,
+    /// Where prepares, re-prepares and evictions are counted.
+    pub metrics: &'a Metrics,
+    /// Whose idle connections may be borrowed to close the copies they keep.
+    pub pool: &'a Pool,
+    /// Statements the client on this connection still holds: never closed to make room
+    /// (its next execute would have to prepare again, and an open cursor would be lost).
+    pub spare: &'a (dyn Fn(&StatementKey) -> bool + Sync),
+}
+
+impl Keeping<'_> {
+    /// Spares nothing: sluice's own statements (auth query, Data API) hold none open.
+    pub fn spare_none(_: &StatementKey) -> bool {
+        false
+    }
+}
 
 /// The result of a command that answers with a single OK or ERR packet.
 pub type SimpleReply = Result<OkFields, ErrFields>;
@@ -835,9 +916,9 @@ impl BackendConn {
     pub async fn prepare_kept(
         &mut self,
         key: &Arc<StatementKey>,
-        capacity: usize,
-        metrics: &Metrics,
+        keeping: &Keeping<'_>,
     ) -> Result<Result<Prepared, ErrFields>, BackendError> {
+        let metrics = keeping.metrics;
         // A statement resolves its names in the schema it was first prepared in, as on the
         // server: prepare it there, then come back to the connection's schema.
         let (into_context, back_from_context) = self.parse_context_switch(key);
@@ -856,16 +937,21 @@ impl BackendConn {
             }
         }
         let mut prepared = self.prepare(key.sql()).await?;
-        if matches!(&prepared, Err(err) if err.code == MAX_PREPARED_STMT_COUNT_REACHED)
-            && !self.statements.is_empty()
-        {
-            // The server's max_prepared_stmt_count is reached, partly by copies this
-            // connection keeps for other clients (they are prepared again when next
-            // executed here): close them and try once more, rather than refuse a client
-            // for statements it does not hold.
-            for id in self.statements.take_all() {
-                metrics.statement_evictions.inc();
-                self.queue_close(id);
+        // At the server's max_prepared_stmt_count, reached partly by copies kept for other
+        // clients (prepared again where next executed), those copies give way rather than
+        // a client be refused for statements it does not hold: this connection's first,
+        // then those of idle connections, least recently used first, each followed by one
+        // more try.
+        let mut closed_here = false;
+        while matches!(&prepared, Err(err) if err.code == MAX_PREPARED_STMT_COUNT_REACHED) {
+            let room = if closed_here {
+                false
+            } else {
+                closed_here = true;
+                self.close_kept(keeping.spare, metrics) > 0
+            };
+            if !room && !keeping.pool.free_idle_statements().await {
+                break;
             }
             prepared = self.prepare(key.sql()).await?;
         }
@@ -889,7 +975,7 @@ impl BackendConn {
             key.clone(),
             prepared.ok.statement_id,
             prepared.ok.params,
-            capacity,
+            keeping.capacity,
         );
         for id in evicted {
             metrics.statement_evictions.inc();
@@ -917,15 +1003,14 @@ impl BackendConn {
     pub async fn statement_id(
         &mut self,
         key: &Arc<StatementKey>,
-        capacity: usize,
-        metrics: &Metrics,
+        keeping: &Keeping<'_>,
     ) -> Result<Result<(u32, u16), ErrFields>, BackendError> {
         if let Some(statement) = self.statements.get_mut(key) {
             return Ok(Ok((statement.id, statement.params)));
         }
-        metrics.statement_reprepares.inc();
+        keeping.metrics.statement_reprepares.inc();
         Ok(self
-            .prepare_kept(key, capacity, metrics)
+            .prepare_kept(key, keeping)
             .await?
             .map(|prepared| (prepared.ok.statement_id, prepared.ok.params)))
     }
@@ -943,6 +1028,22 @@ impl BackendConn {
             }
         }
         Ok(defs)
+    }
+
+    /// Closes the copies this connection keeps but those `spare` names, counting them as
+    /// evictions (they are prepared again where next executed); the closes leave with the
+    /// next command. Returns how many were closed.
+    pub fn close_kept(
+        &mut self,
+        spare: &(dyn Fn(&StatementKey) -> bool + Sync),
+        metrics: &Metrics,
+    ) -> usize {
+        let ids = self.statements.take_unless(spare);
+        for &id in &ids {
+            metrics.statement_evictions.inc();
+            self.queue_close(id);
+        }
+        ids.len()
     }
 
     /// Queues COM_STMT_CLOSE for statement `id`; it leaves with the next command (the server
@@ -975,12 +1076,17 @@ impl BackendConn {
         for slot in &mut self.server.tracking_defaults {
             *slot = values.next().unwrap_or_default();
         }
-        self.login_vars = Arc::new(
-            LOGIN_VARIABLES
-                .iter()
-                .map(|name| (name.to_string(), values.next().unwrap_or_default()))
-                .collect(),
-        );
+        let mut login: BTreeMap<String, String> = LOGIN_VARIABLES
+            .iter()
+            .map(|name| (name.to_string(), values.next().unwrap_or_default()))
+            .collect();
+        // A login gives the client and the results its own collation.
+        let collation = login
+            .get("collation_connection")
+            .cloned()
+            .unwrap_or_default();
+        login.insert(NAMES_COLLATION.to_owned(), collation);
+        self.login_vars = Arc::new(login);
         Ok(())
     }
 
@@ -1277,5 +1383,111 @@ impl BackendConn {
             }
         }
         self.stream.discard_input(usize::MAX).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The `SET` that takes a connection whose session is `from` to `to` (both
+    /// `name=value` pairs, values as SQL).
+    fn change(from: &[(&str, &str)], to: &[(&str, &str)]) -> Option<String> {
+        let get = |pairs: &[(&str, &str)], name: &str| {
+            pairs
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map_or("DEFAULT".to_owned(), |(_, v)| (*v).to_owned())
+        };
+        let names = from.iter().chain(to).map(|(n, _)| *n).collect();
+        change_statement(&names, |n| get(from, n), |n| get(to, n))
+    }
+
+    fn session<'a>(
+        cs: [&'a str; 3],
+        collation: &'a str,
+        carried: &'a str,
+    ) -> Vec<(&'a str, &'a str)> {
+        vec![
+            ("character_set_client", cs[0]),
+            ("character_set_connection", cs[1]),
+            ("character_set_results", cs[2]),
+            ("collation_connection", collation),
+            (NAMES_COLLATION, carried),
+        ]
+    }
+
+    #[test]
+    fn the_results_collation_is_set_before_the_connection_s() {
+        let plain = session(
+            ["'utf8mb4'"; 3],
+            "'utf8mb4_general_ci'",
+            "'utf8mb4_general_ci'",
+        );
+        // A login with utf8mb4_unicode_ci, then SET collation_connection = latin1_german1_ci.
+        let mixed = session(
+            ["'utf8mb4'", "'latin1'", "'utf8mb4'"],
+            "'latin1_german1_ci'",
+            "'utf8mb4_unicode_ci'",
+        );
+        assert_eq!(
+            change(&plain, &mixed).as_deref(),
+            Some(
+                "SET NAMES 'utf8mb4' COLLATE 'utf8mb4_unicode_ci', \
+                 @@session.collation_connection = 'latin1_german1_ci'"
+            )
+        );
+        // SET NAMES ... COLLATE utf8mb4_bin: one statement says it all.
+        let bin = session(["'utf8mb4'"; 3], "'utf8mb4_bin'", "'utf8mb4_bin'");
+        assert_eq!(
+            change(&plain, &bin).as_deref(),
+            Some("SET NAMES 'utf8mb4' COLLATE 'utf8mb4_bin'")
+        );
+        // character_set_results set on its own carries its default collation; the client's
+        // character set set on its own leaves the results' collation.
+        let own = session(
+            ["'utf8mb4'", "'utf8mb4'", "'latin1'"],
+            "'utf8mb4_bin'",
+            "''",
+        );
+        assert_eq!(
+            change(&plain, &own).as_deref(),
+            Some(
+                "SET NAMES 'latin1', @@session.character_set_client = 'utf8mb4', \
+                 @@session.collation_connection = 'utf8mb4_bin'"
+            )
+        );
+        let client = session(
+            ["'latin1'", "'utf8mb4'", "'utf8mb4'"],
+            "'utf8mb4_bin'",
+            "'utf8mb4_bin'",
+        );
+        assert_eq!(
+            change(&plain, &client).as_deref(),
+            Some("SET NAMES 'utf8mb4' COLLATE 'utf8mb4_bin', @@session.character_set_client = 'latin1'")
+        );
+        // A results character set no client may have, or none: each variable as it is.
+        let ucs2 = session(
+            ["'utf8mb4'", "'utf8mb4'", "'ucs2'"],
+            "'utf8mb4_general_ci'",
+            "''",
+        );
+        assert!(change(&plain, &ucs2)
+            .is_some_and(|set| set.contains("@@session.character_set_results = 'ucs2'")));
+        let none = session(
+            ["'utf8mb4'", "'utf8mb4'", "NULL"],
+            "'utf8mb4_general_ci'",
+            "''",
+        );
+        assert_eq!(
+            change(&plain, &none).as_deref(),
+            Some(
+                "SET @@session.character_set_client = 'utf8mb4', \
+                 @@session.character_set_connection = 'utf8mb4', \
+                 @@session.character_set_results = NULL, \
+                 @@session.collation_connection = 'utf8mb4_general_ci'"
+            )
+        );
+        assert_eq!(change(&plain, &plain), None);
     }
 }

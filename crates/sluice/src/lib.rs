@@ -102,6 +102,20 @@ impl Gateway {
         self.settings.load_full()
     }
 
+    /// How a database connection keeps the statements it prepares, under the settings in
+    /// force; `spare` names statements that must not give way (those a client holds).
+    pub fn keeping<'a>(
+        &'a self,
+        spare: &'a (dyn Fn(&statements::StatementKey) -> bool + Sync),
+    ) -> backend::Keeping<'a> {
+        backend::Keeping {
+            capacity: self.settings().pool.max_prepared_statements,
+            metrics: &self.metrics,
+            pool: &self.pool,
+            spare,
+        }
+    }
+
     fn build(settings: Settings, source: Option<reload::Source>) -> Arc<Gateway> {
         let metrics = Metrics::new();
         let pool = Pool::new(

@@ -32,7 +32,7 @@ use prometheus::IntCounter;
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, warn};
 
-use crate::backend::{BackendConn, BackendError, Flavor, LoginCharset, ServerInfo};
+use crate::backend::{BackendConn, BackendError, Flavor, Keeping, LoginCharset, ServerInfo};
 use crate::config::{BackendTarget, PoolConfig};
 use crate::diagnostics::Owner;
 use crate::metrics::{Held, Metrics};
@@ -973,6 +973,53 @@ impl Pool {
             }
         }
         // Dropping the lease now releases its permit, after the connection is idle.
+    }
+
+    /// Closes the prepared statements kept on the least recently used idle connection that
+    /// keeps any, for a prepare the server refused at its `max_prepared_stmt_count`. The
+    /// connection is borrowed for that with a spare ticket (a waiting borrower goes first)
+    /// and put back where it was. Returns whether statements were closed, so the prepare
+    /// is worth trying again; false when no idle connection keeps any, or none can be had.
+    pub async fn free_idle_statements(&self) -> bool {
+        let inner = &self.inner;
+        let Some(ticket) = inner.line.try_acquire_spare() else {
+            return false;
+        };
+        let taken = {
+            let mut state = inner.state();
+            // Oldest first in the idle list.
+            let found = state
+                .idle
+                .iter()
+                .position(|p| !p.conn.statements.is_empty());
+            found.map(|at| (at, state.idle.remove(at)))
+        };
+        let Some((at, mut pooled)) = taken else {
+            return false;
+        };
+        let metrics = &inner.metrics;
+        let closed = pooled.conn.close_kept(&Keeping::spare_none, metrics);
+        // The server answers no COM_STMT_CLOSE: the ping's answer says they are done.
+        if let Err(e) = pooled.conn.ping().await {
+            debug!(error = %e, "idle connection failed while closing its statements");
+            inner.close(pooled, "failed_ping");
+            return closed > 0;
+        }
+        let draining = {
+            let mut state = inner.state();
+            if !state.draining {
+                let at = at.min(state.idle.len());
+                state.idle.insert(at, pooled);
+                None
+            } else {
+                Some(pooled)
+            }
+        };
+        if let Some(pooled) = draining {
+            inner.close(pooled, "shutdown");
+        }
+        drop(ticket);
+        closed > 0
     }
 
     /// Closes every idle connection now, each with COM_QUIT, and from then on closes

@@ -260,11 +260,18 @@ impl BackendStatements {
         self.entries.is_empty()
     }
 
-    /// Forgets every statement and returns their ids, for closing them on the server.
-    pub fn take_all(&mut self) -> Vec<u32> {
-        let ids = self.entries.iter().map(|(_, s)| s.id).collect();
-        self.entries.clear();
-        ids
+    /// Forgets every statement but those `spare` names and returns their ids, for closing
+    /// them on the server.
+    pub fn take_unless(&mut self, spare: &dyn Fn(&StatementKey) -> bool) -> Vec<u32> {
+        let gone: Vec<Arc<StatementKey>> = self
+            .entries
+            .iter()
+            .filter(|(key, _)| !spare(key))
+            .map(|(key, _)| key.clone())
+            .collect();
+        gone.iter()
+            .filter_map(|key| self.entries.pop(key).map(|s| s.id))
+            .collect()
     }
 }
 
@@ -329,6 +336,21 @@ mod tests {
         statements.clear();
         assert!(statements.get_mut(&key("a")).is_none());
         assert!(statements.get_mut(&key("c")).is_none());
+    }
+
+    #[test]
+    fn copies_give_way_but_those_spared() {
+        let mut statements = BackendStatements::default();
+        for (id, sql) in [(1, "a"), (2, "b"), (3, "c")] {
+            statements.insert(key(sql), id, 0, 8);
+        }
+        let mut gone = statements.take_unless(&|k: &StatementKey| k.sql() == b"b");
+        gone.sort_unstable();
+        assert_eq!(gone, vec![1, 3]);
+        assert_eq!(statements.get_mut(&key("b")).map(|s| s.id), Some(2));
+        assert!(statements.get_mut(&key("a")).is_none());
+        assert_eq!(statements.take_unless(&|_: &StatementKey| false), vec![2]);
+        assert!(statements.is_empty());
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Warnings and errors (the server's diagnostics area) through sluice, judged by MariaDB.
 //!
 //! The scenarios in `tests/clients/diagnostics.json` run with PyMySQL, mysql2 and
-//! mysql_async, directly against MariaDB and through sluice over a single pooled connection,
+//! mysql_async (`common::scenarios`), directly against MariaDB and through sluice over a single pooled connection,
 //! and must print the same: a client reads its own warnings and errors (`SHOW WARNINGS`,
 //! `SHOW ERRORS`, `GET DIAGNOSTICS`, `@@warning_count`, text and binary protocol, `SIGNAL`),
 //! and never another client's, though through sluice it runs on the very connection the other
@@ -9,10 +9,10 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use common::data_api::{data_api, plain_client, APP_KEY};
+use common::scenarios::{self, compare_lines, same_both_ways};
 use common::*;
 use mysql_async::prelude::*;
 use serde_json::{json, Value as Json};
@@ -20,14 +20,8 @@ use serde_json::{json, Value as Json};
 /// Held by the tests that run the scenarios: they share the table `diag_t`.
 static SCENARIOS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-fn clients_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/clients")
-}
-
-fn scenarios() -> Json {
-    let text = std::fs::read_to_string(clients_dir().join("diagnostics.json")).unwrap();
-    serde_json::from_str(&text).unwrap()
-}
+/// The scenarios these tests run.
+const SPEC: &str = "diagnostics.json";
 
 /// A gateway whose clients all share one database connection.
 async fn one_connection(test: &str) -> TestGateway {
@@ -37,44 +31,6 @@ async fn one_connection(test: &str) -> TestGateway {
         data_api(c);
     })
     .await
-}
-
-/// Runs `program script PORT USER PASSWORD DATABASE` directly and through `gw`; asserts
-/// both succeed and print the same lines, and returns the output.
-async fn same_both_ways(gw: &TestGateway, program: &str, script: &str) -> String {
-    let mut outputs = Vec::new();
-    for (port, user, password) in [
-        (DB_PORT, gw.backend_user.as_str(), "backend-pw"),
-        (gw.addr.port(), "app", "secret"),
-    ] {
-        let args = [
-            clients_dir().join(script).display().to_string(),
-            port.to_string(),
-            user.to_owned(),
-            password.to_owned(),
-            TEST_DB.to_owned(),
-        ];
-        let out = run_client(program, &args, None).await;
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert!(
-            out.status.success(),
-            "{script} failed on port {port}:\n{stdout}\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        outputs.push(stdout);
-    }
-    compare_lines(script, &outputs[0], &outputs[1]);
-    outputs.swap_remove(0)
-}
-
-fn compare_lines(what: &str, direct: &str, sluice: &str) {
-    for (want, got) in direct.lines().zip(sluice.lines()) {
-        assert_eq!(
-            got, want,
-            "{what}: differs from MariaDB\n--- directly:\n{direct}\n--- through sluice:\n{sluice}"
-        );
-    }
-    assert_eq!(direct.lines().count(), sluice.lines().count(), "{what}");
 }
 
 /// The figures that matter, stated outright, whatever the driver.
@@ -99,7 +55,7 @@ fn assert_key_lines(output: &str) {
 async fn pymysql_reads_its_own_diagnostics_and_never_another_s() {
     let _table = SCENARIOS.lock().await;
     let gw = one_connection("diag_pymysql").await;
-    let output = same_both_ways(&gw, "python3", "diagnostics.py").await;
+    let output = same_both_ways(&gw, "python3", "scenarios.py", SPEC).await;
     assert_key_lines(&output);
 }
 
@@ -107,95 +63,23 @@ async fn pymysql_reads_its_own_diagnostics_and_never_another_s() {
 async fn mysql2_reads_its_own_diagnostics_and_never_another_s() {
     let _table = SCENARIOS.lock().await;
     let gw = one_connection("diag_mysql2").await;
-    let output = same_both_ways(&gw, "node", "diagnostics.js").await;
+    let output = same_both_ways(&gw, "node", "scenarios.js", SPEC).await;
     assert_key_lines(&output);
-}
-
-/// The scenarios with mysql_async, printed like the scripts do.
-async fn scenarios_with_mysql_async(opts: mysql_async::OptsBuilder) -> String {
-    let spec = scenarios();
-    let opts = opts.client_found_rows(false);
-    let mut setup = mysql_async::Conn::new(opts.clone()).await.unwrap();
-    for sql in spec["setup"].as_array().unwrap() {
-        setup.query_drop(sql.as_str().unwrap()).await.unwrap();
-    }
-    setup.disconnect().await.unwrap();
-    let mut out = String::new();
-    for scenario in spec["scenarios"].as_array().unwrap() {
-        let mut a = mysql_async::Conn::new(opts.clone()).await.unwrap();
-        let mut b = mysql_async::Conn::new(opts.clone()).await.unwrap();
-        for (index, step) in scenario["steps"].as_array().unwrap().iter().enumerate() {
-            let who = step[0].as_str().unwrap();
-            let sql = step[1].as_str().unwrap();
-            let conn = if who == "a" { &mut a } else { &mut b };
-            let shown = match step.get(2).and_then(Json::as_str) {
-                Some("binary") => shown(conn.exec_iter(sql, ()).await).await,
-                _ => shown(conn.query_iter(sql).await).await,
-            };
-            out.push_str(&format!(
-                "{} #{index} {who}: {shown}\n",
-                scenario["name"].as_str().unwrap()
-            ));
-        }
-        a.disconnect().await.unwrap();
-        b.disconnect().await.unwrap();
-    }
-    out
-}
-
-/// Every result set of a reply as `(v, ...) (v, ...)`, joined by ` ;; `, or the error.
-async fn shown<P: mysql_async::prelude::Protocol>(
-    result: mysql_async::Result<mysql_async::QueryResult<'_, 'static, P>>,
-) -> String {
-    let mut result = match result {
-        Ok(result) => result,
-        Err(e) => return error_line(&e),
-    };
-    let mut sets = Vec::new();
-    loop {
-        match result.collect::<mysql_async::Row>().await {
-            Ok(rows) => sets.push(
-                rows.into_iter()
-                    .map(|row| {
-                        let values: Vec<String> = row
-                            .unwrap()
-                            .into_iter()
-                            .map(|v| match v {
-                                mysql_async::Value::NULL => "NULL".to_owned(),
-                                mysql_async::Value::Bytes(b) => {
-                                    String::from_utf8_lossy(&b).into_owned()
-                                }
-                                mysql_async::Value::Int(i) => i.to_string(),
-                                mysql_async::Value::UInt(u) => u.to_string(),
-                                other => other.as_sql(true),
-                            })
-                            .collect();
-                        format!("({})", values.join(", "))
-                    })
-                    .collect::<Vec<_>>()
-                    .join(" "),
-            ),
-            Err(e) => return error_line(&e),
-        }
-        if result.is_empty() {
-            return sets.join(" ;; ");
-        }
-    }
-}
-
-fn error_line(e: &mysql_async::Error) -> String {
-    match e {
-        mysql_async::Error::Server(s) => format!("error {}: {}", s.code, s.message),
-        other => panic!("not a server error: {other}"),
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mysql_async_reads_its_own_diagnostics_and_never_another_s() {
     let _table = SCENARIOS.lock().await;
     let gw = one_connection("diag_async").await;
-    let direct = scenarios_with_mysql_async(gw.direct_opts()).await;
-    let sluice = scenarios_with_mysql_async(gw.opts("app", "secret", Some(TEST_DB))).await;
+    let direct =
+        scenarios::with_mysql_async(gw.direct_opts(), &gw.backend_user, "backend-pw", SPEC).await;
+    let sluice = scenarios::with_mysql_async(
+        gw.opts("app", "secret", Some(TEST_DB)),
+        "app",
+        "secret",
+        SPEC,
+    )
+    .await;
     compare_lines("mysql_async", &direct, &sluice);
     assert_key_lines(&sluice);
     // Each scenario's b found the connection a had just used holding a's conditions.

@@ -74,7 +74,14 @@ async fn mariadb_cli_column_type_info_matches_directly() {
                   INSERT INTO xm_cli_t VALUES (1, '[1]', POINT(1,2), 1.5, 'x', 'a', \
                   '2020-01-01 00:00:00.123', UUID());\n\
                   SELECT id, j, g, d, s, e, t FROM xm_cli_t;\n\
-                  SELECT LAST_VALUE(1, 2) AS lv;\n";
+                  SELECT LAST_VALUE(1, 2) AS lv;\n\
+                  DELIMITER //\n\
+                  CREATE OR REPLACE PROCEDURE xm_cli_p(IN n INT, OUT o DECIMAL(6,2)) \
+                  BEGIN SELECT n AS first, j FROM xm_cli_t; SELECT g, e FROM xm_cli_t; \
+                  SET o = n / 4; END//\n\
+                  DELIMITER ;\n\
+                  CALL xm_cli_p(3, @o); SELECT @o, CAST(@o AS DECIMAL(6,2)) AS o;\n\
+                  SELECT 1 AS a; SELECT j, 'x' AS b FROM xm_cli_t; DO 1;\n";
     let mut outputs = Vec::new();
     for (port, user, password) in both_ways(&gw) {
         let args = [

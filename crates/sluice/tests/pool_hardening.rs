@@ -200,15 +200,18 @@ async fn three_driver_flavours_share_a_pool_of_two_without_evictions() {
         .unwrap()
         .unwrap();
     admin.disconnect().await.unwrap();
-    // Two raw clients: other login collations, with and without multi-statements.
+    // Two raw clients: other login collations, with and without multi-statements; the keys
+    // of the pool as mysql_async and Connector/C choose them (CLIENT_PS_MULTI_RESULTS too).
     let unicode = Flavor {
         capabilities: CapabilityFlags::CLIENT_DEPRECATE_EOF
+            | CapabilityFlags::CLIENT_PS_MULTI_RESULTS
             | CapabilityFlags::CLIENT_MULTI_STATEMENTS,
         collation: 224,
         ..Flavor::INTERNAL
     };
     let latin1 = Flavor {
-        capabilities: CapabilityFlags::CLIENT_DEPRECATE_EOF,
+        capabilities: CapabilityFlags::CLIENT_DEPRECATE_EOF
+            | CapabilityFlags::CLIENT_PS_MULTI_RESULTS,
         collation: 8,
         ..Flavor::INTERNAL
     };

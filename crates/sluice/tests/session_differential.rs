@@ -47,7 +47,21 @@
 //!   are compared as root;
 //! - `diagnostics`: warnings, notes and errors (text, multi-statement, binary, `SIGNAL`)
 //!   read back by the client (`SHOW WARNINGS`, `GET DIAGNOSTICS`, ...) or by another client
-//!   that may run on the connection the first just used (see [`diagnostics_step`]).
+//!   that may run on the connection the first just used (see [`diagnostics_step`]);
+//! - `types`: JSON, GEOMETRY, DECIMAL, TIMESTAMP(3) and latin1 columns read and written
+//!   through both protocols ([`types_step`]);
+//! - `multiresult`: multi-statements, procedures of several results, OUT/INOUT parameters
+//!   of a binary `CALL` (a result set of their own), `LAST_VALUE()`, `START TRANSACTION
+//!   WITH CONSISTENT SNAPSHOT` ([`multi_result_step`]);
+//! - `resetstate`: every kind of session state built up, then `COM_RESET_CONNECTION` or
+//!   `COM_CHANGE_USER`, then each read back ([`reset_state_step`]).
+//!
+//! Every result set and prepare answer compares with its column definitions (names, schema,
+//! tables, type, character set, length, decimals, flags), not only its values.
+//! Not generated: malformed `COM_STMT_EXECUTE` packets (a driver cannot send them;
+//! `bad_input.rs` compares them byte for byte with MariaDB) and a lowered
+//! `max_prepared_stmt_count` (a global the shared server's other users feel;
+//! `prepared_limit.rs` covers it in a binary of its own).
 //!
 //! Knobs (environment): `SLUICE_DIFF_SEED` (one seed to replay), `SLUICE_DIFF_SEEDS` (how
 //! many seeds, default 4), `SLUICE_DIFF_FIRST_SEED` (first of them, default 1),
@@ -373,7 +387,9 @@ impl Side {
             Kind::Prepare => prepare_held(conn, &mut self.held[client], &sql).await,
             Kind::ExecHeld => exec_held(conn, self.held[client].as_ref(), params).await,
             Kind::CloseHeld => close_held(conn, &mut self.held[client]).await,
-            Kind::Plain | Kind::Reset | Kind::Refused(_) => run(conn, &sql, params).await,
+            Kind::Plain | Kind::Reset | Kind::ChangeUser | Kind::Refused(_) => {
+                run(conn, &sql, params).await
+            }
         };
         Outcome {
             key: self.names.normalise(&out.key),
@@ -514,10 +530,13 @@ enum Family {
     KillRefused,
     LockPs,
     Diagnostics,
+    Types,
+    MultiResult,
+    ResetState,
 }
 
 /// Each family with its weight.
-const FAMILIES: [(Family, usize); 20] = [
+const FAMILIES: [(Family, usize); 23] = [
     (Family::SysVar, 14),
     (Family::Names, 6),
     (Family::Use, 4),
@@ -538,6 +557,9 @@ const FAMILIES: [(Family, usize); 20] = [
     (Family::KillRefused, 3),
     (Family::LockPs, 6),
     (Family::Diagnostics, 6),
+    (Family::Types, 5),
+    (Family::MultiResult, 5),
+    (Family::ResetState, 4),
 ];
 
 impl Family {
@@ -563,6 +585,9 @@ impl Family {
             Family::KillRefused => "killrefused",
             Family::LockPs => "lockps",
             Family::Diagnostics => "diagnostics",
+            Family::Types => "types",
+            Family::MultiResult => "multiresult",
+            Family::ResetState => "resetstate",
         }
     }
 
@@ -601,6 +626,8 @@ enum Kind {
     CloseHeld,
     /// `COM_RESET_CONNECTION` (compared, then the fresh session is observed).
     Reset,
+    /// `COM_CHANGE_USER` to the same user (compared, then the fresh session is observed).
+    ChangeUser,
     /// Something sluice refuses by design where MariaDB would run it (a `KILL` in a
     /// multi-statement query or in dynamic SQL, a `KILL` prepared through the binary
     /// protocol): sent through sluice only, which must answer exactly `ERROR <code>`; never
@@ -654,6 +681,13 @@ impl Stmt {
         }
     }
 
+    fn change_user() -> Stmt {
+        Stmt {
+            kind: Kind::ChangeUser,
+            ..Stmt::text("")
+        }
+    }
+
     fn refused(sql: impl Into<String>, binary: bool, code: u16) -> Stmt {
         Stmt {
             kind: Kind::Refused(code),
@@ -683,6 +717,7 @@ impl Stmt {
             Kind::ExecHeld => out.push_str("COM_STMT_EXECUTE of the held statement"),
             Kind::CloseHeld => out.push_str("COM_STMT_CLOSE of the held statement"),
             Kind::Reset => out.push_str("COM_RESET_CONNECTION"),
+            Kind::ChangeUser => out.push_str("COM_CHANGE_USER (same user)"),
         }
         if let Some(params) = &self.params {
             let params: Vec<String> = params.iter().map(render_value).collect();
@@ -1044,8 +1079,9 @@ impl Harness {
                     }
                     continue;
                 }
-                Kind::Reset => {
-                    self.reset(step, who, family, false).await?;
+                Kind::Reset | Kind::ChangeUser => {
+                    self.reset(step, who, family, stmt.kind == Kind::ChangeUser)
+                        .await?;
                     continue;
                 }
                 _ => {}
@@ -1303,6 +1339,10 @@ impl Harness {
         let d = observe(self.d.conns[client].as_mut(), &self.d.names).await;
         match (&s, &d) {
             (Ok(s), Ok(d)) if s == d => {}
+            // The same error on both sides: what the driver makes of a reply cut short by
+            // an error (a procedure's later SELECT on a table not locked with LOCK TABLES)
+            // surfaces at the next query, the observer.
+            (Err(s), Err(d)) if s == d => return Ok(()),
             (Ok(s), Ok(d)) => {
                 let mut sluice = Vec::new();
                 let mut mariadb = Vec::new();
@@ -1493,7 +1533,8 @@ impl Harness {
                 ] {
                     let s = run(Some(&mut self.admin), &read(s_db, table), None).await;
                     let d = run(Some(&mut self.admin), &read(d_db, table), None).await;
-                    if s.key != d.key {
+                    // Column definitions name each side's schema.
+                    if self.s.names.normalise(&s.key) != self.d.names.normalise(&d.key) {
                         let what = read(placeholder, table) + " (committed rows, read as root)";
                         return Err(self.difference(step, 0, "tables", what, s.shown(), d.shown()));
                     }
@@ -1625,6 +1666,17 @@ fn schema_sql(db: &str) -> Vec<String> {
         .map(|(i, w)| format!("({}, '{w}')", i + 1))
         .collect();
     sql.push(format!("INSERT INTO {db}.seq VALUES {}", rows.join(", ")));
+    // Columns whose metadata MariaDB marks specially (JSON, GEOMETRY), or whose values the
+    // binary protocol encodes its own way (DECIMAL, TIMESTAMP(3), a latin1 string).
+    sql.push(format!(
+        "CREATE TABLE {db}.jg (id INT PRIMARY KEY, j JSON, g POINT, d DECIMAL(8,3), \
+         t TIMESTAMP(3) NULL, s VARCHAR(10) CHARACTER SET latin1) ENGINE=InnoDB"
+    ));
+    sql.push(format!(
+        "INSERT INTO {db}.jg VALUES (1, '{{\"a\": 1, \"b\": [true, null]}}', POINT(1, 2), 1.5, \
+         '2020-01-01 00:00:00.123', 'é'), (2, '\"😂\"', POINT(-3.5, 0), -0.001, NULL, NULL), \
+         (3, NULL, NULL, NULL, '2030-06-15 12:00:00.5', '')"
+    ));
     // Procedures that open cursors (MariaDB then flags later text results on the connection
     // with SERVER_STATUS_CURSOR_EXISTS) and raise conditions.
     let cursor = "DECLARE done INT DEFAULT 0; DECLARE x INT; DECLARE cnt INT DEFAULT 0; \
@@ -1683,6 +1735,24 @@ fn schema_sql(db: &str) -> Vec<String> {
                  SET MESSAGE_TEXT = 'cursor done', MYSQL_ERRNO = 3002; END IF; \
                  CLOSE cur; SELECT 'after' AS a;"
             ),
+        ),
+        // Several result sets, and OUT/INOUT parameters (through the binary protocol: one
+        // more result set, flagged SERVER_PS_OUT_PARAMS, for clients that ask for it).
+        (
+            "p_two",
+            "IN n INT",
+            "SELECT n AS first, DATABASE() AS db; SELECT id, j, g FROM jg WHERE id <= n ORDER BY id;"
+                .to_string(),
+        ),
+        (
+            "p_out",
+            "IN a INT, OUT b INT, INOUT c BIGINT",
+            "SET b = a * 2; SET c = COALESCE(c, 0) + a; SELECT a AS in_proc;".to_string(),
+        ),
+        (
+            "p_out_only",
+            "OUT b VARCHAR(10), OUT c DECIMAL(5,2)",
+            "SET b = 'out', c = 1.25;".to_string(),
         ),
         (
             "p_signal",
@@ -2020,6 +2090,9 @@ fn generate(
         Family::KillRefused => run(kill_refused_step(rng, c)),
         Family::LockPs => run(lock_ps_step(rng, c)),
         Family::Diagnostics => run(diagnostics_step(rng, c)),
+        Family::Types => run(types_step(rng, c)),
+        Family::MultiResult => run(multi_result_step(rng, c)),
+        Family::ResetState => run(reset_state_step(rng, c)),
     };
     (family, action)
 }
@@ -2081,6 +2154,171 @@ fn diagnostics_step(rng: &mut Rng, c: usize) -> Vec<Stmt> {
             None => probe,
         });
     }
+    stmts
+}
+
+/// `types`: JSON, GEOMETRY, DECIMAL, TIMESTAMP(3) and latin1 columns read and written through
+/// the text and the binary protocol (values and column definitions compare), sometimes
+/// followed by another client's read on the connection just used.
+fn types_step(rng: &mut Rng, c: usize) -> Vec<Stmt> {
+    let n = rng.number();
+    let k = rng.below(4);
+    let text = |sql: &str| Stmt::text(sql);
+    let bytes = |text: String| Value::Bytes(text.into_bytes());
+    let pick = |rng: &mut Rng| match rng.below(10) {
+        0 => text("SELECT id, j, g, d, t, s FROM jg ORDER BY id"),
+        1 => Stmt::binary(
+            "SELECT id, j, g, d, t, s FROM jg WHERE id > ? ORDER BY id",
+            vec![Value::Int(k as i64)],
+        ),
+        2 => text(
+            "SELECT JSON_EXTRACT(j, '$.a') AS a, JSON_TYPE(j) AS jt, JSON_VALID(j) AS ok, \
+             ST_AsText(g) AS w, ST_X(g) AS x, ST_GeometryType(g) AS gt FROM jg ORDER BY id",
+        ),
+        3 => Stmt::binary(
+            "SELECT JSON_EXTRACT(j, '$.b') AS b, ST_AsText(g) AS w, g, d * ? AS dd \
+             FROM jg ORDER BY id",
+            vec![Value::Int(n as i64)],
+        ),
+        4 => Stmt::binary(
+            "SELECT JSON_OBJECT('k', ?, 'n', ?) AS jo, JSON_ARRAY(?, NULL) AS ja",
+            vec![
+                bytes(format!("v{n}")),
+                Value::Int(n as i64),
+                bytes("😂".into()),
+            ],
+        ),
+        5 => Stmt::binary(
+            "REPLACE INTO jg (id, j, g, d, t, s) \
+             VALUES (?, ?, ST_GeomFromText(?), ?, ?, ?)",
+            vec![
+                Value::Int(10 + c as i64),
+                bytes(format!("{{\"c\": {c}, \"n\": {n}}}")),
+                bytes(format!("POINT({n} {k})")),
+                bytes(format!("{n}.125")),
+                bytes("2021-02-03 04:05:06.789".into()),
+                bytes("ü".into()),
+            ],
+        ),
+        6 => text("SELECT POINT(1, 2) AS p, JSON_COMPACT('[1, 2]') AS jc, 1.50 AS dec"),
+        7 => Stmt::binary(
+            "SELECT LAST_VALUE(?, j) AS lv, LAST_VALUE(j, d) AS ld FROM jg ORDER BY id",
+            vec![Value::Int(n as i64)],
+        ),
+        8 => {
+            text("SELECT id, t, UNIX_TIMESTAMP(t) AS ut, s FROM jg WHERE t IS NOT NULL ORDER BY id")
+        }
+        _ => Stmt::binary(
+            "SELECT id, t, s FROM jg WHERE t IS NOT NULL AND id <> ? ORDER BY id",
+            vec![Value::Int(k as i64)],
+        ),
+    };
+    let mut stmts = vec![pick(rng)];
+    if rng.chance(50) {
+        stmts.push(pick(rng));
+    }
+    if rng.chance(40) {
+        let other = others(rng, c, 1)[0];
+        stmts.push(pick(rng).by(other));
+    }
+    stmts
+}
+
+/// `multiresult`: replies of several result sets, text and binary: multi-statements,
+/// procedures with several `SELECT`s, OUT and INOUT parameters of a binary `CALL` (their own
+/// result set), `LAST_VALUE()`, `START TRANSACTION WITH CONSISTENT SNAPSHOT` within a
+/// multi-statement; then another client's results.
+fn multi_result_step(rng: &mut Rng, c: usize) -> Vec<Stmt> {
+    let n = rng.number();
+    let k = rng.below(4);
+    let int = |x: usize| Value::Int(x as i64);
+    let first = match rng.below(9) {
+        0 => Stmt::text(format!(
+            "SELECT 1 AS a; SELECT id, j FROM jg ORDER BY id LIMIT {}; DO 1; SELECT {n} AS n",
+            1 + k
+        )),
+        1 => Stmt::text(format!("CALL p_two({})", 1 + k)),
+        2 => Stmt::binary("CALL p_two(?)", vec![int(1 + k)]),
+        3 => Stmt::binary("CALL p_out(?, ?, ?)", vec![int(n), Value::NULL, int(k)]),
+        4 => Stmt::binary("CALL p_out_only(?, ?)", vec![Value::NULL, Value::NULL]),
+        5 => Stmt::text(format!(
+            "SET @io = {k}; CALL p_out({n}, @o, @io); SELECT @o, @io"
+        )),
+        6 => Stmt::text(format!(
+            "SELECT LAST_VALUE(1, 'x') AS lv; SELECT LAST_VALUE({n}, {k} + 1) AS lv2"
+        )),
+        7 => Stmt::text(format!(
+            "START TRANSACTION WITH CONSISTENT SNAPSHOT; \
+             SELECT COUNT(*) FROM t{c}; SELECT @@in_transaction"
+        )),
+        _ => Stmt::text(format!(
+            "INSERT INTO t{c} (v) VALUES ({n}); SELECT LAST_VALUE(LAST_INSERT_ID(), ROW_COUNT()) AS lv"
+        )),
+    };
+    let mut stmts = vec![first];
+    if rng.chance(40) {
+        stmts.push(Stmt::text("SELECT 'after' AS a, @@in_transaction AS t"));
+    }
+    let count = rng.below(2);
+    for o in others(rng, c, count) {
+        stmts.push(rows_probe(rng, o).by(o));
+    }
+    stmts
+}
+
+/// `resetstate`: the client builds up state of every kind a session holds (user variables,
+/// a temporary table, an SQL-level and a binary prepared statement, session variables, the
+/// character set, the schema, `LAST_INSERT_ID()`, an open transaction, a named lock,
+/// warnings), then sends `COM_RESET_CONNECTION` or `COM_CHANGE_USER`, then reads every
+/// one of them back (the observer reads the session variables and schema).
+fn reset_state_step(rng: &mut Rng, c: usize) -> Vec<Stmt> {
+    let n = rng.number();
+    let lock = format!("'{{lock}}r{c}'");
+    let mut stmts = Vec::new();
+    let setup = [
+        Stmt::text(format!("SET @v = {n}, @w = 'c{c}'")),
+        Stmt::text(format!(
+            "CREATE TEMPORARY TABLE IF NOT EXISTS tmp (a INT); INSERT INTO tmp VALUES ({n})"
+        )),
+        Stmt::text(format!("PREPARE s FROM 'SELECT COUNT(*) FROM t{c}'")),
+        Stmt::prepare("SELECT ? + 1 AS p, DATABASE() AS db"),
+        Stmt::text(format!("INSERT INTO t{c} (v) VALUES ({n})")),
+        Stmt::text("SET SESSION sql_mode = 'ANSI', time_zone = '+05:30', wait_timeout = 600"),
+        Stmt::text(rng.pick(&["SET NAMES latin1", "SET NAMES utf8mb4 COLLATE utf8mb4_bin"])),
+        Stmt::text("USE {db_b}"),
+        Stmt::text(format!("SELECT GET_LOCK({lock}, 0)")),
+        Stmt::text(format!(
+            "SET autocommit = 0; INSERT INTO {{db_a}}.t{c} (v, note) VALUES ({n}, 'reset')"
+        )),
+    ];
+    for stmt in setup {
+        if rng.chance(60) {
+            stmts.push(stmt);
+        }
+    }
+    stmts.push(Stmt::text(rng.pick(&[
+        "SELECT 1/0 AS x",
+        "SELECT CAST('7z' AS SIGNED) AS x",
+        "SELECT * FROM sdiff_missing_table",
+    ])));
+    stmts.push(if rng.chance(35) {
+        Stmt::change_user()
+    } else {
+        Stmt::reset()
+    });
+    stmts.extend([
+        Stmt::text("SHOW WARNINGS"),
+        Stmt::text("SELECT @@warning_count, @@error_count"),
+        Stmt::text("SELECT LAST_INSERT_ID(), ROW_COUNT(), FOUND_ROWS()"),
+        Stmt::text(format!("SELECT IS_FREE_LOCK({lock})")),
+        Stmt::text(format!(
+            "SELECT COUNT(*) FROM {{db_a}}.t{c} WHERE note = 'reset'"
+        )),
+        Stmt::exec_held(vec![Value::Int(n as i64)]),
+        Stmt::text("EXECUTE s"),
+        Stmt::text("SELECT COUNT(*) FROM tmp"),
+        Stmt::text("SELECT @v, @w"),
+    ]);
     stmts
 }
 
@@ -2652,16 +2890,12 @@ async fn prepare_held(conn: Option<&mut Conn>, held: &mut Option<Statement>, sql
         Err(_) => out.key.push_str("TIMEOUT"),
         Ok(Err(e)) => fail(&mut out, &e),
         Ok(Ok(stmt)) => {
-            let columns: Vec<String> = stmt
-                .columns()
-                .iter()
-                .map(|c| format!("{} {:?}", c.name_str(), c.column_type()))
-                .collect();
             let _ = write!(
                 out.key,
-                "prepared params={} columns=[{}]",
+                "prepared params={} {} columns={}",
                 stmt.num_params(),
-                columns.join(", ")
+                definitions(stmt.params()),
+                definitions(&stmt.columns())
             );
             *held = Some(stmt);
         }
@@ -2766,7 +3000,31 @@ fn window(a: &str, b: &str) -> (String, String) {
     (show(&a_chars), show(&b_chars))
 }
 
-/// Reads every result set of a reply into `out`.
+/// Column definitions as compared: every field a driver can read from them (names of
+/// schemas normalise like the rest of an outcome).
+fn definitions(columns: &[mysql_async::Column]) -> String {
+    let defs: Vec<String> = columns
+        .iter()
+        .map(|c| {
+            format!(
+                "{}({})@{}.{}({}):{:?}/{}/{}/{}/{:?}",
+                c.name_str(),
+                c.org_name_str(),
+                c.schema_str(),
+                c.table_str(),
+                c.org_table_str(),
+                c.column_type(),
+                c.character_set(),
+                c.column_length(),
+                c.decimals(),
+                c.flags()
+            )
+        })
+        .collect();
+    format!("<{}>", defs.join(" "))
+}
+
+/// Reads every result set of a reply into `out`, column definitions included.
 async fn drain<P: Protocol>(mut result: QueryResult<'_, 'static, P>, out: &mut Outcome) {
     loop {
         let columns: Vec<String> = result
@@ -2774,6 +3032,9 @@ async fn drain<P: Protocol>(mut result: QueryResult<'_, 'static, P>, out: &mut O
             .iter()
             .map(|c| c.name_str().into_owned())
             .collect();
+        if !columns.is_empty() {
+            out.key.push_str(&definitions(result.columns_ref()));
+        }
         match result.collect::<mysql_async::Row>().await {
             Ok(rows) => {
                 if columns.is_empty() {

@@ -42,7 +42,7 @@ use super::relay::{self, Pipelined, RelayError, ReplyOutcome};
 use super::statement::{self, Analysis, Kill, KillTarget, SessionFunction};
 use super::tracking::{Tracking, OWNED_VARIABLES};
 use super::ClientStream;
-use crate::backend::{first_value, BackendError, Flavor, CHARSET_VARIABLES};
+use crate::backend::{first_value, BackendError, Flavor, CHARSET_VARIABLES, NAMES_COLLATION};
 use crate::config::PoolMode;
 use crate::diagnostics::Owner;
 use crate::identity::Identity;
@@ -575,6 +575,13 @@ impl Session {
                     if OWNED_VARIABLES.contains(&name.as_str()) {
                         continue;
                     }
+                    if name == "character_set_results" {
+                        // Set on its own, it carries its default collation (a SET NAMES is
+                        // read back whole afterwards, see `after_query`).
+                        for vars in [&mut self.state.vars, &mut conn.vars] {
+                            vars.insert(NAMES_COLLATION.to_owned(), String::new());
+                        }
+                    }
                     self.state.vars.insert(name.clone(), value.clone());
                     conn.vars.insert(name.clone(), value.clone());
                 }
@@ -915,12 +922,12 @@ impl Session {
         let state = &self.state;
         let id = self.id;
         let rewritten = statement::rewrite(sql, &analysis, |function| match function {
-            SessionFunction::ConnectionId => Some(id.to_string()),
+            SessionFunction::ConnectionId => Some(function.typed(id)),
             _ if !unpinned || payload.len() >= MAX_FRAME_PAYLOAD => None,
             // Read on the connection, after `own_insert_id` put the client's value there.
             SessionFunction::LastInsertId => None,
-            SessionFunction::RowCount => Some(state.row_count.to_string()),
-            SessionFunction::FoundRows => Some(state.found_rows.to_string()),
+            SessionFunction::RowCount => Some(function.typed(state.row_count)),
+            SessionFunction::FoundRows => Some(function.typed(state.found_rows)),
         });
         let hidden: Vec<&[u8]> = analysis
             .scope_inserts
@@ -1093,8 +1100,24 @@ impl Session {
                 .await?;
             match read {
                 Some(Ok(values)) => {
-                    for (name, value) in CHARSET_VARIABLES.iter().zip(values) {
-                        let value = value.unwrap_or_default();
+                    let values: Vec<String> =
+                        values.into_iter().map(Option::unwrap_or_default).collect();
+                    // SET NAMES gives all three character sets the connection's collation;
+                    // SET CHARACTER SET gives the client's and the results' their default.
+                    let names_collation = match values.as_slice() {
+                        _ if !analysis.sets_names => None,
+                        [client, connection, results, collation]
+                            if client == connection && client == results =>
+                        {
+                            Some(collation.clone())
+                        }
+                        _ => Some(String::new()),
+                    };
+                    let names = CHARSET_VARIABLES.iter().chain([&NAMES_COLLATION]);
+                    for (name, value) in
+                        names.zip(values.into_iter().map(Some).chain([names_collation]))
+                    {
+                        let Some(value) = value else { continue };
                         if let Some(lease) = self.backend.as_mut() {
                             lease.conn().vars.insert((*name).into(), value.clone());
                         }
@@ -1207,11 +1230,36 @@ impl Session {
             match gateway.sessions.target(&self.identity.user, id) {
                 Ok(target) if kill.query_only => gateway.kill_query(&target).await,
                 Ok(target) => gateway.kill_session(&target).await,
-                Err(err) => return self.reply_err(seq, &err).await,
+                Err(err) => return self.raise(seq, &err).await,
             }
         }
         let mut seq = seq;
         self.send_ok(&mut seq).await.map_err(client_end)
+    }
+
+    /// Answers `err`, which sluice found itself for a statement the server would have
+    /// failed, as the server does: raised on the client's connection (`SIGNAL`), so that,
+    /// like any failed statement's error, it is in the diagnostics area for the client's
+    /// `SHOW ERRORS`, `@@error_count` or `GET DIAGNOSTICS`. A message `SIGNAL` cannot carry
+    /// as it is (a backslash, whose meaning depends on `sql_mode`, or past 128 characters)
+    /// is only sent to the client.
+    async fn raise(&mut self, seq: u8, err: &ErrFields) -> Result<(), End> {
+        if err.message.contains('\\') || err.message.chars().count() > 128 {
+            return self.reply_err(seq, err).await;
+        }
+        let sql = format!(
+            "SIGNAL SQLSTATE '{}' SET MYSQL_ERRNO = {}, MESSAGE_TEXT = '{}'",
+            String::from_utf8_lossy(&err.sql_state),
+            err.code,
+            err.message.replace('\'', "''")
+        );
+        let mut payload = Vec::with_capacity(sql.len() + 1);
+        payload.push(command::QUERY);
+        payload.extend_from_slice(sql.as_bytes());
+        self.forward_accounted(seq.wrapping_sub(1), &payload, Accounting::default())
+            .await?;
+        self.release_if_free().await;
+        Ok(())
     }
 
     /// COM_SET_OPTION: multi-statements on or off, carried to whichever connection serves

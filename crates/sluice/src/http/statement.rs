@@ -17,7 +17,7 @@ use sluice_protocol::{ProtocolError, StatusFlags};
 use super::envelope::{ApiError, Status};
 use super::output::Output;
 use super::values;
-use crate::backend::{BackendConn, BackendError};
+use crate::backend::{BackendConn, BackendError, Keeping};
 use crate::statements::StatementKey;
 use crate::Gateway;
 
@@ -157,8 +157,8 @@ pub async fn run(
         sql.as_bytes(),
     ));
     let gateway = statements.gateway;
-    let capacity = gateway.settings().pool.max_prepared_statements;
-    let (id, placeholders) = match conn.statement_id(&key, capacity, &gateway.metrics).await {
+    let keeping = gateway.keeping(&Keeping::spare_none);
+    let (id, placeholders) = match conn.statement_id(&key, &keeping).await {
         Ok(Ok(found)) => found,
         Ok(Err(err)) => return Err((0, RunError::Refused(ApiError::database(&err)))),
         Err(e) => return Err((0, RunError::Broken(e))),

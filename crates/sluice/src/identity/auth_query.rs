@@ -13,7 +13,7 @@ use tracing::{error, warn};
 
 use super::accounts::Account;
 use super::cache::{Directory, LookupFailed};
-use crate::backend::BackendConn;
+use crate::backend::{BackendConn, Keeping};
 use crate::metrics::Metrics;
 use crate::pool::Pool;
 use crate::statements::StatementKey;
@@ -68,7 +68,15 @@ impl AuthQuery {
         let (id, params) = match kept {
             Some(kept) => kept,
             None => match conn
-                .prepare_kept(&self.statement, self.capacity, &self.metrics)
+                .prepare_kept(
+                    &self.statement,
+                    &Keeping {
+                        capacity: self.capacity,
+                        metrics: &self.metrics,
+                        pool: &self.pool,
+                        spare: &Keeping::spare_none,
+                    },
+                )
                 .await
                 .map_err(broken)?
             {

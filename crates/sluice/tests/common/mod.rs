@@ -5,6 +5,7 @@
 pub mod binary;
 pub mod certs;
 pub mod data_api;
+pub mod scenarios;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -102,6 +102,11 @@ impl ClientStatements {
         }
     }
 
+    /// Whether the client holds a statement under `key`.
+    fn holds(&self, key: &StatementKey) -> bool {
+        self.by_id.values().any(|s| *s.meta.key == *key)
+    }
+
     /// Records whether statement `id` has a cursor open; true when one was just opened.
     fn set_cursor(&mut self, id: u32, open: bool) -> bool {
         let Some(statement) = self.by_id.get_mut(&id) else {
@@ -450,9 +455,9 @@ impl Session {
         key: &Arc<StatementKey>,
     ) -> Result<Result<u32, ErrFields>, BackendError> {
         let gateway = self.gateway.clone();
-        let capacity = gateway.settings().pool.max_prepared_statements;
-        let found = self.held_connection()?;
-        let found = found.statement_id(key, capacity, &gateway.metrics).await?;
+        let (conn, held) = self.held_connection()?;
+        let spare = |key: &StatementKey| held.holds(key);
+        let found = conn.statement_id(key, &gateway.keeping(&spare)).await?;
         Ok(found.map(|(id, _params)| id))
     }
 
@@ -462,15 +467,16 @@ impl Session {
         key: &Arc<StatementKey>,
     ) -> Result<Result<Prepared, ErrFields>, BackendError> {
         let gateway = self.gateway.clone();
-        let capacity = gateway.settings().pool.max_prepared_statements;
-        self.held_connection()?
-            .prepare_kept(key, capacity, &gateway.metrics)
-            .await
+        let (conn, held) = self.held_connection()?;
+        let spare = |key: &StatementKey| held.holds(key);
+        conn.prepare_kept(key, &gateway.keeping(&spare)).await
     }
 
-    fn held_connection(&mut self) -> Result<&mut BackendConn, BackendError> {
+    /// The held connection, and the client's statements: those never give way on it to
+    /// make room at the server's `max_prepared_stmt_count`.
+    fn held_connection(&mut self) -> Result<(&mut BackendConn, &ClientStatements), BackendError> {
         match self.backend.as_mut() {
-            Some(lease) => Ok(lease.conn()),
+            Some(lease) => Ok((lease.conn(), &self.statements)),
             None => Err(BackendError::Protocol(
                 sluice_protocol::ProtocolError::Malformed("no database connection held"),
             )),

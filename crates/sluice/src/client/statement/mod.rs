@@ -37,6 +37,25 @@ pub enum SessionFunction {
     ConnectionId,
 }
 
+impl SessionFunction {
+    /// The client's `value` of this function as SQL that the server types as it types the
+    /// call itself (an `IF` whose other branch, never taken, is the call): a bare literal
+    /// would change the result's column definition (`-1` is a 2-digit `LONG`, `ROW_COUNT()`
+    /// a 21-digit `LONGLONG`), which drivers read.
+    pub fn typed(self, value: impl std::fmt::Display) -> String {
+        match self {
+            SessionFunction::LastInsertId => {
+                format!("IF(1, CAST({value} AS UNSIGNED), LAST_INSERT_ID())")
+            }
+            SessionFunction::RowCount => format!("IF(1, {value}, ROW_COUNT())"),
+            SessionFunction::FoundRows => format!("IF(1, {value}, FOUND_ROWS())"),
+            SessionFunction::ConnectionId => {
+                format!("IF(1, CAST({value} AS UNSIGNED), CONNECTION_ID())")
+            }
+        }
+    }
+}
+
 /// One call of a session function in the text.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FunctionCall {
@@ -89,6 +108,9 @@ pub struct Analysis {
     /// The character set or collation of the connection is set (`SET NAMES ... COLLATE`):
     /// the server reports the character sets but not the collation.
     pub sets_charset: bool,
+    /// `SET NAMES`, `SET CHARACTER SET` or `SET CHARSET`: besides the character sets, the
+    /// collation that the client's and the results' character sets carry is set.
+    pub sets_names: bool,
     /// Some statement is not one sluice understands: a state change after it pins.
     pub unknown: bool,
     /// Which of the client's own tracking settings are assigned, by their index in
@@ -804,6 +826,7 @@ impl Scanner<'_> {
     /// The character set of `SET NAMES` / `SET CHARACTER SET`, and `COLLATE`, if any.
     fn charset_value(&mut self) {
         self.analysis.sets_charset = true;
+        self.analysis.sets_names = true;
         let Some(value) = self.bump() else { return };
         let sql = self.sql;
         let name = unquoted(sql, &value);

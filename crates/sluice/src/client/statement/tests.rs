@@ -153,6 +153,9 @@ fn set_forms_are_rewritten_to_a_tracked_scope() {
     assert!(of("SELECT 1; insert into t values (1)").may_set_insert_id);
     assert!(!of("UPDATE t SET a = 1").may_set_insert_id);
     assert!(of("SET @@collation_connection = 'latin1_bin'").sets_charset);
+    assert!(!of("SET @@collation_connection = 'latin1_bin'").sets_names);
+    assert!(of("SET NAMES utf8mb4 COLLATE utf8mb4_bin").sets_names);
+    assert!(of("SET CHARACTER SET latin1").sets_names);
     assert!(!of("SET sql_mode = ''").sets_charset);
     assert!(!of("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED").next_transaction);
     let statement = of("SET STATEMENT sql_mode = '' FOR SELECT GET_LOCK('a', 0)");
@@ -378,4 +381,16 @@ fn transaction_ends_and_access_modes() {
     ] {
         assert!(!of(sql).starts_with_characteristics, "{sql}");
     }
+}
+
+#[test]
+fn a_function_s_value_keeps_the_call_s_type() {
+    assert_eq!(
+        SessionFunction::RowCount.typed(-1),
+        "IF(1, -1, ROW_COUNT())"
+    );
+    assert_eq!(
+        SessionFunction::ConnectionId.typed(7u32),
+        "IF(1, CAST(7 AS UNSIGNED), CONNECTION_ID())"
+    );
 }
