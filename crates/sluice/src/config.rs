@@ -50,6 +50,12 @@ pub struct Config {
     /// On SIGTERM/SIGINT, statements and transactions in flight get this long to finish.
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
+    /// During a drain, a client between transactions is still served until it has sent no
+    /// command for this long (or `shutdown_timeout` passes): one that connected just before
+    /// the drain began runs its statements instead of failing with 1053. "0s" closes idle
+    /// clients at once.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_idle_grace: Duration,
     /// Largest client packet accepted, like the server's `max_allowed_packet`.
     pub max_packet_size: usize,
     /// A client idle this long outside a transaction is disconnected.
@@ -156,6 +162,7 @@ impl Default for Config {
             failed_login_delay_max: Duration::from_secs(5),
             client_write_timeout: Duration::from_secs(30),
             shutdown_timeout: Duration::from_secs(30),
+            shutdown_idle_grace: Duration::from_secs(1),
             max_packet_size: 64 * 1024 * 1024,
             idle_client_timeout: Duration::from_secs(1800),
             idle_transaction_timeout: Duration::from_secs(60),
@@ -813,6 +820,9 @@ pub struct Settings {
     pub client_write_timeout: Duration,
     /// Time in-flight work gets to finish on shutdown.
     pub shutdown_timeout: Duration,
+    /// How long a client between transactions may stay quiet during a drain before it is
+    /// closed.
+    pub shutdown_idle_grace: Duration,
     /// Largest client packet accepted.
     pub max_packet_size: usize,
     /// Idle limit outside transactions.
@@ -1277,6 +1287,7 @@ impl Config {
             failed_login_delay_max: self.failed_login_delay_max,
             client_write_timeout: self.client_write_timeout,
             shutdown_timeout: self.shutdown_timeout,
+            shutdown_idle_grace: self.shutdown_idle_grace,
             max_packet_size: self.max_packet_size,
             idle_client_timeout: self.idle_client_timeout,
             idle_transaction_timeout: self.idle_transaction_timeout,
