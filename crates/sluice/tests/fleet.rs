@@ -378,7 +378,11 @@ budget_key = "{key}"
                     .contains("\"mode\":\"redis\"")
         })
         .await;
-        assert!(ready, "{name} serves on a lease");
+        assert!(
+            ready,
+            "{name} serves on a lease; its log:\n{}",
+            std::fs::read_to_string(&process.log).unwrap_or_default()
+        );
         (process, admin)
     }
 
@@ -575,18 +579,24 @@ async fn fleet_kill_9_of_one_of_three_processes_costs_the_survivors_nothing() {
         .status()
         .unwrap();
     assert!(status.success());
-    let victim_id = format!("i{victim}");
-    let lease_gone = eventually(Duration::from_secs(10), async || {
-        !leases(test).await.contains_key(&victim_id)
-    })
-    .await
-    .then(|| killed.elapsed());
-    let victim_user = format!("sl_fleet_{test}_{victim}");
-    let connections_gone = eventually(Duration::from_secs(10), async || {
-        common::db_connections_of(&victim_user).await == 0
-    })
-    .await
-    .then(|| killed.elapsed());
+    let (victim_id, victim_user) = (format!("i{victim}"), format!("sl_fleet_{test}_{victim}"));
+    // Each measured on its own, from the kill.
+    let (lease_gone, connections_gone) = tokio::join!(
+        async {
+            eventually(Duration::from_secs(10), async || {
+                !leases(test).await.contains_key(&victim_id)
+            })
+            .await
+            .then(|| killed.elapsed())
+        },
+        async {
+            eventually(Duration::from_secs(10), async || {
+                common::db_connections_of(&victim_user).await == 0
+            })
+            .await
+            .then(|| killed.elapsed())
+        },
+    );
     // The survivors carry the whole load a while past the lease's expiry.
     tokio::time::sleep(
         (killed + TTL + Duration::from_secs(1)).saturating_duration_since(Instant::now()),
