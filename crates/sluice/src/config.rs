@@ -189,8 +189,12 @@ impl Default for Config {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FleetConfig {
-    /// Where the leases live (`redis://host:port/db`).
+    /// Where the leases live (`redis://host:port/db`); with `sentinel`, only the login and
+    /// database used on the master it names.
     pub redis_url: String,
+    /// `[fleet.sentinel]`: the leases live on the master these Redis Sentinels name, asked
+    /// again at every reconnection so a failover is followed.
+    pub sentinel: Option<SentinelConfig>,
     /// This instance's name in the leases; unique in the fleet (default: host name, pid and
     /// listen port).
     pub instance_id: Option<String>,
@@ -207,10 +211,21 @@ pub struct FleetConfig {
     pub budget_key: String,
 }
 
+/// `[fleet.sentinel]`: Redis Sentinels and the name of the master they watch.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SentinelConfig {
+    /// The master's name in the sentinels' configuration (`sentinel monitor NAME ...`).
+    pub master: String,
+    /// The sentinels' addresses (`redis://host:26379`), tried in order.
+    pub nodes: Vec<String>,
+}
+
 impl Default for FleetConfig {
     fn default() -> Self {
         FleetConfig {
             redis_url: "redis://127.0.0.1:6379".into(),
+            sentinel: None,
             instance_id: None,
             lease_ttl: Duration::from_secs(5),
             heartbeat: Duration::from_secs(1),
@@ -243,6 +258,25 @@ impl FleetConfig {
                 "fleet.redis_url",
                 format!("{:?} is not a redis:// URL", self.redis_url),
             );
+        }
+        if let Some(sentinel) = &self.sentinel {
+            if sentinel.master.is_empty() {
+                issue("fleet.sentinel.master", "must not be empty".into());
+            }
+            if sentinel.nodes.is_empty() {
+                issue(
+                    "fleet.sentinel.nodes",
+                    "must name at least one sentinel".into(),
+                );
+            }
+            for node in &sentinel.nodes {
+                if redis::parse_redis_url(node).is_none() {
+                    issue(
+                        "fleet.sentinel.nodes",
+                        format!("{node:?} is not a redis:// URL"),
+                    );
+                }
+            }
         }
     }
 }
@@ -2093,5 +2127,22 @@ mod tests {
         let fleet = on.validate("t").unwrap().fleet.unwrap();
         assert_eq!(fleet.expected_instances, 3);
         assert_eq!(fleet.lease_ttl, Duration::from_secs(5));
+        assert_eq!(fleet.sentinel, None);
+        let (_, keys) = refused("[fleet.sentinel]\nmaster = \"\"\nnodes = [\"http://s:26379\"]\n");
+        assert_eq!(keys, vec!["fleet.sentinel.master", "fleet.sentinel.nodes"]);
+        let (_, keys) = refused("[fleet.sentinel]\nmaster = \"m\"\nnodes = []\n");
+        assert_eq!(keys, vec!["fleet.sentinel.nodes"]);
+        let sentinel: Config = toml::from_str(
+            "[fleet.sentinel]\nmaster = \"leases\"\nnodes = [\"redis://a:26379\", \"redis://b:26379\"]\n",
+        )
+        .unwrap();
+        let fleet = sentinel.validate("t").unwrap().fleet.unwrap();
+        assert_eq!(
+            fleet.sentinel,
+            Some(SentinelConfig {
+                master: "leases".into(),
+                nodes: vec!["redis://a:26379".into(), "redis://b:26379".into()],
+            })
+        );
     }
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::{metric_value, start_with, PeakWatcher, TestGateway};
 use mysql_async::prelude::*;
-use sluice::config::FleetConfig;
+use sluice::config::{FleetConfig, SentinelConfig};
 
 /// The budget every test shares among three gateways.
 const BUDGET: usize = 6;
@@ -26,12 +26,24 @@ fn budget_key(test: &str) -> String {
 
 /// Starts gateway `name` of `test`'s fleet on `redis_url`, in the current runtime.
 async fn member(test: &str, name: &str, redis_url: &str) -> TestGateway {
+    member_of(test, name, redis_url, None).await
+}
+
+/// [`member`], its Redis named by `sentinel` when given (then `redis_url` gives only the
+/// master's login).
+async fn member_of(
+    test: &str,
+    name: &str,
+    redis_url: &str,
+    sentinel: Option<SentinelConfig>,
+) -> TestGateway {
     let (key, url) = (budget_key(test), redis_url.to_owned());
     start_with(&format!("fleet_{test}_{name}"), move |config| {
         config.pool.max_db_connections = BUDGET;
         config.pool.borrow_timeout = Duration::from_secs(60);
         config.fleet = Some(FleetConfig {
             redis_url: url,
+            sentinel,
             instance_id: None,
             lease_ttl: TTL,
             heartbeat: Duration::from_millis(200),
@@ -80,7 +92,12 @@ fn load(
 
 /// The live leases in Redis under `test`'s key, by instance id.
 async fn leases(test: &str) -> std::collections::HashMap<String, String> {
-    let client = redis::Client::open(REDIS).unwrap();
+    leases_at(REDIS, test).await
+}
+
+/// [`leases`] in the Redis at `url`.
+async fn leases_at(url: &str, test: &str) -> std::collections::HashMap<String, String> {
+    let client = redis::Client::open(url).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
     redis::cmd("HGETALL")
         .arg(budget_key(test))
@@ -161,19 +178,58 @@ async fn fleet_without_redis_an_instance_runs_on_its_static_share() {
     );
 }
 
-/// A Redis of one test's own on a free port (the shared one on 6379 is never stopped).
+/// A Redis of one test's own on a free port (the shared one on 6379 is never stopped): a
+/// server, a replica, or a sentinel.
 struct PrivateRedis {
     port: u16,
+    /// What follows `redis-server` (the port is added).
+    args: Vec<String>,
     child: Option<std::process::Child>,
 }
 
 impl PrivateRedis {
     fn start() -> PrivateRedis {
+        PrivateRedis::with_args(["--save", "", "--appendonly", "no"])
+    }
+
+    /// A replica of the server on `master`.
+    fn replica_of(master: u16) -> PrivateRedis {
+        let master = master.to_string();
+        PrivateRedis::with_args([
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--replicaof",
+            "127.0.0.1",
+            &master,
+        ])
+    }
+
+    /// A sentinel watching the server on `master` as `name`, alone (quorum 1), quick to
+    /// fail over; its configuration file (which Sentinel rewrites) in `dir`.
+    fn sentinel(dir: &std::path::Path, name: &str, master: u16) -> PrivateRedis {
+        let path = dir.join(format!("sentinel-{master}.conf"));
+        let conf = format!(
+            "sentinel monitor {name} 127.0.0.1 {master} 1\n\
+             sentinel down-after-milliseconds {name} 500\n\
+             sentinel failover-timeout {name} 5000\n"
+        );
+        std::fs::write(&path, conf).unwrap();
+        PrivateRedis::with_args([path.to_str().unwrap(), "--sentinel"])
+    }
+
+    fn with_args<'a>(args: impl IntoIterator<Item = &'a str>) -> PrivateRedis {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .unwrap()
             .port();
-        let mut redis = PrivateRedis { port, child: None };
+        let args = args.into_iter().map(str::to_owned).collect();
+        let mut redis = PrivateRedis {
+            port,
+            args,
+            child: None,
+        };
         redis.restart();
         redis
     }
@@ -185,8 +241,8 @@ impl PrivateRedis {
     /// Starts the server (again) on its port, returning once it answers.
     fn restart(&mut self) {
         let child = std::process::Command::new("redis-server")
+            .args(&self.args)
             .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
-            .args(["--save", "", "--appendonly", "no"])
             .stdout(std::process::Stdio::null())
             .spawn()
             .expect("redis-server (scripts/ensure-deps installs it)");
@@ -200,16 +256,21 @@ impl PrivateRedis {
         panic!("private redis-server did not start on {}", self.port);
     }
 
+    /// The reply to one command, or `None` when the server does not answer.
+    async fn query<T: redis::FromRedisValue>(&self, args: &[&str]) -> Option<T> {
+        let client = redis::Client::open(self.url()).ok()?;
+        let mut conn = client.get_multiplexed_async_connection().await.ok()?;
+        let mut cmd = redis::cmd(args[0]);
+        for arg in &args[1..] {
+            cmd.arg(*arg);
+        }
+        cmd.query_async(&mut conn).await.ok()
+    }
+
     /// Scripts the server has run since it started (`EVALSHA` and `EVAL` calls): the
     /// fleet's round trips (the commands inside a script are not round trips).
     async fn commands(&self) -> u64 {
-        let client = redis::Client::open(self.url()).unwrap();
-        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-        let info: String = redis::cmd("INFO")
-            .arg("commandstats")
-            .query_async(&mut conn)
-            .await
-            .unwrap();
+        let info: String = self.query(&["INFO", "commandstats"]).await.unwrap();
         info.lines()
             .filter_map(|l| {
                 let calls = l
@@ -288,6 +349,84 @@ async fn fleet_redis_stopped_and_restarted_mid_run_the_fleet_serves_on_the_stati
         commands <= 2 * heartbeats + 2 && borrowed > commands,
         "{commands} Redis round trips for {borrowed} borrows and {heartbeats} heartbeats"
     );
+    assert_eq!(errors, Vec::<String>::new(), "no client error");
+    assert!(peak <= BUDGET, "{peak} connections on a budget of {BUDGET}");
+}
+
+/// Whether `gw` is on a lease, with no Redis error, and Redis at `url` holds it.
+async fn holds_lease(gw: &TestGateway, url: &str, test: &str) -> bool {
+    let view = gw.gateway.fleet.as_ref().unwrap().view();
+    view.mode == sluice::fleet::Mode::Redis
+        && view.redis_error.is_none()
+        && leases_at(url, test).await.contains_key(&view.instance_id)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fleet_on_sentinel_follows_the_master_through_a_failover() {
+    let test = "sentinel";
+    let dir = tempfile::tempdir().unwrap();
+    let mut master = PrivateRedis::start();
+    let replica = PrivateRedis::replica_of(master.port);
+    let synced = eventually(Duration::from_secs(10), async || {
+        replica
+            .query::<String>(&["INFO", "replication"])
+            .await
+            .is_some_and(|info| info.contains("master_link_status:up"))
+    })
+    .await;
+    assert!(synced, "the replica is synced");
+    // Sentinel can only promote a replica it knows of: the master names it at once now.
+    let sentinel = PrivateRedis::sentinel(dir.path(), "leases", master.port);
+    let known = eventually(Duration::from_secs(20), async || {
+        sentinel
+            .query::<Vec<redis::Value>>(&["SENTINEL", "REPLICAS", "leases"])
+            .await
+            .is_some_and(|replicas| !replicas.is_empty())
+    })
+    .await;
+    assert!(known, "the sentinel knows the replica");
+    let named = SentinelConfig {
+        master: "leases".into(),
+        nodes: vec![sentinel.url()],
+    };
+    // No port: the host and port come from the sentinel.
+    let gw = member_of(test, "a", "redis://127.0.0.1", Some(named)).await;
+    assert!(
+        eventually(Duration::from_secs(10), async || holds_lease(
+            &gw,
+            &master.url(),
+            test
+        )
+        .await)
+        .await,
+        "a lease on the master the sentinel names"
+    );
+    let watcher = PeakWatcher::start(&format!("sl_fleet_{test}_%"));
+    let clients = tokio::spawn(load(&gw, 4, 80));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    master.stop();
+    let killed = Instant::now();
+    let promoted = eventually(Duration::from_secs(20), async || {
+        sentinel
+            .query::<Vec<String>>(&["SENTINEL", "GET-MASTER-ADDR-BY-NAME", "leases"])
+            .await
+            .is_some_and(|addr| addr.get(1) == Some(&replica.port.to_string()))
+    })
+    .await
+    .then(|| killed.elapsed());
+    let renewed = eventually(Duration::from_secs(20), async || {
+        holds_lease(&gw, &replica.url(), test).await
+    })
+    .await
+    .then(|| killed.elapsed());
+    let errors = clients.await.unwrap();
+    let peak = watcher.stop().await;
+    eprintln!(
+        "fleet: sentinel: the replica was promoted {promoted:?} and the lease renewed on it \
+         {renewed:?} after the master was killed (lease_ttl {TTL:?}); peak {peak} of {BUDGET}"
+    );
+    assert!(promoted.is_some(), "the sentinel promoted the replica");
+    assert!(renewed.is_some(), "the lease lives on the new master");
     assert_eq!(errors, Vec::<String>::new(), "no client error");
     assert!(peak <= BUDGET, "{peak} connections on a budget of {BUDGET}");
 }
