@@ -50,6 +50,12 @@ pub struct Config {
     /// On SIGTERM/SIGINT, statements and transactions in flight get this long to finish.
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
+    /// During a drain, a client between transactions is still served until it has sent no
+    /// command for this long (or `shutdown_timeout` passes): one that connected just before
+    /// the drain began runs its statements instead of failing with 1053. "0s" closes idle
+    /// clients at once.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_idle_grace: Duration,
     /// Largest client packet accepted, like the server's `max_allowed_packet`.
     pub max_packet_size: usize,
     /// A client idle this long outside a transaction is disconnected.
@@ -156,6 +162,7 @@ impl Default for Config {
             failed_login_delay_max: Duration::from_secs(5),
             client_write_timeout: Duration::from_secs(30),
             shutdown_timeout: Duration::from_secs(30),
+            shutdown_idle_grace: Duration::from_secs(1),
             max_packet_size: 64 * 1024 * 1024,
             idle_client_timeout: Duration::from_secs(1800),
             idle_transaction_timeout: Duration::from_secs(60),
@@ -182,8 +189,12 @@ impl Default for Config {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FleetConfig {
-    /// Where the leases live (`redis://host:port/db`).
+    /// Where the leases live (`redis://host:port/db`); with `sentinel`, only the login and
+    /// database used on the master it names.
     pub redis_url: String,
+    /// `[fleet.sentinel]`: the leases live on the master these Redis Sentinels name, asked
+    /// again at every reconnection so a failover is followed.
+    pub sentinel: Option<SentinelConfig>,
     /// This instance's name in the leases; unique in the fleet (default: host name, pid and
     /// listen port).
     pub instance_id: Option<String>,
@@ -200,10 +211,21 @@ pub struct FleetConfig {
     pub budget_key: String,
 }
 
+/// `[fleet.sentinel]`: Redis Sentinels and the name of the master they watch.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SentinelConfig {
+    /// The master's name in the sentinels' configuration (`sentinel monitor NAME ...`).
+    pub master: String,
+    /// The sentinels' addresses (`redis://host:26379`), tried in order.
+    pub nodes: Vec<String>,
+}
+
 impl Default for FleetConfig {
     fn default() -> Self {
         FleetConfig {
             redis_url: "redis://127.0.0.1:6379".into(),
+            sentinel: None,
             instance_id: None,
             lease_ttl: Duration::from_secs(5),
             heartbeat: Duration::from_secs(1),
@@ -236,6 +258,25 @@ impl FleetConfig {
                 "fleet.redis_url",
                 format!("{:?} is not a redis:// URL", self.redis_url),
             );
+        }
+        if let Some(sentinel) = &self.sentinel {
+            if sentinel.master.is_empty() {
+                issue("fleet.sentinel.master", "must not be empty".into());
+            }
+            if sentinel.nodes.is_empty() {
+                issue(
+                    "fleet.sentinel.nodes",
+                    "must name at least one sentinel".into(),
+                );
+            }
+            for node in &sentinel.nodes {
+                if redis::parse_redis_url(node).is_none() {
+                    issue(
+                        "fleet.sentinel.nodes",
+                        format!("{node:?} is not a redis:// URL"),
+                    );
+                }
+            }
         }
     }
 }
@@ -813,6 +854,9 @@ pub struct Settings {
     pub client_write_timeout: Duration,
     /// Time in-flight work gets to finish on shutdown.
     pub shutdown_timeout: Duration,
+    /// How long a client between transactions may stay quiet during a drain before it is
+    /// closed.
+    pub shutdown_idle_grace: Duration,
     /// Largest client packet accepted.
     pub max_packet_size: usize,
     /// Idle limit outside transactions.
@@ -1277,6 +1321,7 @@ impl Config {
             failed_login_delay_max: self.failed_login_delay_max,
             client_write_timeout: self.client_write_timeout,
             shutdown_timeout: self.shutdown_timeout,
+            shutdown_idle_grace: self.shutdown_idle_grace,
             max_packet_size: self.max_packet_size,
             idle_client_timeout: self.idle_client_timeout,
             idle_transaction_timeout: self.idle_transaction_timeout,
@@ -2082,5 +2127,22 @@ mod tests {
         let fleet = on.validate("t").unwrap().fleet.unwrap();
         assert_eq!(fleet.expected_instances, 3);
         assert_eq!(fleet.lease_ttl, Duration::from_secs(5));
+        assert_eq!(fleet.sentinel, None);
+        let (_, keys) = refused("[fleet.sentinel]\nmaster = \"\"\nnodes = [\"http://s:26379\"]\n");
+        assert_eq!(keys, vec!["fleet.sentinel.master", "fleet.sentinel.nodes"]);
+        let (_, keys) = refused("[fleet.sentinel]\nmaster = \"m\"\nnodes = []\n");
+        assert_eq!(keys, vec!["fleet.sentinel.nodes"]);
+        let sentinel: Config = toml::from_str(
+            "[fleet.sentinel]\nmaster = \"leases\"\nnodes = [\"redis://a:26379\", \"redis://b:26379\"]\n",
+        )
+        .unwrap();
+        let fleet = sentinel.validate("t").unwrap().fleet.unwrap();
+        assert_eq!(
+            fleet.sentinel,
+            Some(SentinelConfig {
+                master: "leases".into(),
+                nodes: vec!["redis://a:26379".into(), "redis://b:26379".into()],
+            })
+        );
     }
 }

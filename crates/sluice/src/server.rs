@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use socket2::{SockRef, TcpKeepalive};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tracing::{info, warn};
 
 use crate::client::serve_client;
@@ -33,6 +33,68 @@ fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.set_reuseport(true)?;
     socket.bind(addr)?;
     socket.listen(LISTEN_BACKLOG)
+}
+
+/// Starts the session of a client just accepted.
+fn spawn_client(gateway: &Arc<Gateway>, socket: TcpStream, peer: SocketAddr, next_id: &AtomicU32) {
+    gateway.metrics.client_connections_accepted.inc();
+    let _ = socket.set_nodelay(true);
+    let keepalive = TcpKeepalive::new()
+        .with_time(Duration::from_secs(60))
+        .with_interval(Duration::from_secs(10));
+    let _ = SockRef::from(&socket).set_tcp_keepalive(&keepalive);
+    let id = next_id.fetch_add(1, Ordering::Relaxed);
+    // Registered here, in accept order, so the oldest login is the one dropped.
+    let pending = gateway.admission.begin_login();
+    tokio::spawn(serve_client(gateway.clone(), socket, peer, id, pending));
+}
+
+/// Closes the MySQL listener at the start of a drain, first taking every connection already
+/// in its accept queue: the kernel completed their handshakes, so closing the listener with
+/// them queued would reset them (unless `net.ipv4.tcp_migrate_req = 1` hands them to another
+/// listener on the port, the new instance of a rolling restart). They are served like any
+/// other client. A connection whose handshake completes between the last accept and the
+/// close is still reset without that sysctl: a window of microseconds, not of a drain.
+/// Returns how many were taken.
+fn close_listener(listener: TcpListener, gateway: &Arc<Gateway>, next_id: &AtomicU32) -> usize {
+    let mut taken = 0;
+    // `into_std` keeps the socket non-blocking, so `accept` says when the queue is empty.
+    let listener = match listener.into_std() {
+        Ok(listener) => listener,
+        Err(e) => {
+            warn!(error = %e, "could not take the listener's pending connections");
+            return 0;
+        }
+    };
+    loop {
+        match listener.accept() {
+            // Accepted sockets start blocking, whatever the listener is.
+            Ok((socket, peer)) => match socket
+                .set_nonblocking(true)
+                .and_then(|()| TcpStream::from_std(socket))
+            {
+                Ok(socket) => {
+                    spawn_client(gateway, socket, peer, next_id);
+                    taken += 1;
+                }
+                Err(e) => warn!(error = %e, %peer, "could not serve a pending connection"),
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            // A client that gave up while queued: the next one may be fine.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::Interrupted | std::io::ErrorKind::ConnectionAborted
+                ) => {}
+            Err(e) => {
+                // Out of file descriptors and the like: what is left is reset on close.
+                warn!(error = %e, "accept failed while closing the listener");
+                break;
+            }
+        }
+    }
+    drop(listener);
+    taken
 }
 
 /// A bound gateway: both listeners are open, so their addresses are known (port 0 works).
@@ -175,18 +237,9 @@ impl Server {
                 },
                 () = &mut shutdown => break,
             };
-            gateway.metrics.client_connections_accepted.inc();
-            let _ = socket.set_nodelay(true);
-            let keepalive = TcpKeepalive::new()
-                .with_time(Duration::from_secs(60))
-                .with_interval(Duration::from_secs(10));
-            let _ = SockRef::from(&socket).set_tcp_keepalive(&keepalive);
-            let id = next_id.fetch_add(1, Ordering::Relaxed);
-            // Registered here, in accept order, so the oldest login is the one dropped.
-            let pending = gateway.admission.begin_login();
-            tokio::spawn(serve_client(gateway.clone(), socket, peer, id, pending));
+            spawn_client(&gateway, socket, peer, &next_id);
         }
-        drop(listener);
+        let pending = close_listener(listener, &gateway, &next_id);
         if let Some(task) = http_task {
             task.abort();
         }
@@ -194,6 +247,7 @@ impl Server {
         info!(
             ?timeout,
             clients = gateway.admission.occupied(),
+            accepted_from_queue = pending,
             "stopped accepting clients; draining"
         );
         gateway.shutdown.begin(timeout);

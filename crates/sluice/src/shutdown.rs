@@ -1,6 +1,8 @@
-//! Graceful shutdown: once it begins, sluice accepts no new clients, lets statements and
-//! transactions in flight finish until a deadline, and tells every other client with the
-//! server's own shutdown error (1053) as soon as it is between transactions.
+//! Graceful shutdown: once it begins, sluice accepts no new clients (but serves those the
+//! kernel had already queued), lets statements and transactions in flight finish until a
+//! deadline, serves a client between transactions while it keeps sending commands, and
+//! tells it with the server's own shutdown error (1053) once it has been quiet for
+//! `shutdown_idle_grace`.
 
 use std::time::{Duration, Instant};
 

@@ -1,7 +1,8 @@
 //! Several gateways sharing one database budget through leases in Redis (127.0.0.1:6379,
 //! scripts/ensure-deps makes sure it runs): the database never sees more connections than
 //! the budget, a dead instance's lease expires, and without Redis an instance runs on its
-//! static share. Each test has its own Redis key and backend users (`sl_fleet_<test>_*`).
+//! static share. Each test has its own Redis key and backend users (`sl_fleet_<test>_*`);
+//! the kill and rolling-restart tests run real `sluice serve` processes.
 
 mod common;
 
@@ -9,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::{metric_value, start_with, PeakWatcher, TestGateway};
 use mysql_async::prelude::*;
-use sluice::config::FleetConfig;
+use sluice::config::{FleetConfig, SentinelConfig};
 
 /// The budget every test shares among three gateways.
 const BUDGET: usize = 6;
@@ -25,12 +26,24 @@ fn budget_key(test: &str) -> String {
 
 /// Starts gateway `name` of `test`'s fleet on `redis_url`, in the current runtime.
 async fn member(test: &str, name: &str, redis_url: &str) -> TestGateway {
+    member_of(test, name, redis_url, None).await
+}
+
+/// [`member`], its Redis named by `sentinel` when given (then `redis_url` gives only the
+/// master's login).
+async fn member_of(
+    test: &str,
+    name: &str,
+    redis_url: &str,
+    sentinel: Option<SentinelConfig>,
+) -> TestGateway {
     let (key, url) = (budget_key(test), redis_url.to_owned());
     start_with(&format!("fleet_{test}_{name}"), move |config| {
         config.pool.max_db_connections = BUDGET;
         config.pool.borrow_timeout = Duration::from_secs(60);
         config.fleet = Some(FleetConfig {
             redis_url: url,
+            sentinel,
             instance_id: None,
             lease_ttl: TTL,
             heartbeat: Duration::from_millis(200),
@@ -79,7 +92,12 @@ fn load(
 
 /// The live leases in Redis under `test`'s key, by instance id.
 async fn leases(test: &str) -> std::collections::HashMap<String, String> {
-    let client = redis::Client::open(REDIS).unwrap();
+    leases_at(REDIS, test).await
+}
+
+/// [`leases`] in the Redis at `url`.
+async fn leases_at(url: &str, test: &str) -> std::collections::HashMap<String, String> {
+    let client = redis::Client::open(url).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
     redis::cmd("HGETALL")
         .arg(budget_key(test))
@@ -131,65 +149,6 @@ async fn fleet_burst_through_three_gateways_stays_within_the_budget_and_idle_slo
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fleet_a_killed_instance_s_lease_expires_and_survivors_serve_on() {
-    let test = "kill";
-    let a = member(test, "a", REDIS).await;
-    let b = member(test, "b", REDIS).await;
-    // The victim runs in a runtime of its own, so it can die at once, mid-heartbeat,
-    // without a goodbye: like kill -9.
-    let doomed = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    let c = doomed
-        .spawn(async move { member(test, "c", REDIS).await })
-        .await
-        .unwrap();
-    // Named once its listener runs.
-    let board = c.gateway.fleet.clone().unwrap();
-    assert!(
-        eventually(Duration::from_secs(10), async || {
-            let id = board.view().instance_id;
-            !id.is_empty() && leases(test).await.contains_key(&id)
-        })
-        .await,
-        "the victim holds a lease"
-    );
-    let victim = board.view().instance_id;
-    drop(board);
-    let watcher = PeakWatcher::start(&format!("sl_fleet_{test}_%"));
-    let (la, lb) = (load(&a, 4, 30), load(&b, 4, 30));
-    let survivors = tokio::spawn(async move { tokio::join!(la, lb) });
-    let victims_clients = tokio::spawn(load(&c, 3, 100));
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    doomed.shutdown_background();
-    let killed = Instant::now();
-    // Its sockets close with its pool, as a killed process's would.
-    drop(c);
-    let returned = eventually(Duration::from_secs(20), async || {
-        !leases(test).await.contains_key(&victim)
-    })
-    .await;
-    eprintln!(
-        "fleet: the killed instance's lease was gone {:?} after the kill (lease_ttl {TTL:?})",
-        killed.elapsed()
-    );
-    let (ea, eb) = survivors.await.unwrap();
-    victims_clients.abort();
-    let peak = watcher.stop().await;
-    assert!(returned, "the killed instance's lease expired");
-    assert_eq!(
-        (ea, eb),
-        (vec![], vec![]),
-        "no survivor's client saw an error"
-    );
-    assert!(peak <= BUDGET, "{peak} connections on a budget of {BUDGET}");
-    let view = a.gateway.fleet.as_ref().unwrap().view();
-    assert!(view.instances.iter().all(|l| l.id != victim), "{view:?}");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fleet_without_redis_an_instance_runs_on_its_static_share() {
     let test = "noredis";
     // Port 1: nothing listens there.
@@ -219,19 +178,58 @@ async fn fleet_without_redis_an_instance_runs_on_its_static_share() {
     );
 }
 
-/// A Redis of one test's own on a free port (the shared one on 6379 is never stopped).
+/// A Redis of one test's own on a free port (the shared one on 6379 is never stopped): a
+/// server, a replica, or a sentinel.
 struct PrivateRedis {
     port: u16,
+    /// What follows `redis-server` (the port is added).
+    args: Vec<String>,
     child: Option<std::process::Child>,
 }
 
 impl PrivateRedis {
     fn start() -> PrivateRedis {
+        PrivateRedis::with_args(["--save", "", "--appendonly", "no"])
+    }
+
+    /// A replica of the server on `master`.
+    fn replica_of(master: u16) -> PrivateRedis {
+        let master = master.to_string();
+        PrivateRedis::with_args([
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--replicaof",
+            "127.0.0.1",
+            &master,
+        ])
+    }
+
+    /// A sentinel watching the server on `master` as `name`, alone (quorum 1), quick to
+    /// fail over; its configuration file (which Sentinel rewrites) in `dir`.
+    fn sentinel(dir: &std::path::Path, name: &str, master: u16) -> PrivateRedis {
+        let path = dir.join(format!("sentinel-{master}.conf"));
+        let conf = format!(
+            "sentinel monitor {name} 127.0.0.1 {master} 1\n\
+             sentinel down-after-milliseconds {name} 500\n\
+             sentinel failover-timeout {name} 5000\n"
+        );
+        std::fs::write(&path, conf).unwrap();
+        PrivateRedis::with_args([path.to_str().unwrap(), "--sentinel"])
+    }
+
+    fn with_args<'a>(args: impl IntoIterator<Item = &'a str>) -> PrivateRedis {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .unwrap()
             .port();
-        let mut redis = PrivateRedis { port, child: None };
+        let args = args.into_iter().map(str::to_owned).collect();
+        let mut redis = PrivateRedis {
+            port,
+            args,
+            child: None,
+        };
         redis.restart();
         redis
     }
@@ -243,8 +241,8 @@ impl PrivateRedis {
     /// Starts the server (again) on its port, returning once it answers.
     fn restart(&mut self) {
         let child = std::process::Command::new("redis-server")
+            .args(&self.args)
             .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
-            .args(["--save", "", "--appendonly", "no"])
             .stdout(std::process::Stdio::null())
             .spawn()
             .expect("redis-server (scripts/ensure-deps installs it)");
@@ -258,16 +256,21 @@ impl PrivateRedis {
         panic!("private redis-server did not start on {}", self.port);
     }
 
+    /// The reply to one command, or `None` when the server does not answer.
+    async fn query<T: redis::FromRedisValue>(&self, args: &[&str]) -> Option<T> {
+        let client = redis::Client::open(self.url()).ok()?;
+        let mut conn = client.get_multiplexed_async_connection().await.ok()?;
+        let mut cmd = redis::cmd(args[0]);
+        for arg in &args[1..] {
+            cmd.arg(*arg);
+        }
+        cmd.query_async(&mut conn).await.ok()
+    }
+
     /// Scripts the server has run since it started (`EVALSHA` and `EVAL` calls): the
     /// fleet's round trips (the commands inside a script are not round trips).
     async fn commands(&self) -> u64 {
-        let client = redis::Client::open(self.url()).unwrap();
-        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-        let info: String = redis::cmd("INFO")
-            .arg("commandstats")
-            .query_async(&mut conn)
-            .await
-            .unwrap();
+        let info: String = self.query(&["INFO", "commandstats"]).await.unwrap();
         info.lines()
             .filter_map(|l| {
                 let calls = l
@@ -350,6 +353,84 @@ async fn fleet_redis_stopped_and_restarted_mid_run_the_fleet_serves_on_the_stati
     assert!(peak <= BUDGET, "{peak} connections on a budget of {BUDGET}");
 }
 
+/// Whether `gw` is on a lease, with no Redis error, and Redis at `url` holds it.
+async fn holds_lease(gw: &TestGateway, url: &str, test: &str) -> bool {
+    let view = gw.gateway.fleet.as_ref().unwrap().view();
+    view.mode == sluice::fleet::Mode::Redis
+        && view.redis_error.is_none()
+        && leases_at(url, test).await.contains_key(&view.instance_id)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fleet_on_sentinel_follows_the_master_through_a_failover() {
+    let test = "sentinel";
+    let dir = tempfile::tempdir().unwrap();
+    let mut master = PrivateRedis::start();
+    let replica = PrivateRedis::replica_of(master.port);
+    let synced = eventually(Duration::from_secs(10), async || {
+        replica
+            .query::<String>(&["INFO", "replication"])
+            .await
+            .is_some_and(|info| info.contains("master_link_status:up"))
+    })
+    .await;
+    assert!(synced, "the replica is synced");
+    // Sentinel can only promote a replica it knows of: the master names it at once now.
+    let sentinel = PrivateRedis::sentinel(dir.path(), "leases", master.port);
+    let known = eventually(Duration::from_secs(20), async || {
+        sentinel
+            .query::<Vec<redis::Value>>(&["SENTINEL", "REPLICAS", "leases"])
+            .await
+            .is_some_and(|replicas| !replicas.is_empty())
+    })
+    .await;
+    assert!(known, "the sentinel knows the replica");
+    let named = SentinelConfig {
+        master: "leases".into(),
+        nodes: vec![sentinel.url()],
+    };
+    // No port: the host and port come from the sentinel.
+    let gw = member_of(test, "a", "redis://127.0.0.1", Some(named)).await;
+    assert!(
+        eventually(Duration::from_secs(10), async || holds_lease(
+            &gw,
+            &master.url(),
+            test
+        )
+        .await)
+        .await,
+        "a lease on the master the sentinel names"
+    );
+    let watcher = PeakWatcher::start(&format!("sl_fleet_{test}_%"));
+    let clients = tokio::spawn(load(&gw, 4, 80));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    master.stop();
+    let killed = Instant::now();
+    let promoted = eventually(Duration::from_secs(20), async || {
+        sentinel
+            .query::<Vec<String>>(&["SENTINEL", "GET-MASTER-ADDR-BY-NAME", "leases"])
+            .await
+            .is_some_and(|addr| addr.get(1) == Some(&replica.port.to_string()))
+    })
+    .await
+    .then(|| killed.elapsed());
+    let renewed = eventually(Duration::from_secs(20), async || {
+        holds_lease(&gw, &replica.url(), test).await
+    })
+    .await
+    .then(|| killed.elapsed());
+    let errors = clients.await.unwrap();
+    let peak = watcher.stop().await;
+    eprintln!(
+        "fleet: sentinel: the replica was promoted {promoted:?} and the lease renewed on it \
+         {renewed:?} after the master was killed (lease_ttl {TTL:?}); peak {peak} of {BUDGET}"
+    );
+    assert!(promoted.is_some(), "the sentinel promoted the replica");
+    assert!(renewed.is_some(), "the lease lives on the new master");
+    assert_eq!(errors, Vec::<String>::new(), "no client error");
+    assert!(peak <= BUDGET, "{peak} connections on a budget of {BUDGET}");
+}
+
 /// Database connections lent by `gateways` so far.
 async fn borrows(gateways: &[TestGateway]) -> u64 {
     gateways
@@ -367,24 +448,30 @@ async fn all_errors(loads: Vec<impl std::future::Future<Output = Vec<String>>>) 
     errors
 }
 
-/// A `sluice serve` process of the rolling-restart test.
-struct Process(std::process::Child);
+/// A `sluice serve` process of a fleet test, logging to `<name>.log` in its directory.
+struct Process {
+    child: std::process::Child,
+    log: std::path::PathBuf,
+}
 
 impl Process {
-    /// Starts `sluice serve` on `port` (shared) with its own admin port; returns it and its
+    /// Starts `sluice serve` on `listen` (a port it may share) with its own admin port, as
+    /// backend user `user`, in `test`'s fleet of `expected` instances; returns it and its
     /// admin address once `/status` shows it on a lease.
     async fn start(
         dir: &std::path::Path,
         name: &str,
-        port: u16,
+        listen: std::net::SocketAddr,
         user: &str,
+        test: &str,
+        expected: usize,
     ) -> (Process, std::net::SocketAddr) {
         let admin = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .unwrap();
         let config = format!(
             r#"
-listen = "127.0.0.1:{port}"
+listen = "{listen}"
 admin_listen = "{admin}"
 shutdown_timeout = "10s"
 
@@ -405,21 +492,23 @@ redis_url = "{REDIS}"
 instance_id = "{name}"
 lease_ttl = "2s"
 heartbeat = "200ms"
-expected_instances = 2
+expected_instances = {expected}
 budget_key = "{key}"
 "#,
-            key = budget_key("rolling")
+            key = budget_key(test)
         );
         let path = dir.join(format!("{name}.toml"));
         std::fs::write(&path, config).unwrap();
+        let log = dir.join(format!("{name}.log"));
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
             .arg("serve")
             .arg("--config")
             .arg(&path)
-            .stderr(std::process::Stdio::null())
+            .env("NO_COLOR", "1")
+            .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
-        let process = Process(child);
+        let process = Process { child, log };
         // common::http_get panics on a refused connection: wait for the listener first.
         let ready = eventually(Duration::from_secs(30), async || {
             tokio::net::TcpStream::connect(admin).await.is_ok()
@@ -428,102 +517,266 @@ budget_key = "{key}"
                     .contains("\"mode\":\"redis\"")
         })
         .await;
-        assert!(ready, "{name} serves on a lease");
+        assert!(
+            ready,
+            "{name} serves on a lease; its log:\n{}",
+            std::fs::read_to_string(&process.log).unwrap_or_default()
+        );
         (process, admin)
     }
 
-    /// SIGTERM, then waits for the drain to end.
-    async fn drain(mut self) {
-        let pid = self.0.id().to_string();
+    /// SIGTERM, then waits for the drain to end; the process's log.
+    async fn drain(mut self) -> String {
+        let pid = self.child.id().to_string();
         std::process::Command::new("kill")
             .args(["-TERM", &pid])
             .status()
             .unwrap();
-        let status = tokio::task::spawn_blocking(move || self.0.wait()).await;
-        assert!(matches!(status, Ok(Ok(s)) if s.success()), "{status:?}");
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert!(status.success(), "{status:?}");
+        std::fs::read_to_string(&self.log).unwrap()
     }
 }
 
 impl Drop for Process {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fleet_rolling_restart_on_a_shared_port_under_load_loses_no_transaction() {
-    let user = common::create_backend_user("fleet_rolling").await;
-    let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
+/// Connection options for `app` through the sluice listening on `addr`.
+fn opts_at(addr: std::net::SocketAddr) -> mysql_async::OptsBuilder {
+    mysql_async::OptsBuilder::default()
+        .ip_or_hostname(addr.ip().to_string())
+        .tcp_port(addr.port())
+        .user(Some("app"))
+        .pass(Some("secret"))
+        .db_name(Some(common::TEST_DB))
+        .prefer_socket(false)
+}
+
+/// One serverless-style call: connect, one short transaction, disconnect.
+async fn call(opts: mysql_async::OptsBuilder) -> Result<(), mysql_async::Error> {
+    let mut conn = mysql_async::Conn::new(opts).await?;
+    conn.query_drop("BEGIN; SELECT SLEEP(0.02); COMMIT").await?;
+    conn.disconnect().await
+}
+
+/// A free port on 127.0.0.1 (nothing binds 127.0.0.2 and .3 but these tests).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .unwrap()
-        .port();
-    let (old, _) = Process::start(dir.path(), "old", port, &user).await;
+        .port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fleet_rolling_restart_on_a_shared_port_under_load_has_no_client_error() {
+    let user = common::create_backend_user("fleet_rolling").await;
+    let dir = tempfile::tempdir().unwrap();
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let start = |name| Process::start(dir.path(), name, addr, &user, "rolling", 2);
+    let (old, _) = start("old").await;
     let watcher = PeakWatcher::start(&user);
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    // Serverless-style clients: connect, one transaction, disconnect, again. A client
-    // that reached the old instance just before its drain began is told 1053 (08S01,
-    // "Server shutdown in progress") at its first command, nothing having run: like
-    // drivers that retry on a fresh connection after 08S01, it tries once more.
-    let clients: Vec<_> = (0..4)
+    // Serverless-style clients, connecting for every transaction, with no retry: one that
+    // reached the old instance a moment before its drain began is served through
+    // shutdown_idle_grace, and one still in its accept queue is taken, not reset.
+    let clients: Vec<_> = (0..6)
         .map(|_| {
             let stop = stop.clone();
             tokio::spawn(async move {
-                let opts = mysql_async::OptsBuilder::default()
-                    .ip_or_hostname("127.0.0.1")
-                    .tcp_port(port)
-                    .user(Some("app"))
-                    .pass(Some("secret"))
-                    .db_name(Some(common::TEST_DB))
-                    .prefer_socket(false);
-                let once = async || {
-                    let mut conn = mysql_async::Conn::new(opts.clone()).await?;
-                    conn.query_drop("BEGIN; SELECT SLEEP(0.02); COMMIT").await?;
-                    conn.disconnect().await
-                };
-                let (mut done, mut retried, mut errors) = (0, 0, Vec::new());
+                let (mut done, mut errors) = (0, Vec::new());
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    let mut outcome = once().await;
-                    if outcome
-                        .as_ref()
-                        .is_err_and(|e| common::server_code(e) == Some(1053))
-                    {
-                        retried += 1;
-                        outcome = once().await;
-                    }
-                    match outcome {
+                    match call(opts_at(addr)).await {
                         Ok(()) => done += 1,
                         Err(e) => errors.push(e.to_string()),
                     }
                 }
-                (done, retried, errors)
+                (done, errors)
             })
         })
         .collect();
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let (new, _) = Process::start(dir.path(), "new", port, &user).await;
+    let (new, _) = start("new").await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    old.drain().await;
+    let drain_began = Instant::now();
+    let log = old.drain().await;
+    let drained_in = drain_began.elapsed();
     // A graceful stop gives the lease back at once, not after the TTL.
     let live = leases("rolling").await;
     assert!(!live.contains_key("old"), "{live:?}");
     tokio::time::sleep(Duration::from_millis(1000)).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let (mut done, mut retried, mut errors) = (0, 0, Vec::new());
+    let (mut done, mut errors) = (0, Vec::new());
     for client in clients {
-        let (d, r, e) = client.await.unwrap();
+        let (d, e) = client.await.unwrap();
         done += d;
-        retried += r;
         errors.extend(e);
     }
     let peak = watcher.stop().await;
     drop(new);
+    let taken = log
+        .lines()
+        .find_map(|l| l.split("accepted_from_queue=").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or("?");
     eprintln!(
-        "fleet: rolling restart: {done} transactions, {retried} retried after 1053, {} errors",
+        "fleet: rolling restart: {done} calls, {} errors; the old instance drained in \
+         {drained_in:?}, taking {taken} connections from its accept queue",
         errors.len()
     );
     assert!(done > 0);
     assert_eq!(errors, Vec::<String>::new(), "no client error");
     assert!(peak <= BUDGET, "{peak} connections on a budget of {BUDGET}");
+}
+
+/// A small deterministic generator for the seeded choices of the kill test (xorshift64*).
+struct Seeded(u64);
+
+impl Seeded {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % n
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fleet_kill_9_of_one_of_three_processes_costs_the_survivors_nothing() {
+    let test = "pkill";
+    let seed = std::env::var("SLUICE_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+        });
+    let mut random = Seeded(seed | 1);
+    let victim = random.below(3) as usize;
+    let kill_after = Duration::from_millis(200 + random.below(1500));
+    eprintln!(
+        "fleet: kill -9 test: seed {seed} (SLUICE_TEST_SEED repeats it): instance {victim} \
+         killed {kill_after:?} into the load"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let addrs: Vec<std::net::SocketAddr> = (1..=3)
+        .map(|i| std::net::SocketAddr::from(([127, 0, 0, i], port)))
+        .collect();
+    let mut processes = Vec::new();
+    for (i, addr) in addrs.iter().enumerate() {
+        let user = common::create_backend_user(&format!("fleet_{test}_{i}")).await;
+        let (process, _) =
+            Process::start(dir.path(), &format!("i{i}"), *addr, &user, test, 3).await;
+        processes.push(process);
+    }
+    let watcher = PeakWatcher::start(&format!("sl_fleet_{test}_%"));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let killed_at = std::sync::Arc::new(std::sync::OnceLock::<Instant>::new());
+    // Four clients per instance. The victim's clients, when it dies under them, go to a
+    // survivor (as a load balancer would send them) and note how long after the kill their
+    // first call there succeeded.
+    let clients: Vec<_> = (0..12)
+        .map(|c| {
+            let (stop, killed_at, addrs) = (stop.clone(), killed_at.clone(), addrs.clone());
+            tokio::spawn(async move {
+                let mut target = c % 3;
+                let (mut done, mut errors, mut moved_after) = (0, Vec::new(), None);
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    match call(opts_at(addrs[target])).await {
+                        Ok(()) => {
+                            done += 1;
+                            if target != c % 3 && moved_after.is_none() {
+                                moved_after = killed_at.get().map(|k| k.elapsed());
+                            }
+                        }
+                        Err(_) if target == victim && killed_at.get().is_some() => {
+                            target = (victim + 1 + c % 2) % 3
+                        }
+                        Err(e) => errors.push(format!("instance {target}: {e}")),
+                    }
+                }
+                (done, errors, moved_after)
+            })
+        })
+        .collect();
+    tokio::time::sleep(kill_after).await;
+    let doomed = processes[victim].child.id().to_string();
+    let killed = *killed_at.get_or_init(Instant::now);
+    let status = std::process::Command::new("kill")
+        .args(["-9", &doomed])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let (victim_id, victim_user) = (format!("i{victim}"), format!("sl_fleet_{test}_{victim}"));
+    // Each measured on its own, from the kill.
+    let (lease_gone, connections_gone) = tokio::join!(
+        async {
+            eventually(Duration::from_secs(10), async || {
+                !leases(test).await.contains_key(&victim_id)
+            })
+            .await
+            .then(|| killed.elapsed())
+        },
+        async {
+            eventually(Duration::from_secs(10), async || {
+                common::db_connections_of(&victim_user).await == 0
+            })
+            .await
+            .then(|| killed.elapsed())
+        },
+    );
+    // The survivors carry the whole load a while past the lease's expiry.
+    tokio::time::sleep(
+        (killed + TTL + Duration::from_secs(1)).saturating_duration_since(Instant::now()),
+    )
+    .await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut done, mut errors, mut moved) = (0, Vec::new(), Vec::new());
+    for client in clients {
+        let (d, e, m) = client.await.unwrap();
+        done += d;
+        errors.extend(e);
+        moved.extend(m);
+    }
+    let peak = watcher.stop().await;
+    let live = leases(test).await;
+    eprintln!(
+        "fleet: kill -9: {done} calls; the dead instance's database connections were gone \
+         {connections_gone:?} and its lease {lease_gone:?} after the kill (lease_ttl {TTL:?}); \
+         its clients were served by survivors {moved:?} after it; peak {peak} of {BUDGET}; \
+         leases now {live:?}"
+    );
+    assert_eq!(
+        errors,
+        Vec::<String>::new(),
+        "no survivor's client saw an error"
+    );
+    assert!(peak <= BUDGET, "{peak} connections on a budget of {BUDGET}");
+    let lease_gone = lease_gone.expect("the dead instance's lease expired");
+    assert!(lease_gone <= TTL + Duration::from_secs(1), "{lease_gone:?}");
+    assert!(
+        connections_gone.is_some(),
+        "the dead instance's connections closed"
+    );
+    assert_eq!(
+        moved.len(),
+        4,
+        "each of the dead instance's clients moved: {moved:?}"
+    );
+    assert!(
+        moved.iter().all(|m| *m <= TTL),
+        "survivors absorbed them within the TTL: {moved:?}"
+    );
+    assert_eq!(live.len(), 2, "the survivors hold leases: {live:?}");
 }

@@ -1,6 +1,7 @@
-//! Graceful shutdown of the real binary: SIGTERM lets a transaction in flight commit, tells
-//! idle clients with the server's shutdown error (1053), and exits 0; a second signal stops
-//! at once.
+//! Graceful shutdown: SIGTERM to the real binary lets a transaction in flight commit, serves
+//! clients between transactions while they keep sending commands (`shutdown_idle_grace`),
+//! then tells them with the server's shutdown error (1053), and exits 0; a second signal
+//! stops at once. Connections queued on the listener when the drain begins are served.
 
 mod common;
 
@@ -11,8 +12,13 @@ use common::*;
 use mysql_async::prelude::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_lets_a_transaction_commit_tells_idle_clients_and_exits_0() {
-    let mut sluice = Binary::start("sigterm", "shutdown_timeout = \"20s\"").await;
+async fn sigterm_lets_a_transaction_commit_serves_active_clients_then_tells_them_and_exits_0() {
+    let grace = Duration::from_secs(2);
+    let mut sluice = Binary::start(
+        "sigterm",
+        "shutdown_timeout = \"20s\"\nshutdown_idle_grace = \"2s\"",
+    )
+    .await;
     let aborted_before = aborted_in_log(&sluice.backend_user).await;
     let mut setup = direct().await;
     setup
@@ -52,7 +58,15 @@ async fn sigterm_lets_a_transaction_commit_tells_idle_clients_and_exits_0() {
         .await
         .unwrap();
     busy.query_drop("COMMIT").await.unwrap();
-    // The idle client's next command is answered with the server's shutdown error.
+    // Between transactions, clients that have not been quiet for the grace are served
+    // (a database connection is still lent for each statement).
+    let one: Option<u32> = idle.query_first("SELECT 1").await.unwrap();
+    assert_eq!(one, Some(1));
+    busy.query_drop("INSERT INTO drained VALUES (3)")
+        .await
+        .unwrap();
+    // Quiet for the grace, they are told with the server's shutdown error.
+    tokio::time::sleep(grace + Duration::from_millis(500)).await;
     let err = idle.query_drop("SELECT 1").await.unwrap_err();
     assert_eq!(server_code(&err), Some(1053), "{err:?}");
     let err = busy.query_drop("SELECT 1").await.unwrap_err();
@@ -62,7 +76,11 @@ async fn sigterm_lets_a_transaction_commit_tells_idle_clients_and_exits_0() {
         .query("SELECT id FROM drained ORDER BY id")
         .await
         .unwrap();
-    assert_eq!(rows, [1, 2], "the transaction committed");
+    assert_eq!(
+        rows,
+        [1, 2, 3],
+        "the transaction committed, and the autocommit insert"
+    );
     // Every database connection was closed with a goodbye: the server logged no aborted one.
     assert_eq!(
         aborted_in_log(&sluice.backend_user).await,
@@ -109,4 +127,81 @@ async fn a_transaction_open_past_shutdown_timeout_is_rolled_back_and_a_second_si
     tokio::time::sleep(Duration::from_millis(200)).await;
     sluice.signal("INT");
     assert_eq!(sluice.exit_code(Duration::from_secs(5)).await, 1);
+}
+
+/// The kernel completes TCP handshakes into the listener's queue before sluice accepts them;
+/// closing a listener with connections queued resets them (Linux, without
+/// `net.ipv4.tcp_migrate_req`). A drain takes them first, and serves them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_queued_when_the_drain_begins_are_served_not_reset() {
+    const QUEUED: usize = 20;
+    let (config, _) = test_config("drain_queue").await;
+    let gateway = sluice::Gateway::new(config.validate("test").unwrap());
+    let server = sluice::server::Server::bind(gateway.clone()).await.unwrap();
+    let addr = server.local_addr().unwrap();
+    let opts = mysql_async::OptsBuilder::default()
+        .ip_or_hostname("127.0.0.1")
+        .tcp_port(addr.port())
+        .user(Some("app"))
+        .pass(Some("secret"))
+        .prefer_socket(false);
+    let clients: Vec<_> = (0..QUEUED)
+        .map(|i| {
+            let opts = opts.clone();
+            tokio::spawn(async move {
+                let mut conn = mysql_async::Conn::new(opts).await?;
+                let echoed: Option<usize> = conn.query_first(format!("SELECT {i}")).await?;
+                conn.disconnect().await?;
+                Ok::<_, mysql_async::Error>(echoed == Some(i))
+            })
+        })
+        .collect();
+    // Bound, not yet accepting: every handshake waits in the accept queue.
+    let mut queued = 0;
+    for _ in 0..250 {
+        queued = accept_queue(addr.port());
+        if queued == QUEUED {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(queued, QUEUED, "connections waiting in the accept queue");
+    // The drain begins before the accept loop takes anything (or very little).
+    let run = tokio::spawn(server.run(std::future::ready(())));
+    for (i, client) in clients.into_iter().enumerate() {
+        let outcome = client.await.unwrap();
+        assert!(
+            matches!(outcome, Ok(true)),
+            "queued client {i} was not served: {outcome:?}"
+        );
+    }
+    let ended = tokio::time::timeout(Duration::from_secs(10), run).await;
+    assert!(
+        matches!(ended, Ok(Ok(Ok(())))),
+        "the drain ended: {ended:?}"
+    );
+    assert_eq!(
+        gateway.metrics.client_connections_accepted.get() as usize,
+        QUEUED
+    );
+}
+
+/// Connections waiting in the accept queue of the IPv4 listener on 127.0.0.1:`port`: for a
+/// listening socket, `/proc/net/tcp` shows the queue's length as `rx_queue`.
+fn accept_queue(port: u16) -> usize {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    let local = format!("0100007F:{port:04X}");
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            // local_address, rem_address, st (0A: LISTEN), tx_queue:rx_queue
+            if fields.get(1) != Some(&local.as_str()) || fields.get(3) != Some(&"0A") {
+                return None;
+            }
+            let rx = fields.get(4)?.split(':').nth(1)?;
+            usize::from_str_radix(rx, 16).ok()
+        })
+        .sum()
 }

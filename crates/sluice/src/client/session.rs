@@ -626,9 +626,10 @@ impl Session {
         }
     }
 
-    /// Ends the session because sluice is shutting down: a transaction still open at the
-    /// drain's deadline is rolled back (the reset on give-back does it), and the client gets
-    /// the server's shutdown error, which its next command reads as the answer.
+    /// Ends the session because sluice is shutting down: the client has been quiet between
+    /// transactions for `shutdown_idle_grace`, or the drain's deadline came (a transaction
+    /// still open then is rolled back by the reset on give-back). The client gets the
+    /// server's shutdown error, which its next command reads as the answer.
     async fn shut_down(&mut self, in_transaction: bool) -> End {
         if in_transaction {
             warn!("transaction still open at the end of shutdown_timeout; rolling it back");
@@ -672,14 +673,19 @@ impl Session {
         let mut shutdown = self.gateway.shutdown.watch();
         // Whether the client's buffers are still held since its last command.
         let mut buffers_held = true;
+        // Since when the client has sent nothing: the end of its login or of the reply to
+        // its last command (a long statement is not quiet). Unset while a command runs.
+        let mut quiet_since = None;
         loop {
+            let quiet_from = *quiet_since.get_or_insert_with(std::time::Instant::now);
             // Read before each command, so a reload's timeouts apply to connected clients.
-            let (client_limit, transaction_limit, diagnostics_hold) = {
+            let (client_limit, transaction_limit, diagnostics_hold, idle_grace) = {
                 let settings = self.gateway.settings();
                 (
                     settings.idle_client_timeout,
                     settings.idle_transaction_timeout,
                     settings.diagnostics_hold,
+                    settings.shutdown_idle_grace,
                 )
             };
             // An open cursor, or characteristics set for the next transaction, hold a
@@ -700,8 +706,15 @@ impl Session {
             }
             let draining = *shutdown.borrow_and_update();
             if let Some(deadline) = draining {
-                let left = deadline.saturating_duration_since(std::time::Instant::now());
-                if !in_transaction || left.is_zero() {
+                // Inside a transaction: until the deadline. Between transactions: while the
+                // client keeps sending commands, so one that connected a moment before the
+                // drain (a function about to run its statements) is served, not told 1053.
+                let now = std::time::Instant::now();
+                let mut left = deadline.saturating_duration_since(now);
+                if !in_transaction {
+                    left = left.min((quiet_from + idle_grace).saturating_duration_since(now));
+                }
+                if left.is_zero() {
                     return self.shut_down(in_transaction).await;
                 }
                 limit = limit.min(left);
@@ -735,7 +748,7 @@ impl Session {
                     buffers_held = false;
                     continue;
                 }
-                // The drain's deadline, not the client's idle limit: handled above.
+                // The drain's deadline or grace, not the client's idle limit: handled above.
                 Err(_) if draining.is_some() => continue,
                 Err(_) if holding_diagnostics => {
                     // The warnings stay on the connection, emptied for anyone else.
@@ -782,6 +795,7 @@ impl Session {
                     _ => End::Quit,
                 };
             }
+            quiet_since = None;
             let packet = match read {
                 Ok(packet) => packet,
                 Err(e) if e.is_disconnect() => return End::Disconnected,

@@ -14,6 +14,12 @@
 //! (budget / `expected_instances`), which Redis keeps free for absent instances. It goes
 //! back to leases as soon as Redis answers.
 //!
+//! Redis is one server (`redis_url`) or the master a set of Redis Sentinels names
+//! (`[fleet.sentinel]`): every reconnection asks the sentinels again, so after a failover
+//! the next heartbeat renews the lease on the promoted replica. The script touches one key,
+//! `budget_key`, so it would stay in one Cluster slot without a hash tag; sluice does not
+//! follow Cluster redirections, though: it talks to one server or to Sentinel's master.
+//!
 //! An instance that stops gracefully gives its lease back once its pool has closed every
 //! connection ([`Membership::leave`]), so its slots return at once rather than after the TTL.
 
@@ -24,6 +30,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use redis::aio::MultiplexedConnection;
+use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
+use redis::IntoConnectionInfo;
 use serde::Serialize;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
@@ -151,12 +159,17 @@ pub async fn start(
     metrics: Metrics,
 ) -> Membership {
     let id = (config.instance_id.clone()).unwrap_or_else(|| default_instance_id(port));
-    info!(instance_id = %id, redis = %config.redis_url, "fleet: sharing the budget through Redis leases");
+    match &config.sentinel {
+        None => info!(instance_id = %id, redis = %config.redis_url,
+            "fleet: sharing the budget through Redis leases"),
+        Some(sentinel) => info!(instance_id = %id, master = %sentinel.master,
+            sentinels = ?sentinel.nodes, "fleet: sharing the budget through Redis leases, on the master Sentinel names"),
+    }
     board.update(|v| v.instance_id = id);
     let share = plan::share(*budget.borrow(), config.expected_instances);
     pool.set_limit(share).await;
     let mut member = Member {
-        client: redis::Client::open(config.redis_url.as_str()),
+        source: Source::new(&config),
         conn: None,
         config,
         budget,
@@ -179,10 +192,54 @@ pub async fn start(
     Membership { leave, task }
 }
 
+/// Where the leases' Redis is: one server, or the master Sentinel names now (asked at every
+/// connection, so after a failover the next heartbeat finds the new master).
+enum Source {
+    Server(redis::RedisResult<redis::Client>),
+    Sentinel(Box<redis::RedisResult<SentinelClient>>),
+}
+
+impl Source {
+    fn new(config: &FleetConfig) -> Source {
+        let Some(sentinel) = &config.sentinel else {
+            return Source::Server(redis::Client::open(config.redis_url.as_str()));
+        };
+        // The master is reached with `redis_url`'s login and database.
+        let client = config
+            .redis_url
+            .as_str()
+            .into_connection_info()
+            .and_then(|url| {
+                let master = SentinelNodeConnectionInfo::default()
+                    .set_redis_connection_info(url.redis_settings().clone());
+                SentinelClient::build(
+                    sentinel.nodes.clone(),
+                    sentinel.master.clone(),
+                    Some(master),
+                    SentinelServerType::Master,
+                )
+            });
+        Source::Sentinel(Box::new(client))
+    }
+
+    async fn connect(&mut self) -> redis::RedisResult<MultiplexedConnection> {
+        match self {
+            Source::Server(client) => {
+                let client = client.as_ref().map_err(Clone::clone)?;
+                client.get_multiplexed_async_connection().await
+            }
+            Source::Sentinel(client) => {
+                let client = client.as_mut().as_mut().map_err(|e| e.clone())?;
+                client.get_async_connection().await
+            }
+        }
+    }
+}
+
 /// The fleet task's state: one instance's membership.
 struct Member {
     config: FleetConfig,
-    client: redis::RedisResult<redis::Client>,
+    source: Source,
     conn: Option<MultiplexedConnection>,
     budget: watch::Receiver<usize>,
     board: Arc<Board>,
@@ -307,14 +364,10 @@ impl Member {
     /// The grant script, on a connection made on first use and after every failure.
     async fn heartbeat(&mut self, ask: Ask) -> Result<Granted, LeaseError> {
         let limit = self.config.heartbeat;
-        let client = self
-            .client
-            .as_ref()
-            .map_err(|e| LeaseError::Redis(e.clone()))?;
         let conn = match &mut self.conn {
             Some(conn) => conn,
             slot => {
-                let opened = tokio::time::timeout(limit, client.get_multiplexed_async_connection())
+                let opened = tokio::time::timeout(limit, self.source.connect())
                     .await
                     .map_err(|_| LeaseError::Timeout(limit))??;
                 slot.insert(opened)

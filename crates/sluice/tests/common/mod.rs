@@ -125,6 +125,16 @@ pub async fn db_connections_settle(user: &str, at_most: usize) -> usize {
 /// has adjusted the default configuration.
 /// `test` names the backend user (`sl_<test>`); it must be unique per test.
 pub async fn start_with(test: &str, tweak: impl FnOnce(&mut Config)) -> TestGateway {
+    let (mut config, backend_user) = test_config(test).await;
+    tweak(&mut config);
+    let settings = config.validate("test").expect("valid test config");
+    serve(Gateway::new(settings), backend_user).await
+}
+
+/// The configuration [`start_with`] starts from (ephemeral ports, backend user `sl_<test>`,
+/// created here, and the users `app` and `empty`), with the backend user's name: for tests
+/// that bind a [`Server`] themselves.
+pub async fn test_config(test: &str) -> (Config, String) {
     let backend_user = create_backend_user(test).await;
     let mut config = Config {
         listen: "127.0.0.1:0".parse().unwrap(),
@@ -149,9 +159,7 @@ pub async fn start_with(test: &str, tweak: impl FnOnce(&mut Config)) -> TestGate
             ..Default::default()
         },
     ];
-    tweak(&mut config);
-    let settings = config.validate("test").expect("valid test config");
-    serve(Gateway::new(settings), backend_user).await
+    (config, backend_user)
 }
 
 /// Serves `gateway` (whose backend user is `backend_user`) on the ports of its settings
