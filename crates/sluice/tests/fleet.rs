@@ -185,6 +185,8 @@ struct PrivateRedis {
     /// What follows `redis-server` (the port is added).
     args: Vec<String>,
     child: Option<std::process::Child>,
+    /// Its working directory: a replica writes the RDB file it is sent there.
+    dir: tempfile::TempDir,
 }
 
 impl PrivateRedis {
@@ -229,6 +231,7 @@ impl PrivateRedis {
             port,
             args,
             child: None,
+            dir: tempfile::tempdir().unwrap(),
         };
         redis.restart();
         redis
@@ -243,6 +246,8 @@ impl PrivateRedis {
         let child = std::process::Command::new("redis-server")
             .args(&self.args)
             .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
+            .arg("--dir")
+            .arg(self.dir.path())
             .stdout(std::process::Stdio::null())
             .spawn()
             .expect("redis-server (scripts/ensure-deps installs it)");
