@@ -2,8 +2,9 @@
 //!
 //! A client's statement ids are sluice's own; every database connection has its own id for
 //! the same statement. sluice therefore rewrites the id in each `COM_STMT_*` packet, and in a
-//! `COM_STMT_EXECUTE` may add the parameter types the client bound earlier on another
-//! connection (the server only remembers types per statement, per connection).
+//! `COM_STMT_EXECUTE` or MariaDB's `COM_STMT_BULK_EXECUTE` may add the parameter types the
+//! client bound earlier on another connection (the server only remembers types per
+//! statement, per connection).
 
 use crate::command;
 use crate::ProtocolError;
@@ -117,7 +118,9 @@ pub fn parse_long_data(payload: &[u8]) -> Result<(u32, u16, &[u8]), ProtocolErro
 /// The flags of a `COM_STMT_BULK_EXECUTE` packet (`None` when it is too short to have them:
 /// the server's "malformed packet").
 pub fn bulk_flags(payload: &[u8]) -> Option<u16> {
-    payload.get(5..BULK_HEADER).map(|f| u16::from_le_bytes([f[0], f[1]]))
+    payload
+        .get(5..BULK_HEADER)
+        .map(|f| u16::from_le_bytes([f[0], f[1]]))
 }
 
 /// A `COM_STMT_EXECUTE` or `COM_STMT_BULK_EXECUTE` packet, located but not decoded: sluice
@@ -333,7 +336,9 @@ mod tests {
     #[test]
     fn bulk_with_types_is_renamed_only() {
         // Types LONGLONG, VAR_STRING; rows (1, NULL) and (2, "ab").
-        let rows = [0, 1, 0, 0, 0, 0, 0, 0, 0, 1, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 2, b'a', b'b'];
+        let rows = [
+            0, 1, 0, 0, 0, 0, 0, 0, 0, 1, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 2, b'a', b'b',
+        ];
         let mut rest = vec![8, 0, 253, 0];
         rest.extend_from_slice(&rows);
         let packet = bulk(BULK_SEND_TYPES, &rest);
@@ -371,7 +376,10 @@ mod tests {
 
     #[test]
     fn malformed_bulk_packets() {
-        assert_eq!(bulk_flags(&[command::STMT_BULK_EXECUTE, 1, 0, 0, 0, 0x80]), None);
+        assert_eq!(
+            bulk_flags(&[command::STMT_BULK_EXECUTE, 1, 0, 0, 0, 0x80]),
+            None
+        );
         assert!(Execute::parse_bulk(&bulk(0, &[])[..6], 1).is_err());
         // Types announced, one parameter's worth missing.
         assert!(Execute::parse_bulk(&bulk(BULK_SEND_TYPES, &[8, 0]), 2).is_err());

@@ -101,9 +101,10 @@ pub const BULK_MARIADB_CAPABILITIES: MariadbCapabilities = MariadbCapabilities::
 );
 
 /// MariaDB's extended capabilities sluice offers clients (those the server offers too).
-pub const OFFERED_MARIADB_CAPABILITIES: MariadbCapabilities = MariadbCapabilities::from_bits_truncate(
-    FLAVOR_MARIADB_CAPABILITIES.bits() | BULK_MARIADB_CAPABILITIES.bits(),
-);
+pub const OFFERED_MARIADB_CAPABILITIES: MariadbCapabilities =
+    MariadbCapabilities::from_bits_truncate(
+        FLAVOR_MARIADB_CAPABILITIES.bits() | BULK_MARIADB_CAPABILITIES.bits(),
+    );
 
 /// How a client logged in, as far as its database connection is concerned: the
 /// capabilities that key the pool, and the login collation its session starts from.
