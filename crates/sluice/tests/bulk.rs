@@ -118,6 +118,9 @@ async fn connector_node_without_bulk_sees_no_difference() {
     assert_eq!(metric_value(&gw.metrics().await, BULK_COUNTER), 0.0);
 }
 
+/// A row of `bulk_async_t`: id, a, s, d, tag.
+type AsyncRow = (u32, Option<u64>, Option<String>, f64, String);
+
 /// What mysql_async's `exec_batch` (its bulk path when the server offers bulk operations)
 /// leaves and reports.
 async fn exec_batch_run(mut conn: mysql_async::Conn) -> String {
@@ -151,7 +154,7 @@ async fn exec_batch_run(mut conn: mysql_async::Conn) -> String {
     report.push(format!("duplicate: {err}"));
     let err = conn.exec_batch("SELECT ?", [(1,), (2,)]).await.unwrap_err();
     report.push(format!("select: {err}"));
-    let left: Vec<(u32, Option<u64>, Option<String>, f64, String)> = conn
+    let left: Vec<AsyncRow> = conn
         .query("SELECT id, a, s, d, tag FROM bulk_async_t ORDER BY id")
         .await
         .unwrap();
