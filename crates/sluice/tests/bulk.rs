@@ -96,14 +96,19 @@ async fn connector_node_batch_gives_what_mariadb_gives() {
     );
     assert!(through.contains(r#"{"aggregated":{"affectedRows":600,"insertId":"1n""#));
     assert!(through.contains(r#""errno":1062,"sqlState":"23000""#));
-    assert!(through.contains(r#"{"row_count":1099}"#), "rows left");
+    assert!(through.contains(r#"{"row_count":1093}"#), "rows left");
     assert!(
         through.contains(r#""blob_len":1200000"#),
         "the 1.2 MB string went through"
     );
+    // Over 900 rows went in bulk, at least one packet per batch call and several rows per
+    // packet (the driver starts a new one where its types change: `k / 8` binds an INT
+    // every eighth row and a DOUBLE otherwise).
     let bulks = metric_value(&gw.metrics().await, BULK_COUNTER);
-    // aggregated (3 packets: the NULL pattern changes the types), duplicate, 4 per round...
-    assert!(bulks >= 26.0, "{bulks} bulk executes counted");
+    assert!(
+        (26.0..500.0).contains(&bulks),
+        "{bulks} bulk executes counted"
+    );
     assert_eq!(gw.gateway.pool.stats().max, 1);
 }
 
