@@ -2,8 +2,9 @@
 //!
 //! A client's statement ids are sluice's own; every database connection has its own id for
 //! the same statement. sluice therefore rewrites the id in each `COM_STMT_*` packet, and in a
-//! `COM_STMT_EXECUTE` may add the parameter types the client bound earlier on another
-//! connection (the server only remembers types per statement, per connection).
+//! `COM_STMT_EXECUTE` or MariaDB's `COM_STMT_BULK_EXECUTE` may add the parameter types the
+//! client bound earlier on another connection (the server only remembers types per
+//! statement, per connection).
 
 use crate::command;
 use crate::ProtocolError;
@@ -13,6 +14,14 @@ pub const CURSOR_TYPE_READ_ONLY: u8 = 0x01;
 /// MariaDB's statement id meaning "the statement this connection prepared last", used to
 /// send a prepare and its execute without waiting.
 pub const LAST_PREPARED_ID: u32 = 0xffff_ffff;
+/// `COM_STMT_BULK_EXECUTE` flag: the parameter types follow the flags (otherwise the server
+/// uses those bound last).
+pub const BULK_SEND_TYPES: u16 = 0x80;
+/// `COM_STMT_BULK_EXECUTE` flag asking for one result row (id, affected rows) per parameter
+/// set instead of one OK; only for a client with `MARIADB_CLIENT_BULK_UNIT_RESULTS`.
+pub const BULK_SEND_UNIT_RESULTS: u16 = 0x40;
+/// Bytes of a `COM_STMT_BULK_EXECUTE` before its parameter types: command(1) id(4) flags(2).
+const BULK_HEADER: usize = 7;
 
 /// The fixed part of the server's answer to `COM_STMT_PREPARE`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,13 +115,24 @@ pub fn parse_long_data(payload: &[u8]) -> Result<(u32, u16, &[u8]), ProtocolErro
     Ok((id, u16::from_le_bytes([param[0], param[1]]), &payload[7..]))
 }
 
-/// A `COM_STMT_EXECUTE` packet, located but not decoded: sluice needs its flags, whether it
-/// binds parameter types, and where they are.
+/// The flags of a `COM_STMT_BULK_EXECUTE` packet (`None` when it is too short to have them:
+/// the server's "malformed packet").
+pub fn bulk_flags(payload: &[u8]) -> Option<u16> {
+    payload
+        .get(5..BULK_HEADER)
+        .map(|f| u16::from_le_bytes([f[0], f[1]]))
+}
+
+/// A `COM_STMT_EXECUTE` or `COM_STMT_BULK_EXECUTE` packet, located but not decoded: sluice
+/// needs its flags, whether it binds parameter types, and where they are.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Execute<'a> {
     payload: &'a [u8],
-    /// Where the new-params-bound byte is (`None` for statements without parameters).
-    bound_flag_at: Option<usize>,
+    /// `COM_STMT_BULK_EXECUTE`: types are announced by a flag, and rows follow them.
+    bulk: bool,
+    /// Where bound parameter types start, or would (`None` for statements without
+    /// parameters).
+    types_at: Option<usize>,
     /// Parameter types (two bytes per parameter) when the packet binds them.
     types: Option<&'a [u8]>,
 }
@@ -128,7 +148,8 @@ impl<'a> Execute<'a> {
         if params == 0 {
             return Ok(Execute {
                 payload,
-                bound_flag_at: None,
+                bulk: false,
+                types_at: None,
                 types: None,
             });
         }
@@ -144,14 +165,50 @@ impl<'a> Execute<'a> {
         };
         Ok(Execute {
             payload,
-            bound_flag_at: Some(at),
+            bulk: false,
+            types_at: Some(at + 1),
             types,
         })
     }
 
-    /// The execute flags (cursor type).
-    pub fn flags(&self) -> u8 {
-        self.payload[5]
+    /// Locates the parts of `payload`, a bulk execute for a statement with `params`
+    /// parameters, refusing what the server refuses as malformed before running it: types
+    /// announced but cut short, and no types for "the statement prepared last".
+    pub fn parse_bulk(payload: &'a [u8], params: u16) -> Result<Execute<'a>, ProtocolError> {
+        const SHORT: &str = "short COM_STMT_BULK_EXECUTE packet";
+        let flags = bulk_flags(payload).ok_or(ProtocolError::Malformed(SHORT))?;
+        if params == 0 {
+            return Ok(Execute {
+                payload,
+                bulk: true,
+                types_at: None,
+                types: None,
+            });
+        }
+        let types = if flags & BULK_SEND_TYPES != 0 {
+            Some(
+                payload
+                    .get(BULK_HEADER..BULK_HEADER + 2 * usize::from(params))
+                    .ok_or(ProtocolError::Malformed(SHORT))?,
+            )
+        } else if statement_id(payload)? == LAST_PREPARED_ID {
+            return Err(ProtocolError::Malformed(
+                "COM_STMT_BULK_EXECUTE of the last prepared statement without types",
+            ));
+        } else {
+            None
+        };
+        Ok(Execute {
+            payload,
+            bulk: true,
+            types_at: Some(BULK_HEADER),
+            types,
+        })
+    }
+
+    /// Whether it asks the server to open a read-only cursor (a bulk execute never does).
+    pub fn opens_cursor(&self) -> bool {
+        !self.bulk && self.payload[5] & CURSOR_TYPE_READ_ONLY != 0
     }
 
     /// The parameter types this packet binds, if it binds any.
@@ -164,13 +221,19 @@ impl<'a> Execute<'a> {
     pub fn rewrite(&self, id: u32, bind: Option<&[u8]>) -> Vec<u8> {
         let payload = self.payload;
         let mut out;
-        match (bind, self.bound_flag_at, self.types) {
+        match (bind, self.types_at, self.types) {
             (Some(types), Some(at), None) => {
                 out = Vec::with_capacity(payload.len() + types.len());
-                out.extend_from_slice(&payload[..at]);
-                out.push(1);
+                if self.bulk {
+                    out.extend_from_slice(&payload[..at]);
+                    out[5] |= BULK_SEND_TYPES as u8;
+                } else {
+                    // The new-params-bound byte before `at` turns from 0 to 1.
+                    out.extend_from_slice(&payload[..at - 1]);
+                    out.push(1);
+                }
                 out.extend_from_slice(types);
-                out.extend_from_slice(&payload[at + 1..]);
+                out.extend_from_slice(&payload[at..]);
             }
             _ => out = payload.to_vec(),
         }
@@ -250,7 +313,7 @@ mod tests {
             0,
         ];
         let execute = Execute::parse(&packet, 0).unwrap();
-        assert_eq!(execute.flags(), CURSOR_TYPE_READ_ONLY);
+        assert!(execute.opens_cursor());
         assert_eq!(execute.rewrite(2, Some(&[8, 0]))[1..5], 2u32.to_le_bytes());
         assert!(Execute::parse(&packet[..6], 0).is_err());
         assert!(Execute::parse(&packet, 3).is_err());
@@ -260,6 +323,75 @@ mod tests {
         let mut short_types = packet.to_vec();
         short_types.extend_from_slice(&[0, 1, 8]);
         assert!(Execute::parse(&short_types, 1).is_err());
+    }
+
+    /// A bulk execute of statement 7 with two parameters, flags `flags`, then `rest`.
+    fn bulk(flags: u16, rest: &[u8]) -> Vec<u8> {
+        let mut p = vec![command::STMT_BULK_EXECUTE, 7, 0, 0, 0];
+        p.extend_from_slice(&flags.to_le_bytes());
+        p.extend_from_slice(rest);
+        p
+    }
+
+    #[test]
+    fn bulk_with_types_is_renamed_only() {
+        // Types LONGLONG, VAR_STRING; rows (1, NULL) and (2, "ab").
+        let rows = [
+            0, 1, 0, 0, 0, 0, 0, 0, 0, 1, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 2, b'a', b'b',
+        ];
+        let mut rest = vec![8, 0, 253, 0];
+        rest.extend_from_slice(&rows);
+        let packet = bulk(BULK_SEND_TYPES, &rest);
+        assert_eq!(bulk_flags(&packet), Some(BULK_SEND_TYPES));
+        let execute = Execute::parse_bulk(&packet, 2).unwrap();
+        assert_eq!(execute.types(), Some(&[8, 0, 253, 0][..]));
+        assert!(!execute.opens_cursor());
+        let out = execute.rewrite(9, Some(&[1, 2, 3, 4]));
+        assert_eq!(statement_id(&out).unwrap(), 9);
+        assert_eq!(out[5..], packet[5..]);
+    }
+
+    #[test]
+    fn bulk_without_types_gets_the_remembered_ones() {
+        let rows = [0, 5, 0, 0, 0, 0, 0, 0, 0, 1];
+        let packet = bulk(0, &rows);
+        let execute = Execute::parse_bulk(&packet, 2).unwrap();
+        assert_eq!(execute.types(), None);
+        let out = execute.rewrite(3, Some(&[8, 0, 8, 0]));
+        assert_eq!(bulk_flags(&out), Some(BULK_SEND_TYPES));
+        let reparsed = Execute::parse_bulk(&out, 2).unwrap();
+        assert_eq!(reparsed.types(), Some(&[8, 0, 8, 0][..]));
+        assert_eq!(out[11..], rows);
+        assert_eq!(statement_id(&out).unwrap(), 3);
+        // Unit results asked for stay asked for.
+        let unit = bulk(BULK_SEND_UNIT_RESULTS, &rows);
+        let out = Execute::parse_bulk(&unit, 2)
+            .unwrap()
+            .rewrite(3, Some(&[8, 0, 8, 0]));
+        assert_eq!(
+            bulk_flags(&out),
+            Some(BULK_SEND_TYPES | BULK_SEND_UNIT_RESULTS)
+        );
+    }
+
+    #[test]
+    fn malformed_bulk_packets() {
+        assert_eq!(
+            bulk_flags(&[command::STMT_BULK_EXECUTE, 1, 0, 0, 0, 0x80]),
+            None
+        );
+        assert!(Execute::parse_bulk(&bulk(0, &[])[..6], 1).is_err());
+        // Types announced, one parameter's worth missing.
+        assert!(Execute::parse_bulk(&bulk(BULK_SEND_TYPES, &[8, 0]), 2).is_err());
+        // Without parameters there is nothing to check.
+        assert!(Execute::parse_bulk(&bulk(BULK_SEND_TYPES, &[]), 0).is_ok());
+        // "The statement prepared last" has no types to fall back on.
+        let mut last = bulk(0, &[0, 1, 0, 0, 0, 0, 0, 0, 0, 1]);
+        last[1..5].copy_from_slice(&LAST_PREPARED_ID.to_le_bytes());
+        assert!(Execute::parse_bulk(&last, 2).is_err());
+        last[5] = BULK_SEND_TYPES as u8;
+        last.splice(7..7, [8, 0, 8, 0]);
+        assert!(Execute::parse_bulk(&last, 2).is_ok());
     }
 
     #[test]

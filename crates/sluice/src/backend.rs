@@ -94,6 +94,22 @@ pub const FLAVOR_CAPABILITIES: CapabilityFlags = CapabilityFlags::from_bits_trun
 pub const FLAVOR_MARIADB_CAPABILITIES: MariadbCapabilities =
     MariadbCapabilities::MARIADB_CLIENT_EXTENDED_METADATA;
 
+/// MariaDB's bulk capabilities: `COM_STMT_BULK_EXECUTE` (many parameter sets in one
+/// command, which drivers' batch calls use when the server offers it) and its per-row
+/// results. They change nothing but the answer to that command and its flags, which sluice
+/// refuses itself for a client that did not negotiate them (as the server would), so every
+/// database connection asks for them and they do not key the pool.
+pub const BULK_MARIADB_CAPABILITIES: MariadbCapabilities = MariadbCapabilities::from_bits_truncate(
+    MariadbCapabilities::MARIADB_CLIENT_STMT_BULK_OPERATIONS.bits()
+        | MariadbCapabilities::MARIADB_CLIENT_BULK_UNIT_RESULTS.bits(),
+);
+
+/// MariaDB's extended capabilities sluice offers clients (those the server offers too).
+pub const OFFERED_MARIADB_CAPABILITIES: MariadbCapabilities =
+    MariadbCapabilities::from_bits_truncate(
+        FLAVOR_MARIADB_CAPABILITIES.bits() | BULK_MARIADB_CAPABILITIES.bits(),
+    );
+
 /// How a client logged in, as far as its database connection is concerned: the
 /// capabilities that key the pool, and the login collation its session starts from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -101,8 +117,9 @@ pub struct Flavor {
     /// The client's capabilities, masked to [`FLAVOR_CAPABILITIES`] (for sluice's own
     /// client connections, any capabilities to ask for besides sluice's base ones).
     pub capabilities: CapabilityFlags,
-    /// The client's MariaDB extended capabilities, masked to
-    /// [`FLAVOR_MARIADB_CAPABILITIES`].
+    /// The MariaDB extended capabilities to ask for: a client's, masked to
+    /// [`FLAVOR_MARIADB_CAPABILITIES`], and [`BULK_MARIADB_CAPABILITIES`], which every
+    /// connection sluice opens asks for.
     pub mariadb: MariadbCapabilities,
     /// The connection collation id from the client's login. On a pooled connection: that
     /// of the client it serves now (or served last), whose session it was adopted to.
@@ -112,13 +129,14 @@ pub struct Flavor {
 impl Flavor {
     /// The flavor of connections sluice opens for itself (probe, side connections for KILL,
     /// the burst simulator, the Data API): modern EOF handling, OUT parameters of binary
-    /// `CALL`s, utf8mb4_general_ci.
+    /// `CALL`s, utf8mb4_general_ci, and the bulk capabilities, so a connection it opens can
+    /// serve a client later.
     pub const INTERNAL: Flavor = Flavor {
         capabilities: CapabilityFlags::from_bits_truncate(
             CapabilityFlags::CLIENT_DEPRECATE_EOF.bits()
                 | CapabilityFlags::CLIENT_PS_MULTI_RESULTS.bits(),
         ),
-        mariadb: MariadbCapabilities::empty(),
+        mariadb: BULK_MARIADB_CAPABILITIES,
         collation: 45,
     };
 
@@ -131,7 +149,7 @@ impl Flavor {
     ) -> Flavor {
         Flavor {
             capabilities: capabilities & FLAVOR_CAPABILITIES,
-            mariadb: mariadb & FLAVOR_MARIADB_CAPABILITIES,
+            mariadb: mariadb & FLAVOR_MARIADB_CAPABILITIES | BULK_MARIADB_CAPABILITIES,
             collation,
         }
     }

@@ -171,6 +171,16 @@ pub fn malformed_packet() -> ErrFields {
     ErrFields::new(1835, "HY000", "Malformed communication packet")
 }
 
+/// 1295: a bulk execute from a client that did not negotiate it (or its per-row results), as
+/// the server answers it.
+pub fn unsupported_ps() -> ErrFields {
+    ErrFields::new(
+        1295,
+        "HY000",
+        "This command is not supported in the prepared statement protocol yet",
+    )
+}
+
 /// 1210: an execute without the parameters its statement needs, as the server answers it.
 pub fn wrong_execute_arguments() -> ErrFields {
     ErrFields::new(1210, "HY000", "Incorrect arguments to mysqld_stmt_execute")

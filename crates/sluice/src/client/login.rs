@@ -11,7 +11,7 @@ use sluice_protocol::{CapabilityFlags, MariadbCapabilities, ProtocolError};
 
 use super::errors;
 use super::ClientStream;
-use crate::backend::{ServerInfo, FLAVOR_MARIADB_CAPABILITIES};
+use crate::backend::{ServerInfo, OFFERED_MARIADB_CAPABILITIES};
 use crate::identity::{Denied, Identity};
 use crate::tls::TlsMode;
 use crate::Gateway;
@@ -99,7 +99,7 @@ pub async fn authenticate(
     if tls.is_some() {
         offered |= CapabilityFlags::CLIENT_SSL;
     }
-    let offered_mariadb = server.mariadb_capabilities & FLAVOR_MARIADB_CAPABILITIES;
+    let offered_mariadb = server.mariadb_capabilities & OFFERED_MARIADB_CAPABILITIES;
     let greeting = Greeting::for_client(
         &server.version,
         connection_id,

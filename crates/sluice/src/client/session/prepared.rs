@@ -9,9 +9,9 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use sluice_protocol::prepared::{self, Execute, PrepareOk, CURSOR_TYPE_READ_ONLY};
+use sluice_protocol::prepared::{self, Execute, PrepareOk, BULK_SEND_UNIT_RESULTS};
 use sluice_protocol::response::{self, ErrFields};
-use sluice_protocol::{command, StatusFlags};
+use sluice_protocol::{command, MariadbCapabilities, StatusFlags};
 
 use super::{client_end, Accounting, End, Session};
 use crate::backend::{BackendConn, BackendError, Prepared};
@@ -39,8 +39,8 @@ struct ExecuteParts<'a> {
     /// The client's statement id.
     id: u32,
     meta: Arc<StatementMeta>,
-    /// The located `COM_STMT_EXECUTE` (`None` for `COM_STMT_BULK_EXECUTE`).
-    execute: Option<Execute<'a>>,
+    /// The located `COM_STMT_EXECUTE` or `COM_STMT_BULK_EXECUTE`.
+    execute: Execute<'a>,
     /// The parameter types the client bound last.
     types: Option<Arc<[u8]>>,
     /// Long data sent since the last execute, to replay first.
@@ -166,7 +166,10 @@ impl Session {
             &self.state.vars,
             rewritten.as_deref().unwrap_or(sql),
         )
-        .with_extended_metadata(!self.mariadb_capabilities.is_empty());
+        .with_extended_metadata(
+            self.mariadb_capabilities
+                .contains(MariadbCapabilities::MARIADB_CLIENT_EXTENDED_METADATA),
+        );
         // The cache answers for a client whose session adds nothing to what the server
         // checks at prepare time; a pinned client (LOCK TABLES), one in a transaction or a
         // read-only session gets the server's own answer.
@@ -260,30 +263,20 @@ impl Session {
             return Err(End::Error("no database connection".into()));
         };
         let conn = lease.conn();
-        let (packet, cursor_requested) = if let Some(execute) = execute {
-            let on_backend = conn.statements.get_mut(&meta.key);
-            let bind = match (execute.types(), on_backend) {
-                (None, Some(statement)) if statement.types != client_types => {
-                    statement.types.clone_from(&client_types);
-                    client_types.as_deref()
-                }
-                (Some(_), Some(statement)) => {
-                    statement.types.clone_from(&client_types);
-                    None
-                }
-                _ => None,
-            };
-            let packet = execute.rewrite(backend_id, bind);
-            (packet, execute.flags() & CURSOR_TYPE_READ_ONLY != 0)
-        } else {
-            let packet = prepared::with_statement_id(payload, backend_id)
-                .map_err(|e| End::Error(e.to_string()))?;
-            // A bulk execute binds its own types; forget which the connection has now.
-            if let Some(statement) = conn.statements.get_mut(&meta.key) {
-                statement.types = None;
+        let on_backend = conn.statements.get_mut(&meta.key);
+        let bind = match (execute.types(), on_backend) {
+            (None, Some(statement)) if statement.types != client_types => {
+                statement.types.clone_from(&client_types);
+                client_types.as_deref()
             }
-            (packet, false)
+            (Some(_), Some(statement)) => {
+                statement.types.clone_from(&client_types);
+                None
+            }
+            _ => None,
         };
+        let packet = execute.rewrite(backend_id, bind);
+        let cursor_requested = execute.opens_cursor();
         for (param, data) in &long_data {
             let mut long_seq = 0;
             conn.stream.queue_packet(
@@ -305,9 +298,13 @@ impl Session {
 
     /// Checks an execute against the client's statements and takes what it needs: the
     /// statement id, its metadata, the parameter types bound last, the pending long data.
+    /// The checks and their order are the server's.
     fn execute_request<'a>(&mut self, payload: &'a [u8]) -> Result<ExecuteParts<'a>, ErrFields> {
-        // command(1) id(4) flags(1) iteration count(4): the server's answer to less.
-        if payload[0] == command::STMT_EXECUTE && payload.len() < 10 {
+        let bulk = payload[0] == command::STMT_BULK_EXECUTE;
+        if bulk {
+            self.check_bulk(payload)?;
+        } else if payload.len() < 10 {
+            // command(1) id(4) flags(1) iteration count(4): the server's answer to less.
             return Err(errors::malformed_packet());
         }
         let id = self.statements.known_id(payload)?;
@@ -315,17 +312,18 @@ impl Session {
         let Some(statement) = self.statements.by_id.get_mut(&id) else {
             return Err(errors::unknown_statement(id, payload[0]));
         };
-        let execute = if payload[0] == command::STMT_EXECUTE {
-            // Parameters missing for a statement that has some: the server's 1210.
-            let execute = Execute::parse(payload, statement.meta.params())
-                .map_err(|_| errors::wrong_execute_arguments())?;
-            if let Some(types) = execute.types() {
-                statement.types = Some(Arc::from(types));
-            }
-            Some(execute)
+        let params = statement.meta.params();
+        let execute = if bulk {
+            // Types announced but missing: the server's 1835.
+            Execute::parse_bulk(payload, params).map_err(|_| errors::malformed_packet())?
         } else {
-            None
+            // Parameters missing for a statement that has some: the server's 1210.
+            Execute::parse(payload, params).map_err(|_| errors::wrong_execute_arguments())?
         };
+        if let Some(types) = execute.types() {
+            // What the server keeps for later executes that bind none, bulk or not.
+            statement.types = Some(Arc::from(types));
+        }
         let long_data = std::mem::take(&mut statement.long_data);
         if std::mem::take(&mut statement.long_data_len) > limit {
             return Err(errors::packet_too_large(limit));
@@ -337,6 +335,22 @@ impl Session {
             types: statement.types.clone(),
             long_data,
         })
+    }
+
+    /// Refuses a bulk execute as the server does before it looks at the statement: too
+    /// short for its flags (1835), or from a client that did not negotiate bulk operations,
+    /// or asking for per-row results without having negotiated them (1295). The database
+    /// connection always negotiates both, so its own refusal cannot be relied on.
+    fn check_bulk(&self, payload: &[u8]) -> Result<(), ErrFields> {
+        let flags = prepared::bulk_flags(payload).ok_or_else(errors::malformed_packet)?;
+        let negotiated = |capability| self.mariadb_capabilities.contains(capability);
+        let refused = !negotiated(MariadbCapabilities::MARIADB_CLIENT_STMT_BULK_OPERATIONS)
+            || (flags & BULK_SEND_UNIT_RESULTS != 0
+                && !negotiated(MariadbCapabilities::MARIADB_CLIENT_BULK_UNIT_RESULTS));
+        if refused {
+            return Err(errors::unsupported_ps());
+        }
+        Ok(())
     }
 
     /// COM_STMT_SEND_LONG_DATA: kept until the execute (the server answers nothing, and
