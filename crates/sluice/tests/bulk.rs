@@ -7,7 +7,6 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use common::*;
@@ -22,19 +21,6 @@ const BULK_COUNTER: &str = "sluice_commands_total{command=\"COM_STMT_BULK_EXECUT
 /// MariaDB's types for parameters: `MYSQL_TYPE_LONGLONG`, `MYSQL_TYPE_VAR_STRING`.
 const LONGLONG: [u8; 2] = [8, 0];
 const VAR_STRING: [u8; 2] = [253, 0];
-
-fn clients_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/clients")
-}
-
-/// `(port, user, password)` of MariaDB directly (as the gateway's database user) and of
-/// the gateway.
-fn both_ways(gw: &TestGateway) -> [(u16, String, String); 2] {
-    [
-        (DB_PORT, gw.backend_user.clone(), "backend-pw".to_owned()),
-        (gw.addr.port(), "app".to_owned(), "secret".to_owned()),
-    ]
-}
 
 /// Panics with the first line where `got` differs from `want` (the outputs are long).
 fn assert_same_lines(got: &str, want: &str, what: &str) {
@@ -52,30 +38,8 @@ fn assert_same_lines(got: &str, want: &str, what: &str) {
 
 /// Runs tests/clients/bulk_batch.js directly and through `gw`, with the driver's bulk
 /// option `bulk`, and returns both outputs.
-async fn node_batches(gw: &TestGateway, table: &str, bulk: &str) -> Vec<String> {
-    let script = clients_dir().join("bulk_batch.js");
-    let mut outputs = Vec::new();
-    for (port, user, password) in both_ways(gw) {
-        let args = [
-            script.display().to_string(),
-            port.to_string(),
-            user,
-            password,
-            TEST_DB.to_owned(),
-            table.to_owned(),
-            bulk.to_owned(),
-        ];
-        let out = run_client("node", &args, None).await;
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert!(
-            out.status.success(),
-            "node {args:?} failed:\n{}\n{}",
-            stdout.chars().take(2000).collect::<String>(),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        outputs.push(stdout);
-    }
-    outputs
+async fn node_batches(gw: &TestGateway, table: &str, bulk: &str) -> [String; 2] {
+    scenarios::outputs_both_ways(gw, "node", "bulk_batch.js", &[table, bulk]).await
 }
 
 /// Connector/Node's `batch()` through sluice uses the bulk command and returns what it

@@ -12,7 +12,7 @@ mod common;
 use std::time::Duration;
 
 use common::data_api::{data_api, plain_client, APP_KEY};
-use common::scenarios::{self, compare_lines, same_both_ways};
+use common::scenarios::{self, same_both_ways};
 use common::*;
 use mysql_async::prelude::*;
 use serde_json::{json, Value as Json};
@@ -71,16 +71,7 @@ async fn mysql2_reads_its_own_diagnostics_and_never_another_s() {
 async fn mysql_async_reads_its_own_diagnostics_and_never_another_s() {
     let _table = SCENARIOS.lock().await;
     let gw = one_connection("diag_async").await;
-    let direct =
-        scenarios::with_mysql_async(gw.direct_opts(), &gw.backend_user, "backend-pw", SPEC).await;
-    let sluice = scenarios::with_mysql_async(
-        gw.opts("app", "secret", Some(TEST_DB)),
-        "app",
-        "secret",
-        SPEC,
-    )
-    .await;
-    compare_lines("mysql_async", &direct, &sluice);
+    let sluice = scenarios::mysql_async_both_ways(&gw, SPEC).await;
     assert_key_lines(&sluice);
     // Each scenario's b found the connection a had just used holding a's conditions.
     let emptied = metric_value(

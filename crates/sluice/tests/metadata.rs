@@ -5,13 +5,7 @@
 
 mod common;
 
-use std::path::PathBuf;
-
 use common::*;
-
-fn clients_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/clients")
-}
 
 /// Runs `program args...` (see [`run_client`]) and returns its standard output, failing on
 /// a non-zero exit.
@@ -26,29 +20,10 @@ async fn output(program: &str, args: &[String], stdin: Option<&str>) -> String {
     stdout
 }
 
-/// `(port, user, password)` of MariaDB directly and of the gateway.
-fn both_ways(gw: &TestGateway) -> [(u16, String, String); 2] {
-    [
-        (DB_PORT, gw.backend_user.clone(), "backend-pw".to_owned()),
-        (gw.addr.port(), "app".to_owned(), "secret".to_owned()),
-    ]
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mariadb_connector_node_gets_json_as_objects_as_directly() {
     let gw = start("xm_node").await;
-    let script = clients_dir().join("extended_metadata.js");
-    let mut outputs = Vec::new();
-    for (port, user, password) in both_ways(&gw) {
-        let args = [
-            script.display().to_string(),
-            port.to_string(),
-            user,
-            password,
-            TEST_DB.to_owned(),
-        ];
-        outputs.push(output("node", &args, None).await);
-    }
+    let outputs = scenarios::outputs_both_ways(&gw, "node", "extended_metadata.js", &[]).await;
     assert_eq!(outputs[1], outputs[0], "through sluice as directly");
     let seen: serde_json::Value = serde_json::from_str(outputs[1].trim()).unwrap();
     for protocol in ["text", "binary"] {
@@ -83,7 +58,7 @@ async fn mariadb_cli_column_type_info_matches_directly() {
                   CALL xm_cli_p(3, @o); SELECT @o, CAST(@o AS DECIMAL(6,2)) AS o;\n\
                   SELECT 1 AS a; SELECT j, 'x' AS b FROM xm_cli_t; DO 1;\n";
     let mut outputs = Vec::new();
-    for (port, user, password) in both_ways(&gw) {
+    for (port, user, password) in gw.both_ways() {
         let args = [
             "--protocol=tcp".to_owned(),
             "-h127.0.0.1".to_owned(),

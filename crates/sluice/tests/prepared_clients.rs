@@ -8,11 +8,8 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use common::scenarios::clients_dir;
 use common::*;
-
-fn clients_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/clients")
-}
 
 /// Runs a check program to the end and asserts it reported `expected` passes and no failure.
 async fn run_checks(program: &Path, args: &[String], expected: usize, against: &str) {

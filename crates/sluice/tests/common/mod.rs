@@ -203,6 +203,15 @@ impl TestGateway {
             .prefer_socket(false)
     }
 
+    /// `(port, user, password)` of MariaDB directly (as this gateway's backend user) and of
+    /// the gateway (as `app`): the two ways a comparison runs a client.
+    pub fn both_ways(&self) -> [(u16, String, String); 2] {
+        [
+            (DB_PORT, self.backend_user.clone(), "backend-pw".to_owned()),
+            (self.addr.port(), "app".to_owned(), "secret".to_owned()),
+        ]
+    }
+
     /// Connection options for MariaDB directly as this gateway's backend user, to compare
     /// what a client sees through sluice with what it sees directly.
     pub fn direct_opts(&self) -> mysql_async::OptsBuilder {

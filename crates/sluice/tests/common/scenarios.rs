@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use mysql_async::prelude::*;
 use serde_json::Value as Json;
 
-use super::{run_client, TestGateway, DB_PORT, TEST_DB};
+use super::{run_client, TestGateway, TEST_DB};
 
 /// Where the client scripts and scenario files are.
 pub fn clients_dir() -> PathBuf {
@@ -25,33 +25,44 @@ pub fn load(spec: &str) -> Json {
     serde_json::from_str(&text).unwrap()
 }
 
-/// Runs `program script PORT USER PASSWORD DATABASE SPEC` directly and through `gw`;
-/// asserts both succeed and print the same lines, and returns the output.
-pub async fn same_both_ways(gw: &TestGateway, program: &str, script: &str, spec: &str) -> String {
+/// Runs `program script PORT USER PASSWORD DATABASE more...` (`script` in [`clients_dir`])
+/// directly and through `gw`; asserts both succeed, and returns both outputs, direct first.
+pub async fn outputs_both_ways(
+    gw: &TestGateway,
+    program: &str,
+    script: &str,
+    more: &[&str],
+) -> [String; 2] {
     let mut outputs = Vec::new();
-    for (port, user, password) in [
-        (DB_PORT, gw.backend_user.as_str(), "backend-pw"),
-        (gw.addr.port(), "app", "secret"),
-    ] {
-        let args = [
+    for (port, user, password) in gw.both_ways() {
+        let mut args = vec![
             clients_dir().join(script).display().to_string(),
             port.to_string(),
-            user.to_owned(),
-            password.to_owned(),
+            user,
+            password,
             TEST_DB.to_owned(),
-            spec.to_owned(),
         ];
+        args.extend(more.iter().map(|arg| arg.to_string()));
         let out = run_client(program, &args, None).await;
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
         assert!(
             out.status.success(),
-            "{script} {spec} failed on port {port}:\n{stdout}\n{}",
+            "{script} {more:?} failed on port {port}:\n{}\n{}",
+            stdout.chars().take(2000).collect::<String>(),
             String::from_utf8_lossy(&out.stderr)
         );
         outputs.push(stdout);
     }
-    compare_lines(&format!("{script} {spec}"), &outputs[0], &outputs[1]);
-    outputs.swap_remove(0)
+    let sluice = outputs.pop().unwrap();
+    [outputs.pop().unwrap(), sluice]
+}
+
+/// Runs `program script PORT USER PASSWORD DATABASE SPEC` directly and through `gw`;
+/// asserts both succeed and print the same lines, and returns the output.
+pub async fn same_both_ways(gw: &TestGateway, program: &str, script: &str, spec: &str) -> String {
+    let [direct, sluice] = outputs_both_ways(gw, program, script, &[spec]).await;
+    compare_lines(&format!("{script} {spec}"), &direct, &sluice);
+    direct
 }
 
 /// Asserts that `sluice` printed what `direct` did, line for line.
@@ -63,6 +74,21 @@ pub fn compare_lines(what: &str, direct: &str, sluice: &str) {
         );
     }
     assert_eq!(direct.lines().count(), sluice.lines().count(), "{what}");
+}
+
+/// Runs `spec` with mysql_async directly and through `gw`; asserts both print the same
+/// lines, and returns sluice's output.
+pub async fn mysql_async_both_ways(gw: &TestGateway, spec: &str) -> String {
+    let direct = with_mysql_async(gw.direct_opts(), &gw.backend_user, "backend-pw", spec).await;
+    let sluice = with_mysql_async(
+        gw.opts("app", "secret", Some(TEST_DB)),
+        "app",
+        "secret",
+        spec,
+    )
+    .await;
+    compare_lines("mysql_async", &direct, &sluice);
+    sluice
 }
 
 /// The scenarios of `spec` with mysql_async as `user`/`password`, printed like the scripts
