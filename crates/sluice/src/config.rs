@@ -2191,8 +2191,10 @@ mod tests {
     #[test]
     fn fleet_cluster_nodes_are_checked_and_exclusive_with_sentinel() {
         let nodes = |list: &str| format!("[fleet]\ncluster_nodes = [{list}]\n");
-        let cluster: Config =
-            toml::from_str(&nodes(r#""redis://10.0.0.1:7000", "redis://10.0.0.2:7000""#)).unwrap();
+        let cluster: Config = toml::from_str(&nodes(
+            r#""redis://10.0.0.1:7000", "redis://10.0.0.2:7000""#,
+        ))
+        .unwrap();
         let fleet = cluster.validate("t").unwrap().fleet.unwrap();
         assert_eq!(fleet.cluster_nodes.len(), 2);
         assert_eq!(fleet.sentinel, None);

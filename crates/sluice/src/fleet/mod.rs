@@ -204,14 +204,14 @@ pub async fn start(
 enum Source {
     Server(redis::RedisResult<redis::Client>),
     Sentinel(Box<redis::RedisResult<SentinelClient>>),
-    Cluster(redis::RedisResult<ClusterClient>),
+    Cluster(Box<redis::RedisResult<ClusterClient>>),
 }
 
 impl Source {
     fn new(config: &FleetConfig) -> Source {
         if !config.cluster_nodes.is_empty() {
             let nodes = config.cluster_nodes.iter().map(String::as_str);
-            return Source::Cluster(ClusterClient::new(nodes));
+            return Source::Cluster(Box::new(ClusterClient::new(nodes)));
         }
         let Some(sentinel) = &config.sentinel else {
             return Source::Server(redis::Client::open(config.redis_url.as_str()));
@@ -238,14 +238,17 @@ impl Source {
         match self {
             Source::Server(client) => {
                 let client = client.as_ref().map_err(Clone::clone)?;
-                client.get_multiplexed_async_connection().await.map(Conn::Server)
+                client
+                    .get_multiplexed_async_connection()
+                    .await
+                    .map(Conn::Server)
             }
             Source::Sentinel(client) => {
                 let client = client.as_mut().as_mut().map_err(|e| e.clone())?;
                 client.get_async_connection().await.map(Conn::Server)
             }
             Source::Cluster(client) => {
-                let client = client.as_ref().map_err(Clone::clone)?;
+                let client = client.as_ref().as_ref().map_err(Clone::clone)?;
                 client.get_async_connection().await.map(Conn::Cluster)
             }
         }
