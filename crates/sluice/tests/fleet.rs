@@ -488,6 +488,7 @@ impl PrivateCluster {
         cluster
     }
 
+    /// Every node's URL: the `cluster_nodes` a member is given.
     fn urls(&self) -> Vec<String> {
         self.nodes.iter().map(PrivateRedis::url).collect()
     }
