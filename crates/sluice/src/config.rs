@@ -190,11 +190,15 @@ impl Default for Config {
 #[serde(deny_unknown_fields, default)]
 pub struct FleetConfig {
     /// Where the leases live (`redis://host:port/db`); with `sentinel`, only the login and
-    /// database used on the master it names.
+    /// database used on the master it names; unused with `cluster_nodes`.
     pub redis_url: String,
     /// `[fleet.sentinel]`: the leases live on the master these Redis Sentinels name, asked
     /// again at every reconnection so a failover is followed.
     pub sentinel: Option<SentinelConfig>,
+    /// Some nodes of a Redis Cluster (`redis://[user:password@]host:port`, one login for
+    /// all): the leases live on whichever master serves `budget_key`'s slot, found again
+    /// at every reconnection. Empty: not a cluster.
+    pub cluster_nodes: Vec<String>,
     /// This instance's name in the leases; unique in the fleet (default: host name, pid and
     /// listen port).
     pub instance_id: Option<String>,
@@ -226,6 +230,7 @@ impl Default for FleetConfig {
         FleetConfig {
             redis_url: "redis://127.0.0.1:6379".into(),
             sentinel: None,
+            cluster_nodes: Vec::new(),
             instance_id: None,
             lease_ttl: Duration::from_secs(5),
             heartbeat: Duration::from_secs(1),
@@ -277,8 +282,45 @@ impl FleetConfig {
                     );
                 }
             }
+            if !self.cluster_nodes.is_empty() {
+                issue(
+                    "fleet.cluster_nodes",
+                    "a Redis Cluster has no Sentinel: give [fleet.sentinel] or cluster_nodes, not both"
+                        .into(),
+                );
+            }
+        }
+        if let Some(problem) = cluster_problem(&self.cluster_nodes) {
+            issue("fleet.cluster_nodes", problem);
         }
     }
+}
+
+/// What is wrong with `[fleet] cluster_nodes`, if anything: each must be a `redis://` URL
+/// of database 0 (a cluster has no other), and the client must accept them together (one
+/// login, one TLS mode: it uses the same on every node).
+fn cluster_problem(nodes: &[String]) -> Option<String> {
+    use redis::IntoConnectionInfo;
+    if nodes.is_empty() {
+        return None;
+    }
+    for node in nodes {
+        if redis::parse_redis_url(node).is_none() {
+            return Some(format!("{node:?} is not a redis:// URL"));
+        }
+        match node.as_str().into_connection_info() {
+            Err(e) => return Some(format!("{node:?}: {e}")),
+            Ok(info) if info.redis_settings().db() != 0 => {
+                return Some(format!(
+                    "{node:?} names a database; a Redis Cluster has only database 0"
+                ))
+            }
+            Ok(_) => {}
+        }
+    }
+    redis::cluster::ClusterClient::new(nodes.iter().map(String::as_str))
+        .err()
+        .map(|e| e.to_string())
 }
 
 /// `[janitor]`: the cleanup `serverless-mysql` does from inside every function, done once,
@@ -2144,5 +2186,36 @@ mod tests {
                 nodes: vec!["redis://a:26379".into(), "redis://b:26379".into()],
             })
         );
+    }
+
+    #[test]
+    fn fleet_cluster_nodes_are_checked_and_exclusive_with_sentinel() {
+        let nodes = |list: &str| format!("[fleet]\ncluster_nodes = [{list}]\n");
+        let cluster: Config = toml::from_str(&nodes(
+            r#""redis://10.0.0.1:7000", "redis://10.0.0.2:7000""#,
+        ))
+        .unwrap();
+        let fleet = cluster.validate("t").unwrap().fleet.unwrap();
+        assert_eq!(fleet.cluster_nodes.len(), 2);
+        assert_eq!(fleet.sentinel, None);
+        for (list, says) in [
+            (r#""http://a:7000""#, "is not a redis:// URL"),
+            (r#""redis://a:7000/2""#, "only database 0"),
+            (
+                r#""redis://:x@a:7000", "redis://:y@b:7000""#,
+                "different password",
+            ),
+        ] {
+            let (err, keys) = refused(&nodes(list));
+            assert_eq!(keys, vec!["fleet.cluster_nodes"], "{list}");
+            assert!(err.to_string().contains(says), "{list}: {err}");
+        }
+        let both = format!(
+            "{}[fleet.sentinel]\nmaster = \"m\"\nnodes = [\"redis://s:26379\"]\n",
+            nodes(r#""redis://a:7000""#)
+        );
+        let (err, keys) = refused(&both);
+        assert_eq!(keys, vec!["fleet.cluster_nodes"]);
+        assert!(err.to_string().contains("not both"), "{err}");
     }
 }

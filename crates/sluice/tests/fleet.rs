@@ -26,29 +26,27 @@ fn budget_key(test: &str) -> String {
 
 /// Starts gateway `name` of `test`'s fleet on `redis_url`, in the current runtime.
 async fn member(test: &str, name: &str, redis_url: &str) -> TestGateway {
-    member_of(test, name, redis_url, None).await
+    let redis = FleetConfig {
+        redis_url: redis_url.to_owned(),
+        ..FleetConfig::default()
+    };
+    member_of(test, name, redis).await
 }
 
-/// [`member`], its Redis named by `sentinel` when given (then `redis_url` gives only the
-/// master's login).
-async fn member_of(
-    test: &str,
-    name: &str,
-    redis_url: &str,
-    sentinel: Option<SentinelConfig>,
-) -> TestGateway {
-    let (key, url) = (budget_key(test), redis_url.to_owned());
+/// [`member`], finding Redis as `redis` says (`redis_url`, `sentinel`, `cluster_nodes`);
+/// the rest of its `[fleet]` is the tests'.
+async fn member_of(test: &str, name: &str, redis: FleetConfig) -> TestGateway {
+    let key = budget_key(test);
     start_with(&format!("fleet_{test}_{name}"), move |config| {
         config.pool.max_db_connections = BUDGET;
         config.pool.borrow_timeout = Duration::from_secs(60);
         config.fleet = Some(FleetConfig {
-            redis_url: url,
-            sentinel,
             instance_id: None,
             lease_ttl: TTL,
             heartbeat: Duration::from_millis(200),
             expected_instances: 3,
             budget_key: key,
+            ..redis
         });
     })
     .await
@@ -221,11 +219,27 @@ impl PrivateRedis {
         PrivateRedis::with_args([path.to_str().unwrap(), "--sentinel"])
     }
 
+    /// A node of a Redis Cluster, not yet part of one; its cluster bus on a free port of
+    /// its own (the default, port + 10000, may be past 65535), its `nodes.conf` in its
+    /// directory.
+    fn cluster_node() -> PrivateRedis {
+        let bus = free_port().to_string();
+        PrivateRedis::with_args([
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--cluster-enabled",
+            "yes",
+            "--cluster-config-file",
+            "nodes.conf",
+            "--cluster-port",
+            &bus,
+        ])
+    }
+
     fn with_args<'a>(args: impl IntoIterator<Item = &'a str>) -> PrivateRedis {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .unwrap()
-            .port();
+        let port = free_port();
         let args = args.into_iter().map(str::to_owned).collect();
         let mut redis = PrivateRedis {
             port,
@@ -395,7 +409,12 @@ async fn fleet_on_sentinel_follows_the_master_through_a_failover() {
         nodes: vec![sentinel.url()],
     };
     // No port: the host and port come from the sentinel.
-    let gw = member_of(test, "a", "redis://127.0.0.1", Some(named)).await;
+    let redis = FleetConfig {
+        redis_url: "redis://127.0.0.1".into(),
+        sentinel: Some(named),
+        ..FleetConfig::default()
+    };
+    let gw = member_of(test, "a", redis).await;
     assert!(
         eventually(Duration::from_secs(10), async || holds_lease(
             &gw,
@@ -432,6 +451,130 @@ async fn fleet_on_sentinel_follows_the_master_through_a_failover() {
     );
     assert!(promoted.is_some(), "the sentinel promoted the replica");
     assert!(renewed.is_some(), "the lease lives on the new master");
+    assert_eq!(errors, Vec::<String>::new(), "no client error");
+    assert!(peak <= BUDGET, "{peak} connections on a budget of {BUDGET}");
+}
+
+/// A private Redis Cluster of three masters with no replica, on free ports.
+struct PrivateCluster {
+    nodes: Vec<PrivateRedis>,
+}
+
+impl PrivateCluster {
+    /// Starts three nodes, joins them (`redis-cli --cluster create`, the slots split in
+    /// three) and returns once every node reports `cluster_state:ok`.
+    async fn start() -> PrivateCluster {
+        let nodes: Vec<_> = (0..3).map(|_| PrivateRedis::cluster_node()).collect();
+        let status = std::process::Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)))
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdout(std::process::Stdio::null())
+            .status()
+            .expect("redis-cli (scripts/ensure-deps installs it)");
+        assert!(status.success(), "redis-cli --cluster create: {status}");
+        let cluster = PrivateCluster { nodes };
+        let ok = eventually(Duration::from_secs(10), async || {
+            for node in &cluster.nodes {
+                let info = node.query::<String>(&["CLUSTER", "INFO"]).await;
+                if !info.is_some_and(|i| i.contains("cluster_state:ok")) {
+                    return false;
+                }
+            }
+            true
+        })
+        .await;
+        assert!(ok, "the private cluster reached cluster_state:ok");
+        cluster
+    }
+
+    /// Every node's URL: the `cluster_nodes` a member is given.
+    fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(PrivateRedis::url).collect()
+    }
+
+    /// The node serving `key`'s slot: the only one that answers for the key (the others
+    /// redirect, MOVED, an error).
+    async fn master_of(&self, key: &str) -> usize {
+        for (i, node) in self.nodes.iter().enumerate() {
+            if node.query::<i64>(&["EXISTS", key]).await.is_some() {
+                return i;
+            }
+        }
+        panic!("no node of the cluster serves {key}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fleet_on_a_redis_cluster_shares_the_budget_and_falls_back_when_the_key_s_master_dies() {
+    use sluice::fleet::Mode;
+    let test = "cluster";
+    let mut cluster = PrivateCluster::start().await;
+    let redis = FleetConfig {
+        cluster_nodes: cluster.urls(),
+        ..FleetConfig::default()
+    };
+    let a = member_of(test, "a", redis.clone()).await;
+    let b = member_of(test, "b", redis).await;
+    let gateways = [&a, &b];
+    let views = || {
+        gateways
+            .iter()
+            .map(|g| g.gateway.fleet.as_ref().unwrap().view())
+            .collect::<Vec<_>>()
+    };
+    let owner = cluster.master_of(&budget_key(test)).await;
+    let owner_url = cluster.nodes[owner].url();
+    let leased = eventually(Duration::from_secs(10), async || {
+        holds_lease(&a, &owner_url, test).await && holds_lease(&b, &owner_url, test).await
+    })
+    .await;
+    assert!(
+        leased,
+        "both hold leases on the key's master: {:?}",
+        views()
+    );
+    let watcher = PeakWatcher::start(&format!("sl_fleet_{test}_%"));
+    // Uneven: a's waiters make b give its idle slots back (a borrows from b).
+    let (ea, eb) = tokio::join!(load(&a, 8, 10), load(&b, 1, 10));
+    let grew = eventually(Duration::from_secs(10), async || {
+        let (_, more) = tokio::join!(load(&a, 6, 3), async { views()[0].lease > SHARE });
+        more
+    })
+    .await;
+    let leases = views()[0].instances.clone();
+    let clients = tokio::spawn(all_errors(vec![load(&a, 4, 60), load(&b, 4, 60)]));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    cluster.nodes[owner].stop();
+    let killed = Instant::now();
+    let went_static = eventually(Duration::from_secs(10), async || {
+        views().iter().all(|v| v.mode == Mode::Static)
+    })
+    .await
+    .then(|| killed.elapsed());
+    let fallen = views();
+    let errors = clients.await.unwrap();
+    let peak = watcher.stop().await;
+    let slots: Vec<_> = leases.iter().map(|l| l.lease).collect();
+    let limits: Vec<_> = fallen.iter().map(|v| (v.mode, v.pool_limit)).collect();
+    eprintln!(
+        "fleet: cluster: key on node {owner} of 3; leases {slots:?} before the kill, \
+         (mode, pool limit) {limits:?} {went_static:?} after it (lease_ttl {TTL:?}); \
+         peak {peak} of {BUDGET}"
+    );
+    assert_eq!((ea, eb), (vec![], vec![]), "no client error");
+    assert!(grew, "a's lease grew past its share: {leases:?}");
+    assert_eq!(leases.len(), 2, "{leases:?}");
+    let sum: usize = leases.iter().map(|l| l.lease).sum();
+    assert!(sum <= BUDGET, "leases of {sum} on a budget of {BUDGET}");
+    assert!(
+        went_static.is_some(),
+        "the key's master is dead: {fallen:?}"
+    );
+    for view in &fallen {
+        assert!(view.pool_limit <= SHARE, "{view:?}");
+        assert!(view.redis_error.is_some(), "{view:?}");
+    }
     assert_eq!(errors, Vec::<String>::new(), "no client error");
     assert!(peak <= BUDGET, "{peak} connections on a budget of {BUDGET}");
 }

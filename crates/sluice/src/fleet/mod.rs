@@ -14,11 +14,13 @@
 //! (budget / `expected_instances`), which Redis keeps free for absent instances. It goes
 //! back to leases as soon as Redis answers.
 //!
-//! Redis is one server (`redis_url`) or the master a set of Redis Sentinels names
+//! Redis is one server (`redis_url`), the master a set of Redis Sentinels names
 //! (`[fleet.sentinel]`): every reconnection asks the sentinels again, so after a failover
-//! the next heartbeat renews the lease on the promoted replica. The script touches one key,
-//! `budget_key`, so it would stay in one Cluster slot without a hash tag; sluice does not
-//! follow Cluster redirections, though: it talks to one server or to Sentinel's master.
+//! the next heartbeat renews the lease on the promoted replica; or a Redis Cluster
+//! (`cluster_nodes`): the script touches one key, `budget_key`, so it runs whole on the
+//! master of that key's slot, which the cluster client finds and follows through
+//! redirections and failovers. A master that dies with no replica to take its slots
+//! leaves the fleet without Redis, as a dead single server would.
 //!
 //! An instance that stops gracefully gives its lease back once its pool has closed every
 //! connection ([`Membership::leave`]), so its slots return at once rather than after the TTL.
@@ -29,7 +31,9 @@ pub mod script;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use redis::aio::MultiplexedConnection;
+use redis::aio::{ConnectionLike, MultiplexedConnection};
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
 use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
 use redis::IntoConnectionInfo;
 use serde::Serialize;
@@ -160,6 +164,8 @@ pub async fn start(
 ) -> Membership {
     let id = (config.instance_id.clone()).unwrap_or_else(|| default_instance_id(port));
     match &config.sentinel {
+        _ if !config.cluster_nodes.is_empty() => info!(instance_id = %id,
+            nodes = ?config.cluster_nodes, "fleet: sharing the budget through Redis leases, in a Redis Cluster"),
         None => info!(instance_id = %id, redis = %config.redis_url,
             "fleet: sharing the budget through Redis leases"),
         Some(sentinel) => info!(instance_id = %id, master = %sentinel.master,
@@ -192,15 +198,21 @@ pub async fn start(
     Membership { leave, task }
 }
 
-/// Where the leases' Redis is: one server, or the master Sentinel names now (asked at every
-/// connection, so after a failover the next heartbeat finds the new master).
+/// Where the leases' Redis is: one server, the master Sentinel names now (asked at every
+/// connection, so after a failover the next heartbeat finds the new master), or a cluster
+/// (its slot map fetched at every connection).
 enum Source {
     Server(redis::RedisResult<redis::Client>),
     Sentinel(Box<redis::RedisResult<SentinelClient>>),
+    Cluster(Box<redis::RedisResult<ClusterClient>>),
 }
 
 impl Source {
     fn new(config: &FleetConfig) -> Source {
+        if !config.cluster_nodes.is_empty() {
+            let nodes = config.cluster_nodes.iter().map(String::as_str);
+            return Source::Cluster(Box::new(ClusterClient::new(nodes)));
+        }
         let Some(sentinel) = &config.sentinel else {
             return Source::Server(redis::Client::open(config.redis_url.as_str()));
         };
@@ -222,16 +234,61 @@ impl Source {
         Source::Sentinel(Box::new(client))
     }
 
-    async fn connect(&mut self) -> redis::RedisResult<MultiplexedConnection> {
+    async fn connect(&mut self) -> redis::RedisResult<Conn> {
         match self {
             Source::Server(client) => {
                 let client = client.as_ref().map_err(Clone::clone)?;
-                client.get_multiplexed_async_connection().await
+                client
+                    .get_multiplexed_async_connection()
+                    .await
+                    .map(Conn::Server)
             }
             Source::Sentinel(client) => {
                 let client = client.as_mut().as_mut().map_err(|e| e.clone())?;
-                client.get_async_connection().await
+                client.get_async_connection().await.map(Conn::Server)
             }
+            Source::Cluster(client) => {
+                let client = client.as_ref().as_ref().map_err(Clone::clone)?;
+                client.get_async_connection().await.map(Conn::Cluster)
+            }
+        }
+    }
+}
+
+/// A connection to the leases' Redis: to one server (Sentinel's master is one), or to a
+/// cluster, which sends each command to the master of its key's slot.
+enum Conn {
+    Server(MultiplexedConnection),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            Conn::Server(conn) => conn.req_packed_command(cmd),
+            Conn::Cluster(conn) => conn.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Conn::Server(conn) => conn.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(conn) => conn.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Server(conn) => conn.get_db(),
+            Conn::Cluster(conn) => conn.get_db(),
         }
     }
 }
@@ -240,7 +297,7 @@ impl Source {
 struct Member {
     config: FleetConfig,
     source: Source,
-    conn: Option<MultiplexedConnection>,
+    conn: Option<Conn>,
     budget: watch::Receiver<usize>,
     board: Arc<Board>,
     metrics: Metrics,

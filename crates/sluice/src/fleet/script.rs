@@ -10,7 +10,7 @@
 
 use std::time::Duration;
 
-use redis::aio::MultiplexedConnection;
+use redis::aio::ConnectionLike;
 
 /// KEYS[1]: the hash of leases, field = instance id, value = "grant expires_ms borrowed
 /// waiters". ARGV: id, budget, want, borrowed, waiters, ttl_ms, expected_instances.
@@ -95,9 +95,10 @@ pub enum LeaseError {
     Reply(String),
 }
 
-/// Runs the grant script for instance `id` on `key`.
+/// Runs the grant script for instance `id` on `key`. Its only key, so in a Redis Cluster
+/// it runs where `key`'s slot lives, and needs no hash tag.
 pub async fn grant(
-    conn: &mut MultiplexedConnection,
+    conn: &mut impl ConnectionLike,
     key: &str,
     id: &str,
     ask: Ask,
@@ -120,7 +121,7 @@ pub async fn grant(
 
 /// Deletes instance `id`'s lease on `key` (its own field: no other instance writes it).
 pub async fn release(
-    conn: &mut MultiplexedConnection,
+    conn: &mut impl ConnectionLike,
     key: &str,
     id: &str,
 ) -> Result<(), LeaseError> {
