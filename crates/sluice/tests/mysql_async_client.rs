@@ -489,6 +489,26 @@ async fn an_idle_client_is_disconnected_and_its_connection_returned() {
     assert_eq!(metric_value(&metrics, "sluice_client_connections"), 0.0);
 }
 
+/// The idle limit counts from the client's last reply even when the session woke meanwhile
+/// (here: to give its buffers back after 1 s of quiet), so a limit of 1.3 s cuts it well
+/// before 2 s (counting again from the release would give it until 2.3 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_idle_limit_counts_from_the_last_reply() {
+    let gw = start_with("idle_exact", |c| {
+        c.idle_client_timeout = Duration::from_millis(1300)
+    })
+    .await;
+    let mut conn = gw.connect().await;
+    conn.query_drop("SELECT 1").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    assert!(conn.ping().await.is_err(), "the idle client was cut");
+    let metrics = gw.metrics().await;
+    assert_eq!(
+        metric_value(&metrics, "sluice_idle_timeouts_total{kind=\"client\"}"),
+        1.0
+    );
+}
+
 /// Forwards TCP from a local port to MariaDB, so a test can make "the database" vanish and
 /// come back without touching the real server other tests use.
 struct Forwarder {

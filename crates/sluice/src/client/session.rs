@@ -694,15 +694,19 @@ impl Session {
                 || self.statements.open_cursors() > 0
                 || self.next_transaction != NextTransaction::None)
                 && !transaction_expired;
+            // Every limit counts from when the client went quiet, whatever woke this loop
+            // since (a drain beginning, warnings let go, buffers given back).
+            let quiet_for = quiet_from.elapsed();
             let mut limit = if in_transaction {
                 transaction_limit
             } else {
                 client_limit
-            };
+            }
+            .saturating_sub(quiet_for);
             let holding_diagnostics =
                 self.keeps_diagnostics && self.backend.is_some() && !in_transaction;
             if holding_diagnostics {
-                limit = limit.min(diagnostics_hold);
+                limit = limit.min(diagnostics_hold.saturating_sub(quiet_for));
             }
             let draining = *shutdown.borrow_and_update();
             if let Some(deadline) = draining {
@@ -719,11 +723,12 @@ impl Session {
                 }
                 limit = limit.min(left);
             }
-            // A client quiet for a moment gives its buffers back (its limit then counts from
-            // there): 100,000 idle clients must not each hold a read and a write buffer.
-            let releasing = buffers_held && QUIET_BEFORE_RELEASING_BUFFERS < limit;
+            // A client quiet for a moment gives its buffers back: 100,000 idle clients must
+            // not each hold a read and a write buffer.
+            let release_in = QUIET_BEFORE_RELEASING_BUFFERS.saturating_sub(quiet_for);
+            let releasing = buffers_held && release_in < limit;
             if releasing {
-                limit = QUIET_BEFORE_RELEASING_BUFFERS;
+                limit = release_in;
             }
             let kill = self.registration.handle.kill.clone();
             let next = tokio::select! {
@@ -760,7 +765,7 @@ impl Session {
                     // A frozen or dead function holding locks: roll back now (the reset on
                     // give-back does it), keep the socket so the client learns why if it returns.
                     warn!(
-                        ?limit,
+                        limit = ?transaction_limit,
                         "client idle inside a transaction or cursor; rolling it back"
                     );
                     self.gateway
@@ -779,8 +784,10 @@ impl Session {
                         .with_label_values(&["client"])
                         .inc();
                     let mut seq = 1;
-                    let _ = self.send_err(&mut seq, &errors::idle_client(limit)).await;
-                    return End::Error(format!("idle for {limit:?}"));
+                    let _ = self
+                        .send_err(&mut seq, &errors::idle_client(client_limit))
+                        .await;
+                    return End::Error(format!("idle for {client_limit:?}"));
                 }
             };
             if transaction_expired {
