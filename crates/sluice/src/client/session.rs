@@ -677,7 +677,9 @@ impl Session {
         // its last command (a long statement is not quiet). Unset while a command runs.
         let mut quiet_since = None;
         loop {
-            let quiet_from = *quiet_since.get_or_insert_with(std::time::Instant::now);
+            // One clock read per turn of the loop, for every limit below.
+            let now = std::time::Instant::now();
+            let quiet_from = *quiet_since.get_or_insert(now);
             // Read before each command, so a reload's timeouts apply to connected clients.
             let (client_limit, transaction_limit, diagnostics_hold, idle_grace) = {
                 let settings = self.gateway.settings();
@@ -696,7 +698,7 @@ impl Session {
                 && !transaction_expired;
             // Every limit counts from when the client went quiet, whatever woke this loop
             // since (a drain beginning, warnings let go, buffers given back).
-            let quiet_for = quiet_from.elapsed();
+            let quiet_for = now.saturating_duration_since(quiet_from);
             let mut limit = if in_transaction {
                 transaction_limit
             } else {
@@ -713,7 +715,6 @@ impl Session {
                 // Inside a transaction: until the deadline. Between transactions: while the
                 // client keeps sending commands, so one that connected a moment before the
                 // drain (a function about to run its statements) is served, not told 1053.
-                let now = std::time::Instant::now();
                 let mut left = deadline.saturating_duration_since(now);
                 if !in_transaction {
                     left = left.min((quiet_from + idle_grace).saturating_duration_since(now));
