@@ -79,13 +79,16 @@ impl Socket {
 
     /// Whether anything arrived, or the peer closed, without waiting and without starting a
     /// read timer: for an idle connection, which should have nothing to read. A plain
-    /// socket is peeked; a TLS one is read (records such as session tickets are taken in,
-    /// and a byte of data means the connection is unusable anyway).
+    /// socket is peeked, but only when the runtime's reactor has seen it become readable
+    /// since a read last came up short: an idle socket it has not (the usual case) costs no
+    /// system call, and a peek that finds nothing clears that readiness. A TLS one is read (records such as session tickets are taken in, and a
+    /// byte of data means the connection is unusable anyway).
     pub fn has_input_or_closed(&mut self) -> bool {
         match self {
             Socket::Plain(tcp) => {
                 let mut byte = [std::mem::MaybeUninit::<u8>::uninit()];
-                match SockRef::from(&*tcp).peek(&mut byte) {
+                let peek = || SockRef::from(&*tcp).peek(&mut byte);
+                match tcp.try_io(tokio::io::Interest::READABLE, peek) {
                     Ok(_) => true,
                     Err(e) => e.kind() != io::ErrorKind::WouldBlock,
                 }
