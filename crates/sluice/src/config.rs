@@ -26,6 +26,10 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Where `/healthz` and `/metrics` are served.
     pub admin_listen: SocketAddr,
+    /// Threads that run client sessions and database connections; 0: one per core. Fewer
+    /// than the cores can cost less CPU per query where sluice shares a small machine with
+    /// the database (each wakeup that crosses threads costs a futex and cold caches).
+    pub worker_threads: usize,
     /// SHA-256 (hex) of the bearer token the admin listener's actions (`POST /pause`,
     /// `POST /resume`) require; they are off without one.
     pub admin_token_sha256: Option<String>,
@@ -155,6 +159,7 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 6033)),
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 6080)),
             admin_token_sha256: None,
+            worker_threads: 0,
             max_client_connections: 10_000,
             max_pending_logins: 1024,
             login_timeout: Duration::from_secs(10),
@@ -882,6 +887,8 @@ pub struct Settings {
     pub admin_listen: SocketAddr,
     /// SHA-256 of the admin bearer token (actions are off when `None`).
     pub admin_token: Option<[u8; 32]>,
+    /// Runtime worker threads (0: one per core); read once at start.
+    pub worker_threads: usize,
     /// Cap on authenticated client connections.
     pub max_client_connections: usize,
     /// Cap on sockets still logging in.
@@ -1163,6 +1170,12 @@ impl Config {
                 issue(key, "must be at least 1".into());
             }
         }
+        if self.worker_threads > MAX_WORKER_THREADS {
+            issue(
+                "worker_threads",
+                format!("must be at most {MAX_WORKER_THREADS} (0: one per core)"),
+            );
+        }
         if !(1024..=1 << 30).contains(&self.max_packet_size) {
             issue("max_packet_size", "must be between 1 KiB and 1 GiB".into());
         }
@@ -1356,6 +1369,7 @@ impl Config {
             listen: self.listen,
             admin_listen: self.admin_listen,
             admin_token,
+            worker_threads: self.worker_threads,
             max_client_connections: self.max_client_connections,
             max_pending_logins: self.max_pending_logins,
             login_timeout: self.login_timeout,
@@ -1574,6 +1588,10 @@ impl AuthConfig {
         }
     }
 }
+
+/// Most runtime worker threads: far beyond any core count, and a typo such as 80000 would
+/// otherwise start that many threads.
+const MAX_WORKER_THREADS: usize = 1024;
 
 /// Most user names the auth cache may be asked to keep: each costs a few hundred bytes.
 const MAX_AUTH_CACHE: usize = 10_000_000;

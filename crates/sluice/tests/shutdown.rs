@@ -205,3 +205,26 @@ fn accept_queue(port: u16) -> usize {
         })
         .sum()
 }
+
+/// The runtime's worker threads, by the name tokio gives them.
+fn runtime_workers(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+        .filter(|name| name.trim_end() == "tokio-rt-worker")
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_threads_sizes_the_runtime() {
+    let one = Binary::start("workers_one", "worker_threads = 1").await;
+    let three = Binary::start("workers_three", "worker_threads = 3").await;
+    for sluice in [&one, &three] {
+        let mut conn = mysql_async::Conn::new(sluice.opts()).await.unwrap();
+        let n: Option<u32> = conn.query_first("SELECT 5").await.unwrap();
+        assert_eq!(n, Some(5));
+        conn.disconnect().await.unwrap();
+    }
+    assert_eq!(runtime_workers(one.pid()), 1);
+    assert_eq!(runtime_workers(three.pid()), 3);
+}

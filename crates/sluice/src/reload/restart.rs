@@ -22,6 +22,7 @@ pub fn keep_running(running: &Settings, mut new: Settings) -> (Settings, Vec<&'s
     keep! {
         "listen" => listen;
         "admin_listen" => admin_listen;
+        "worker_threads" => worker_threads;
         "http_listen" => http_listen;
         "backend" => backend;
         "max_client_connections" => max_client_connections;
@@ -64,6 +65,7 @@ mod tests {
         let running = settings(|_| {});
         let new = settings(|c| {
             c.listen = "127.0.0.1:7033".parse().unwrap();
+            c.worker_threads = 1;
             c.backend.url = "mysql://root@127.0.0.1:3307".into();
             c.http.max_connections = 7;
             c.pool.borrow_timeout = std::time::Duration::from_secs(3);
@@ -75,8 +77,17 @@ mod tests {
             });
         });
         let (kept, differ) = keep_running(&running, new);
-        assert_eq!(differ, ["listen", "backend", "http.max_connections"]);
+        assert_eq!(
+            differ,
+            [
+                "listen",
+                "worker_threads",
+                "backend",
+                "http.max_connections"
+            ]
+        );
         assert_eq!(kept.listen, running.listen);
+        assert_eq!(kept.worker_threads, 0);
         assert_eq!(kept.backend.port, 3306);
         assert_eq!(kept.http.max_connections, running.http.max_connections);
         assert_eq!(kept.pool.borrow_timeout, std::time::Duration::from_secs(3));
