@@ -210,6 +210,10 @@ struct Fit<'a> {
 }
 
 impl Fit<'_> {
+    /// What [`Fit::spared`] and a matching login collation come to at best: nothing to set
+    /// up.
+    const PERFECT: (u8, bool) = (2, true);
+
     /// How many of the round trips setting the borrower's session up `conn` would spare:
     /// one for being on the schema, one for holding the same variables.
     fn spared(&self, conn: &BackendConn) -> u8 {
@@ -337,26 +341,27 @@ impl Inner {
         let mut state = self.state();
         state.last_flavor = Some(flavor);
         // The one sparing the most round trips (schema, variables), then on the login
-        // collation wanted, then the most recently used.
-        let found = state
-            .idle
-            .iter()
-            .enumerate()
-            .filter(|(_, p)| {
-                let conn = &p.conn;
-                conn.user == login.user
-                    && conn.secret == login.secret
-                    && conn.flavor.serves(&flavor)
-            })
-            .max_by_key(|(i, p)| {
-                let conn = &p.conn;
-                (
-                    fit.spared(conn),
-                    conn.flavor.collation == flavor.collation,
-                    *i,
-                )
-            })
-            .map(|(i, _)| i);
+        // collation wanted, then the most recently used: looked for from the most recently
+        // used down, so the usual case (a connection that fits in every way) stops at the
+        // first one that does.
+        let mut found: Option<(usize, (u8, bool))> = None;
+        for (i, pooled) in state.idle.iter().enumerate().rev() {
+            let conn = &pooled.conn;
+            if conn.user != login.user
+                || conn.secret != login.secret
+                || !conn.flavor.serves(&flavor)
+            {
+                continue;
+            }
+            let fits = (fit.spared(conn), conn.flavor.collation == flavor.collation);
+            if found.is_none_or(|(_, best)| fits > best) {
+                found = Some((i, fits));
+                if fits == Fit::PERFECT {
+                    break;
+                }
+            }
+        }
+        let found = found.map(|(i, _)| i);
         if let Some(i) = found {
             return Taken::Idle(state.idle.remove(i));
         }
