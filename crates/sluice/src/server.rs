@@ -21,12 +21,25 @@ const LISTEN_BACKLOG: u32 = 4096;
 /// How long after `shutdown_timeout` a drain waits for sessions that were mid-statement.
 const DRAIN_GRACE: Duration = Duration::from_millis(500);
 
+/// Keepalive probes on client sockets: a client host that vanished (a frozen or killed
+/// function's machine) is found in minutes instead of never.
+fn client_keepalive() -> TcpKeepalive {
+    TcpKeepalive::new()
+        .with_time(Duration::from_secs(60))
+        .with_interval(Duration::from_secs(10))
+}
+
+/// A listener for clients. The options every client socket needs (no Nagle delay on
+/// replies, keepalive probes) are set on the listener, whose accepted sockets inherit them
+/// on Linux: four `setsockopt` calls per login fewer.
 fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
     let socket = if addr.is_ipv4() {
         tokio::net::TcpSocket::new_v4()?
     } else {
         tokio::net::TcpSocket::new_v6()?
     };
+    socket.set_nodelay(true)?;
+    SockRef::from(&socket).set_tcp_keepalive(&client_keepalive())?;
     socket.set_reuseaddr(true)?;
     // A new instance may bind the same port while the old one drains (rolling restarts):
     // the kernel spreads new connections over both until the old one closes its listener.
@@ -38,11 +51,6 @@ fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
 /// Starts the session of a client just accepted.
 fn spawn_client(gateway: &Arc<Gateway>, socket: TcpStream, peer: SocketAddr, next_id: &AtomicU32) {
     gateway.metrics.client_connections_accepted.inc();
-    let _ = socket.set_nodelay(true);
-    let keepalive = TcpKeepalive::new()
-        .with_time(Duration::from_secs(60))
-        .with_interval(Duration::from_secs(10));
-    let _ = SockRef::from(&socket).set_tcp_keepalive(&keepalive);
     let id = next_id.fetch_add(1, Ordering::Relaxed);
     // Registered here, in accept order, so the oldest login is the one dropped.
     let pending = gateway.admission.begin_login();
@@ -278,5 +286,29 @@ impl Server {
         }
         info!(db_connections_closed = closed, "drained; stopped");
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn accepted_sockets_inherit_the_listener_s_options() {
+        let listener = listen("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let _client = TcpStream::connect(addr).await.unwrap();
+        let (accepted, _) = listener.accept().await.unwrap();
+        assert!(accepted.nodelay().unwrap());
+        let socket = SockRef::from(&accepted);
+        assert!(socket.keepalive().unwrap());
+        assert_eq!(
+            socket.tcp_keepalive_time().unwrap(),
+            Duration::from_secs(60)
+        );
+        assert_eq!(
+            socket.tcp_keepalive_interval().unwrap(),
+            Duration::from_secs(10)
+        );
     }
 }

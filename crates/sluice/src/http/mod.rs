@@ -202,7 +202,7 @@ pub async fn serve(listener: TcpListener, api: Arc<Api>, tls: Option<Arc<ServerT
             admission::turn_away(socket, tls.is_none().then_some(answer.as_slice()));
             continue;
         };
-        let _ = socket.set_nodelay(true);
+        // TCP_NODELAY and keepalive come from the listener (`server::listen`).
         let app = app.clone();
         // The certificate as it is now on disk (see `ServerTls`).
         let tls = tls.as_ref().map(|tls| tls.acceptor());
