@@ -379,3 +379,49 @@ async fn reload_changes_a_user_s_lane_quota_live() {
     a.disconnect().await.unwrap();
     b.disconnect().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_connections_is_off_by_default_and_reloads() {
+    let sluice = Binary::start("log_connections", "").await;
+    let log = || std::fs::read_to_string(&sluice.log).unwrap();
+    let connect_and_quit = || async {
+        let mut conn = mysql_async::Conn::new(sluice.opts()).await.unwrap();
+        conn.query_drop("SELECT 1").await.unwrap();
+        conn.disconnect().await.unwrap();
+    };
+    connect_and_quit().await;
+    // A wrong password is logged whatever the setting.
+    let wrong = sluice.opts().pass(Some("wrong"));
+    assert!(mysql_async::Conn::new(wrong).await.is_err());
+    let mut waited = 0;
+    while !log().contains("login failed") && waited < 100 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        waited += 1;
+    }
+    let quiet = log();
+    assert!(quiet.contains("login failed"), "{quiet}");
+    assert!(!quiet.contains("client connected"), "{quiet}");
+    assert!(!quiet.contains("client closed"), "{quiet}");
+
+    std::fs::write(
+        &sluice.config,
+        config_text(
+            &sluice.backend_user,
+            "log_connections = true",
+            &shared_user("app", "secret"),
+        ),
+    )
+    .unwrap();
+    sluice.signal("HUP");
+    let mut logged = String::new();
+    for _ in 0..100 {
+        connect_and_quit().await;
+        logged = log();
+        if logged.contains("client closed (quit)") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(logged.contains("client connected"), "{logged}");
+    assert!(logged.contains("client closed (quit)"), "{logged}");
+}

@@ -213,16 +213,26 @@ pub async fn serve_client(
 ) {
     let span = tracing::info_span!("client", id, %peer);
     async move {
-        info!("client connected");
+        // Read at each end: a reload may turn it on or off meanwhile.
+        let log_connections = || gateway.settings().log_connections;
+        if log_connections() {
+            info!("client connected");
+        }
         let closed = gateway.metrics.client_connections_closed.clone();
-        let end = run(gateway, socket, peer, id, pending).await;
+        let end = run(gateway.clone(), socket, peer, id, pending).await;
         closed.inc();
-        match end {
-            End::Quit => info!("client closed (quit)"),
-            End::Shutdown => info!("client closed (shutdown)"),
-            End::Disconnected => info!("client closed (disconnected)"),
-            End::Refused => info!("client closed (refused at login)"),
-            End::Error(reason) => info!(%reason, "client closed (error)"),
+        let how = match end {
+            End::Error(reason) => {
+                info!(%reason, "client closed (error)");
+                return;
+            }
+            End::Quit => "quit",
+            End::Shutdown => "shutdown",
+            End::Disconnected => "disconnected",
+            End::Refused => "refused at login",
+        };
+        if log_connections() {
+            info!("client closed ({how})");
         }
     }
     .instrument(span)

@@ -25,6 +25,8 @@ pub struct Binary {
     pub backend_user: String,
     /// The configuration file it was started with.
     pub config: PathBuf,
+    /// Where its log (stderr) goes.
+    pub log: PathBuf,
     /// The configuration's directory, kept while the binary runs.
     _dir: Option<tempfile::TempDir>,
 }
@@ -56,6 +58,7 @@ impl Binary {
         .unwrap();
         // A free port can be taken by another test before sluice binds it: then sluice
         // exits, and it starts again on other ports.
+        let log = dir.path().join("sluice.log");
         for _ in 0..3 {
             let (port, admin) = (free_port(), free_port());
             let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
@@ -64,7 +67,7 @@ impl Binary {
                 .args(["--listen", &format!("127.0.0.1:{port}")])
                 .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
                 .stdout(Stdio::null())
-                .stderr(Stdio::null())
+                .stderr(std::fs::File::create(&log).unwrap())
                 .spawn()
                 .unwrap();
             let mut binary = Binary {
@@ -73,6 +76,7 @@ impl Binary {
                 admin,
                 backend_user: backend_user.clone(),
                 config: config.clone(),
+                log: log.clone(),
                 _dir: None,
             };
             if binary.listening().await {
