@@ -57,14 +57,17 @@ fn spawn_client(gateway: &Arc<Gateway>, socket: TcpStream, peer: SocketAddr, nex
     tokio::spawn(serve_client(gateway.clone(), socket, peer, id, pending));
 }
 
-/// Closes the MySQL listener at the start of a drain, first taking every connection already
-/// in its accept queue: the kernel completed their handshakes, so closing the listener with
-/// them queued would reset them (unless `net.ipv4.tcp_migrate_req = 1` hands them to another
-/// listener on the port, the new instance of a rolling restart). They are served like any
-/// other client. A connection whose handshake completes between the last accept and the
-/// close is still reset without that sysctl: a window of microseconds, not of a drain.
-/// Returns how many were taken.
-fn close_listener(listener: TcpListener, gateway: &Arc<Gateway>, next_id: &AtomicU32) -> usize {
+/// Closes a client listener (MySQL or Data API) at the start of a drain, first taking every
+/// connection already in its accept queue and handing it to `serve`: the kernel completed
+/// their handshakes, so closing the listener with them queued would reset them (unless
+/// `net.ipv4.tcp_migrate_req = 1` hands them to another listener on the port, the new
+/// instance of a rolling restart). A connection whose handshake completes between the last
+/// accept and the close is still reset without that sysctl: a window of microseconds, not
+/// of a drain. Returns how many were taken.
+pub fn close_listener(
+    listener: TcpListener,
+    mut serve: impl FnMut(TcpStream, SocketAddr),
+) -> usize {
     let mut taken = 0;
     // `into_std` keeps the socket non-blocking, so `accept` says when the queue is empty.
     let listener = match listener.into_std() {
@@ -82,7 +85,7 @@ fn close_listener(listener: TcpListener, gateway: &Arc<Gateway>, next_id: &Atomi
                 .and_then(|()| TcpStream::from_std(socket))
             {
                 Ok(socket) => {
-                    spawn_client(gateway, socket, peer, next_id);
+                    serve(socket, peer);
                     taken += 1;
                 }
                 Err(e) => warn!(error = %e, %peer, "could not serve a pending connection"),
@@ -219,9 +222,10 @@ impl Server {
         let api = http
             .as_ref()
             .map(|_| crate::http::Api::new(gateway.clone()));
-        let http_task = http
-            .zip(api.clone())
-            .map(|((listener, tls), api)| tokio::spawn(crate::http::serve(listener, api, tls)));
+        let (stop_http, http_stopped) = tokio::sync::oneshot::channel();
+        let http_task = http.zip(api.clone()).map(|((listener, tls), api)| {
+            tokio::spawn(crate::http::serve(listener, api, tls, http_stopped))
+        });
         info!(
             listen = %listener.local_addr()?,
             admin = %admin_addr,
@@ -247,9 +251,13 @@ impl Server {
             };
             spawn_client(&gateway, socket, peer, &next_id);
         }
-        let pending = close_listener(listener, &gateway, &next_id);
+        let mut pending = close_listener(listener, |socket, peer| {
+            spawn_client(&gateway, socket, peer, &next_id)
+        });
         if let Some(task) = http_task {
-            task.abort();
+            // It takes its own accept queue and returns.
+            let _ = stop_http.send(());
+            pending += task.await.unwrap_or_default();
         }
         let timeout = gateway.settings().shutdown_timeout;
         info!(

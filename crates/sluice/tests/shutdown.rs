@@ -131,14 +131,18 @@ async fn a_transaction_open_past_shutdown_timeout_is_rolled_back_and_a_second_si
 
 /// The kernel completes TCP handshakes into the listener's queue before sluice accepts them;
 /// closing a listener with connections queued resets them (Linux, without
-/// `net.ipv4.tcp_migrate_req`). A drain takes them first, and serves them.
+/// `net.ipv4.tcp_migrate_req`). A drain takes them first, and serves them: MySQL clients and
+/// Data API requests alike.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_queued_when_the_drain_begins_are_served_not_reset() {
     const QUEUED: usize = 20;
-    let (config, _) = test_config("drain_queue").await;
+    const QUEUED_REQUESTS: usize = 200;
+    let (mut config, _) = test_config("drain_queue").await;
+    common::data_api::data_api(&mut config);
     let gateway = sluice::Gateway::new(config.validate("test").unwrap());
     let server = sluice::server::Server::bind(gateway.clone()).await.unwrap();
     let addr = server.local_addr().unwrap();
+    let http = server.http_addr().unwrap();
     let opts = mysql_async::OptsBuilder::default()
         .ip_or_hostname("127.0.0.1")
         .tcp_port(addr.port())
@@ -156,16 +160,26 @@ async fn connections_queued_when_the_drain_begins_are_served_not_reset() {
             })
         })
         .collect();
+    let requests: Vec<_> = (0..QUEUED_REQUESTS)
+        .map(|i| {
+            let request = common::data_api::execute_request(&format!("SELECT {i} AS n"));
+            tokio::spawn(async move { common::data_api::exchange(http, &request).await })
+        })
+        .collect();
     // Bound, not yet accepting: every handshake waits in the accept queue.
-    let mut queued = 0;
+    let mut queued = (0, 0);
     for _ in 0..250 {
-        queued = accept_queue(addr.port());
-        if queued == QUEUED {
+        queued = (accept_queue(addr.port()), accept_queue(http.port()));
+        if queued == (QUEUED, QUEUED_REQUESTS) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(queued, QUEUED, "connections waiting in the accept queue");
+    assert_eq!(
+        queued,
+        (QUEUED, QUEUED_REQUESTS),
+        "connections waiting in the accept queues"
+    );
     // The drain begins before the accept loop takes anything (or very little).
     let run = tokio::spawn(server.run(std::future::ready(())));
     for (i, client) in clients.into_iter().enumerate() {
@@ -174,6 +188,12 @@ async fn connections_queued_when_the_drain_begins_are_served_not_reset() {
             matches!(outcome, Ok(true)),
             "queued client {i} was not served: {outcome:?}"
         );
+    }
+    for (i, request) in requests.into_iter().enumerate() {
+        let answer = request.await.unwrap();
+        let (status, body) = answer.unwrap_or_else(|| panic!("queued request {i} was reset"));
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["data"]["rows"][0][0], i, "{body}");
     }
     let ended = tokio::time::timeout(Duration::from_secs(10), run).await;
     assert!(

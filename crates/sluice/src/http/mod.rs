@@ -179,28 +179,27 @@ async fn observe(
 /// hyper's default (about 400 KiB) would let each streaming response park that much.
 const MAX_BUF: usize = 64 * 1024;
 
-/// Serves the Data API on `listener` (HTTPS when `tls` is set) until the task is aborted,
-/// holding at most `http.max_connections` connections.
-pub async fn serve(listener: TcpListener, api: Arc<Api>, tls: Option<Arc<ServerTls>>) {
+/// Serves the Data API on `listener` (HTTPS when `tls` is set), holding at most
+/// `http.max_connections` connections, until `stop` fires (or its sender is dropped): then
+/// the connections already in the accept queue are taken and served too, the listener is
+/// closed, and it returns how many it took. Connections it serves carry on meanwhile.
+pub async fn serve(
+    listener: TcpListener,
+    api: Arc<Api>,
+    tls: Option<Arc<ServerTls>>,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) -> usize {
     let gateway = api.gateway.clone();
     let settings = &gateway.settings().http;
     let slots = Arc::new(Semaphore::new(settings.max_connections));
     let answer = admission::full_answer(settings.max_connections);
     let refused = Rejection::MaxConnections.counter(&gateway.metrics);
     let app = router(api);
-    loop {
-        let (socket, peer) = match listener.accept().await {
-            Ok(pair) => pair,
-            Err(e) => {
-                tracing::warn!(error = %e, "Data API accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                continue;
-            }
-        };
+    let spawn = |socket: TcpStream, peer: std::net::SocketAddr| {
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             refused.inc();
             admission::turn_away(socket, tls.is_none().then_some(answer.as_slice()));
-            continue;
+            return;
         };
         // TCP_NODELAY and keepalive come from the listener (`server::listen`).
         let app = app.clone();
@@ -212,6 +211,19 @@ pub async fn serve(listener: TcpListener, api: Arc<Api>, tls: Option<Arc<ServerT
             debug!(%peer, "Data API connection closed");
             drop(slot);
         });
+    };
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = &mut stop => return crate::server::close_listener(listener, spawn),
+        };
+        match accepted {
+            Ok((socket, peer)) => spawn(socket, peer),
+            Err(e) => {
+                tracing::warn!(error = %e, "Data API accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
     }
 }
 
