@@ -382,6 +382,7 @@ pub fn direct_target() -> BackendTarget {
         secret: BackendSecret::Password(String::new()),
         database: Some(TEST_DB.into()),
         tls: sluice::tls::BackendTls::DISABLED,
+        compress: false,
     }
 }
 
@@ -399,6 +400,7 @@ pub async fn raw_client_with(gw: &TestGateway, flavor: Flavor) -> BackendConn {
         secret: BackendSecret::Password("secret".into()),
         database: Some(TEST_DB.into()),
         tls: sluice::tls::BackendTls::DISABLED,
+        compress: false,
     };
     BackendConn::connect(&target, flavor, Duration::from_secs(5))
         .await
