@@ -1395,11 +1395,14 @@ impl BackendConn {
     /// asked for (the ERR it sends a connection it kills). One non-blocking peek.
     pub fn closed_by_peer(&mut self) -> bool {
         let compressed = self.stream.get_ref().get_ref();
-        if self.stream.buffered_len() > 0 || compressed.buffered_len() > 0 || self.stream.failed()
-        {
+        if self.stream.buffered_len() > 0 || compressed.buffered_len() > 0 || self.stream.failed() {
             return true;
         }
-        self.stream.get_mut().get_mut().get_mut().has_input_or_closed()
+        self.stream
+            .get_mut()
+            .get_mut()
+            .get_mut()
+            .has_input_or_closed()
     }
 
     /// Whether this connection speaks the compressed protocol (`[backend] compress`, and a

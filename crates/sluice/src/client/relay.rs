@@ -85,6 +85,11 @@ pub async fn forward(
 ) -> Result<ReplyOutcome, RelayError> {
     let backend_err = |error, next_seq| RelayError::Backend { error, next_seq };
     let mut next_seq = seq.wrapping_add(1);
+    // The reply's frames go to the client numbered on from its command, whatever the
+    // database numbered them: a compressed database connection sets the sequence id to the
+    // compressed one at each of its flushes (between result sets), which means nothing on
+    // the client's own connection. On a plain one the numbers are the same.
+    let mut reply_seq = next_seq;
     if let Some(sql) = pipelined.before {
         backend.queue_query(sql);
     }
@@ -127,7 +132,7 @@ pub async fn forward(
         if !backend.stream.has_buffered_frame() || client.queued_len() >= WRITE_HIGH_WATER {
             client.flush().await.map_err(RelayError::Client)?;
         }
-        let frame = if backend.stream.has_buffered_frame() {
+        let mut frame = if backend.stream.has_buffered_frame() {
             backend.stream.read_frame().await
         } else {
             // Waiting on the database (a long statement, a lock wait): a client that hangs
@@ -142,7 +147,10 @@ pub async fn forward(
         let step = tracker
             .feed(frame.header, frame.payload())
             .map_err(|e| backend_err(e, next_seq))?;
-        next_seq = frame.header.seq.wrapping_add(1);
+        let out_seq = reply_seq;
+        frame.set_seq(out_seq);
+        reply_seq = out_seq.wrapping_add(1);
+        next_seq = reply_seq;
         if tracker.last_was_ok() {
             let (ok, changes) = session_state::parse_tracked_ok(frame.payload())
                 .map_err(|e| backend_err(e, next_seq))?;
@@ -156,7 +164,7 @@ pub async fn forward(
             let tracked = ok
                 .status
                 .contains(StatusFlags::SERVER_SESSION_STATE_CHANGED);
-            let mut seq = frame.header.seq;
+            let mut seq = out_seq;
             match tracking {
                 // Nothing to take out: the packet goes as it came.
                 Some(_) if !tracked => client.queue_raw(&frame.bytes),
@@ -191,6 +199,7 @@ pub async fn forward(
             Step::LocalInfile => {
                 client.flush().await.map_err(RelayError::Client)?;
                 next_seq = relay_local_file(client, backend).await?;
+                reply_seq = next_seq;
             }
             Step::Done(status) => {
                 client.flush().await.map_err(RelayError::Client)?;

@@ -410,7 +410,7 @@ pub async fn raw_client_with(gw: &TestGateway, flavor: Flavor) -> BackendConn {
 /// Closes a raw client's socket without the COM_QUIT its drop would send, as a client that
 /// vanishes (a frozen or killed function) does.
 pub fn vanish(conn: BackendConn) {
-    if let Some(tcp) = conn.stream.get_ref().get_ref().tcp() {
+    if let Some(tcp) = conn.stream.get_ref().get_ref().get_ref().tcp() {
         let _ = socket2::SockRef::from(tcp).shutdown(std::net::Shutdown::Both);
     }
     drop(conn);
