@@ -223,10 +223,10 @@ async fn sluices_own_commands_on_a_compressed_connection() {
         .unwrap()
         .unwrap();
     assert_eq!(rows[0][1].as_deref(), Some("ON"));
-    for _ in 0..3 {
-        // Three statements in one write, one of them well over a compressed packet's worth
-        // of zlib input.
-        let long = noisy_text(200_000);
+    // Three statements in one write, the second one long: over the write batch, then over
+    // a compressed packet (16 MiB - 1), whose rest follows in another, numbered 1.
+    for len in [200_000, 17_000_000, 10] {
+        let long = noisy_text(len);
         conn.queue_query("SET @bcomp = 41");
         conn.queue_query(&format!("SELECT @bcomp + 1, SHA2('{long}', 256)"));
         conn.queue_query("SELECT 'third'");
@@ -250,8 +250,29 @@ async fn sluices_own_commands_on_a_compressed_connection() {
         .unwrap();
     assert_eq!(rows[0][0].as_deref(), Some(target.user.as_str()));
     assert!(!conn.closed_by_peer(), "idle and alive");
-    // Killed from outside: found closed without a round trip.
+    // Dropped: the goodbye it sends is understood (no aborted connection in the log).
+    let aborted_before = aborted_in_log(&target.user).await;
+    let mut other = BackendConn::connect(&target, Flavor::INTERNAL, Duration::from_secs(5))
+        .await
+        .unwrap();
+    other.ping().await.unwrap();
+    let other_id = other.thread_id;
+    drop(other);
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let mut admin = direct().await;
+    let gone: Option<i64> = admin
+        .query_first(format!(
+            "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE ID = {other_id}"
+        ))
+        .await
+        .unwrap();
+    assert_eq!(gone, Some(0));
+    assert_eq!(
+        aborted_in_log(&target.user).await,
+        aborted_before,
+        "a dropped compressed connection's goodbye was not understood"
+    );
+    // Killed from outside: found closed without a round trip.
     admin
         .query_drop(format!("KILL {}", conn.thread_id))
         .await
