@@ -398,3 +398,24 @@ async fn closing_compressed_database_connections_aborts_none() {
         gw.backend_user
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_data_api_over_compressed_database_connections() {
+    let gw = start_compressed("bcomp_http", common::data_api::data_api).await;
+    let http = gw.http.expect("the Data API listens");
+    for sql in [
+        "SHOW SESSION STATUS LIKE 'Compression'",
+        "SELECT 6 * 7 AS n, LENGTH(REPEAT('x', 300000)) AS len",
+    ] {
+        let (status, body) =
+            common::data_api::exchange(http, &common::data_api::execute_request(sql))
+                .await
+                .expect("an answer");
+        let text = body.to_string();
+        assert_eq!(status, 200, "{text}");
+        assert!(
+            text.contains("\"ON\"") || (text.contains("42") && text.contains("300000")),
+            "{text}"
+        );
+    }
+}
