@@ -1836,6 +1836,14 @@ mod tests {
     }
 
     #[test]
+    fn backend_compression_is_off_unless_asked_for() {
+        let settings = Config::default().validate("defaults").unwrap();
+        assert!(!settings.backend.compress);
+        let config: Config = toml::from_str("[backend]\ncompress = true\n").unwrap();
+        assert!(config.validate("sluice.toml").unwrap().backend.compress);
+    }
+
+    #[test]
     fn parses_backend_urls() {
         let t = parse_backend_url("mysql://app:p%40ss@db.local:3307/shop").unwrap();
         assert_eq!(
