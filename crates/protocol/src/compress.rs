@@ -159,6 +159,14 @@ impl<S> Compressed<S> {
         };
     }
 
+    /// The sequence id the next compressed packet written carries. MariaDB's server, at
+    /// each flush between the results of one reply, numbers the packets that follow from
+    /// it (its packet number is synchronized with the compressed one), and drivers such as
+    /// mysql_async expect that: a proxy relaying such a reply does the same.
+    pub fn next_seq(&self) -> u8 {
+        self.next_seq
+    }
+
     /// Whether compression is on (after [`Compressed::start`]), for metrics and status.
     pub fn is_on(&self) -> bool {
         self.on

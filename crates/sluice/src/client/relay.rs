@@ -195,6 +195,12 @@ pub async fn forward(
             client.queue_raw(&frame.bytes);
         }
         match step {
+            Step::More if tracker.ended_result_with_more() => {
+                if let Some(seq) = synchronize(client).await? {
+                    reply_seq = seq;
+                    next_seq = seq;
+                }
+            }
             Step::More => {}
             Step::LocalInfile => {
                 client.flush().await.map_err(RelayError::Client)?;
@@ -213,6 +219,18 @@ pub async fn forward(
             }
         }
     }
+}
+
+/// Between two results of one reply to a compressed client: sends what is queued (so the
+/// next result begins a compressed packet) and returns the sequence id it is numbered from,
+/// that packet's own, as MariaDB's server does after its flush there. `None` for a plain
+/// client, whose reply is numbered straight on.
+async fn synchronize(client: &mut ClientStream) -> Result<Option<u8>, RelayError> {
+    if !client.get_ref().get_ref().is_on() {
+        return Ok(None);
+    }
+    client.flush().await.map_err(RelayError::Client)?;
+    Ok(Some(client.get_ref().get_ref().next_seq()))
 }
 
 /// Resolves once the client has closed its socket with nothing unread left; never while it
