@@ -408,6 +408,15 @@ mod tests {
         let steps = feed_all(&mut tracker, &packets);
         assert!(steps[..7].iter().all(|s| *s == Step::More), "{steps:?}");
         assert_eq!(steps[7], Step::Done(Some(last)));
+        // Where one result ends and another follows: after packets 0 and 4, nowhere else.
+        let mut tracker = ReplyTracker::new(ReplyShape::Results, true);
+        let between: Vec<usize> = (0..packets.len())
+            .filter(|&i| {
+                feed_all(&mut tracker, &packets[i..=i]);
+                tracker.ended_result_with_more()
+            })
+            .collect();
+        assert_eq!(between, [0, 4]);
         assert!(
             tracker.last_was_ok(),
             "the deprecated-EOF terminator is an OK packet"
