@@ -97,6 +97,12 @@ async fn mysql_async_round_trips_over_a_compressed_database_connection() {
         assert_eq!(session_compression(&mut conn).await, "ON");
         let n: Option<i64> = conn.query_first("SELECT 6 * 7").await.unwrap();
         assert_eq!(n, Some(42));
+        // A statement over 16 MiB: its reply is numbered on from its last frame.
+        let digest: Option<String> = conn
+            .query_first(format!("SELECT SHA2('{sent}', 256)"))
+            .await
+            .unwrap();
+        assert_eq!(digest, Some(sha256_hex(sent.as_bytes())));
         // A result over 16 MiB: several MySQL packets, several compressed ones.
         let made: Vec<u8> = conn
             .query_first("SELECT REPEAT('z', 17000000)")

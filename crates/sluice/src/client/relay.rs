@@ -84,17 +84,18 @@ pub async fn forward(
     pipelined: Pipelined<'_>,
 ) -> Result<ReplyOutcome, RelayError> {
     let backend_err = |error, next_seq| RelayError::Backend { error, next_seq };
-    let mut next_seq = seq.wrapping_add(1);
-    // The reply's frames go to the client numbered on from its command, whatever the
-    // database numbered them: a compressed database connection sets the sequence id to the
-    // compressed one at each of its flushes (between result sets), which means nothing on
-    // the client's own connection. On a plain one the numbers are the same.
-    let mut reply_seq = next_seq;
     if let Some(sql) = pipelined.before {
         backend.queue_query(sql);
     }
     let mut send_seq = seq;
     backend.stream.queue_packet(&mut send_seq, payload);
+    // The reply follows the command's last frame (a command over 16 MiB has several).
+    let mut next_seq = send_seq;
+    // The reply's frames go to the client numbered on from its command, whatever the
+    // database numbered them: a compressed database connection sets the sequence id to the
+    // compressed one at each of its flushes (between result sets), which means nothing on
+    // the client's own connection. On a plain one the numbers are the same.
+    let mut reply_seq = next_seq;
     if let Some(sql) = pipelined.after {
         backend.queue_query(sql);
     }
