@@ -89,13 +89,12 @@ pub async fn forward(
     }
     let mut send_seq = seq;
     backend.stream.queue_packet(&mut send_seq, payload);
-    // The reply follows the command's last frame (a command over 16 MiB has several).
+    // The sequence id of the reply's next frame to the client: numbered on from the
+    // command's last frame (a command over 16 MiB has several), whatever the database
+    // numbered it. A compressed database connection sets the sequence id to the compressed
+    // one at each of its flushes (between result sets), which means nothing on the client's
+    // own connection; on a plain one the numbers are the same.
     let mut next_seq = send_seq;
-    // The reply's frames go to the client numbered on from its command, whatever the
-    // database numbered them: a compressed database connection sets the sequence id to the
-    // compressed one at each of its flushes (between result sets), which means nothing on
-    // the client's own connection. On a plain one the numbers are the same.
-    let mut reply_seq = next_seq;
     if let Some(sql) = pipelined.after {
         backend.queue_query(sql);
     }
@@ -148,10 +147,9 @@ pub async fn forward(
         let step = tracker
             .feed(frame.header, frame.payload())
             .map_err(|e| backend_err(e, next_seq))?;
-        let out_seq = reply_seq;
+        let out_seq = next_seq;
         frame.set_seq(out_seq);
-        reply_seq = out_seq.wrapping_add(1);
-        next_seq = reply_seq;
+        next_seq = out_seq.wrapping_add(1);
         if tracker.last_was_ok() {
             let (ok, changes) = session_state::parse_tracked_ok(frame.payload())
                 .map_err(|e| backend_err(e, next_seq))?;
@@ -198,7 +196,6 @@ pub async fn forward(
         match step {
             Step::More if tracker.ended_result_with_more() => {
                 if let Some(seq) = synchronize(client).await? {
-                    reply_seq = seq;
                     next_seq = seq;
                 }
             }
@@ -206,7 +203,6 @@ pub async fn forward(
             Step::LocalInfile => {
                 client.flush().await.map_err(RelayError::Client)?;
                 next_seq = relay_local_file(client, backend).await?;
-                reply_seq = next_seq;
             }
             Step::Done(status) => {
                 client.flush().await.map_err(RelayError::Client)?;
