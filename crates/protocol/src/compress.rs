@@ -7,11 +7,19 @@
 //! so everything above it (login, relay, change-user) reads and writes ordinary packets
 //! whether compression is on or not.
 //!
-//! This is the server's side of the exchange (toward clients): the compressed sequence id of
-//! a reply continues from the last one read, as MariaDB's server numbers them. Hostile input
-//! is bounded: a compressed packet holds at most 16 MiB - 1 either way, and one that
-//! inflates to anything but its announced length is refused.
+//! The two ends number compressed packets differently, so [`Compressed::start`] takes the
+//! [`Side`] sluice plays. As the server (toward clients), the compressed sequence id of a
+//! reply continues from the last one read, as MariaDB's server numbers them. As the client
+//! (toward the database), every command opens a compressed packet numbered 0: the server
+//! starts counting again at each command and answers `ER_NET_PACKETS_OUT_OF_ORDER` to any
+//! other number, so commands written together (sluice's own statement, a client's command
+//! and another statement in one write) each get compressed packets of their own. What
+//! continues a command (LOAD DATA LOCAL's file, an auth switch answer) continues from the
+//! server's last packet instead, as it expects. Replies are read whatever their numbers.
+//! Hostile input is bounded: a compressed packet holds at most 16 MiB - 1 either way, and
+//! one that inflates to anything but its announced length is refused.
 
+use std::borrow::Cow;
 use std::io::{self, Write};
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -34,11 +42,78 @@ const READ_CHUNK: usize = 16 * 1024;
 /// zlib level: the fast end, since sluice's CPU is shared with the database.
 const LEVEL: u32 = 1;
 
+/// Which end of the connection sluice is: it decides how compressed packets are numbered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// sluice serves a client: replies continue the compressed sequence from the last
+    /// packet read, starting at `next_seq` (the login exchange's next sequence id).
+    Server {
+        /// The sequence id of the first compressed packet written.
+        next_seq: u8,
+    },
+    /// sluice is a database's client: each command starts again at 0, as the server
+    /// demands.
+    Client,
+}
+
+/// Where the MySQL packets written begin, on the client side: a command must open a
+/// compressed packet of its own, numbered 0. A command is a packet with sequence id 0 that
+/// does not continue the one before it (the 256th packet of LOAD DATA LOCAL's file also
+/// has sequence id 0, after 255 and with nothing read in between).
+#[derive(Debug, Default)]
+struct Commands {
+    /// The header of the packet being read through, as far as it was written.
+    header: [u8; 4],
+    header_len: usize,
+    /// Where in `pending` that header began.
+    header_at: usize,
+    /// Payload bytes of the current packet still to come.
+    payload_left: usize,
+    /// The sequence id of the last packet written since the peer last sent something.
+    last_seq: Option<u8>,
+    /// Offsets in `pending` where a command begins, in order.
+    starts: Vec<usize>,
+}
+
+impl Commands {
+    /// Follows the packets through `buf`, written at offset `base` of `pending`.
+    fn scan(&mut self, base: usize, buf: &[u8]) {
+        let mut at = 0;
+        while at < buf.len() {
+            if self.payload_left > 0 {
+                let n = self.payload_left.min(buf.len() - at);
+                self.payload_left -= n;
+                at += n;
+                continue;
+            }
+            if self.header_len == 0 {
+                self.header_at = base + at;
+            }
+            self.header[self.header_len] = buf[at];
+            self.header_len += 1;
+            at += 1;
+            if self.header_len == self.header.len() {
+                self.header_len = 0;
+                self.payload_left = u24(&self.header[..3]);
+                let seq = self.header[3];
+                if seq == 0 && self.last_seq != Some(u8::MAX) {
+                    self.starts.push(self.header_at);
+                }
+                self.last_seq = Some(seq);
+            }
+        }
+    }
+}
+
 /// A byte stream that is plain until [`Compressed::start`], compressed from then on.
 #[derive(Debug)]
 pub struct Compressed<S> {
     inner: S,
     on: bool,
+    /// Which end sluice is (meaningful once `on`).
+    side: Side,
+    /// Command boundaries in what is written (client side only).
+    commands: Commands,
     /// Compressed bytes read and not yet unpacked.
     raw: BytesMut,
     /// Unpacked bytes not yet handed to the reader.
@@ -61,6 +136,8 @@ impl<S> Compressed<S> {
         Compressed {
             inner,
             on: false,
+            side: Side::Client,
+            commands: Commands::default(),
             raw: BytesMut::new(),
             plain: BytesMut::new(),
             scratch: Vec::new(),
@@ -71,11 +148,46 @@ impl<S> Compressed<S> {
         }
     }
 
-    /// Compresses everything from now on (after the login's OK went out plain), continuing
-    /// the compressed sequence from `next_seq` (the login exchange's next sequence id).
-    pub fn start(&mut self, next_seq: u8) {
+    /// Compresses everything from now on (after the login's OK, which travels plain),
+    /// numbering compressed packets as `side` does.
+    pub fn start(&mut self, side: Side) {
         self.on = true;
-        self.next_seq = next_seq;
+        self.side = side;
+        self.next_seq = match side {
+            Side::Server { next_seq } => next_seq,
+            Side::Client => 0,
+        };
+    }
+
+    /// The sequence id the next compressed packet written carries. MariaDB's server, at
+    /// each flush between the results of one reply, numbers the packets that follow from
+    /// it (its packet number is synchronized with the compressed one), and drivers such as
+    /// mysql_async expect that: a proxy relaying such a reply does the same.
+    pub fn next_seq(&self) -> u8 {
+        self.next_seq
+    }
+
+    /// Whether compression is on (after [`Compressed::start`]), for metrics and status.
+    pub fn is_on(&self) -> bool {
+        self.on
+    }
+
+    /// `packets` (whole MySQL packets, a new command) as they go on the wire now, for a last
+    /// word sent without waiting (COM_QUIT from a destructor): in a compressed packet once
+    /// compression is on. `None` while written bytes wait to be sent, which the goodbye
+    /// would land inside.
+    pub fn frame_now<'a>(&mut self, packets: &'a [u8]) -> Option<Cow<'a, [u8]>> {
+        if !self.on {
+            return Some(Cow::Borrowed(packets));
+        }
+        if !self.pending.is_empty() || self.sent < self.out.len() {
+            return None;
+        }
+        self.out.clear();
+        self.sent = 0;
+        self.accept(packets);
+        self.frame().ok()?;
+        Some(Cow::Owned(std::mem::take(&mut self.out)))
     }
 
     /// Bytes read from the peer and not yet handed on (a pipelined command, say).
@@ -110,41 +222,79 @@ impl<S> Compressed<S> {
             } else {
                 inflate(&payload, inflated_len, &mut self.plain)?;
             }
+            // What is written next answers this packet (a reply, or the file LOAD DATA
+            // LOCAL asks for): its number follows, and it continues no packet written.
             self.next_seq = seq.wrapping_add(1);
+            self.commands.last_seq = None;
         }
         Ok(())
     }
 
-    /// Frames `pending` into compressed packets in `out`.
+    /// Takes `buf` in to be framed, noting where commands begin in it (client side).
+    fn accept(&mut self, buf: &[u8]) {
+        if self.side == Side::Client {
+            self.commands.scan(self.pending.len(), buf);
+        }
+        self.pending.extend_from_slice(buf);
+    }
+
+    /// Frames `pending` into compressed packets in `out`: at most 16 MiB - 1 bytes each,
+    /// and (client side) a command's first one numbered 0 and holding nothing before it.
     fn frame(&mut self) -> io::Result<()> {
-        for chunk in self.pending.chunks(MAX_PAYLOAD) {
-            let start = self.out.len();
-            self.out.extend_from_slice(&[0; HEADER_LEN]);
-            let inflated_len = if chunk.len() < MIN_COMPRESS_LEN {
+        let pending = std::mem::take(&mut self.pending);
+        let mut starts = std::mem::take(&mut self.commands.starts);
+        let mut next_start = starts.iter().copied().peekable();
+        let mut at = 0;
+        let mut framed = Ok(());
+        while at < pending.len() && framed.is_ok() {
+            if next_start.next_if(|&start| start <= at).is_some() {
+                self.next_seq = 0;
+                continue;
+            }
+            let end = next_start
+                .peek()
+                .map_or(pending.len(), |&start| start.min(pending.len()))
+                .min(at + MAX_PAYLOAD);
+            framed = self.frame_one(&pending[at..end]);
+            at = end;
+        }
+        starts.clear();
+        self.commands.starts = starts;
+        if self.commands.header_len > 0 {
+            // A header cut in two by a flush: its command begins with the next bytes.
+            self.commands.header_at = 0;
+        }
+        self.pending = pending;
+        self.pending.clear();
+        framed
+    }
+
+    /// Appends `chunk` (at most 16 MiB - 1 bytes) to `out` as one compressed packet.
+    fn frame_one(&mut self, chunk: &[u8]) -> io::Result<()> {
+        let start = self.out.len();
+        self.out.extend_from_slice(&[0; HEADER_LEN]);
+        let inflated_len = if chunk.len() < MIN_COMPRESS_LEN {
+            self.out.extend_from_slice(chunk);
+            0
+        } else {
+            let mut encoder = ZlibEncoder::new(&mut self.out, flate2::Compression::new(LEVEL));
+            encoder.write_all(chunk)?;
+            encoder.finish()?;
+            let deflated = self.out.len() - start - HEADER_LEN;
+            if deflated >= chunk.len() || deflated > MAX_PAYLOAD {
+                // Incompressible: send it as it is.
+                self.out.truncate(start + HEADER_LEN);
                 self.out.extend_from_slice(chunk);
                 0
             } else {
-                let mut encoder = ZlibEncoder::new(&mut self.out, flate2::Compression::new(LEVEL));
-                encoder.write_all(chunk)?;
-                encoder.finish()?;
-                let deflated = self.out.len() - start - HEADER_LEN;
-                if deflated >= chunk.len() || deflated > MAX_PAYLOAD {
-                    // Incompressible: send it as it is.
-                    self.out.truncate(start + HEADER_LEN);
-                    self.out.extend_from_slice(chunk);
-                    0
-                } else {
-                    chunk.len()
-                }
-            };
-            let len = self.out.len() - start - HEADER_LEN;
-            self.out[start..start + 3].copy_from_slice(&(len as u32).to_le_bytes()[..3]);
-            self.out[start + 3] = self.next_seq;
-            self.out[start + 4..start + 7]
-                .copy_from_slice(&(inflated_len as u32).to_le_bytes()[..3]);
-            self.next_seq = self.next_seq.wrapping_add(1);
-        }
-        self.pending.clear();
+                chunk.len()
+            }
+        };
+        let len = self.out.len() - start - HEADER_LEN;
+        self.out[start..start + 3].copy_from_slice(&(len as u32).to_le_bytes()[..3]);
+        self.out[start + 3] = self.next_seq;
+        self.out[start + 4..start + 7].copy_from_slice(&(inflated_len as u32).to_le_bytes()[..3]);
+        self.next_seq = self.next_seq.wrapping_add(1);
         Ok(())
     }
 }
@@ -274,10 +424,11 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Compressed<S> {
         if !this.on {
             return Pin::new(&mut this.inner).poll_write(cx, buf);
         }
-        if this.pending.len() >= WRITE_BATCH {
+        // Not inside a packet header: where its command begins must stay in `pending`.
+        if this.pending.len() >= WRITE_BATCH && this.commands.header_len == 0 {
             std::task::ready!(this.poll_drain(cx))?;
         }
-        this.pending.extend_from_slice(buf);
+        this.accept(buf);
         Poll::Ready(Ok(buf.len()))
     }
 
@@ -323,7 +474,7 @@ mod tests {
     async fn reads_compressed_and_stored_packets_and_answers_with_the_next_sequence() {
         let (ours, mut theirs) = tokio::io::duplex(1 << 20);
         let mut stream = Compressed::new(ours);
-        stream.start(3);
+        stream.start(Side::Server { next_seq: 3 });
         let big = vec![b'x'; 5000];
         let mut sent = packet(0, b"\x06\0\0\0\x03hello", false);
         sent.extend(packet(1, &big, true));
@@ -347,11 +498,158 @@ mod tests {
         assert_eq!(&inflated[..], &reply[..]);
     }
 
+    /// Reads compressed packets from `theirs` until they hold `want` plain bytes, as
+    /// (sequence id, inflated payload) pairs.
+    async fn read_packets(theirs: &mut tokio::io::DuplexStream, want: usize) -> Vec<(u8, Vec<u8>)> {
+        let mut packets = Vec::new();
+        let mut got = 0;
+        while got < want {
+            let mut header = [0u8; HEADER_LEN];
+            theirs.read_exact(&mut header).await.unwrap();
+            let mut payload = vec![0u8; u24(&header[0..3])];
+            theirs.read_exact(&mut payload).await.unwrap();
+            let plain = match u24(&header[4..7]) {
+                0 => payload,
+                len => {
+                    assert!(len <= MAX_PAYLOAD);
+                    let mut inflated = BytesMut::new();
+                    inflate(&payload, len, &mut inflated).unwrap();
+                    inflated.to_vec()
+                }
+            };
+            got += plain.len();
+            packets.push((header[3], plain));
+        }
+        packets
+    }
+
+    /// MySQL packets with `payload`, from sequence id `seq`.
+    fn mysql(seq: u8, payload: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        crate::packet::write_packet(&mut out, &mut { seq }, payload);
+        out
+    }
+
+    #[tokio::test]
+    async fn a_client_opens_every_command_at_sequence_zero() {
+        let (ours, mut theirs) = tokio::io::duplex(1 << 20);
+        let mut stream = Compressed::new(ours);
+        stream.start(Side::Client);
+        // Pipelined: a statement of sluice's, the client's command, another statement.
+        let first = mysql(0, b"\x03SET sql_mode = ''");
+        let second = mysql(0, &[b'x'; 3000]);
+        let third = mysql(0, b"\x03SELECT @@sql_mode");
+        let all = [first.clone(), second.clone(), third.clone()].concat();
+        stream.write_all(&all).await.unwrap();
+        stream.flush().await.unwrap();
+        let packets = read_packets(&mut theirs, all.len()).await;
+        assert_eq!(
+            packets,
+            [(0, first), (0, second), (0, third)],
+            "one compressed packet per command, each numbered 0"
+        );
+        // The server's reply (numbered as it likes) is read whatever its number.
+        theirs
+            .write_all(&packet(7, b"\x03\0\0\x01\xfb", false))
+            .await
+            .unwrap();
+        let mut reply = [0u8; 5];
+        stream.read_exact(&mut reply).await.unwrap();
+        // What answers it (a LOCAL INFILE file: inner sequence 2 on) continues from it...
+        let file = [mysql(2, b"a,b\n"), mysql(3, b"")].concat();
+        stream.write_all(&file).await.unwrap();
+        stream.flush().await.unwrap();
+        assert_eq!(read_packets(&mut theirs, file.len()).await, [(8, file)]);
+        // ... and the next command starts at 0 again.
+        let ping = mysql(0, b"\x0e");
+        stream.write_all(&ping).await.unwrap();
+        stream.flush().await.unwrap();
+        assert_eq!(read_packets(&mut theirs, ping.len()).await, [(0, ping)]);
+    }
+
+    #[tokio::test]
+    async fn a_file_past_sequence_255_continues_its_command() {
+        let (ours, mut theirs) = tokio::io::duplex(1 << 20);
+        let mut stream = Compressed::new(ours);
+        stream.start(Side::Client);
+        theirs
+            .write_all(&packet(4, b"\x01\0\0\x01\xfb", false))
+            .await
+            .unwrap();
+        let mut request = [0u8; 5];
+        stream.read_exact(&mut request).await.unwrap();
+        let file = [
+            mysql(254, b"1\n"),
+            mysql(255, b"2\n"),
+            mysql(0, b"3\n"),
+            mysql(1, b""),
+        ]
+        .concat();
+        stream.write_all(&file).await.unwrap();
+        stream.flush().await.unwrap();
+        assert_eq!(read_packets(&mut theirs, file.len()).await, [(5, file)]);
+    }
+
+    #[tokio::test]
+    async fn a_client_command_over_16_mib_goes_in_numbered_packets_under_16_mib() {
+        let (ours, mut theirs) = tokio::io::duplex(1 << 20);
+        let mut stream = Compressed::new(ours);
+        stream.start(Side::Client);
+        let mut query = vec![b'y'; 17 << 20];
+        query[0] = 0x03;
+        let big = mysql(0, &query);
+        let after = mysql(0, b"\x0e");
+        let all = [big.clone(), after.clone()].concat();
+        let writer = async {
+            stream.write_all(&all).await.unwrap();
+            stream.flush().await.unwrap();
+        };
+        let (_, packets) = tokio::join!(writer, read_packets(&mut theirs, all.len()));
+        let seqs: Vec<u8> = packets.iter().map(|(seq, _)| *seq).collect();
+        assert_eq!(seqs, [0, 1, 0], "the big command 0, 1; the next one 0");
+        assert!(packets.iter().all(|(_, plain)| plain.len() <= MAX_PAYLOAD));
+        assert_eq!([&packets[0].1[..], &packets[1].1[..]].concat(), big);
+        assert_eq!(packets[2].1, after);
+    }
+
+    #[tokio::test]
+    async fn a_server_numbers_on_from_what_it_read_whatever_it_writes() {
+        let (ours, mut theirs) = tokio::io::duplex(1 << 20);
+        let mut stream = Compressed::new(ours);
+        stream.start(Side::Server { next_seq: 0 });
+        theirs
+            .write_all(&packet(4, b"\x01\0\0\0\x0e", false))
+            .await
+            .unwrap();
+        let mut ping = [0u8; 5];
+        stream.read_exact(&mut ping).await.unwrap();
+        let replies = [mysql(0, b"\0\0\0"), mysql(0, b"\0\0\0")].concat();
+        stream.write_all(&replies).await.unwrap();
+        stream.flush().await.unwrap();
+        assert_eq!(
+            read_packets(&mut theirs, replies.len()).await,
+            [(5, replies)]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_goodbye_is_framed_once_compression_is_on() {
+        let (ours, _theirs) = tokio::io::duplex(1 << 16);
+        let mut stream = Compressed::new(ours);
+        let quit = [1, 0, 0, 0, 1];
+        assert_eq!(stream.frame_now(&quit).as_deref(), Some(&quit[..]));
+        stream.start(Side::Client);
+        assert_eq!(
+            stream.frame_now(&quit).as_deref(),
+            Some(&[5, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 1][..])
+        );
+    }
+
     #[tokio::test]
     async fn short_replies_go_uncompressed() {
         let (ours, mut theirs) = tokio::io::duplex(1 << 16);
         let mut stream = Compressed::new(ours);
-        stream.start(0);
+        stream.start(Side::Server { next_seq: 0 });
         stream
             .write_all(b"\x07\0\0\x01\0\0\0\x02\0\0\0")
             .await
@@ -366,7 +664,7 @@ mod tests {
     async fn a_packet_inflating_past_its_length_is_refused() {
         let (ours, mut theirs) = tokio::io::duplex(1 << 20);
         let mut stream = Compressed::new(ours);
-        stream.start(0);
+        stream.start(Side::Server { next_seq: 0 });
         let mut lying = packet(0, &vec![0u8; 100_000], true);
         lying[4..7].copy_from_slice(&[100, 0, 0]); // announces 100 bytes
         theirs.write_all(&lying).await.unwrap();
@@ -384,7 +682,7 @@ mod tests {
         ] {
             let (ours, mut theirs) = tokio::io::duplex(1 << 16);
             let mut stream = Compressed::new(ours);
-            stream.start(0);
+            stream.start(Side::Server { next_seq: 0 });
             theirs.write_all(&garbage).await.unwrap();
             drop(theirs);
             let mut rest = Vec::new();

@@ -101,6 +101,8 @@ pub struct ReplyTracker {
     deprecate_eof: bool,
     mid_packet: bool,
     last_was_ok: bool,
+    /// The frame just fed ended a result and another follows.
+    more_results: bool,
     rows: u64,
     /// An ERR packet, or a terminator with a warning count, was fed.
     raised_conditions: bool,
@@ -125,6 +127,7 @@ impl ReplyTracker {
             deprecate_eof,
             mid_packet: false,
             last_was_ok: false,
+            more_results: false,
             rows: 0,
             raised_conditions: false,
             cursor_allowed: shape == ReplyShape::CursorResults,
@@ -135,6 +138,13 @@ impl ReplyTracker {
     /// a result set under `CLIENT_DEPRECATE_EOF`): the packets that carry session state.
     pub fn last_was_ok(&self) -> bool {
         self.last_was_ok
+    }
+
+    /// True when the frame just fed ended one result and another follows
+    /// (`SERVER_MORE_RESULTS_EXISTS`): where the server flushes its output, and a compressed
+    /// connection's packet numbers are synchronized (see `compress`).
+    pub fn ended_result_with_more(&self) -> bool {
+        self.more_results
     }
 
     /// Rows in the most recent result set so far (what `FOUND_ROWS()` reports).
@@ -159,6 +169,7 @@ impl ReplyTracker {
         let continuation = self.mid_packet;
         self.mid_packet = header.continues();
         self.last_was_ok = false;
+        self.more_results = false;
         if continuation {
             return Ok(Step::More);
         }
@@ -257,6 +268,7 @@ impl ReplyTracker {
         self.last_was_ok = payload[0] == OK_HEADER || payload.len() > 5;
         if status.contains(StatusFlags::SERVER_MORE_RESULTS_EXISTS) {
             self.state = State::First;
+            self.more_results = true;
             Ok(Step::More)
         } else {
             Ok(Step::Done(Some(status)))
@@ -396,6 +408,15 @@ mod tests {
         let steps = feed_all(&mut tracker, &packets);
         assert!(steps[..7].iter().all(|s| *s == Step::More), "{steps:?}");
         assert_eq!(steps[7], Step::Done(Some(last)));
+        // Where one result ends and another follows: after packets 0 and 4, nowhere else.
+        let mut tracker = ReplyTracker::new(ReplyShape::Results, true);
+        let between: Vec<usize> = (0..packets.len())
+            .filter(|&i| {
+                feed_all(&mut tracker, &packets[i..=i]);
+                tracker.ended_result_with_more()
+            })
+            .collect();
+        assert_eq!(between, [0, 4]);
         assert!(
             tracker.last_was_ok(),
             "the deprecated-EOF terminator is an OK packet"

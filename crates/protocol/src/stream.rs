@@ -45,6 +45,15 @@ impl Frame {
         &self.bytes[HEADER_LEN..]
     }
 
+    /// Renumbers the frame (header and bytes), for a proxy that forwards it on a connection
+    /// numbered its own way.
+    pub fn set_seq(&mut self, seq: u8) {
+        self.header.seq = seq;
+        if let Some(byte) = self.bytes.get_mut(3) {
+            *byte = seq;
+        }
+    }
+
     /// The payload bytes without the header, owned (the same memory, not a copy).
     pub fn into_payload(mut self) -> BytesMut {
         self.bytes.advance(HEADER_LEN);

@@ -6,6 +6,7 @@
 //! own queries (text, or prepared with bound values for the auth query).
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,6 +17,7 @@ use mysql_common::row::RowDeserializer;
 use mysql_common::value::ServerSide;
 use mysql_common::Value;
 use sluice_protocol::auth::{self, CACHING_SHA2_PASSWORD, NATIVE_PASSWORD};
+use sluice_protocol::compress::{Compressed, Side};
 use sluice_protocol::handshake::{self, Greeting};
 use sluice_protocol::packet::{FrameHeader, MAX_FRAME_PAYLOAD};
 use sluice_protocol::prepared::{self, PrepareOk};
@@ -58,6 +60,15 @@ const KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
 /// Between keepalive probes, and how many unanswered ones close the socket.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 const KEEPALIVE_RETRIES: u32 = 3;
+
+/// A database connection's packets: compressed once its login asked for it (`[backend]
+/// compress` and a server that offers `CLIENT_COMPRESS`), over a socket, plain or TLS, whose
+/// reads and writes fail once they stall (`backend.stall_timeout`).
+pub type BackendStream = PacketStream<Stall<Compressed<Socket>>>;
+
+/// Set once a server without `CLIENT_COMPRESS` was met under `[backend] compress`: the
+/// warning is logged once, not at every connection the pool opens.
+static NO_COMPRESSION_WARNED: AtomicBool = AtomicBool::new(false);
 
 /// COM_QUIT as a whole packet (length 1, sequence id 0): the goodbye that lets the server
 /// close the session cleanly instead of logging an aborted connection.
@@ -467,7 +478,7 @@ const LOGIN_VARIABLES: [&str; 4] = [
 pub struct BackendConn {
     /// The packet stream; sessions forward client commands through it. Its reads and
     /// writes fail once they wait `backend.stall_timeout` without progress.
-    pub stream: PacketStream<Stall<Socket>>,
+    pub stream: BackendStream,
     /// The client-visible choices this connection was opened with.
     pub flavor: Flavor,
     /// The database user it is logged in as: it serves only clients of that identity.
@@ -576,7 +587,10 @@ impl BackendConn {
         SockRef::from(&socket)
             .set_tcp_keepalive(&keepalive)
             .map_err(ProtocolError::Io)?;
-        let mut stream = PacketStream::new(Stall::new(Socket::Plain(socket), None, None), 1 << 30);
+        let mut stream = PacketStream::new(
+            Stall::new(Compressed::new(Socket::Plain(socket)), None, None),
+            1 << 30,
+        );
         let greeting_packet = stream.read_packet().await?;
         if greeting_packet.payload.first() == Some(&response::ERR_HEADER) {
             return Err(BackendError::Refused(ErrFields::parse(
@@ -584,8 +598,21 @@ impl BackendConn {
             )?));
         }
         let greeting = Greeting::parse(&greeting_packet.payload)?;
-        let capabilities = (BASE_CAPABILITIES | flavor.capabilities) & greeting.capabilities
+        let mut capabilities = (BASE_CAPABILITIES | flavor.capabilities) & greeting.capabilities
             | CapabilityFlags::CLIENT_PROTOCOL_41;
+        if target.compress {
+            if greeting
+                .capabilities
+                .contains(CapabilityFlags::CLIENT_COMPRESS)
+            {
+                capabilities |= CapabilityFlags::CLIENT_COMPRESS;
+            } else if !NO_COMPRESSION_WARNED.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    server = %target.address(),
+                    "[backend] compress is on but the database does not offer the compressed protocol; its connections stay uncompressed"
+                );
+            }
+        }
         let mut conn = BackendConn {
             stream,
             flavor,
@@ -644,6 +671,10 @@ impl BackendConn {
         }
         conn.stream.write_packet(&mut seq, &login).await?;
         conn.finish_auth(target).await?;
+        if capabilities.contains(CapabilityFlags::CLIENT_COMPRESS) {
+            // Everything after the login's OK travels compressed, as for any MariaDB client.
+            conn.stream.get_mut().get_mut().start(Side::Client);
+        }
         conn.read_login_state().await?;
         conn.enable_tracking().await?;
         conn.reset_login = conn.login();
@@ -666,6 +697,7 @@ impl BackendConn {
         self.stream.write_packet(seq, request).await?;
         let name = crate::tls::server_name(&target.host).map_err(BackendError::Tls)?;
         self.stream
+            .get_mut()
             .get_mut()
             .get_mut()
             .connect_tls(connector, name)
@@ -733,7 +765,7 @@ impl BackendConn {
                 // Full authentication: inside TLS the password goes as it is.
                 Some(&0x01)
                     if packet.payload.get(1) == Some(&0x04)
-                        && self.stream.get_ref().get_ref().is_tls() =>
+                        && self.stream.get_ref().get_ref().get_ref().is_tls() =>
                 {
                     let BackendSecret::Password(password) = &target.secret else {
                         return Err(BackendError::UnsupportedAuth(format!(
@@ -1362,10 +1394,21 @@ impl BackendConn {
     /// closed it (a restart, `KILL CONNECTION`, `wait_timeout`) or sent something nobody
     /// asked for (the ERR it sends a connection it kills). One non-blocking peek.
     pub fn closed_by_peer(&mut self) -> bool {
-        if self.stream.buffered_len() > 0 || self.stream.failed() {
+        let compressed = self.stream.get_ref().get_ref();
+        if self.stream.buffered_len() > 0 || compressed.buffered_len() > 0 || self.stream.failed() {
             return true;
         }
-        self.stream.get_mut().get_mut().has_input_or_closed()
+        self.stream
+            .get_mut()
+            .get_mut()
+            .get_mut()
+            .has_input_or_closed()
+    }
+
+    /// Whether this connection speaks the compressed protocol (`[backend] compress`, and a
+    /// server that offered it), for the metric counting such connections.
+    pub fn compressed(&self) -> bool {
+        self.stream.get_ref().get_ref().is_on()
     }
 }
 
@@ -1377,7 +1420,12 @@ impl Drop for BackendConn {
     /// still busy with a reply reads it after that reply, and closes.
     fn drop(&mut self) {
         if !self.quit_sent && self.stream.at_packet_boundary() {
-            self.stream.get_mut().get_mut().send_now(&QUIT_PACKET);
+            // Inside a compressed packet when compression is on: a bare one would be taken
+            // for a compressed header, and the server would count an aborted connection.
+            let compressed = self.stream.get_mut().get_mut();
+            if let Some(quit) = compressed.frame_now(&QUIT_PACKET) {
+                compressed.get_mut().send_now(&quit);
+            }
         }
     }
 }

@@ -514,6 +514,10 @@ pub struct BackendConfig {
     /// PEM certificate(s) of the authority that signs the database's certificate, for
     /// `tls = "verify-ca"` and `"verify-identity"`.
     pub tls_ca: Option<PathBuf>,
+    /// The compressed protocol (`CLIENT_COMPRESS`, zlib) toward the database. Off by
+    /// default: on the same host or network it only costs CPU on both ends; it pays when the
+    /// database is across a WAN or a link billed by the byte (another zone).
+    pub compress: bool,
 }
 
 impl Default for BackendConfig {
@@ -527,6 +531,7 @@ impl Default for BackendConfig {
             query_timeout: None,
             tls: BackendTlsMode::default(),
             tls_ca: None,
+            compress: false,
         }
     }
 }
@@ -845,6 +850,9 @@ pub struct BackendTarget {
     pub database: Option<String>,
     /// TLS toward the database.
     pub tls: BackendTls,
+    /// Whether to ask for the compressed protocol (`[backend] compress`), which a server
+    /// that does not offer it is spoken to without.
+    pub compress: bool,
 }
 
 /// What sluice proves a database login with.
@@ -1341,6 +1349,7 @@ impl Config {
         if let Some(backend_tls) = backend_tls {
             backend.tls = backend_tls;
         }
+        backend.compress = self.backend.compress;
         if users.is_empty() {
             // Out of the box, clients log in with the backend's own credentials.
             let BackendSecret::Password(password) = &backend.secret else {
@@ -1828,6 +1837,7 @@ pub fn parse_backend_url(text: &str) -> Result<BackendTarget, String> {
         secret: BackendSecret::Password(url.password().map(decode).unwrap_or_default()),
         database: (!database.is_empty()).then(|| decode(database)),
         tls: BackendTls::DISABLED,
+        compress: false,
     })
 }
 
@@ -1850,6 +1860,14 @@ mod tests {
         assert_eq!(settings.pool.max_db_connections, 20);
         assert_eq!(settings.backend.user, "root");
         assert!(settings.users.contains_key("root"));
+    }
+
+    #[test]
+    fn backend_compression_is_off_unless_asked_for() {
+        let settings = Config::default().validate("defaults").unwrap();
+        assert!(!settings.backend.compress);
+        let config: Config = toml::from_str("[backend]\ncompress = true\n").unwrap();
+        assert!(config.validate("sluice.toml").unwrap().backend.compress);
     }
 
     #[test]

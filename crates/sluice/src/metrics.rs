@@ -195,6 +195,9 @@ pub struct Metrics {
     pub db_connections: IntGaugeVec,
     /// Database connections opened since start.
     pub db_connections_opened: IntCounter,
+    /// Database connections opened with the compressed protocol (`[backend] compress`): set
+    /// beside `db_connections_opened`, it shows whether the database granted it.
+    pub db_connections_compressed: IntCounter,
     /// Database connections closed since start, by reason.
     pub db_connections_closed: IntCounterVec,
     /// Failed attempts to open a database connection.
@@ -442,6 +445,10 @@ impl Metrics {
             db_connections_opened: counter(
                 "db_connections_opened_total",
                 "Database connections opened",
+            ),
+            db_connections_compressed: counter(
+                "db_connections_compressed_total",
+                "Database connections opened with the compressed protocol",
             ),
             db_connections_closed: counter_vec(
                 "db_connections_closed_total",

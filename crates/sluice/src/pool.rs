@@ -794,6 +794,9 @@ impl Pool {
             match connect.await {
                 Ok(mut conn) => {
                     inner.metrics.db_connections_opened.inc();
+                    if conn.compressed() {
+                        inner.metrics.db_connections_compressed.inc();
+                    }
                     conn.set_stall_timeout(Some(timeouts.stall));
                     if let Ok(mut server) = inner.server.write() {
                         *server = Some(conn.server.clone());

@@ -155,6 +155,32 @@ async fn backend_tls_modes_against_a_database_with_tls() {
         conn.disconnect().await.unwrap();
     }
 
+    // Compressed inside TLS ([backend] compress): both, and a 10 MB reply intact (this
+    // server keeps the default max_allowed_packet).
+    let gw = start_with("btls_compress", |c| {
+        c.backend.url = url.clone();
+        c.backend.tls = BackendTlsMode::Require;
+        c.backend.compress = true;
+        c.auth.sources = vec![sluice::config::AuthSource::Users];
+    })
+    .await;
+    let mut conn = mysql_async::Conn::new(gw.opts("app", "secret", None))
+        .await
+        .unwrap();
+    assert!(backend_tls_version(&mut conn).await.starts_with("TLS"));
+    let compression: Option<(String, String)> = conn
+        .query_first("SHOW SESSION STATUS LIKE 'Compression'")
+        .await
+        .unwrap();
+    assert_eq!(compression.map(|(_, on)| on).as_deref(), Some("ON"));
+    let big: Option<Vec<u8>> = conn
+        .query_first("SELECT REPEAT('t', 10000000)")
+        .await
+        .unwrap();
+    assert!(big.is_some_and(|b| b.len() == 10_000_000 && b.iter().all(|&c| c == b't')));
+    conn.disconnect().await.unwrap();
+    drop(gw);
+
     // disable: the REQUIRE SSL account is refused by the database, and the client gets
     // sluice's "cannot open a database connection" (1040), naming no address.
     let gw = start_with("btls_disable", |c| {

@@ -63,6 +63,41 @@ async fn mysql_async_compressed_and_plain_clients_share_one_connection() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_async_compressed_reads_several_result_sets() {
+    // mysql_async expects the packets after a result that has more behind it numbered from
+    // the compressed packet they come in, as MariaDB's server numbers them.
+    let gw = start("compress_results").await;
+    let mut zipped = mysql_async::Conn::new(compressed(&gw)).await.unwrap();
+    for _ in 0..3 {
+        let mut results = zipped
+            .query_iter("SELECT 1 AS a; SELECT 2 AS b, 3 AS c")
+            .await
+            .unwrap();
+        let first: Vec<i64> = results.collect().await.unwrap();
+        let second: Vec<(i64, i64)> = results.collect().await.unwrap();
+        drop(results);
+        assert_eq!((first, second), (vec![1], vec![(2, 3)]));
+        let mut results = zipped
+            .query_iter("SELECT seq FROM seq_1_to_20000; SELECT 2 AS b, 3 AS c; DO 0; SELECT 'x'")
+            .await
+            .unwrap();
+        let first: Vec<i64> = results.collect().await.unwrap();
+        let second: Vec<(i64, i64)> = results.collect().await.unwrap();
+        let done: Vec<i64> = results.collect().await.unwrap();
+        let fourth: Vec<String> = results.collect().await.unwrap();
+        drop(results);
+        assert_eq!(first.len(), 20000);
+        assert_eq!(
+            (second, done, fourth),
+            (vec![(2, 3)], vec![], vec!["x".to_owned()])
+        );
+        let n: Option<i64> = zipped.query_first("SELECT 5").await.unwrap();
+        assert_eq!(n, Some(5));
+    }
+    zipped.disconnect().await.unwrap();
+}
+
 async fn compressed_sessions(gw: &TestGateway) -> f64 {
     metric_value(
         &gw.metrics().await,

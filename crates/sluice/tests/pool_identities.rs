@@ -24,6 +24,7 @@ fn login(user: &str) -> BackendTarget {
         secret: BackendSecret::Password("backend-pw".into()),
         database: Some(TEST_DB.into()),
         tls: sluice::tls::BackendTls::DISABLED,
+        compress: false,
     }
 }
 

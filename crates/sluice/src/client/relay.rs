@@ -84,12 +84,17 @@ pub async fn forward(
     pipelined: Pipelined<'_>,
 ) -> Result<ReplyOutcome, RelayError> {
     let backend_err = |error, next_seq| RelayError::Backend { error, next_seq };
-    let mut next_seq = seq.wrapping_add(1);
     if let Some(sql) = pipelined.before {
         backend.queue_query(sql);
     }
     let mut send_seq = seq;
     backend.stream.queue_packet(&mut send_seq, payload);
+    // The sequence id of the reply's next frame to the client: numbered on from the
+    // command's last frame (a command over 16 MiB has several), whatever the database
+    // numbered it. A compressed database connection sets the sequence id to the compressed
+    // one at each of its flushes (between result sets), which means nothing on the client's
+    // own connection; on a plain one the numbers are the same.
+    let mut next_seq = send_seq;
     if let Some(sql) = pipelined.after {
         backend.queue_query(sql);
     }
@@ -127,7 +132,7 @@ pub async fn forward(
         if !backend.stream.has_buffered_frame() || client.queued_len() >= WRITE_HIGH_WATER {
             client.flush().await.map_err(RelayError::Client)?;
         }
-        let frame = if backend.stream.has_buffered_frame() {
+        let mut frame = if backend.stream.has_buffered_frame() {
             backend.stream.read_frame().await
         } else {
             // Waiting on the database (a long statement, a lock wait): a client that hangs
@@ -142,7 +147,9 @@ pub async fn forward(
         let step = tracker
             .feed(frame.header, frame.payload())
             .map_err(|e| backend_err(e, next_seq))?;
-        next_seq = frame.header.seq.wrapping_add(1);
+        let out_seq = next_seq;
+        frame.set_seq(out_seq);
+        next_seq = out_seq.wrapping_add(1);
         if tracker.last_was_ok() {
             let (ok, changes) = session_state::parse_tracked_ok(frame.payload())
                 .map_err(|e| backend_err(e, next_seq))?;
@@ -156,7 +163,7 @@ pub async fn forward(
             let tracked = ok
                 .status
                 .contains(StatusFlags::SERVER_SESSION_STATE_CHANGED);
-            let mut seq = frame.header.seq;
+            let mut seq = out_seq;
             match tracking {
                 // Nothing to take out: the packet goes as it came.
                 Some(_) if !tracked => client.queue_raw(&frame.bytes),
@@ -187,6 +194,11 @@ pub async fn forward(
             client.queue_raw(&frame.bytes);
         }
         match step {
+            Step::More if tracker.ended_result_with_more() => {
+                if let Some(seq) = synchronize(client).await? {
+                    next_seq = seq;
+                }
+            }
             Step::More => {}
             Step::LocalInfile => {
                 client.flush().await.map_err(RelayError::Client)?;
@@ -204,6 +216,18 @@ pub async fn forward(
             }
         }
     }
+}
+
+/// Between two results of one reply to a compressed client: sends what is queued (so the
+/// next result begins a compressed packet) and returns the sequence id it is numbered from,
+/// that packet's own, as MariaDB's server does after its flush there. `None` for a plain
+/// client, whose reply is numbered straight on.
+async fn synchronize(client: &mut ClientStream) -> Result<Option<u8>, RelayError> {
+    if !client.get_ref().get_ref().is_on() {
+        return Ok(None);
+    }
+    client.flush().await.map_err(RelayError::Client)?;
+    Ok(Some(client.get_ref().get_ref().next_seq()))
 }
 
 /// Resolves once the client has closed its socket with nothing unread left; never while it

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use prometheus::IntCounter;
 use sluice_protocol::auth::{CACHING_SHA2_PASSWORD, NATIVE_PASSWORD};
-use sluice_protocol::compress::Compressed;
+use sluice_protocol::compress::{Compressed, Side};
 use sluice_protocol::handshake::ChangeUser;
 use sluice_protocol::packet::MAX_FRAME_PAYLOAD;
 use sluice_protocol::response::{self, ErrFields, OkFields};
@@ -442,7 +442,11 @@ async fn serve_authenticated(
                     .contains(CapabilityFlags::CLIENT_COMPRESS)
                 {
                     // Everything after the login's OK travels compressed.
-                    session.stream.get_mut().get_mut().start(0);
+                    session
+                        .stream
+                        .get_mut()
+                        .get_mut()
+                        .start(Side::Server { next_seq: 0 });
                     session.gateway.metrics.compressed_sessions.inc();
                 }
                 session.command_loop().await

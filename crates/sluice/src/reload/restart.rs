@@ -61,6 +61,14 @@ mod tests {
     }
 
     #[test]
+    fn backend_compression_waits_for_a_restart() {
+        let running = settings(|_| {});
+        let (kept, differ) = keep_running(&running, settings(|c| c.backend.compress = true));
+        assert_eq!(differ, ["backend"]);
+        assert!(!kept.backend.compress);
+    }
+
+    #[test]
     fn restart_only_settings_keep_their_running_value_and_are_named() {
         let running = settings(|_| {});
         let new = settings(|c| {

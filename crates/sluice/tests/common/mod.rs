@@ -382,6 +382,7 @@ pub fn direct_target() -> BackendTarget {
         secret: BackendSecret::Password(String::new()),
         database: Some(TEST_DB.into()),
         tls: sluice::tls::BackendTls::DISABLED,
+        compress: false,
     }
 }
 
@@ -399,6 +400,7 @@ pub async fn raw_client_with(gw: &TestGateway, flavor: Flavor) -> BackendConn {
         secret: BackendSecret::Password("secret".into()),
         database: Some(TEST_DB.into()),
         tls: sluice::tls::BackendTls::DISABLED,
+        compress: false,
     };
     BackendConn::connect(&target, flavor, Duration::from_secs(5))
         .await
@@ -408,7 +410,7 @@ pub async fn raw_client_with(gw: &TestGateway, flavor: Flavor) -> BackendConn {
 /// Closes a raw client's socket without the COM_QUIT its drop would send, as a client that
 /// vanishes (a frozen or killed function) does.
 pub fn vanish(conn: BackendConn) {
-    if let Some(tcp) = conn.stream.get_ref().get_ref().tcp() {
+    if let Some(tcp) = conn.stream.get_ref().get_ref().get_ref().tcp() {
         let _ = socket2::SockRef::from(tcp).shutdown(std::net::Shutdown::Both);
     }
     drop(conn);
