@@ -135,27 +135,16 @@ async fn mysql_async_round_trips_over_a_compressed_database_connection() {
             .unwrap();
         assert_eq!(md5_through, md5_direct);
         // Several result sets for one statement.
-        let mut results = conn
-            .query_iter("SELECT 1 AS a; SELECT 2 AS b, 3 AS c; DO 0")
-            .await
-            .unwrap();
-        let first: Vec<i64> = results.collect().await.unwrap();
-        let second: Vec<(i64, i64)> = results.collect().await.unwrap();
-        drop(results);
-        assert_eq!((first, second), (vec![1], vec![(2, 3)]));
+        assert_eq!(
+            two_results(&mut conn, "; DO 0").await,
+            (vec![1], vec![(2, 3)])
+        );
         // Reset and change-user, then the session still works.
         conn.query_drop("SET @kept = 1").await.unwrap();
         conn.reset().await.unwrap();
         let kept: Option<Option<i64>> = conn.query_first("SELECT @kept").await.unwrap();
         assert_eq!(kept, Some(None));
-        conn.change_user(
-            mysql_async::ChangeUserOpts::default()
-                .with_user(Some("app".into()))
-                .with_pass(Some("secret".into()))
-                .with_db_name(Some(TEST_DB.into())),
-        )
-        .await
-        .unwrap();
+        change_user_to_app(&mut conn).await;
         let n: Option<i64> = conn.exec_first("SELECT ? + 1", (6,)).await.unwrap();
         assert_eq!(n, Some(7));
         conn.disconnect().await.unwrap();

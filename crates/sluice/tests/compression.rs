@@ -70,14 +70,7 @@ async fn mysql_async_compressed_reads_several_result_sets() {
     let gw = start("compress_results").await;
     let mut zipped = mysql_async::Conn::new(compressed(&gw)).await.unwrap();
     for _ in 0..3 {
-        let mut results = zipped
-            .query_iter("SELECT 1 AS a; SELECT 2 AS b, 3 AS c")
-            .await
-            .unwrap();
-        let first: Vec<i64> = results.collect().await.unwrap();
-        let second: Vec<(i64, i64)> = results.collect().await.unwrap();
-        drop(results);
-        assert_eq!((first, second), (vec![1], vec![(2, 3)]));
+        assert_eq!(two_results(&mut zipped, "").await, (vec![1], vec![(2, 3)]));
         let mut results = zipped
             .query_iter("SELECT seq FROM seq_1_to_20000; SELECT 2 AS b, 3 AS c; DO 0; SELECT 'x'")
             .await

@@ -365,6 +365,32 @@ pub fn metric_value(text: &str, sample: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// `app` again (password `secret`, the test database) after a `COM_CHANGE_USER`.
+pub async fn change_user_to_app(conn: &mut mysql_async::Conn) {
+    conn.change_user(
+        mysql_async::ChangeUserOpts::default()
+            .with_user(Some("app".into()))
+            .with_pass(Some("secret".into()))
+            .with_db_name(Some(TEST_DB.into())),
+    )
+    .await
+    .unwrap();
+}
+
+/// `SELECT 1 AS a; SELECT 2 AS b, 3 AS c` then `tail` (statements without a result set,
+/// or nothing) in one query: both results, which every test of several results checks
+/// come back as `([1], [(2, 3)])`.
+pub async fn two_results(conn: &mut mysql_async::Conn, tail: &str) -> (Vec<i64>, Vec<(i64, i64)>) {
+    let mut results = conn
+        .query_iter(format!("SELECT 1 AS a; SELECT 2 AS b, 3 AS c{tail}"))
+        .await
+        .unwrap();
+    let first: Vec<i64> = results.collect().await.unwrap();
+    let second: Vec<(i64, i64)> = results.collect().await.unwrap();
+    drop(results);
+    (first, second)
+}
+
 /// The MySQL error code of a failed call.
 pub fn server_code(err: &mysql_async::Error) -> Option<u16> {
     match err {
