@@ -26,9 +26,8 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Where `/healthz` and `/metrics` are served.
     pub admin_listen: SocketAddr,
-    /// Threads that run client sessions and database connections; 0: one per core. Fewer
-    /// than the cores can cost less CPU per query where sluice shares a small machine with
-    /// the database (each wakeup that crosses threads costs a futex and cold caches).
+    /// Threads that run client sessions and database connections; 0: half the cores, at
+    /// least one (see [`worker_threads`]).
     pub worker_threads: usize,
     /// SHA-256 (hex) of the bearer token the admin listener's actions (`POST /pause`,
     /// `POST /resume`) require; they are off without one.
@@ -901,7 +900,8 @@ pub struct Settings {
     pub admin_listen: SocketAddr,
     /// SHA-256 of the admin bearer token (actions are off when `None`).
     pub admin_token: Option<[u8; 32]>,
-    /// Runtime worker threads (0: one per core); read once at start.
+    /// Runtime worker threads as configured (0: [`worker_threads`] picks); read once at
+    /// start.
     pub worker_threads: usize,
     /// Cap on authenticated client connections.
     pub max_client_connections: usize,
@@ -1189,7 +1189,7 @@ impl Config {
         if self.worker_threads > MAX_WORKER_THREADS {
             issue(
                 "worker_threads",
-                format!("must be at most {MAX_WORKER_THREADS} (0: one per core)"),
+                format!("must be at most {MAX_WORKER_THREADS} (0: half the cores)"),
             );
         }
         if !(1024..=1 << 30).contains(&self.max_packet_size) {
@@ -1607,6 +1607,21 @@ impl AuthConfig {
     }
 }
 
+/// The runtime's worker threads for a `worker_threads` setting: the setting itself, or for
+/// 0 half the cores the process may use, at least one. Not one per core: every query also
+/// costs kernel time on the TCP stack (more than sluice's own, on loopback), usually
+/// beside the database or the application on the same machine, and a task woken on one
+/// worker and run on another costs a futex and cold caches. On 2 cores shared with
+/// MariaDB, one worker spent 15-20 % less CPU per query than two at 16 clients and gave
+/// more queries per second (`scripts/bench-overhead`'s `ALSO_WORKER_THREADS`).
+pub fn worker_threads(configured: usize) -> usize {
+    if configured > 0 {
+        return configured;
+    }
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    (cores / 2).max(1)
+}
+
 /// Most runtime worker threads: far beyond any core count, and a typo such as 80000 would
 /// otherwise start that many threads.
 const MAX_WORKER_THREADS: usize = 1024;
@@ -1851,6 +1866,15 @@ mod tests {
         let err = config.validate("sluice.toml").unwrap_err();
         let keys = err.0.iter().map(|i| i.key.clone()).collect();
         (err, keys)
+    }
+
+    #[test]
+    fn worker_threads_default_to_half_the_cores_and_are_bounded() {
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        assert_eq!(worker_threads(0), (cores / 2).max(1));
+        assert_eq!(worker_threads(3), 3);
+        let (_, keys) = refused("worker_threads = 100000");
+        assert_eq!(keys, ["worker_threads"]);
     }
 
     #[test]

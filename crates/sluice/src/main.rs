@@ -106,11 +106,10 @@ fn fitted_settings(args: &cli::ConfigArgs) -> Result<Settings, ConfigError> {
 }
 
 fn serve(settings: Settings, source: sluice::reload::Source) -> anyhow::Result<Stop> {
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    if settings.worker_threads > 0 {
-        runtime.worker_threads(settings.worker_threads);
-    }
-    let runtime = runtime.enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(sluice::config::worker_threads(settings.worker_threads))
+        .enable_all()
+        .build()?;
     runtime.block_on(async {
         let listen = settings.listen;
         let admin = settings.admin_listen;

@@ -239,7 +239,8 @@ fn runtime_workers(pid: u32) -> usize {
 async fn worker_threads_sizes_the_runtime() {
     let one = Binary::start("workers_one", "worker_threads = 1").await;
     let three = Binary::start("workers_three", "worker_threads = 3").await;
-    for sluice in [&one, &three] {
+    let default = Binary::start("workers_default", "").await;
+    for sluice in [&one, &three, &default] {
         let mut conn = mysql_async::Conn::new(sluice.opts()).await.unwrap();
         let n: Option<u32> = conn.query_first("SELECT 5").await.unwrap();
         assert_eq!(n, Some(5));
@@ -247,4 +248,8 @@ async fn worker_threads_sizes_the_runtime() {
     }
     assert_eq!(runtime_workers(one.pid()), 1);
     assert_eq!(runtime_workers(three.pid()), 3);
+    assert_eq!(
+        runtime_workers(default.pid()),
+        sluice::config::worker_threads(0)
+    );
 }
