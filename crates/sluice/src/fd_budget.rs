@@ -85,16 +85,23 @@ pub fn fit(settings: &mut Settings, limit: u64) -> Option<Shrunk> {
 }
 
 /// Raises the soft descriptor limit to the hard one, then [`fit`]s the caps into it,
-/// logging what it found and did.
-pub fn raise_and_fit(settings: &mut Settings) {
+/// logging what it found and did when `report` (at start; a reload fits the same caps
+/// again, and repeating the warning each time would be noise).
+pub fn raise_and_fit(settings: &mut Settings, report: bool) {
     let limit = match rlimit::increase_nofile_limit(u64::MAX) {
         Ok(limit) => limit,
         Err(e) => {
-            tracing::warn!(error = %e, "cannot read or raise RLIMIT_NOFILE; client caps are not checked against it");
+            if report {
+                tracing::warn!(error = %e, "cannot read or raise RLIMIT_NOFILE; client caps are not checked against it");
+            }
             return;
         }
     };
-    match fit(settings, limit) {
+    let shrunk = fit(settings, limit);
+    if !report {
+        return;
+    }
+    match shrunk {
         None => tracing::info!(
             limit,
             needed = needed(settings),

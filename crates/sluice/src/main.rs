@@ -69,7 +69,7 @@ fn main() -> ExitCode {
             }
         },
         cli::Command::Serve(args) => {
-            let settings = match fitted_settings(&args) {
+            let settings = match fitted_settings(&args, true) {
                 Ok(settings) => settings,
                 Err(e) => {
                     eprintln!("{e}");
@@ -77,7 +77,8 @@ fn main() -> ExitCode {
                 }
             };
             // A reload reads the same file with the same flags on top.
-            let source: sluice::reload::Source = Arc::new(move || fitted_settings(&args));
+            // Quietly: the caps it fits need a restart, so the start's report stands.
+            let source: sluice::reload::Source = Arc::new(move || fitted_settings(&args, false));
             match serve(settings, source) {
                 Ok(Stop::Drained) => ExitCode::SUCCESS,
                 Ok(Stop::Forced) => ExitCode::FAILURE,
@@ -98,10 +99,11 @@ enum Stop {
     Forced,
 }
 
-/// The settings of `args`, with the client caps fitted to the descriptor limit.
-fn fitted_settings(args: &cli::ConfigArgs) -> Result<Settings, ConfigError> {
+/// The settings of `args`, with the client caps fitted to the descriptor limit (what was
+/// found and done logged when `report`).
+fn fitted_settings(args: &cli::ConfigArgs, report: bool) -> Result<Settings, ConfigError> {
     let mut settings = args.settings()?;
-    sluice::fd_budget::raise_and_fit(&mut settings);
+    sluice::fd_budget::raise_and_fit(&mut settings, report);
     Ok(settings)
 }
 

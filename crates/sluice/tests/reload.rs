@@ -424,4 +424,6 @@ async fn log_connections_is_off_by_default_and_reloads() {
     }
     assert!(logged.contains("client connected"), "{logged}");
     assert!(logged.contains("client closed (quit)"), "{logged}");
+    // The descriptor budget is reported at start, not again at the reload.
+    assert_eq!(logged.matches("file descriptors:").count(), 1, "{logged}");
 }
