@@ -46,22 +46,26 @@ fn hot_clients(
     set
 }
 
-/// Waits until the gateway's line shows `app` holding `n` connections.
-async fn wait_for_app_holding(gw: &TestGateway, n: usize) {
+/// Waits until the gateway's line shows `app` holding `n` connections with more of its
+/// clients waiting (its later clients may still be logging in when the first hold theirs).
+async fn wait_for_app_holding_while_waiting(gw: &TestGateway, n: usize) {
     for _ in 0..250 {
-        let held = gw
+        let (held, waiting) = gw
             .gateway
             .pool
             .lanes()
             .iter()
             .find(|l| l.user.as_deref() == Some("app"))
-            .map_or(0, |l| l.borrowed);
-        if held >= n {
+            .map_or((0, 0), |l| (l.borrowed, l.waiting));
+        if held >= n && waiting > 0 {
             return;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    panic!("app never held {n}: {:?}", gw.gateway.pool.lanes());
+    panic!(
+        "app never held {n} with clients waiting: {:?}",
+        gw.gateway.pool.lanes()
+    );
 }
 
 async fn join_all(mut set: tokio::task::JoinSet<Result<(), mysql_async::Error>>) {
@@ -80,7 +84,7 @@ async fn a_hot_user_cannot_take_the_connections_another_user_reserved() {
     .await;
     let done = Arc::new(AtomicUsize::new(0));
     let hot = hot_clients(&gw, 8, 1, Duration::from_millis(1000), &done);
-    wait_for_app_holding(&gw, POOL - 1).await;
+    wait_for_app_holding_while_waiting(&gw, POOL - 1).await;
     // The hot user waits with three connections held; the fourth stays free for `empty`.
     let lanes = gw.gateway.pool.lanes();
     let app = lanes
@@ -154,7 +158,7 @@ async fn a_quiet_user_goes_ahead_of_a_hot_user_s_queue() {
     let done = Arc::new(AtomicUsize::new(0));
     // Six hot clients queue for the one connection, each holding it 200 ms.
     let hot = hot_clients(&gw, 6, 1, Duration::from_millis(200), &done);
-    wait_for_app_holding(&gw, 1).await;
+    wait_for_app_holding_while_waiting(&gw, 1).await;
     for _ in 0..250 {
         if gw
             .gateway
