@@ -144,7 +144,7 @@ async fn mysql_async_round_trips_over_a_compressed_database_connection() {
         conn.reset().await.unwrap();
         let kept: Option<Option<i64>> = conn.query_first("SELECT @kept").await.unwrap();
         assert_eq!(kept, Some(None));
-        change_user_to_app(&mut conn).await;
+        change_user_to(&mut conn, "app", "secret").await;
         let n: Option<i64> = conn.exec_first("SELECT ? + 1", (6,)).await.unwrap();
         assert_eq!(n, Some(7));
         conn.disconnect().await.unwrap();

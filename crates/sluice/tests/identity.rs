@@ -357,14 +357,7 @@ async fn change_user_moves_a_client_to_the_new_users_identity_and_defaults() {
         .await
         .unwrap();
     assert_eq!(current_user(&mut conn).await, "sl_chuser_a@%");
-    conn.change_user(
-        mysql_async::ChangeUserOpts::default()
-            .with_user(Some("sl_chuser_b".into()))
-            .with_pass(Some("pw-b".into()))
-            .with_db_name(Some(TEST_DB.into())),
-    )
-    .await
-    .unwrap();
+    change_user_to(&mut conn, "sl_chuser_b", "pw-b").await;
     assert_eq!(current_user(&mut conn).await, "sl_chuser_b@%");
     let (db, default_mode, marker): (Option<String>, u8, Option<u8>) = conn
         .query_first("SELECT DATABASE(), @@session.sql_mode = @@global.sql_mode, @marker")

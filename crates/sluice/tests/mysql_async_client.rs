@@ -217,7 +217,7 @@ async fn session_commands_init_db_change_user_reset() {
     assert_eq!(server_code(&err), Some(1045), "{err}");
     // As on MariaDB, the connection stays open with its session, and the client may retry.
     conn.query_drop("SET @after = 7").await.unwrap();
-    change_user_to_app(&mut conn).await;
+    change_user_to(&mut conn, "app", "secret").await;
     let one: Option<i64> = conn.query_first("SELECT 1").await.unwrap();
     assert_eq!(one, Some(1));
 }

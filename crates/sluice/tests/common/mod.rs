@@ -365,12 +365,12 @@ pub fn metric_value(text: &str, sample: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-/// `app` again (password `secret`, the test database) after a `COM_CHANGE_USER`.
-pub async fn change_user_to_app(conn: &mut mysql_async::Conn) {
+/// `COM_CHANGE_USER` to `user` with `password`, on the test database; it must succeed.
+pub async fn change_user_to(conn: &mut mysql_async::Conn, user: &str, password: &str) {
     conn.change_user(
         mysql_async::ChangeUserOpts::default()
-            .with_user(Some("app".into()))
-            .with_pass(Some("secret".into()))
+            .with_user(Some(user.into()))
+            .with_pass(Some(password.into()))
             .with_db_name(Some(TEST_DB.into())),
     )
     .await
