@@ -177,8 +177,14 @@ async fn two_applications_share_one_budget() {
         report.modes[0].calls
     );
     // Through sluice the two applications' pools share the one budget of 4.
-    assert!(report.modes[1].peak_db_connections <= 4);
-    assert!(report.modes[2].peak_db_connections <= 4);
+    for mode in &report.modes[1..] {
+        assert!(
+            mode.peak_db_connections <= 4,
+            "{:?}: {:?}",
+            mode.mode,
+            mode.samples
+        );
+    }
     // With two connections reserved for it, the cold application's three containers never
     // wait behind the hot one's 24: every call succeeds.
     assert_eq!(
