@@ -20,12 +20,13 @@
 //! one that inflates to anything but its announced length is refused.
 
 use std::borrow::Cow;
-use std::io::{self, Write};
+use std::cell::RefCell;
+use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::{Buf, BytesMut};
-use flate2::write::{ZlibDecoder, ZlibEncoder};
+use flate2::{Compress, Decompress, FlushCompress, FlushDecompress, Status};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// Largest payload (compressed or not) one compressed packet can announce.
@@ -276,19 +277,13 @@ impl<S> Compressed<S> {
         let inflated_len = if chunk.len() < MIN_COMPRESS_LEN {
             self.out.extend_from_slice(chunk);
             0
+        } else if deflate(chunk, &mut self.out)? {
+            chunk.len()
         } else {
-            let mut encoder = ZlibEncoder::new(&mut self.out, flate2::Compression::new(LEVEL));
-            encoder.write_all(chunk)?;
-            encoder.finish()?;
-            let deflated = self.out.len() - start - HEADER_LEN;
-            if deflated >= chunk.len() || deflated > MAX_PAYLOAD {
-                // Incompressible: send it as it is.
-                self.out.truncate(start + HEADER_LEN);
-                self.out.extend_from_slice(chunk);
-                0
-            } else {
-                chunk.len()
-            }
+            // Incompressible: send it as it is.
+            self.out.truncate(start + HEADER_LEN);
+            self.out.extend_from_slice(chunk);
+            0
         };
         let len = self.out.len() - start - HEADER_LEN;
         self.out[start..start + 3].copy_from_slice(&(len as u32).to_le_bytes()[..3]);
@@ -330,48 +325,69 @@ fn u24(bytes: &[u8]) -> usize {
     usize::from(bytes[0]) | usize::from(bytes[1]) << 8 | usize::from(bytes[2]) << 16
 }
 
-/// Inflates `payload`, which must come to exactly `expected` bytes, onto `out`.
+thread_local! {
+    /// Each thread's zlib compressor, reset for every packet (each is a zlib stream of its
+    /// own) rather than set up and torn down for each: its tables are hundreds of KiB. Per
+    /// thread rather than per connection, so an idle compressed client holds none of it.
+    static DEFLATE: RefCell<Compress> =
+        RefCell::new(Compress::new(flate2::Compression::new(LEVEL), true));
+    /// Each thread's zlib decompressor, reset for every packet, like [`DEFLATE`].
+    static INFLATE: RefCell<Decompress> = RefCell::new(Decompress::new(true));
+}
+
+/// Appends `chunk` as one zlib stream to `out` and returns true, or returns false (with
+/// `out` holding some of it) as soon as the stream would not be shorter than `chunk`:
+/// incompressible data costs no more than one pass over it.
+fn deflate(chunk: &[u8], out: &mut Vec<u8>) -> io::Result<bool> {
+    DEFLATE.with_borrow_mut(|deflater| {
+        deflater.reset();
+        let start = out.len();
+        // A zlib stream's header and checksum, and room for a good ratio to begin with.
+        out.reserve(chunk.len() / 2 + 16);
+        loop {
+            let read = deflater.total_in() as usize;
+            let status = deflater
+                .compress_vec(&chunk[read..], out, FlushCompress::Finish)
+                .map_err(io::Error::other)?;
+            let deflated = out.len() - start;
+            if deflated >= chunk.len() {
+                return Ok(false);
+            }
+            if status == Status::StreamEnd {
+                return Ok(true);
+            }
+            if out.len() < out.capacity() {
+                // Room left and no end: zlib is stuck, which it never should be.
+                return Err(io::Error::other(
+                    "zlib stopped short of the end of a packet",
+                ));
+            }
+            out.reserve(chunk.len() - deflated);
+        }
+    })
+}
+
+/// Inflates `payload`, which must come to exactly `expected` bytes, onto `out`. The output
+/// room is exactly `expected`: a compressed packet cannot inflate past what it announced
+/// (a zlib bomb stops at 16 MiB).
 fn inflate(payload: &[u8], expected: usize, out: &mut BytesMut) -> io::Result<()> {
-    let mut inflated = Vec::with_capacity(expected);
-    let mut decoder = ZlibDecoder::new(Bounded {
-        out: &mut inflated,
-        left: expected,
+    let start = out.len();
+    out.resize(start + expected, 0);
+    let inflated = INFLATE.with_borrow_mut(|inflater| {
+        inflater.reset(true);
+        let status = inflater.decompress(payload, &mut out[start..], FlushDecompress::Finish);
+        matches!(status, Ok(Status::StreamEnd))
+            && inflater.total_out() as usize == expected
+            && inflater.total_in() as usize == payload.len()
     });
-    decoder.write_all(payload)?;
-    decoder.finish()?;
-    if inflated.len() != expected {
+    if !inflated {
+        out.truncate(start);
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
-            "a compressed packet inflated to another length than it announced",
+            "a compressed packet is not one zlib stream of the length it announced",
         ));
     }
-    out.extend_from_slice(&inflated);
     Ok(())
-}
-
-/// A writer that refuses more than `left` bytes: a compressed packet cannot inflate past
-/// what it announced (a zlib bomb stops at 16 MiB).
-struct Bounded<'a> {
-    out: &'a mut Vec<u8>,
-    left: usize,
-}
-
-impl Write for Bounded<'_> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        if buf.len() > self.left {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "a compressed packet inflates past the length it announced",
-            ));
-        }
-        self.left -= buf.len();
-        self.out.extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Compressed<S> {
@@ -452,6 +468,8 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Compressed<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use flate2::write::ZlibEncoder;
+    use std::io::Write;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     /// A compressed packet as a client would send it.
@@ -671,6 +689,64 @@ mod tests {
         let mut byte = [0u8; 1];
         let err = stream.read_exact(&mut byte).await.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+    }
+
+    #[test]
+    fn a_packet_inflating_short_of_its_length_or_with_bytes_after_its_stream_is_refused() {
+        let stream = packet(0, &[b'z'; 500], true)[HEADER_LEN..].to_vec();
+        let mut out = BytesMut::from(&b"kept"[..]);
+        assert!(inflate(&stream, 501, &mut out).is_err(), "short");
+        let mut trailing = stream.clone();
+        trailing.push(0);
+        assert!(inflate(&trailing, 500, &mut out).is_err(), "trailing");
+        assert_eq!(&out[..], b"kept", "nothing of a refused packet is kept");
+        inflate(&stream, 500, &mut out).unwrap();
+        assert_eq!(out.len(), 4 + 500);
+    }
+
+    /// The per-thread compressor is reset between packets: each is a zlib stream of its
+    /// own that inflates alone, whatever came before it on the thread.
+    #[test]
+    fn every_packet_is_a_stream_of_its_own_and_incompressible_ones_go_as_they_are() {
+        let mut framer = Compressed::new(Vec::<u8>::new());
+        framer.start(Side::Server { next_seq: 0 });
+        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+        let noise: Vec<u8> = (0..4000)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                (state >> 24) as u8
+            })
+            .collect();
+        let chunks = [
+            vec![b'a'; 3000],
+            noise,
+            b"SELECT 1 FROM t WHERE x = 'yy' -- ".repeat(9),
+        ];
+        for chunk in &chunks {
+            framer.frame_one(chunk).unwrap();
+        }
+        let mut at = 0;
+        for (i, chunk) in chunks.iter().enumerate() {
+            let header = &framer.out[at..at + HEADER_LEN];
+            let (len, inflated_len) = (u24(&header[0..3]), u24(&header[4..7]));
+            assert_eq!(header[3], i as u8);
+            let payload = &framer.out[at + HEADER_LEN..at + HEADER_LEN + len];
+            if i == 1 {
+                assert!(
+                    inflated_len == 0 && payload == &chunk[..],
+                    "noise goes as it is"
+                );
+            } else {
+                assert!(len < chunk.len() / 2, "chunk {i} compressed: {len}");
+                let mut plain = BytesMut::new();
+                inflate(payload, inflated_len, &mut plain).unwrap();
+                assert_eq!(&plain[..], &chunk[..]);
+            }
+            at += HEADER_LEN + len;
+        }
+        assert_eq!(at, framer.out.len());
     }
 
     #[tokio::test]
