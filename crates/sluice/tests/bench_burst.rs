@@ -196,9 +196,19 @@ async fn two_applications_share_one_budget() {
     let table = report.table();
     assert!(table.contains("per application") && table.contains("cold2"));
     assert!(report.html().contains("Per application"));
+    let mut admin = direct().await;
     for app in ["hot2", "cold2"] {
         let user = format!("sluice_bench_{app}");
         let left = db_connections_settle(&user, 0).await;
         assert_eq!(left, 0, "{user}'s connections left behind");
+        let accounts: Option<u64> = admin
+            .exec_first("SELECT COUNT(*) FROM mysql.user WHERE User = ?", (&user,))
+            .await
+            .unwrap();
+        assert_eq!(
+            accounts,
+            Some(0),
+            "the run dropped the database user {user}"
+        );
     }
 }

@@ -138,6 +138,23 @@ pub async fn prepare(
     Ok(runs)
 }
 
+/// Drops the database users [`prepare`] created for `--apps`, so a run leaves no accounts
+/// behind (their connections, if any are still closing, end on their own). Nothing to do
+/// for the `--database` user.
+pub async fn remove(apps: &[AppSpec], admin: &BackendTarget) -> anyhow::Result<()> {
+    if apps.is_empty() {
+        return Ok(());
+    }
+    let mut conn = super::workload::connect(admin).await?;
+    for app in apps {
+        let user = app.db_user();
+        conn.query_text(&format!("DROP USER IF EXISTS '{user}'@'%'"))
+            .await?
+            .map_err(|e| anyhow::anyhow!("dropping database user {user}: {e}"))?;
+    }
+    Ok(())
+}
+
 /// The in-process sluice's logins for these applications: each runs as its own database
 /// user with the same name and password, so the gateway keeps one pool per application
 /// inside the one `--pool` budget; `with_quotas` gives each its quota from `--apps`.

@@ -46,14 +46,35 @@ pub async fn run_burst(options: &BurstOptions, progress: bool) -> anyhow::Result
     let apps = apps::prepare(&options.apps, options.containers, &database)
         .await
         .context("creating the applications' database users")?;
+    let modes = run_modes(options, &database, max_connections, &apps, progress).await;
+    let removed = apps::remove(&options.apps, &database)
+        .await
+        .context("dropping the applications' database users");
+    let modes = modes?;
+    removed?;
+    Ok(Report {
+        settings: options.clone(),
+        max_connections,
+        modes,
+    })
+}
+
+/// Runs every mode in `options.modes` for `apps`, one after the other.
+async fn run_modes(
+    options: &BurstOptions,
+    database: &BackendTarget,
+    max_connections: u64,
+    apps: &[apps::AppRun],
+    progress: bool,
+) -> anyhow::Result<Vec<ModeReport>> {
     let users: Vec<String> = apps.iter().map(|a| a.target.user.clone()).collect();
     let names: Vec<String> = apps.iter().map(|a| a.name.clone()).collect();
     let mut modes = Vec::new();
     for mode in &options.modes {
-        workload::wait_until_closed(&database, &users).await?;
+        workload::wait_until_closed(database, &users).await?;
         let (targets, _gateway) = match mode {
             Mode::Gateway | Mode::Quotas => {
-                let (addr, gateway) = gateway_for(options, &apps, *mode == Mode::Quotas).await?;
+                let (addr, gateway) = gateway_for(options, apps, *mode == Mode::Quotas).await?;
                 let at_gateway = |app: &apps::AppRun| apps::AppRun {
                     target: BackendTarget {
                         host: addr.ip().to_string(),
@@ -64,7 +85,7 @@ pub async fn run_burst(options: &BurstOptions, progress: bool) -> anyhow::Result
                 };
                 (apps.iter().map(at_gateway).collect(), gateway)
             }
-            Mode::Direct | Mode::Managed => (apps.clone(), None),
+            Mode::Direct | Mode::Managed => (apps.to_vec(), None),
         };
         let sampler = sampler::Sampler::start(
             database.clone(),
@@ -80,11 +101,7 @@ pub async fn run_burst(options: &BurstOptions, progress: bool) -> anyhow::Result
         let per_app = names.iter().cloned().zip(run.apps).collect();
         modes.push(ModeReport::new(*mode, per_app, run.wall, samples));
     }
-    Ok(Report {
-        settings: options.clone(),
-        max_connections,
-        modes,
-    })
+    Ok(modes)
 }
 
 /// The sluice to measure: the one at `--gateway`, or a fresh one in this process with
