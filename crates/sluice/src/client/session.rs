@@ -259,17 +259,12 @@ async fn run(
     // Each phase boxed: this task lives as long as the client, idle or not, and its future
     // is as large as its largest state; the login's (the greeting, the password check, its
     // timers) is over once the client is in.
-    let admitted = match Box::pin(admit(&gateway, socket, peer, id, pending)).await {
-        Ok(admitted) => admitted,
+    // Made in the match: what the session is made of is gone before the session's wait.
+    let (session, seq, gauge) = match Box::pin(admit(&gateway, socket, peer, id, pending)).await {
+        Ok(admitted) => Session::new(gateway, admitted, id),
         Err(end) => return end,
     };
-    let Admitted {
-        stream,
-        tracking,
-        auth,
-        gauge,
-    } = admitted;
-    let end = Box::pin(serve_authenticated(gateway, stream, tracking, auth, id)).await;
+    let end = Box::pin(serve_authenticated(session, seq)).await;
     drop(gauge);
     end
 }
@@ -376,64 +371,77 @@ async fn admit(
 }
 
 /// Runs an authenticated client's session until it ends.
-async fn serve_authenticated(
-    gateway: Arc<Gateway>,
-    stream: ClientStream,
-    tracking: Option<Tracking>,
-    auth: Authenticated,
-    id: u32,
-) -> End {
-    let Authenticated {
-        capabilities,
-        mariadb_capabilities,
-        user,
-        identity,
-        collation,
-        database,
-        salt,
-        next_seq,
-    } = auth;
-    debug!(%user, backend_user = %identity.backend.user, "client authenticated");
-    let registration = gateway.sessions.register(id, &identity);
-    let counted = gateway.metrics.users.client(&identity.user);
-    let borrows = gateway.metrics.users.borrows(&identity.backend.user);
-    let timing = CommandTiming::new(gateway.metrics.users.latency(&identity.user));
-    let mut session = Session {
-        gateway,
-        id,
-        stream,
-        capabilities,
-        mariadb_capabilities,
-        counted,
-        borrows,
-        identity,
-        salt,
-        collation,
-        backend: None,
-        status: StatusFlags::SERVER_STATUS_AUTOCOMMIT,
-        state: SessionState {
-            schema: database,
-            ..SessionState::default()
-        },
-        pin: None,
-        reset_on_release: false,
-        defaults_at_begin: None,
-        registration,
-        tracking,
-        next_transaction: NextTransaction::None,
-        insert_id_unsettled: false,
-        owner: Owner::fresh(),
-        insert_owner: Owner::fresh(),
-        keeps_diagnostics: false,
-        failed_change_users: 0,
-        statements: ClientStatements::default(),
-        multi_statements: capabilities.contains(CapabilityFlags::CLIENT_MULTI_STATEMENTS),
-        timing,
-    };
-    let mut seq = next_seq;
+impl Session {
+    /// The session of a client just admitted, the sequence id its login's OK takes, and
+    /// its seat. Not async, and boxed: the future that serves the session holds a pointer to
+    /// it, where an async fn's argument would sit in its future twice (the argument, and
+    /// the local it moves to), which every idle client would pay for in memory.
+    fn new(gateway: Arc<Gateway>, admitted: Admitted, id: u32) -> (Box<Session>, u8, ClientGauge) {
+        let Admitted {
+            stream,
+            tracking,
+            auth,
+            gauge,
+        } = admitted;
+        let Authenticated {
+            capabilities,
+            mariadb_capabilities,
+            user,
+            identity,
+            collation,
+            database,
+            salt,
+            next_seq,
+        } = auth;
+        debug!(%user, backend_user = %identity.backend.user, "client authenticated");
+        let registration = gateway.sessions.register(id, &identity);
+        let counted = gateway.metrics.users.client(&identity.user);
+        let borrows = gateway.metrics.users.borrows(&identity.backend.user);
+        let timing = CommandTiming::new(gateway.metrics.users.latency(&identity.user));
+        let session = Box::new(Session {
+            gateway,
+            id,
+            stream,
+            capabilities,
+            mariadb_capabilities,
+            counted,
+            borrows,
+            identity,
+            salt,
+            collation,
+            backend: None,
+            status: StatusFlags::SERVER_STATUS_AUTOCOMMIT,
+            state: SessionState {
+                schema: database,
+                ..SessionState::default()
+            },
+            pin: None,
+            reset_on_release: false,
+            defaults_at_begin: None,
+            registration,
+            tracking,
+            next_transaction: NextTransaction::None,
+            insert_id_unsettled: false,
+            owner: Owner::fresh(),
+            insert_owner: Owner::fresh(),
+            keeps_diagnostics: false,
+            failed_change_users: 0,
+            statements: ClientStatements::default(),
+            multi_statements: capabilities.contains(CapabilityFlags::CLIENT_MULTI_STATEMENTS),
+            timing,
+        });
+        (session, next_seq, gauge)
+    }
+}
+
+/// Serves an authenticated client's session until it ends. This future lives as long as
+/// the client, idle or not, and is as large as its largest state: what runs once (the
+/// first attach, the last detach) is boxed, so that an idle client's future is little
+/// more than its session and the wait for its next command.
+async fn serve_authenticated(mut session: Box<Session>, mut seq: u8) -> End {
     // Attach once at login: it checks the schema exists (1049 otherwise).
-    let attached = session.attach_backend().await;
-    session.release_if_free().await;
+    let attached = Box::pin(session.attach_backend()).await;
+    Box::pin(session.release_if_free()).await;
     let end = match attached {
         Ok(()) => match session.send_ok(&mut seq).await {
             Ok(()) => {
@@ -458,7 +466,7 @@ async fn serve_authenticated(
             End::Refused
         }
     };
-    session.detach_backend().await;
+    Box::pin(session.detach_backend()).await;
     end
 }
 
