@@ -362,6 +362,17 @@ async fn mariadb_cli_compressed_both_ways_matches_directly() {
     assert!(metric_value(&metrics, "sluice_db_connections_compressed_total") >= 1.0);
 }
 
+/// mysql2 with compression toward sluice too: both legs compressed, numbered each its own
+/// way, across several result sets from one query and a result of many compressed packets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql2_compressed_both_ways_reads_several_result_sets() {
+    let gw = start_compressed("bcomp_mysql2", |_| {}).await;
+    mysql2_compressed_check(&gw).await;
+    let metrics = gw.metrics().await;
+    assert!(metric_value(&metrics, "sluice_db_connections_compressed_total") >= 1.0);
+    assert!(metric_value(&metrics, "sluice_client_compressed_sessions_total") >= 1.0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn closing_compressed_database_connections_aborts_none() {
     let gw = start_compressed("bcomp_goodbye", |c| {

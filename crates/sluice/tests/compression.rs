@@ -143,26 +143,7 @@ async fn mariadb_cli_compressed_matches_directly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mysql2_compressed_queries_prepared_statements_and_change_user() {
     let gw = start("compress_mysql2").await;
-    let script = repo_root().join("tests/clients/tls_check.js");
-    let args = vec![
-        script.display().to_string(),
-        gw.addr.port().to_string(),
-        "app".into(),
-        "secret".into(),
-        TEST_DB.into(),
-    ];
-    let mut command = tokio::process::Command::new("node");
-    command.args(&args).env("MYSQL2_COMPRESS", "1");
-    let out = command
-        .output()
-        .await
-        .expect("node runs (scripts/ensure-deps)");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && stdout.contains(" 0 failed"),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    mysql2_compressed_check(&gw).await;
     // Its first connection and the one its change-user test reconnects, if any: all
     // compressed.
     assert!(compressed_sessions(&gw).await >= 1.0);

@@ -279,6 +279,27 @@ pub async fn budget_becomes(gw: &TestGateway, want: usize) -> usize {
 }
 
 /// The repository's root directory (for `tests/clients`).
+/// Runs `tests/clients/tls_check.js` (mysql2: a query, a large result, several result sets,
+/// a prepared statement, a change of user) as `app` against `gw` with the compressed protocol
+/// on, and fails the test unless every check passed.
+pub async fn mysql2_compressed_check(gw: &TestGateway) {
+    let script = repo_root().join("tests/clients/tls_check.js");
+    let out = tokio::process::Command::new("node")
+        .arg(&script)
+        .arg(gw.addr.port().to_string())
+        .args(["app", "secret", TEST_DB])
+        .env("MYSQL2_COMPRESS", "1")
+        .output()
+        .await
+        .expect("node runs (scripts/ensure-deps)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains(" 0 failed"),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 pub fn repo_root() -> std::path::PathBuf {
     std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
