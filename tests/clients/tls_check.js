@@ -16,14 +16,8 @@ const mysql = require('mysql2/promise');
 const assert = require('node:assert/strict');
 
 const [port, user, password, database, caFile] = process.argv.slice(2);
-const options = {
-  host: '127.0.0.1',
-  port: Number(port),
-  user,
-  password,
-  database,
-  multipleStatements: true,
-};
+const options = { host: '127.0.0.1', port: Number(port), user, password, database };
+options.multipleStatements = true; // for the several result sets
 if (caFile) {
   options.ssl = { ca: fs.readFileSync(caFile), rejectUnauthorized: true };
 }
