@@ -28,6 +28,15 @@ fn login(user: &str) -> BackendTarget {
     }
 }
 
+/// A pool for `first`'s login under `config`, with the usual time limits.
+fn pool_with(first: &BackendTarget, config: PoolConfig, metrics: Metrics) -> Pool {
+    let timeouts = BackendTimeouts {
+        connect: Duration::from_secs(5),
+        stall: Duration::from_secs(60),
+    };
+    Pool::new(first.clone(), config, timeouts, metrics)
+}
+
 async fn current_user(pool: &Pool, login: &BackendTarget) -> String {
     let mut lease = pool
         .borrow(&LaneKey::Sluice, login, Flavor::INTERNAL, None)
@@ -56,12 +65,8 @@ async fn each_database_user_gets_its_own_connections_under_one_budget() {
         borrow_timeout: Duration::from_secs(10),
         ..PoolConfig::default()
     };
-    let timeouts = BackendTimeouts {
-        connect: Duration::from_secs(5),
-        stall: Duration::from_secs(60),
-    };
     let metrics = Metrics::new();
-    let pool = Pool::new(logins[0].clone(), config, timeouts, metrics.clone());
+    let pool = pool_with(&logins[0], config, metrics.clone());
 
     // Each borrower runs as its own database user, never on another's connection.
     for (login, user) in logins.iter().zip(&users).take(2) {
@@ -155,11 +160,7 @@ async fn a_user_at_its_ceiling_waits_without_holding_up_others() {
         borrow_timeout: Duration::from_millis(500),
         ..PoolConfig::default()
     };
-    let timeouts = BackendTimeouts {
-        connect: Duration::from_secs(5),
-        stall: Duration::from_secs(60),
-    };
-    let pool = Pool::new(logins[0].clone(), config, timeouts, Metrics::new());
+    let pool = pool_with(&logins[0], config, Metrics::new());
     let held = pool
         .borrow(&LaneKey::Sluice, &logins[0], Flavor::INTERNAL, None)
         .await
@@ -197,35 +198,15 @@ async fn two_users_on_a_full_pool_do_not_evict_each_other_per_borrow() {
         borrow_timeout: Duration::from_secs(10),
         ..PoolConfig::default()
     };
-    let timeouts = BackendTimeouts {
-        connect: Duration::from_secs(5),
-        stall: Duration::from_secs(60),
-    };
     let metrics = Metrics::new();
-    let pool = Arc::new(Pool::new(
-        login(&users[0]),
-        config,
-        timeouts,
-        metrics.clone(),
-    ));
+    let pool = Arc::new(pool_with(&login(&users[0]), config, metrics.clone()));
     let mut borrowers = tokio::task::JoinSet::new();
     // Three borrowers per user, each back for more as soon as it gave its connection back.
     for i in 0..6 {
         let (pool, login) = (pool.clone(), login(&users[i % 2]));
         borrowers.spawn(async move {
             for _ in 0..BORROWS {
-                let mut lease = pool
-                    .borrow(&LaneKey::Sluice, &login, Flavor::INTERNAL, None)
-                    .await
-                    .unwrap();
-                let rows = lease
-                    .conn()
-                    .query_text("SELECT SUBSTRING_INDEX(CURRENT_USER(), '@', 1)")
-                    .await
-                    .unwrap()
-                    .unwrap();
-                assert_eq!(first_value::<String>(&rows).unwrap(), login.user);
-                pool.release(lease);
+                assert_eq!(current_user(&pool, &login).await, login.user);
                 // A client's next command comes after a round trip: others take turns.
                 tokio::task::yield_now().await;
             }
