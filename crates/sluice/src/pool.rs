@@ -262,6 +262,19 @@ impl Lending {
         }
     }
 
+    /// Takes the lease out of `lent` again, if it was counted (when it ends).
+    fn uncount(&mut self, lent: &mut HashMap<u64, usize>) {
+        if !std::mem::take(&mut self.counted) {
+            return;
+        }
+        if let Some(n) = lent.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                lent.remove(&self.key);
+            }
+        }
+    }
+
     /// Whether connections of the lease's user are lent to other borrowers (or being opened
     /// for them): one of those will come back.
     fn others_lent(&self, lent: &HashMap<u64, usize>) -> bool {
@@ -498,13 +511,7 @@ impl Drop for Lease {
             self.pool.close(pooled, "discarded");
         }
         if self.lent.counted {
-            let mut lent = self.pool.lent();
-            if let Some(n) = lent.get_mut(&self.lent.key) {
-                *n -= 1;
-                if *n == 0 {
-                    lent.remove(&self.lent.key);
-                }
-            }
+            self.lent.uncount(&mut self.pool.lent());
         }
         // The slot went first, so the next borrower finds room.
         drop(self.ticket.take());

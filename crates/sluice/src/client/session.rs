@@ -370,7 +370,6 @@ async fn admit(
     })
 }
 
-/// Runs an authenticated client's session until it ends.
 impl Session {
     /// The session of a client just admitted, the sequence id its login's OK takes, and
     /// its seat. Not async, and boxed: the future that serves the session holds a pointer to

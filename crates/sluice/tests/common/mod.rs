@@ -278,7 +278,6 @@ pub async fn budget_becomes(gw: &TestGateway, want: usize) -> usize {
     gw.gateway.pool.stats().max
 }
 
-/// The repository's root directory (for `tests/clients`).
 /// Runs `tests/clients/tls_check.js` (mysql2: a query, a large result, several result sets,
 /// a prepared statement, a change of user) as `app` against `gw` with the compressed protocol
 /// on, and fails the test unless every check passed.
@@ -300,6 +299,7 @@ pub async fn mysql2_compressed_check(gw: &TestGateway) {
     );
 }
 
+/// The repository's root directory (for `tests/clients`).
 pub fn repo_root() -> std::path::PathBuf {
     std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
